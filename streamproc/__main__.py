@@ -1,0 +1,5 @@
+"""``python -m streamproc`` runs the command line."""
+
+from streamproc.cli import main
+
+main()

@@ -1,0 +1,193 @@
+"""Stage 3, annotate: actions in, pod annotations out, offsets committed only after they landed.
+
+For each action the annotator finds the workload's pods as they are now, merge-patches each pod's
+metadata with the topology's annotations plus bookkeeping (``patches.observe``), and hands the
+expiry to the expirer. Annotations come from the annotator's own loaded topology, never from the
+action's payload, so a record forged on the actions topic cannot choose what gets written. A
+batch's offsets are committed only once every action in it was applied or deliberately skipped:
+while the API server is down the batch is retried, not dropped (at-least-once; patches are
+idempotent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from typing import Protocol
+
+from streamproc import kafka, kube, metrics, patches
+from streamproc.actions import Action, ActionError
+from streamproc.resolving import WorkloadResolver
+from streamproc.settings import Settings
+from streamproc.topologies import Topology
+from streamproc.workloads import WorkloadRef
+
+log = logging.getLogger("streamproc.annotate")
+STAGE = "annotate"
+_BACKOFF_MAX_S = 30.0
+
+
+class Scheduler(Protocol):
+    """Where the annotator hands expiries (the expirer)."""
+
+    def schedule(self, namespace: str, pod: str, until: float, topology: str) -> None:
+        """Remember when a pod's observation ends."""
+
+
+class Annotator:
+    """Applies actions to the cluster."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        topologies: Sequence[Topology],
+        client: kube.Kube,
+        resolver: WorkloadResolver,
+        scheduler: Scheduler,
+    ) -> None:
+        self.settings = settings
+        self.topologies = {t.name: t for t in topologies}
+        self.kube = client
+        self.resolver = resolver
+        self.scheduler = scheduler
+        self._slots = asyncio.Semaphore(settings.api_concurrency)
+        self.applied_pods = 0
+
+    async def apply(self, action: Action) -> str:
+        """Apply one action; the outcome is a short code (also the metric label)."""
+        topology = self.topologies.get(action.topology)
+        if topology is None:
+            return "unknown-topology"
+        now = time.time()
+        ttl = topology.spec.action.ttl
+        until = min(action.window_end + ttl, now + ttl)
+        if until <= now:
+            return "expired-before-apply"
+        if self.settings.dry_run or topology.spec.dry_run:
+            log.info("dry run: would observe %s/%s/%s until %.0f", action.namespace, action.kind,
+                     action.name, until)
+            return "dry-run"
+        if topology.spec.action.scope == "pod" or action.kind == "Pod":
+            target = WorkloadRef(action.namespace, "Pod", action.pod, "api")
+        else:
+            target = WorkloadRef(action.namespace, action.kind, action.name, "api")  # type: ignore[arg-type]
+        pods = await self.resolver.pods_of(target)
+        if not pods:
+            return "no-pods"
+        results = await asyncio.gather(
+            *(self._observe_pod(pod, topology, action, until) for pod in pods)
+        )
+        if "ok" in results:
+            metrics.detection_to_annotation.observe(max(0.0, time.time() - action.first_append_ms / 1000))
+            return "applied"
+        return "already-applied" if "unchanged" in results else "no-pods"
+
+    async def _observe_pod(self, pod: kube.Json, topology: Topology, action: Action, until: float) -> str:
+        meta = pod.get("metadata") or {}
+        namespace, name = str(meta.get("namespace")), str(meta.get("name"))
+        async with self._slots:
+            for _attempt in range(3):
+                patch = patches.observe(
+                    pod,
+                    annotations=topology.spec.action.annotate,
+                    until=until,
+                    topology=topology.name,
+                    rule=action.rule,
+                    action_id=action.id,
+                )
+                if patch is None:
+                    metrics.patches.labels(op="observe", result="unchanged").inc()
+                    self.scheduler.schedule(namespace, name, patches.expires_at(pod) or until, topology.name)
+                    return "unchanged"
+                if patch.foreign:
+                    log.warning("%s/%s: %s set by someone else to another value; left alone",
+                                namespace, name, ", ".join(patch.foreign))
+                try:
+                    await self.kube.patch_pod_metadata(
+                        namespace,
+                        name,
+                        annotations=patch.annotations,
+                        labels=patch.labels,
+                        resource_version=patch.resource_version,
+                    )
+                except kube.Conflict:
+                    metrics.patches.labels(op="observe", result="conflict").inc()
+                    pod = await self.kube.get_pod(namespace, name)
+                    continue
+                except kube.NotFound:
+                    metrics.patches.labels(op="observe", result="not-found").inc()
+                    return "not-found"
+                metrics.patches.labels(op="observe", result="ok").inc()
+                self.applied_pods += 1
+                self.scheduler.schedule(namespace, name, until, topology.name)
+                return "ok"
+        return "conflict"
+
+    async def handle(self, actions: Sequence[Action]) -> None:
+        """Apply a batch in order; raise kube.Unavailable if it must be retried as a whole."""
+        for action in actions:
+            try:
+                result = await self.apply(action)
+            except kube.Forbidden as exc:
+                result = "forbidden"
+                log.error("RBAC refused %s: %s (needs get/list/patch on pods)", action.id, exc)
+            metrics.actions_handled.labels(result=result).inc()
+            log.info("action %s: %s", action.id, result)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume actions until ``stop``; commit after each batch is applied."""
+        consumer = kafka.consumer(self.settings, [self.settings.topics.actions], "streamproc-annotate")
+        producer = kafka.producer(self.settings)
+        await producer.start()
+        await consumer.start()
+        try:
+            while not stop.is_set():
+                batch = await consumer.getmany(timeout_ms=200, max_records=500)
+                metrics.consumer_lag.labels(stage=STAGE).set(kafka.batch_lag(consumer, batch))
+                if not batch:
+                    continue
+                records = [r for rs in batch.values() for r in rs]
+                metrics.records_consumed.labels(stage=STAGE).inc(len(records))
+                actions: list[Action] = []
+                dead = []
+                for record in records:
+                    try:
+                        actions.append(Action.decode(record.value or b""))
+                    except ActionError as exc:
+                        dead.append(record)
+                        metrics.dead_letters.labels(stage=STAGE, reason="invalid-action").inc()
+                        await producer.send_and_wait(
+                            self.settings.topics.dead_letters,
+                            value=record.value,
+                            key=record.key,
+                            headers=[
+                                ("streamproc.stage", STAGE.encode()),
+                                ("streamproc.reason", b"invalid-action"),
+                                ("streamproc.detail", str(exc).encode()[:1000]),
+                            ],
+                        )
+                await self._apply_until_done(actions, stop)
+                await consumer.commit({tp: rs[-1].offset + 1 for tp, rs in batch.items()})
+        finally:
+            await consumer.stop()
+            await producer.stop()
+
+    async def _apply_until_done(self, actions: list[Action], stop: asyncio.Event) -> None:
+        delay = 1.0
+        while True:
+            try:
+                await self.handle(actions)
+            except kube.KubeError as exc:
+                metrics.stage_errors.labels(stage=STAGE, error=type(exc).__name__).inc()
+                log.warning("API unavailable (%s); batch kept uncommitted, retrying in %.0fs", exc, delay)
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
+                except TimeoutError:
+                    pass
+                if stop.is_set():
+                    raise
+                delay = min(delay * 2, _BACKOFF_MAX_S)
+            else:
+                return

@@ -1,0 +1,204 @@
+"""The ``streamproc`` command: run the pipeline or one stage, publish detections, check topologies."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import click
+
+from streamproc import __version__, kafka, metrics, topologies
+from streamproc.settings import Settings, Topics
+
+log = logging.getLogger("streamproc")
+
+
+def _common(func: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--bootstrap-servers", envvar="STREAMPROC_BOOTSTRAP_SERVERS",
+                     default="localhost:9092", show_default=True, help="Kafka bootstrap servers."),
+        click.option("--topology", "topology_path", envvar="STREAMPROC_TOPOLOGY",
+                     type=click.Path(path_type=Path), default=Path("topologies"), show_default=True,
+                     help="Topology file or folder."),
+        click.option("--input-topic", envvar="STREAMPROC_INPUT_TOPIC", default=None,
+                     help="Override every topology's source topic."),
+        click.option("--dead-letter-topic", envvar="STREAMPROC_DLQ_TOPIC",
+                     default=Topics.dead_letters, show_default=True),
+        click.option("--dry-run", is_flag=True, envvar="STREAMPROC_DRY_RUN",
+                     help="Do everything except write to the cluster."),
+        click.option("--kubeconfig", envvar="KUBECONFIG", default=None,
+                     help="Kubeconfig file (default: KUBECONFIG, ~/.kube/config, in-cluster)."),
+        click.option("--metrics-port", envvar="STREAMPROC_METRICS_PORT", type=int, default=9108,
+                     show_default=True, help="Port for /metrics; 0 turns it off."),
+        click.option("--partitions", envvar="STREAMPROC_PARTITIONS", type=int, default=1,
+                     show_default=True, help="Partitions of the internal topics it creates."),
+        click.option("--session-timeout", envvar="STREAMPROC_SESSION_TIMEOUT", type=float,
+                     default=10.0, show_default=True, help="Consumer group session timeout (s)."),
+        click.option("--speed", envvar="STREAMPROC_SPEED", type=float, default=1.0,
+                     show_default=True, help="Divide window sizes and TTLs (time-lapse)."),
+        click.option("--enable-idempotence/--no-enable-idempotence",
+                     envvar="STREAMPROC_ENABLE_IDEMPOTENCE", default=False, show_default=True,
+                     help="Idempotent producer (Apache Kafka supports it; tansu does not)."),
+        click.option("--log-level", envvar="STREAMPROC_LOG_LEVEL", default="INFO", show_default=True),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _settings(**opts: Any) -> Settings:
+    topics = Topics(dead_letters=opts["dead_letter_topic"])
+    if opts.get("input_topic"):
+        topics = Topics(input=opts["input_topic"], dead_letters=opts["dead_letter_topic"])
+    return Settings(
+        bootstrap_servers=opts["bootstrap_servers"],
+        topology_path=opts["topology_path"],
+        topics=topics,
+        dry_run=opts["dry_run"],
+        kubeconfig=opts["kubeconfig"],
+        metrics_port=opts["metrics_port"],
+        partitions=opts["partitions"],
+        session_timeout_s=opts["session_timeout"],
+        speed=opts["speed"],
+        enable_idempotence=opts["enable_idempotence"],
+    )
+
+
+def load_topologies(settings: Settings, input_topic: str | None = None) -> list[topologies.Topology]:
+    """Load, validate and scale topologies; a bad one stops the command with file and line."""
+    try:
+        loaded = topologies.load_path(settings.topology_path)
+    except topologies.TopologyError as exc:
+        raise click.ClickException(f"invalid topology: {exc}") from None
+    result = [topologies.scaled(t, settings.speed) for t in loaded]
+    if input_topic:
+        result = [
+            t.model_copy(update={"spec": t.spec.model_copy(update={
+                "source": t.spec.source.model_copy(update={"topic": input_topic})})})
+            for t in result
+        ]
+    return result
+
+
+def setup_logging(level: str) -> None:
+    """One line per event, quiet client libraries."""
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("aiokafka", "faust", "mode", "kafka", "kubernetes_asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run_until_signal(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
+    """Run ``main(stop)``; SIGINT/SIGTERM set ``stop`` for a clean shutdown."""
+
+    async def wrapper() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
+    asyncio.run(wrapper())
+
+
+def _run(stages: tuple[str, ...], opts: dict[str, Any]) -> None:
+    from streamproc import running  # noqa: PLC0415 - keeps `check` and `send` fast to start
+
+    setup_logging(opts["log_level"])
+    settings = _settings(**opts)
+    loaded = load_topologies(settings, opts.get("input_topic"))
+    metrics.serve(settings.metrics_port, settings.metrics_host)
+    log.info("streamproc %s: %s with %d topologies on %s", __version__, "+".join(stages),
+             len(loaded), settings.bootstrap_servers)
+    run_until_signal(lambda stop: running.run_stages(settings, loaded, stages, stop))
+
+
+@click.group()
+@click.version_option(__version__)
+def main() -> None:
+    """Falco detections on Kafka -> per-workload windows -> expiring Retina observation."""
+
+
+@main.command()
+@_common
+def run(**opts: Any) -> None:
+    """Run ingest, windows and annotator in one process."""
+    _run(("ingest", "windows", "annotate"), opts)
+
+
+@main.command()
+@_common
+def ingest(**opts: Any) -> None:
+    """Run the ingest stage alone (scale out by partition)."""
+    _run(("ingest",), opts)
+
+
+@main.command()
+@_common
+def windows(**opts: Any) -> None:
+    """Run the windows stage (Faust) alone."""
+    _run(("windows",), opts)
+
+
+@main.command()
+@_common
+def annotate(**opts: Any) -> None:
+    """Run the annotator (and expirer) alone."""
+    _run(("annotate",), opts)
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.File("rb"))
+@click.option("--bootstrap-servers", envvar="STREAMPROC_BOOTSTRAP_SERVERS", default="localhost:9092",
+              show_default=True)
+@click.option("--topic", envvar="STREAMPROC_INPUT_TOPIC", default="falco", show_default=True)
+def send(files: tuple[Any, ...], bootstrap_servers: str, topic: str) -> None:
+    """Publish JSON-lines detections (as Falcosidekick would) to the input topic."""
+    settings = Settings(bootstrap_servers=bootstrap_servers)
+
+    async def publish() -> int:
+        producer = kafka.producer(settings)
+        await producer.start()
+        try:
+            futures = [
+                await producer.send(topic, value=line.rstrip(b"\r\n"))
+                for file in files
+                for line in file
+                if line.strip()
+            ]
+            await asyncio.gather(*futures)
+        finally:
+            await producer.stop()
+        return len(futures)
+
+    count = asyncio.run(publish())
+    click.echo(f"sent {count} detections to {topic} on {bootstrap_servers}")
+
+
+@main.command()
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+def check(paths: tuple[Path, ...]) -> None:
+    """Validate topology files or folders; exit 1 naming file, line and field on the first error."""
+    failed = False
+    for path in paths or (Path("topologies"),):
+        try:
+            for topology in topologies.load_path(path):
+                spec = topology.spec
+                click.echo(
+                    f"ok {topology.name}: topic={spec.source.topic} window={spec.window.size:g}s "
+                    f"threshold={spec.window.threshold} ttl={spec.action.ttl:g}s "
+                    f"annotate={','.join(f'{k}={v}' for k, v in spec.action.annotate.items())}"
+                )
+        except topologies.TopologyError as exc:
+            click.echo(f"error {exc}", err=True)
+            failed = True
+    if failed:
+        sys.exit(1)

@@ -1,0 +1,150 @@
+"""Falco detections as streamproc sees them, and the one function that reads them from bytes.
+
+Two producers write the same JSON shape: Falcosidekick's Kafka output (its ``types.FalcoPayload``:
+``uuid``, ``output``, ``priority``, ``rule``, ``time``, ``output_fields``, ``source``, ``tags``,
+``hostname``) and Falco's own ``json_output`` (the same keys, without ``uuid``; ``tags`` and
+``hostname`` only when enabled). Kubernetes context lives in ``output_fields``: ``k8s.ns.name`` and
+``k8s.pod.name`` from the container plugin, and owner names from the k8smeta plugin. Falco writes
+``null`` or ``<NA>`` for a field it could not resolve.
+
+This module does no I/O. It is on the hot path (every raw detection passes through ``parse``), so it
+reads fields with plain dict look-ups and allocates one small object per detection.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+
+from streamproc import conventions
+
+#: Falco's priority names, most severe first (falcosecurity/falco ``falco_common.h``).
+PRIORITIES = (
+    "Emergency", "Alert", "Critical", "Error", "Warning", "Notice", "Informational", "Debug",
+)
+#: rank where larger is more severe: Debug=0 ... Emergency=7.
+PRIORITY_RANK: dict[str, int] = {name: len(PRIORITIES) - 1 - i for i, name in enumerate(PRIORITIES)}
+_PRIORITY_LOOKUP: dict[str, int] = {
+    **{name.lower(): rank for name, rank in PRIORITY_RANK.items()},
+    "info": PRIORITY_RANK["Informational"],
+    "warn": PRIORITY_RANK["Warning"],
+    "err": PRIORITY_RANK["Error"],
+    "crit": PRIORITY_RANK["Critical"],
+    "emerg": PRIORITY_RANK["Emergency"],
+}
+
+#: owner fields the k8smeta plugin (and some rule outputs) provide, mapped to the owner kind.
+OWNER_FIELDS: tuple[tuple[str, str], ...] = (
+    ("k8smeta.deployment.name", "Deployment"),
+    ("k8smeta.sts.name", "StatefulSet"),
+    ("k8smeta.statefulset.name", "StatefulSet"),
+    ("k8smeta.ds.name", "DaemonSet"),
+    ("k8smeta.daemonset.name", "DaemonSet"),
+    ("k8smeta.cronjob.name", "CronJob"),
+    ("k8smeta.job.name", "Job"),
+    ("k8smeta.rs.name", "ReplicaSet"),
+)
+
+MAX_MESSAGE_BYTES = 1 << 20
+MAX_OUTPUT_FIELDS = 512
+_NOT_AVAILABLE = frozenset(("", "<NA>", "N/A"))
+
+
+class ParseError(ValueError):
+    """A detection that cannot be used; ``reason`` is a short, bounded code for metrics and DLQ."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Detection:
+    """One Falco detection, reduced to what windowing and matching need."""
+
+    rule: str
+    priority: int
+    source: str
+    tags: tuple[str, ...]
+    namespace: str | None
+    pod: str | None
+    owners: tuple[tuple[str, str], ...]
+    uuid: str
+    time: str
+    hostname: str
+
+    @property
+    def priority_name(self) -> str:
+        """Falco's spelling of the priority."""
+        return PRIORITIES[len(PRIORITIES) - 1 - self.priority]
+
+    @property
+    def has_kubernetes_context(self) -> bool:
+        """Host events (no namespace or no pod) cannot be tied to a workload."""
+        return self.namespace is not None and self.pod is not None
+
+
+def _text(value: object) -> str | None:
+    if value is None or type(value) is not str or value in _NOT_AVAILABLE:
+        return None
+    return value
+
+
+def parse(raw: bytes) -> Detection:
+    """Decode and validate one detection; raise ParseError with a reason code otherwise."""
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise ParseError("too-large", f"{len(raw)} bytes > {MAX_MESSAGE_BYTES}")
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ParseError("invalid-json", str(exc)[:200]) from None
+    if type(doc) is not dict:
+        raise ParseError("not-an-object", f"top level is {type(doc).__name__}")
+    rule = doc.get("rule")
+    if type(rule) is not str or not rule:
+        raise ParseError("missing-rule", "'rule' must be a non-empty string")
+    raw_priority = doc.get("priority")
+    priority = _PRIORITY_LOOKUP.get(raw_priority.lower()) if type(raw_priority) is str else None
+    if priority is None:
+        raise ParseError("invalid-priority", f"'priority' is {str(raw_priority)[:40]!r}")
+    fields = doc.get("output_fields")
+    if fields is None:
+        fields = {}
+    elif type(fields) is not dict:
+        raise ParseError("invalid-output-fields", "'output_fields' must be an object")
+    elif len(fields) > MAX_OUTPUT_FIELDS:
+        raise ParseError("too-many-fields", f"{len(fields)} output fields > {MAX_OUTPUT_FIELDS}")
+    tags = doc.get("tags")
+    if tags is None:
+        tags = ()
+    elif type(tags) is not list or not all(type(t) is str for t in tags):
+        raise ParseError("invalid-tags", "'tags' must be a list of strings")
+    namespace = _text(fields.get("k8s.ns.name")) or _text(fields.get("k8smeta.ns.name"))
+    pod = _text(fields.get("k8s.pod.name")) or _text(fields.get("k8smeta.pod.name"))
+    if namespace is not None and not conventions.is_dns1123_label(namespace):
+        raise ParseError("invalid-namespace", f"namespace {namespace[:80]!r} is not DNS-1123")
+    if pod is not None and not conventions.is_dns1123_subdomain(pod):
+        raise ParseError("invalid-pod-name", f"pod {pod[:80]!r} is not a DNS-1123 subdomain")
+    owners = tuple(
+        (kind, name)
+        for field, kind in OWNER_FIELDS
+        if (name := _text(fields.get(field))) is not None and conventions.is_dns1123_subdomain(name)
+    )
+    source = doc.get("source")
+    uuid = doc.get("uuid")
+    time = doc.get("time")
+    hostname = doc.get("hostname")
+    return Detection(
+        rule=rule,
+        priority=priority,
+        source=source if type(source) is str else "syscall",
+        tags=tuple(tags),
+        namespace=namespace,
+        pod=pod,
+        owners=owners,
+        uuid=uuid if type(uuid) is str else "",
+        time=time if type(time) is str else "",
+        hostname=hostname if type(hostname) is str else "",
+    )

@@ -1,0 +1,141 @@
+"""Expiry: observations end on time, across restarts, and only what streamproc added goes.
+
+The schedule lives on the pods themselves (``streamproc.io/expires-at``, found through the
+``streamproc.io/observed`` label), never only in memory: on start the expirer lists the pods it
+manages and schedules each, so a restarted annotator still removes what it applied. It re-lists
+every ``expiry_resync_s`` to pick up extensions written by another replica. Before removing, it
+re-reads the pod and removes with a ``resourceVersion`` precondition, so an extension that lands
+in between wins (409, re-read, reschedule) instead of being erased. While the API server is
+unreachable, due expiries wait and are applied when it answers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import time
+
+from streamproc import conventions, kube, metrics, patches
+
+log = logging.getLogger("streamproc.expire")
+_RETRY_S = 2.0
+
+
+class Expirer:
+    """A schedule of (expires_at, namespace, pod), fed by the annotator and by listing the cluster."""
+
+    def __init__(self, client: kube.Kube, *, resync_s: float, dry_run: bool = False) -> None:
+        self._kube = client
+        self._resync_s = resync_s
+        self._dry_run = dry_run
+        self._heap: list[tuple[float, str, str]] = []
+        self._due: dict[tuple[str, str], tuple[float, str]] = {}
+        self._wake = asyncio.Event()
+        self.expired = 0
+
+    def schedule(self, namespace: str, pod: str, until: float, topology: str) -> None:
+        """Remember when a pod's observation ends (a later time replaces an earlier one)."""
+        key = (namespace, pod)
+        known = self._due.get(key)
+        if known is not None and known[0] >= until:
+            return
+        self._due[key] = (until, topology)
+        heapq.heappush(self._heap, (until, namespace, pod))
+        self._publish_gauge()
+        self._wake.set()
+
+    @property
+    def active(self) -> dict[tuple[str, str], tuple[float, str]]:
+        """Pods under observation now, with their expiry and topology."""
+        return dict(self._due)
+
+    def _publish_gauge(self) -> None:
+        counts: dict[str, int] = {}
+        for _, topology in self._due.values():
+            counts[topology] = counts.get(topology, 0) + 1
+        for topology, n in counts.items():
+            metrics.observations_active.labels(topology=topology).set(n)
+        for sample in list(metrics.observations_active.collect())[0].samples:
+            topology = sample.labels.get("topology", "")
+            if topology and topology not in counts:
+                metrics.observations_active.labels(topology=topology).set(0)
+
+    async def resync(self) -> None:
+        """Schedule every managed pod from its own annotations."""
+        pods = await self._kube.list_pods(None, label_selector=f"{conventions.OBSERVED_LABEL}=true")
+        for pod in pods:
+            meta = pod.get("metadata") or {}
+            until = patches.expires_at(pod)
+            topology = (meta.get("annotations") or {}).get(conventions.TOPOLOGY, "unknown")
+            # A managed pod without a readable expiry is ended now rather than kept forever.
+            self.schedule(meta.get("namespace", ""), meta.get("name", ""), until or 0.0, topology)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Expire on time until ``stop``; resync at start and periodically."""
+        next_resync = 0.0
+        while not stop.is_set():
+            now = time.time()
+            if now >= next_resync:
+                try:
+                    await self.resync()
+                    next_resync = now + self._resync_s
+                except kube.KubeError as exc:
+                    metrics.stage_errors.labels(stage="expire", error=type(exc).__name__).inc()
+                    log.warning("expiry resync failed: %s", exc)
+                    next_resync = now + _RETRY_S
+            while self._heap and self._heap[0][0] <= time.time() and not stop.is_set():
+                until, namespace, pod = heapq.heappop(self._heap)
+                known = self._due.get((namespace, pod))
+                if known is None or known[0] != until:
+                    continue  # superseded by a later schedule
+                await self._expire(namespace, pod, known[1])
+            wait = min(next_resync, self._heap[0][0] if self._heap else next_resync) - time.time()
+            self._wake.clear()
+            stop_task = asyncio.ensure_future(stop.wait())
+            wake_task = asyncio.ensure_future(self._wake.wait())
+            await asyncio.wait(
+                {stop_task, wake_task}, timeout=max(0.01, wait), return_when=asyncio.FIRST_COMPLETED
+            )
+            stop_task.cancel()
+            wake_task.cancel()
+
+    async def _expire(self, namespace: str, pod: str, topology: str) -> None:
+        key = (namespace, pod)
+        for _attempt in range(3):
+            try:
+                current = await self._kube.get_pod(namespace, pod)
+                until = patches.expires_at(current)
+                if until is not None and until > time.time():
+                    self._due.pop(key, None)
+                    self.schedule(namespace, pod, until, topology)  # extended meanwhile
+                    return
+                patch = patches.release(current)
+                if not self._dry_run and (patch.annotations or patch.labels):
+                    await self._kube.patch_pod_metadata(
+                        namespace,
+                        pod,
+                        annotations=patch.annotations,
+                        labels=patch.labels,
+                        resource_version=patch.resource_version,
+                    )
+                metrics.patches.labels(op="release", result="ok").inc()
+            except kube.Conflict:
+                metrics.patches.labels(op="release", result="conflict").inc()
+                continue
+            except kube.NotFound:
+                metrics.patches.labels(op="release", result="not-found").inc()
+            except kube.KubeError as exc:
+                metrics.patches.labels(op="release", result="error").inc()
+                log.warning("expiry of %s/%s failed (%s); will retry", namespace, pod, exc)
+                retry_at = time.time() + _RETRY_S
+                heapq.heappush(self._heap, (retry_at, namespace, pod))
+                self._due[key] = (retry_at, topology)
+                return
+            else:
+                self.expired += 1
+                metrics.observations_expired.labels(topology=topology).inc()
+                log.info("observation of %s/%s expired", namespace, pod)
+            break
+        self._due.pop(key, None)
+        self._publish_gauge()

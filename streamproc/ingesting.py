@@ -1,0 +1,246 @@
+"""Stage 1, ingest: raw detections in, compact per-workload tallies out.
+
+Measured on a 2-core machine, a Faust agent pays ~120 us per event, a plain aiokafka consumer
+with orjson ~4 us. So every raw detection stops here: it is parsed, validated (or dead-lettered
+with its reason), matched against the topologies, tied to its workload, and counted into a tally
+per topology x workload x window. One ``getmany`` batch is one unit of work: its tallies and dead
+letters are produced and acknowledged by the broker before the batch's offsets are committed, so
+a crash repeats a batch rather than losing one (at-least-once). The stage keeps no state between
+batches and scales out by partition.
+
+Windows are aligned on the Kafka record timestamp (the moment the detection was appended), not on
+the ``time`` field inside the event: that is what the broker vouches for, and a hostile or
+skewed producer clock inside a payload cannot stretch an observation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+
+from streamproc import events, kafka, metrics
+from streamproc.events import Detection, ParseError
+from streamproc.matching import Matcher
+from streamproc.resolving import WorkloadResolver
+from streamproc.settings import Settings
+from streamproc.tallies import UUID_SAMPLE, Tally, start_tally
+from streamproc.topologies import Topology
+from streamproc.workloads import WorkloadRef
+
+log = logging.getLogger("streamproc.ingest")
+STAGE = "ingest"
+_Slot = tuple[str, str, int]
+
+
+def window_start_ms(timestamp_ms: int, size_ms: int) -> int:
+    """Start of the tumbling window (epoch-aligned, as Faust aligns them) holding a timestamp."""
+    return timestamp_ms - timestamp_ms % size_ms
+
+
+class BatchResult:
+    """What one batch produced, kept apart from I/O so it can be tested and measured alone."""
+
+    __slots__ = ("consumed", "dead", "host_events", "matched", "tallies", "unmatched")
+
+    def __init__(self) -> None:
+        self.tallies: dict[_Slot, Tally] = {}
+        self.dead: list[tuple[kafka.ConsumerRecord, str, str]] = []
+        self.consumed: Counter[tuple[int, str]] = Counter()
+        self.matched: Counter[str] = Counter()
+        self.host_events = 0
+        self.unmatched = 0
+
+
+class Ingestor:
+    """Parse, validate, match, resolve and pre-aggregate; publish tallies; commit."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        topologies: Sequence[Topology],
+        resolver: WorkloadResolver,
+    ) -> None:
+        self.settings = settings
+        self.resolver = resolver
+        by_topic: dict[str, list[Topology]] = {}
+        for topology in topologies:
+            by_topic.setdefault(topology.spec.source.topic, []).append(topology)
+        self.matchers = {topic: Matcher(ts) for topic, ts in by_topic.items()}
+        self._api_slots = asyncio.Semaphore(settings.api_concurrency)
+
+    @property
+    def source_topics(self) -> list[str]:
+        """Topics the stage reads."""
+        return sorted(self.matchers)
+
+    async def process(self, records: Iterable[kafka.ConsumerRecord]) -> BatchResult:
+        """Turn one batch of raw records into tallies and dead letters (no Kafka I/O)."""
+        result = BatchResult()
+        pending: list[tuple[Detection, int, tuple[Topology, ...]]] = []
+        parse = events.parse
+        resolver_known = self.resolver.known
+        for record in records:
+            try:
+                detection = parse(record.value or b"")
+            except ParseError as exc:
+                result.dead.append((record, exc.reason, exc.detail))
+                continue
+            result.consumed[(detection.priority, detection.source)] += 1
+            if detection.namespace is None or detection.pod is None:
+                result.host_events += 1
+                continue
+            matched = self.matchers[record.topic].match(detection)
+            if not matched:
+                result.unmatched += 1
+                continue
+            workload = resolver_known(detection)
+            if workload is None:
+                pending.append((detection, record.timestamp, matched))
+                continue
+            self._count(result, matched, workload, detection, record.timestamp)
+        if pending:
+            resolved = await self._resolve({(d.namespace or "", d.pod or "") for d, _, _ in pending})
+            for detection, timestamp, matched in pending:
+                workload = resolved[(detection.namespace or "", detection.pod or "")]
+                self._count(result, matched, workload, detection, timestamp)
+        return result
+
+    async def _resolve(self, pods: set[tuple[str, str]]) -> dict[tuple[str, str], WorkloadRef]:
+        async def one(namespace: str, pod: str) -> tuple[tuple[str, str], WorkloadRef]:
+            async with self._api_slots:
+                return (namespace, pod), await self.resolver.resolve(namespace, pod)
+
+        return dict(await asyncio.gather(*(one(ns, pod) for ns, pod in pods)))
+
+    @staticmethod
+    def _count(
+        result: BatchResult,
+        matched: tuple[Topology, ...],
+        workload: WorkloadRef,
+        detection: Detection,
+        timestamp_ms: int,
+    ) -> None:
+        tallies = result.tallies
+        for topology in matched:
+            result.matched[topology.name] += 1
+            start = window_start_ms(timestamp_ms, int(topology.spec.window.size * 1000))
+            slot = (topology.name, workload.key, start)
+            tally = tallies.get(slot)
+            if tally is None:
+                tallies[slot] = start_tally(
+                    topology.name,
+                    workload,
+                    start,
+                    timestamp_ms,
+                    detection.rule,
+                    detection.priority,
+                    detection.pod or "",
+                    detection.uuid,
+                )
+                continue
+            tally.count += 1
+            tally.first_append_ms = min(tally.first_append_ms, timestamp_ms)
+            tally.priority = max(tally.priority, detection.priority)
+            if detection.uuid and len(tally.uuids) < UUID_SAMPLE:
+                tally.uuids.append(detection.uuid)
+
+    async def publish(self, producer: kafka.AIOKafkaProducer, result: BatchResult) -> None:
+        """Produce tallies and dead letters and wait until the broker acknowledged all of them."""
+        topics = self.settings.topics
+        futures = [
+            await producer.send(
+                topics.tallies,
+                value=tally.encode(),
+                key=tally.workload_key.encode(),
+                timestamp_ms=tally.window_start,
+            )
+            for tally in result.tallies.values()
+        ]
+        futures += [
+            await producer.send(
+                topics.dead_letters,
+                value=record.value,
+                key=record.key,
+                headers=dead_letter_headers(STAGE, reason, detail, record),
+            )
+            for record, reason, detail in result.dead
+        ]
+        if futures:
+            await asyncio.gather(*futures)
+
+    @staticmethod
+    def record_metrics(result: BatchResult) -> None:
+        """Fold one batch's counts into the process metrics (once per batch, not per event)."""
+        for (priority, source), n in result.consumed.items():
+            metrics.detections_consumed.labels(
+                priority=events.PRIORITIES[len(events.PRIORITIES) - 1 - priority], source=source
+            ).inc(n)
+        if result.host_events:
+            metrics.detections_skipped.labels(reason="no-kubernetes-context").inc(result.host_events)
+        if result.unmatched:
+            metrics.detections_skipped.labels(reason="no-topology-matched").inc(result.unmatched)
+        for topology, n in result.matched.items():
+            metrics.detections_matched.labels(topology=topology).inc(n)
+        for _, reason, _ in result.dead:
+            metrics.dead_letters.labels(stage=STAGE, reason=reason).inc()
+        if result.tallies:
+            metrics.tallies_published.inc(len(result.tallies))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until ``stop`` is set; survive broker outages by retrying the same batch."""
+        consumer = kafka.consumer(self.settings, self.source_topics, "streamproc-ingest")
+        producer = kafka.producer(self.settings)
+        await producer.start()
+        await consumer.start()
+        log.info("ingest reading %s", ", ".join(self.source_topics))
+        try:
+            while not stop.is_set():
+                batch = await consumer.getmany(
+                    timeout_ms=int(self.settings.flush_interval_s * 1000) or 1,
+                    max_records=self.settings.batch_max_records,
+                )
+                if batch:
+                    await self._handle(consumer, producer, batch)
+                metrics.consumer_lag.labels(stage=STAGE).set(kafka.batch_lag(consumer, batch))
+        finally:
+            await consumer.stop()
+            await producer.stop()
+
+    async def _handle(
+        self,
+        consumer: kafka.AIOKafkaConsumer,
+        producer: kafka.AIOKafkaProducer,
+        batch: Mapping[kafka.TopicPartition, list[kafka.ConsumerRecord]],
+    ) -> None:
+        records = [r for rs in batch.values() for r in rs]
+        metrics.records_consumed.labels(stage=STAGE).inc(len(records))
+        try:
+            result = await self.process(records)
+            await self.publish(producer, result)
+            await consumer.commit({tp: rs[-1].offset + 1 for tp, rs in batch.items()})
+        except kafka.KafkaError as exc:
+            # Nothing of this batch is committed: rewind and take it again once Kafka is back.
+            metrics.stage_errors.labels(stage=STAGE, error=type(exc).__name__).inc()
+            log.warning("ingest batch failed (%s); retrying from offset", exc)
+            for tp, rs in batch.items():
+                consumer.seek(tp, rs[0].offset)
+            await asyncio.sleep(1.0)
+            return
+        self.record_metrics(result)
+
+
+def dead_letter_headers(
+    stage: str, reason: str, detail: str, record: kafka.ConsumerRecord
+) -> list[tuple[str, bytes]]:
+    """Why a record was refused and where it came from, as Kafka headers on the original bytes."""
+    return [
+        ("streamproc.stage", stage.encode()),
+        ("streamproc.reason", reason.encode()),
+        ("streamproc.detail", detail.encode("utf-8", "replace")[:1000]),
+        ("streamproc.source.topic", record.topic.encode()),
+        ("streamproc.source.partition", str(record.partition).encode()),
+        ("streamproc.source.offset", str(record.offset).encode()),
+    ]
+

@@ -1,0 +1,122 @@
+"""Kafka plumbing for the aiokafka-based stages; the only importer of aiokafka in streamproc.
+
+The Faust stage talks to Kafka through Faust; everything else comes here, so connection options
+(and later TLS/SASL) are set in one place. Offsets are always committed by hand, after the work a
+record caused is durable: at-least-once end to end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from streamproc.settings import Settings
+
+__all__ = [
+    "AIOKafkaConsumer",
+    "AIOKafkaProducer",
+    "ConsumerRecord",
+    "KafkaError",
+    "TopicPartition",
+    "consumer",
+    "ensure_topics",
+    "producer",
+]
+
+#: a record the dead-letter topic keeps: original bytes plus why it was refused.
+Headers = Sequence[tuple[str, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """A topic streamproc creates when it is missing."""
+
+    name: str
+    partitions: int
+
+
+def producer(settings: Settings, *, linger_ms: int = 5) -> AIOKafkaProducer:
+    """A producer that waits for all in-sync replicas: a detection's trace must not be lost."""
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers,
+        client_id=settings.client_id,
+        acks="all",
+        linger_ms=linger_ms,
+        max_batch_size=1 << 20,
+        max_request_size=2 << 20,
+        enable_idempotence=settings.enable_idempotence,
+    )
+
+
+def consumer(settings: Settings, topics: Iterable[str], group: str) -> AIOKafkaConsumer:
+    """A group consumer with manual commits, starting from the earliest offset for new groups."""
+    session_ms = int(settings.session_timeout_s * 1000)
+    return AIOKafkaConsumer(
+        *topics,
+        bootstrap_servers=settings.bootstrap_servers,
+        client_id=settings.client_id,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=session_ms,
+        heartbeat_interval_ms=max(500, session_ms // 5),
+        rebalance_timeout_ms=max(session_ms, 10_000),
+        max_partition_fetch_bytes=8 << 20,
+        fetch_max_bytes=32 << 20,
+    )
+
+
+async def ensure_topics(settings: Settings, specs: Iterable[TopicSpec]) -> None:
+    """Create missing topics; an existing one is left as it is."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.bootstrap_servers, client_id=settings.client_id
+    )
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [NewTopic(s.name, s.partitions, 1) for s in specs if s.name not in existing]
+        if missing:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(missing)
+    finally:
+        await admin.close()
+
+
+async def wait_for_broker(settings: Settings, *, timeout_s: float = 30.0) -> None:
+    """Block until the broker answers metadata requests (a stage may start before it)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        probe = AIOKafkaAdminClient(
+            bootstrap_servers=settings.bootstrap_servers, client_id=settings.client_id
+        )
+        try:
+            await probe.start()
+        except KafkaError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+        else:
+            await probe.close()
+            return
+
+
+def batch_lag(
+    consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[ConsumerRecord]]
+) -> int:
+    """Records still behind the last one fetched, from the high watermarks of the fetch itself.
+
+    The fetch response's high watermark is used rather than a ListOffsets request: cheaper, and
+    correct on brokers whose ListOffsets(LATEST) is not. An empty batch means caught up.
+    """
+    total = 0
+    for tp, records in batch.items():
+        high = consumer.highwater(tp)
+        if high is not None and records:
+            total += max(0, high - records[-1].offset - 1)
+    return total

@@ -1,0 +1,228 @@
+"""Kubernetes access: the only importer of kubernetes_asyncio, behind one small class.
+
+Stages see plain dicts (the API's JSON) and streamproc's own errors, never the client's types, so
+the client can be swapped for the emulator at the HTTP level (tests and the lab point a kubeconfig
+at it) and nothing else in the code knows. Responses are read raw and decoded with orjson: the
+generated models are slow and drop fields. Transient failures (5xx, 429, timeouts, refused
+connections) are retried over an exponential backoff with jitter, honouring ``Retry-After``; the
+rest surface as NotFound, Conflict or Forbidden for the caller to decide.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Self
+
+import aiohttp
+import orjson
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from streamproc import metrics
+
+Json = dict[str, Any]
+MERGE_PATCH = "application/merge-patch+json"
+
+
+class KubeError(Exception):
+    """Any failure talking to the API server."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class NotFound(KubeError):
+    """The object does not exist (a pod deleted between list and patch)."""
+
+
+class Conflict(KubeError):
+    """Stale resourceVersion: re-read and re-apply."""
+
+
+class Forbidden(KubeError):
+    """RBAC refuses the request; retrying will not help."""
+
+
+class Unavailable(KubeError):
+    """The API server is unreachable, overloaded or failing; worth retrying later."""
+
+    def __init__(self, message: str, *, status: int | None = None, retry_after: float = 0) -> None:
+        super().__init__(message, status=status)
+        self.retry_after = retry_after
+
+
+def _wait(state: RetryCallState) -> float:
+    backoff = wait_exponential_jitter(initial=0.2, max=10.0)(state)
+    exc = state.outcome.exception() if state.outcome else None
+    hinted = exc.retry_after if isinstance(exc, Unavailable) else 0.0
+    return max(backoff, hinted)
+
+
+def _count_retry(state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome else None
+    metrics.api_retries.labels(reason=str(getattr(exc, "status", None) or "connection")).inc()
+
+
+def _translate(exc: ApiException, what: str) -> KubeError:
+    status = exc.status or 0
+    if status == 404:
+        return NotFound(f"{what}: not found", status=404)
+    if status == 409:
+        return Conflict(f"{what}: conflict", status=409)
+    if status == 403:
+        return Forbidden(f"{what}: forbidden ({exc.reason})", status=403)
+    if status == 429 or status >= 500:
+        retry_after = 0.0
+        if exc.headers and exc.headers.get("Retry-After", "").isdigit():
+            retry_after = float(exc.headers["Retry-After"])
+        return Unavailable(f"{what}: HTTP {status}", status=status, retry_after=retry_after)
+    return KubeError(f"{what}: HTTP {status} {exc.reason}", status=status)
+
+
+class Kube:
+    """A connection to one cluster."""
+
+    def __init__(self, api: client.ApiClient, *, timeout_s: float, attempts: int) -> None:
+        self._api = api
+        self._core = client.CoreV1Api(api)
+        self._apps = client.AppsV1Api(api)
+        self._batch = client.BatchV1Api(api)
+        self._timeout = timeout_s
+        self._attempts = attempts
+
+    @classmethod
+    async def connect(
+        cls, kubeconfig: str | None = None, *, timeout_s: float = 10.0, attempts: int = 5
+    ) -> Self:
+        """Load credentials the standard way: KUBECONFIG / a given file, else in-cluster."""
+        configuration = client.Configuration()
+        try:
+            await config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+        except (config.ConfigException, FileNotFoundError, TypeError):
+            if kubeconfig:
+                raise
+            config.load_incluster_config(client_configuration=configuration)
+        return cls(client.ApiClient(configuration), timeout_s=timeout_s, attempts=attempts)
+
+    async def close(self) -> None:
+        """Release the HTTP session."""
+        await self._api.close()
+
+    async def _call(self, verb: str, what: str, request: Callable[[], Awaitable[Any]]) -> Json:
+        async def once() -> Json:
+            started = time.perf_counter()
+            code = "error"
+            try:
+                response = await request()
+                code = str(response.status)
+                return orjson.loads(await response.read())  # type: ignore[no-any-return]
+            except ApiException as exc:
+                code = str(exc.status)
+                raise _translate(exc, what) from None
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                raise Unavailable(f"{what}: {type(exc).__name__}: {exc}") from None
+            finally:
+                metrics.api_request_duration.labels(verb=verb, code=code).observe(
+                    time.perf_counter() - started
+                )
+
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(Unavailable),
+            stop=stop_after_attempt(self._attempts),
+            wait=_wait,
+            before_sleep=_count_retry,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await once()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def list_pods(self, namespace: str | None, label_selector: str | None = None) -> list[Json]:
+        """Pods in a namespace (or all namespaces when None), optionally label-filtered."""
+        kwargs: dict[str, Any] = {"_preload_content": False, "_request_timeout": self._timeout}
+        if label_selector:
+            kwargs["label_selector"] = label_selector
+        if namespace is None:
+            doc = await self._call(
+                "list", "pods", lambda: self._core.list_pod_for_all_namespaces(**kwargs)
+            )
+        else:
+            doc = await self._call(
+                "list",
+                f"pods in {namespace}",
+                lambda: self._core.list_namespaced_pod(namespace, **kwargs),
+            )
+        return list(doc.get("items") or [])
+
+    async def get_pod(self, namespace: str, name: str) -> Json:
+        """One pod."""
+        return await self._call(
+            "get",
+            f"pod {namespace}/{name}",
+            lambda: self._core.read_namespaced_pod(
+                name, namespace, _preload_content=False, _request_timeout=self._timeout
+            ),
+        )
+
+    async def get_controller_owner(self, namespace: str, kind: str, name: str) -> Json:
+        """A ReplicaSet or Job, read to find its own controller (Deployment or CronJob)."""
+        kwargs: dict[str, Any] = {"_preload_content": False, "_request_timeout": self._timeout}
+        if kind == "ReplicaSet":
+            call = self._apps.read_namespaced_replica_set
+        elif kind == "Job":
+            call = self._batch.read_namespaced_job
+        else:
+            raise ValueError(f"no controller lookup for kind {kind}")
+        return await self._call(
+            "get", f"{kind} {namespace}/{name}", lambda: call(name, namespace, **kwargs)
+        )
+
+    async def patch_pod_metadata(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        annotations: Mapping[str, str | None],
+        labels: Mapping[str, str | None],
+        resource_version: str | None = None,
+    ) -> Json:
+        """JSON merge patch (RFC 7386) of a pod's metadata: only the given keys change, None deletes.
+
+        With ``resource_version`` the API server refuses (409) if the pod changed since it was
+        read, so a removal never races an extension written by another replica.
+        """
+        metadata: Json = {"annotations": dict(annotations), "labels": dict(labels)}
+        if resource_version is not None:
+            metadata["resourceVersion"] = resource_version
+        body = {"metadata": metadata}
+        return await self._call(
+            "patch",
+            f"pod {namespace}/{name}",
+            lambda: self._core.patch_namespaced_pod(
+                name,
+                namespace,
+                body,
+                _content_type=MERGE_PATCH,
+                _preload_content=False,
+                _request_timeout=self._timeout,
+            ),
+        )
+
+
+def controller_of(obj: Json) -> tuple[str, str] | None:
+    """The (kind, name) of the owner reference marked ``controller: true``, if any."""
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or ():
+        if ref.get("controller") and ref.get("kind") and ref.get("name"):
+            return str(ref["kind"]), str(ref["name"])
+    return None
+

@@ -1,0 +1,188 @@
+"""A realistic sample cluster for the emulator: the objects a kubectl user would recognise.
+
+Deployments own ReplicaSets (with ``pod-template-hash``) that own pods; a StatefulSet's pods are
+``name-0..n``; a DaemonSet runs one pod per node; a CronJob owns a Job named after its scheduled
+minute, which owns a pod; and one bare pod has no owner. Pod names follow Kubernetes' own
+generators (the safe-encoding alphabet), so name-shape resolution sees what it would in a cluster.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+Json = dict[str, Any]
+_SAFE = "bcdfghjklmnpqrstvwxz2456789"
+NODES = ("node-a", "node-b")
+
+
+@dataclass(frozen=True)
+class SampleWorkload:
+    """One workload and its pods, for the replay generator and assertions."""
+
+    namespace: str
+    kind: str
+    name: str
+    pods: tuple[str, ...]
+    images: tuple[str, ...] = field(default=("nginx:1.27",))
+
+
+def _suffix(rng: random.Random, n: int) -> str:
+    return "".join(rng.choice(_SAFE) for _ in range(n))
+
+
+def _owner(kind: str, name: str, uid: str, api_version: str) -> Json:
+    return {
+        "apiVersion": api_version,
+        "kind": kind,
+        "name": name,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _meta(name: str, namespace: str, labels: dict[str, str], uid: str, owner: Json | None) -> Json:
+    meta: Json = {"name": name, "namespace": namespace, "labels": dict(labels), "uid": uid}
+    if owner is not None:
+        meta["ownerReferences"] = [owner]
+    return meta
+
+
+def pod(
+    namespace: str, name: str, labels: dict[str, str], owner: Json | None, node: str, image: str
+) -> Json:
+    """A running pod."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": _meta(name, namespace, labels, f"uid-{namespace}-{name}", owner),
+        "spec": {"nodeName": node, "containers": [{"name": "main", "image": image}]},
+        "status": {"phase": "Running"},
+    }
+
+
+class ClusterBuilder:
+    """Builds objects and remembers the workloads, for the replay and the tests."""
+
+    def __init__(self, seed: int = 7) -> None:
+        self.rng = random.Random(seed)  # noqa: S311 - names, not secrets
+        self.objects: list[Json] = []
+        self.workloads: list[SampleWorkload] = []
+        self._namespaces: set[str] = set()
+
+    def namespace(self, name: str) -> None:
+        """Add a namespace once."""
+        if name not in self._namespaces:
+            self._namespaces.add(name)
+            self.objects.append(
+                {"apiVersion": "v1", "kind": "Namespace",
+                 "metadata": {"name": name, "labels": {"kubernetes.io/metadata.name": name}}}
+            )
+
+    def deployment(self, namespace: str, name: str, replicas: int, image: str) -> SampleWorkload:
+        """Deployment -> ReplicaSet -> pods."""
+        self.namespace(namespace)
+        labels = {"app.kubernetes.io/name": name}
+        uid = f"uid-deploy-{namespace}-{name}"
+        self.objects.append(
+            {"apiVersion": "apps/v1", "kind": "Deployment",
+             "metadata": _meta(name, namespace, labels, uid, None),
+             "spec": {"replicas": replicas, "selector": {"matchLabels": labels}}}
+        )
+        template_hash = _suffix(self.rng, 10)
+        rs_name = f"{name}-{template_hash}"
+        rs_uid = f"uid-rs-{namespace}-{rs_name}"
+        rs_labels = {**labels, "pod-template-hash": template_hash}
+        self.objects.append(
+            {"apiVersion": "apps/v1", "kind": "ReplicaSet",
+             "metadata": _meta(rs_name, namespace, rs_labels, rs_uid,
+                               _owner("Deployment", name, uid, "apps/v1")),
+             "spec": {"replicas": replicas}}
+        )
+        owner = _owner("ReplicaSet", rs_name, rs_uid, "apps/v1")
+        pods = tuple(f"{rs_name}-{_suffix(self.rng, 5)}" for _ in range(replicas))
+        for i, pod_name in enumerate(pods):
+            self.objects.append(pod(namespace, pod_name, rs_labels, owner, NODES[i % 2], image))
+        return self._remember(SampleWorkload(namespace, "Deployment", name, pods, (image,)))
+
+    def statefulset(self, namespace: str, name: str, replicas: int, image: str) -> SampleWorkload:
+        """StatefulSet -> pods name-0..n."""
+        self.namespace(namespace)
+        labels = {"app.kubernetes.io/name": name}
+        uid = f"uid-sts-{namespace}-{name}"
+        self.objects.append(
+            {"apiVersion": "apps/v1", "kind": "StatefulSet",
+             "metadata": _meta(name, namespace, labels, uid, None),
+             "spec": {"replicas": replicas, "serviceName": name}}
+        )
+        owner = _owner("StatefulSet", name, uid, "apps/v1")
+        pods = tuple(f"{name}-{i}" for i in range(replicas))
+        for i, pod_name in enumerate(pods):
+            self.objects.append(pod(namespace, pod_name, labels, owner, NODES[i % 2], image))
+        return self._remember(SampleWorkload(namespace, "StatefulSet", name, pods, (image,)))
+
+    def daemonset(self, namespace: str, name: str, image: str) -> SampleWorkload:
+        """DaemonSet -> one pod per node."""
+        self.namespace(namespace)
+        labels = {"app.kubernetes.io/name": name}
+        uid = f"uid-ds-{namespace}-{name}"
+        self.objects.append(
+            {"apiVersion": "apps/v1", "kind": "DaemonSet",
+             "metadata": _meta(name, namespace, labels, uid, None), "spec": {}}
+        )
+        owner = _owner("DaemonSet", name, uid, "apps/v1")
+        pods = tuple(f"{name}-{_suffix(self.rng, 5)}" for _ in NODES)
+        for node, pod_name in zip(NODES, pods, strict=True):
+            self.objects.append(pod(namespace, pod_name, labels, owner, node, image))
+        return self._remember(SampleWorkload(namespace, "DaemonSet", name, pods, (image,)))
+
+    def cronjob(self, namespace: str, name: str, image: str) -> SampleWorkload:
+        """CronJob -> Job (named after its scheduled minute) -> pod."""
+        self.namespace(namespace)
+        labels = {"app.kubernetes.io/name": name}
+        uid = f"uid-cj-{namespace}-{name}"
+        self.objects.append(
+            {"apiVersion": "batch/v1", "kind": "CronJob",
+             "metadata": _meta(name, namespace, labels, uid, None),
+             "spec": {"schedule": "*/5 * * * *"}}
+        )
+        job = f"{name}-{29_000_000 + self.rng.randrange(900_000)}"
+        job_uid = f"uid-job-{namespace}-{job}"
+        job_labels = {**labels, "batch.kubernetes.io/job-name": job}
+        self.objects.append(
+            {"apiVersion": "batch/v1", "kind": "Job",
+             "metadata": _meta(job, namespace, job_labels, job_uid,
+                               _owner("CronJob", name, uid, "batch/v1")), "spec": {}}
+        )
+        pod_name = f"{job}-{_suffix(self.rng, 5)}"
+        self.objects.append(
+            pod(namespace, pod_name, job_labels, _owner("Job", job, job_uid, "batch/v1"), NODES[0], image)
+        )
+        return self._remember(SampleWorkload(namespace, "CronJob", name, (pod_name,), (image,)))
+
+    def bare_pod(self, namespace: str, name: str, image: str) -> SampleWorkload:
+        """A pod with no controller."""
+        self.namespace(namespace)
+        self.objects.append(pod(namespace, name, {"run": name}, None, NODES[1], image))
+        return self._remember(SampleWorkload(namespace, "Pod", name, (name,), (image,)))
+
+    def _remember(self, workload: SampleWorkload) -> SampleWorkload:
+        self.workloads.append(workload)
+        return workload
+
+
+def sample_cluster(seed: int = 7) -> ClusterBuilder:
+    """Several namespaces with one of every workload kind streamproc knows."""
+    b = ClusterBuilder(seed)
+    b.deployment("shop", "frontend", 3, "ghcr.io/example/frontend:2.4.1")
+    b.deployment("shop", "checkout", 2, "ghcr.io/example/checkout:1.9.0")
+    b.statefulset("shop", "redis", 2, "redis:7.4")
+    b.deployment("payments", "api", 3, "ghcr.io/example/payments-api:3.2.0")
+    b.statefulset("payments", "postgres", 1, "postgres:16")
+    b.daemonset("monitoring", "node-exporter", "quay.io/prometheus/node-exporter:v1.8.2")
+    b.cronjob("batch", "report", "ghcr.io/example/report:0.7.3")
+    b.bare_pod("default", "debug-shell", "busybox:1.36")
+    b.deployment("kube-system", "coredns", 2, "registry.k8s.io/coredns/coredns:v1.11.3")
+    return b

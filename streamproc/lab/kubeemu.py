@@ -1,0 +1,584 @@
+"""An emulated Kubernetes API server over real HTTP, for tests and the lab.
+
+No real API server can run on a developer laptop without a container runtime, and mocking the
+client in-process would test the mock. This serves the subset of the API that streamproc and
+``kubectl get/annotate`` use, on loopback, so the real ``kubernetes_asyncio`` client (or kubectl)
+reaches it through an ordinary kubeconfig:
+
+- discovery (``/api``, ``/apis``, ``/api/v1``, ``/apis/{group}/{version}``, ``/version``);
+- pods, namespaces, events, deployments, replicasets, statefulsets, daemonsets, jobs, cronjobs:
+  list (``labelSelector``, ``fieldSelector`` on name/namespace), get, create, put, delete;
+- patch: JSON merge patch (RFC 7386, null deletes), strategic merge (as merge for maps) and JSON
+  patch (RFC 6902);
+- ``resourceVersion`` on every object, 409 when a write names a stale one, 404 for missing
+  objects;
+- watch with label filtering, resume from a ``resourceVersion``, ``410 Gone`` when too old,
+  bookmarks and ``timeoutSeconds``;
+- faults injected per request that fail *before* any state changes (status, ``Retry-After``,
+  delay), and a request log with timestamps for assertions on rate and order.
+
+It runs in its own thread and event loop, so synchronous tests and subprocesses can use it alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import re
+import threading
+import time
+import uuid as uuidlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jsonpatch
+import orjson
+import yaml
+from aiohttp import web
+
+Json = dict[str, Any]
+
+# (group, version, plural) -> (kind, namespaced)
+RESOURCES: dict[tuple[str, str, str], tuple[str, bool]] = {
+    ("", "v1", "pods"): ("Pod", True),
+    ("", "v1", "namespaces"): ("Namespace", False),
+    ("", "v1", "events"): ("Event", True),
+    ("apps", "v1", "deployments"): ("Deployment", True),
+    ("apps", "v1", "replicasets"): ("ReplicaSet", True),
+    ("apps", "v1", "statefulsets"): ("StatefulSet", True),
+    ("apps", "v1", "daemonsets"): ("DaemonSet", True),
+    ("batch", "v1", "jobs"): ("Job", True),
+    ("batch", "v1", "cronjobs"): ("CronJob", True),
+}
+_PLURAL_OF = {kind: key for key, (kind, _) in RESOURCES.items()}
+_HISTORY = 10_000
+
+
+@dataclass
+class Fault:
+    """Fail matching requests before any state change: ``times`` of them, then pass."""
+
+    method: str = "*"
+    path: str = ".*"
+    status: int = 500
+    times: int = 1
+    retry_after: int | None = None
+    delay_s: float = 0.0
+    _pattern: re.Pattern[str] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._pattern = re.compile(self.path)
+
+    def matches(self, method: str, path: str) -> bool:
+        """Whether this fault applies to a request."""
+        return (
+            self.times > 0
+            and self.method in ("*", method)
+            and self._pattern.search(path) is not None
+        )
+
+
+@dataclass(frozen=True)
+class LoggedRequest:
+    """One request as the server saw it."""
+
+    at: float
+    method: str
+    path: str
+    query: str
+    status: int
+
+
+def _status(code: int, reason: str, message: str) -> web.Response:
+    body = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
+    return web.json_response(body, status=code, dumps=lambda o: orjson.dumps(o).decode())
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386: objects merge recursively, null deletes, anything else replaces."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def _label_requirements(selector: str) -> list[tuple[str, str, set[str]]]:
+    """Parse equality- and set-based label selectors into (key, op, values)."""
+    reqs: list[tuple[str, str, set[str]]] = []
+    for part in re.findall(r"(?:[^,(]|\([^)]*\))+", selector):
+        term = part.strip()
+        if not term:
+            continue
+        if m := re.fullmatch(r"([\w./-]+)\s+(in|notin)\s+\(([^)]*)\)", term):
+            reqs.append((m[1], m[2], {v.strip() for v in m[3].split(",") if v.strip()}))
+        elif m := re.fullmatch(r"([\w./-]+)\s*(==|!=|=)\s*([\w./-]*)", term):
+            reqs.append((m[1], "!=" if m[2] == "!=" else "=", {m[3]}))
+        elif m := re.fullmatch(r"!([\w./-]+)", term):
+            reqs.append((m[1], "!", set()))
+        elif re.fullmatch(r"[\w./-]+", term):
+            reqs.append((term, "exists", set()))
+        else:
+            raise ValueError(f"unable to parse requirement: {term!r}")
+    return reqs
+
+
+def _labels_match(labels: dict[str, str], reqs: list[tuple[str, str, set[str]]]) -> bool:
+    for key, op, values in reqs:
+        present = key in labels
+        if op in ("=", "in") and (not present or labels[key] not in values):
+            return False
+        if op in ("!=", "notin") and present and labels[key] in values:
+            return False
+        if op == "exists" and not present:
+            return False
+        if op == "!" and present:
+            return False
+    return True
+
+
+def _fields_match(obj: Json, selector: str) -> bool:
+    meta = obj.get("metadata", {})
+    for term in filter(None, (t.strip() for t in selector.split(","))):
+        m = re.fullmatch(r"([\w.]+)\s*(==|!=|=)\s*(.*)", term)
+        if not m:
+            return False
+        actual = {"metadata.name": meta.get("name"), "metadata.namespace": meta.get("namespace")}
+        if m[1] not in actual:
+            return False
+        equal = actual[m[1]] == m[3]
+        if equal != (m[2] != "!="):
+            return False
+    return True
+
+
+class KubeEmulator:
+    """State plus HTTP handlers; ``serve()`` runs it on a loopback port in a thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._objects: dict[tuple[str, str, str, str], Json] = {}
+        self._rv = 1
+        self._history: list[tuple[int, str, tuple[str, str, str], Json, Json | None]] = []
+        self._watchers: set[asyncio.Queue[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.faults: list[Fault] = []
+        self.requests: list[LoggedRequest] = []
+        self.url = ""
+
+    # ---- state ---------------------------------------------------------------------------
+    def _bump(self) -> str:
+        self._rv += 1
+        return str(self._rv)
+
+    def _record(self, kind: str, gvr: tuple[str, str, str], obj: Json, old: Json | None) -> None:
+        self._history.append((self._rv, kind, gvr, copy.deepcopy(obj), old))
+        del self._history[:-_HISTORY]
+        if self._loop is not None:
+            for queue in list(self._watchers):
+                self._loop.call_soon_threadsafe(queue.put_nowait, None)
+
+    def create(self, obj: Json) -> Json:
+        """Store a new object (as the API server would on POST); returns the stored copy."""
+        with self._lock:
+            kind = obj["kind"]
+            gvr = _PLURAL_OF[kind]
+            meta = obj.setdefault("metadata", {})
+            namespaced = RESOURCES[gvr][1]
+            key = (*gvr[:1], gvr[2], meta.get("namespace", "") if namespaced else "", meta["name"])
+            if key in self._objects:
+                raise KeyError(f"{kind} {meta['name']} already exists")
+            meta.setdefault("uid", str(uuidlib.uuid4()))
+            meta.setdefault("creationTimestamp", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+            meta["resourceVersion"] = self._bump()
+            group, version, _ = gvr
+            obj.setdefault("apiVersion", f"{group}/{version}" if group else version)
+            stored = copy.deepcopy(obj)
+            self._objects[key] = stored
+            self._record("ADDED", gvr, stored, None)
+            return copy.deepcopy(stored)
+
+    def get(self, kind: str, namespace: str, name: str) -> Json | None:
+        """A copy of one object, or None."""
+        gvr = _PLURAL_OF[kind]
+        with self._lock:
+            found = self._objects.get((gvr[0], gvr[2], namespace, name))
+            return copy.deepcopy(found) if found is not None else None
+
+    def list(self, kind: str, namespace: str | None = None) -> list[Json]:
+        """Copies of all objects of a kind (in one namespace when given)."""
+        gvr = _PLURAL_OF[kind]
+        with self._lock:
+            return [
+                copy.deepcopy(o)
+                for (g, r, ns, _), o in self._objects.items()
+                if (g, r) == (gvr[0], gvr[2]) and (namespace is None or ns == namespace)
+            ]
+
+    def delete(self, kind: str, namespace: str, name: str) -> bool:
+        """Remove an object; True if it existed."""
+        gvr = _PLURAL_OF[kind]
+        with self._lock:
+            old = self._objects.pop((gvr[0], gvr[2], namespace, name), None)
+            if old is None:
+                return False
+            old["metadata"]["resourceVersion"] = self._bump()
+            self._record("DELETED", gvr, old, old)
+            return True
+
+    def _replace(self, key: tuple[str, str, str, str], gvr: tuple[str, str, str], new: Json) -> Json:
+        old = self._objects[key]
+        new["metadata"]["resourceVersion"] = self._bump()
+        self._objects[key] = new
+        self._record("MODIFIED", gvr, new, old)
+        return copy.deepcopy(new)
+
+    def update(self, kind: str, namespace: str, name: str, patch: Json) -> Json:
+        """Merge-patch an object directly (tests use it to play another controller)."""
+        gvr = _PLURAL_OF[kind]
+        with self._lock:
+            key = (gvr[0], gvr[2], namespace, name)
+            return self._replace(key, gvr, merge_patch(self._objects[key], patch))
+
+    # ---- HTTP ----------------------------------------------------------------------------
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        path = request.path
+        for fault in self.faults:
+            if fault.matches(request.method, path):
+                with self._lock:
+                    fault.times -= 1
+                if fault.delay_s:
+                    await asyncio.sleep(fault.delay_s)
+                if fault.status:
+                    response = _status(fault.status, "InjectedFault", f"injected {fault.status}")
+                    if fault.retry_after is not None:
+                        response.headers["Retry-After"] = str(fault.retry_after)
+                    return response
+                break
+        try:
+            return await self._route(request)
+        except ValueError as exc:
+            return _status(400, "BadRequest", str(exc))
+
+    async def _route(self, request: web.Request) -> web.StreamResponse:
+        parts = [p for p in request.path.split("/") if p]
+        if parts == ["version"]:
+            return web.json_response({"major": "1", "minor": "31", "gitVersion": "v1.31.0-emu"})
+        if parts == ["api"]:
+            return web.json_response({"kind": "APIVersions", "versions": ["v1"]})
+        if parts == ["apis"]:
+            return web.json_response(self._group_list())
+        if parts[:1] == ["api"]:
+            group, version, rest = "", parts[1] if len(parts) > 1 else "", parts[2:]
+        elif parts[:1] == ["apis"] and len(parts) >= 3:
+            group, version, rest = parts[1], parts[2], parts[3:]
+        else:
+            return _status(404, "NotFound", f"no route {request.path}")
+        if not rest:
+            return web.json_response(self._resource_list(group, version))
+        namespace = ""
+        if rest[0] == "namespaces" and len(rest) >= 3:
+            namespace, rest = rest[1], rest[2:]
+        plural, name = rest[0], rest[1] if len(rest) > 1 else ""
+        gvr = (group, version, plural)
+        if gvr not in RESOURCES or len(rest) > 2:
+            return _status(404, "NotFound", f"the server could not find {request.path}")
+        kind, namespaced = RESOURCES[gvr]
+        if not namespaced and namespace:
+            return _status(404, "NotFound", f"{plural} is not namespaced")
+        if name:
+            return await self._item(request, gvr, kind, namespace, name)
+        return await self._collection(request, gvr, kind, namespace)
+
+    def _group_list(self) -> Json:
+        groups = sorted({g for g, _, _ in RESOURCES if g})
+        return {
+            "kind": "APIGroupList",
+            "apiVersion": "v1",
+            "groups": [
+                {
+                    "name": g,
+                    "versions": [{"groupVersion": f"{g}/v1", "version": "v1"}],
+                    "preferredVersion": {"groupVersion": f"{g}/v1", "version": "v1"},
+                }
+                for g in groups
+            ],
+        }
+
+    def _resource_list(self, group: str, version: str) -> Json:
+        verbs = ["create", "delete", "get", "list", "patch", "update", "watch"]
+        return {
+            "kind": "APIResourceList",
+            "apiVersion": "v1",
+            "groupVersion": f"{group}/{version}" if group else version,
+            "resources": [
+                {
+                    "name": plural,
+                    "singularName": kind.lower(),
+                    "namespaced": namespaced,
+                    "kind": kind,
+                    "verbs": verbs,
+                }
+                for (g, v, plural), (kind, namespaced) in RESOURCES.items()
+                if (g, v) == (group, version)
+            ],
+        }
+
+    def _matching(self, gvr: tuple[str, str, str], namespace: str, request: web.Request) -> list[Json]:
+        reqs = _label_requirements(request.query.get("labelSelector", ""))
+        fields = request.query.get("fieldSelector", "")
+        return [
+            copy.deepcopy(obj)
+            for (g, r, ns, _), obj in sorted(self._objects.items())
+            if (g, r) == (gvr[0], gvr[2])
+            and (not namespace or ns == namespace)
+            and _labels_match(obj["metadata"].get("labels") or {}, reqs)
+            and (not fields or _fields_match(obj, fields))
+        ]
+
+    async def _collection(
+        self, request: web.Request, gvr: tuple[str, str, str], kind: str, namespace: str
+    ) -> web.StreamResponse:
+        if request.method == "GET":
+            if request.query.get("watch", "").lower() in ("true", "1"):
+                return await self._watch(request, gvr, namespace)
+            with self._lock:
+                items = self._matching(gvr, namespace, request)
+                rv = str(self._rv)
+            group, version, _ = gvr
+            return web.json_response(
+                {
+                    "kind": f"{kind}List",
+                    "apiVersion": f"{group}/{version}" if group else version,
+                    "metadata": {"resourceVersion": rv},
+                    "items": items,
+                },
+                dumps=lambda o: orjson.dumps(o).decode(),
+            )
+        if request.method == "POST":
+            body = orjson.loads(await request.read())
+            body["kind"] = kind
+            meta = body.setdefault("metadata", {})
+            if namespace:
+                meta["namespace"] = namespace
+            if not meta.get("name") and meta.get("generateName"):
+                meta["name"] = meta["generateName"] + uuidlib.uuid4().hex[:5]
+            if not meta.get("name"):
+                return _status(422, "Invalid", "metadata.name is required")
+            if namespace and self.get("Namespace", "", namespace) is None:
+                return _status(404, "NotFound", f'namespaces "{namespace}" not found')
+            try:
+                created = self.create(body)
+            except KeyError as exc:
+                return _status(409, "AlreadyExists", str(exc))
+            return web.json_response(created, status=201)
+        return _status(405, "MethodNotAllowed", request.method)
+
+    async def _item(
+        self,
+        request: web.Request,
+        gvr: tuple[str, str, str],
+        kind: str,
+        namespace: str,
+        name: str,
+    ) -> web.StreamResponse:
+        key = (gvr[0], gvr[2], namespace, name)
+        with self._lock:
+            current = self._objects.get(key)
+            if current is None:
+                return _status(404, "NotFound", f'{gvr[2]} "{name}" not found')
+            if request.method == "GET":
+                return web.json_response(copy.deepcopy(current))
+            if request.method == "DELETE":
+                self.delete(kind, namespace, name)
+                return web.json_response(current)
+        if request.method not in ("PATCH", "PUT"):
+            return _status(405, "MethodNotAllowed", request.method)
+        body = orjson.loads(await request.read())
+        content_type = request.headers.get("Content-Type", "").split(";")[0].strip()
+        with self._lock:
+            current = self._objects.get(key)
+            if current is None:
+                return _status(404, "NotFound", f'{gvr[2]} "{name}" not found')
+            if request.method == "PUT":
+                new = body
+            elif content_type == "application/json-patch+json":
+                try:
+                    new = jsonpatch.apply_patch(current, body)
+                except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
+                    return _status(422, "Invalid", str(exc))
+            elif content_type in (
+                "application/merge-patch+json",
+                "application/strategic-merge-patch+json",
+            ):
+                new = merge_patch(current, body)
+            else:
+                return _status(415, "UnsupportedMediaType", f"patch type {content_type!r}")
+            wanted = (body.get("metadata") or {}).get("resourceVersion") if isinstance(body, dict) else None
+            if wanted and wanted != current["metadata"]["resourceVersion"]:
+                return _status(
+                    409,
+                    "Conflict",
+                    f'Operation cannot be fulfilled on {gvr[2]} "{name}": the object has been '
+                    "modified; please apply your changes to the latest version and try again",
+                )
+            new.setdefault("metadata", {})
+            for immutable in ("name", "namespace", "uid", "creationTimestamp"):
+                if immutable in current["metadata"]:
+                    new["metadata"][immutable] = current["metadata"][immutable]
+            new["kind"], new["apiVersion"] = current["kind"], current["apiVersion"]
+            return web.json_response(self._replace(key, gvr, new))
+
+    async def _watch(
+        self, request: web.Request, gvr: tuple[str, str, str], namespace: str
+    ) -> web.StreamResponse:
+        reqs = _label_requirements(request.query.get("labelSelector", ""))
+        timeout = float(request.query.get("timeoutSeconds", "300"))
+        bookmarks = request.query.get("allowWatchBookmarks", "").lower() in ("true", "1")
+        since = request.query.get("resourceVersion", "")
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        queue: asyncio.Queue[None] = asyncio.Queue()
+        self._watchers.add(queue)
+
+        def visible(obj: Json | None) -> bool:
+            if obj is None:
+                return False
+            meta = obj["metadata"]
+            return (not namespace or meta.get("namespace") == namespace) and _labels_match(
+                meta.get("labels") or {}, reqs
+            )
+
+        async def send(kind: str, obj: Json) -> None:
+            await response.write(orjson.dumps({"type": kind, "object": obj}) + b"\n")
+
+        try:
+            with self._lock:
+                if since and since != "0":
+                    oldest = self._history[0][0] if self._history else self._rv
+                    if int(since) < oldest - 1:
+                        gone = {"kind": "Status", "code": 410, "reason": "Expired",
+                                "message": "too old resource version"}
+                        await send("ERROR", gone)
+                        return response
+                    cursor = int(since)
+                    initial: list[Json] = []
+                else:
+                    cursor = self._rv
+                    initial = self._matching(gvr, namespace, request)
+            for obj in initial:
+                await send("ADDED", obj)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                with self._lock:
+                    pending = [h for h in self._history if h[0] > cursor and h[2] == gvr]
+                    cursor = self._rv
+                for _rv, kind, _gvr, obj, old in pending:
+                    now_in, was_in = visible(obj), visible(old)
+                    if kind == "DELETED" and was_in:
+                        await send("DELETED", obj)
+                    elif now_in and (kind == "ADDED" or not was_in):
+                        await send("ADDED", obj)
+                    elif now_in:
+                        await send("MODIFIED", obj)
+                    elif was_in:
+                        await send("DELETED", obj)
+                try:
+                    await asyncio.wait_for(queue.get(), timeout=min(1.0, max(0.0, deadline - time.monotonic())))
+                except TimeoutError:
+                    if bookmarks:
+                        kind_name = RESOURCES[gvr][0]
+                        await send("BOOKMARK", {"kind": kind_name, "apiVersion": "v1",
+                                                "metadata": {"resourceVersion": str(cursor)}})
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self._watchers.discard(queue)
+        return response
+
+    @web.middleware
+    async def _log(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        response: web.StreamResponse = await handler(request)
+        with self._lock:
+            self.requests.append(
+                LoggedRequest(time.time(), request.method, request.path, request.query_string, response.status)
+            )
+        return response
+
+    # ---- serving -------------------------------------------------------------------------
+    @contextmanager
+    def serve(self, host: str = "127.0.0.1", port: int = 0) -> Iterator[KubeEmulator]:
+        """Run on ``host:port`` (0 = a free port) in a thread until the block ends."""
+        ready = threading.Event()
+        stop: list[asyncio.Event] = []
+        errors: list[BaseException] = []
+
+        async def main() -> None:
+            app = web.Application(middlewares=[self._log], client_max_size=8 << 20)
+            app.router.add_route("*", "/{tail:.*}", self._dispatch)
+            runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+            await runner.setup()
+            site = web.TCPSite(runner, host, port)
+            await site.start()
+            server = site._server  # noqa: SLF001 - aiohttp exposes the bound port nowhere else
+            bound = server.sockets[0].getsockname()[1] if server else port  # type: ignore[union-attr]
+            self.url = f"http://{host}:{bound}"
+            self._loop = asyncio.get_running_loop()
+            stop.append(asyncio.Event())
+            ready.set()
+            await stop[0].wait()
+            await runner.cleanup()
+
+        def run() -> None:
+            try:
+                asyncio.run(main())
+            except BaseException as exc:  # pragma: no cover - surfaced below
+                errors.append(exc)
+                ready.set()
+
+        thread = threading.Thread(target=run, name="kube-emulator", daemon=True)
+        thread.start()
+        ready.wait(10)
+        if errors or not self.url:
+            raise RuntimeError(f"emulator failed to start: {errors}")
+        try:
+            yield self
+        finally:
+            loop = self._loop
+            if loop is not None and stop:
+                loop.call_soon_threadsafe(stop[0].set)
+            thread.join(10)
+            self._loop = None
+
+    def write_kubeconfig(self, path: Path) -> Path:
+        """A kubeconfig pointing at this emulator (no auth), usable by kubectl too."""
+        doc = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "streamproc-emulator", "cluster": {"server": self.url}}],
+            "users": [{"name": "streamproc", "user": {"token": "emulator"}}],
+            "contexts": [
+                {
+                    "name": "streamproc-emulator",
+                    "context": {"cluster": "streamproc-emulator", "user": "streamproc"},
+                }
+            ],
+            "current-context": "streamproc-emulator",
+        }
+        path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+        return path

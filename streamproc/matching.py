@@ -1,0 +1,74 @@
+"""Which topologies a detection opens. Pure: (Detection, topologies) -> matching topologies.
+
+Detections repeat the same rule, priority, source, tags and namespace over and over in a flood, so
+the answer is memoised on exactly those inputs (bounded; cleared when full). That keeps matching
+near one dict look-up per detection however many topologies are loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from streamproc.events import Detection
+from streamproc.topologies import Topology
+
+_CACHE_LIMIT = 65_536
+
+
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    topology: Topology
+    rules: frozenset[str]
+    tags: frozenset[str]
+    sources: frozenset[str]
+    include: frozenset[str]
+    exclude: frozenset[str]
+
+    def admits(self, detection: Detection) -> bool:
+        match = self.topology.spec.match
+        namespace = detection.namespace
+        return (
+            match.priority.admits(detection.priority)
+            and (not self.rules or detection.rule in self.rules)
+            and (not self.sources or detection.source in self.sources)
+            and (not self.tags or not self.tags.isdisjoint(detection.tags))
+            and namespace is not None
+            and (not self.include or namespace in self.include)
+            and (namespace not in self.exclude or namespace in self.include)
+        )
+
+
+class Matcher:
+    """Compiled topologies for one source topic."""
+
+    def __init__(self, topologies: list[Topology]) -> None:
+        self.topologies = tuple(topologies)
+        self._compiled = tuple(
+            _Compiled(
+                topology=t,
+                rules=frozenset(t.spec.match.rules),
+                tags=frozenset(t.spec.match.tags),
+                sources=frozenset(t.spec.match.sources),
+                include=frozenset(t.spec.match.namespaces.include),
+                exclude=frozenset(t.spec.match.namespaces.exclude),
+            )
+            for t in topologies
+        )
+        self._cache: dict[tuple[object, ...], tuple[Topology, ...]] = {}
+
+    def match(self, detection: Detection) -> tuple[Topology, ...]:
+        """Topologies whose every condition holds for ``detection``."""
+        key = (
+            detection.rule,
+            detection.priority,
+            detection.source,
+            detection.tags,
+            detection.namespace,
+        )
+        found = self._cache.get(key)
+        if found is None:
+            found = tuple(c.topology for c in self._compiled if c.admits(detection))
+            if len(self._cache) >= _CACHE_LIMIT:
+                self._cache.clear()
+            self._cache[key] = found
+        return found

@@ -1,0 +1,137 @@
+"""Every Prometheus metric streamproc exports, defined once; the only importer of prometheus_client.
+
+Label values are bounded sets (stage, topology, reason codes, verbs, HTTP codes): never a pod
+name, a workload or a uuid, so cardinality does not grow with the cluster or the attack.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    start_http_server,
+)
+
+from streamproc import __version__
+
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+build_info = Info("streamproc_build", "streamproc version")
+build_info.info({"version": __version__})
+
+detections_consumed = Counter(
+    "streamproc_detections_consumed_total",
+    "Falco detections read from the input topic and parsed",
+    ["priority", "source"],
+)
+detections_skipped = Counter(
+    "streamproc_detections_skipped_total",
+    "Detections parsed but not counted in any window",
+    ["reason"],
+)
+dead_letters = Counter(
+    "streamproc_dead_letters_total",
+    "Records sent to the dead-letter topic",
+    ["stage", "reason"],
+)
+detections_matched = Counter(
+    "streamproc_detections_matched_total",
+    "Detections that matched a topology",
+    ["topology"],
+)
+workload_resolutions = Counter(
+    "streamproc_workload_resolutions_total",
+    "Pod-to-workload resolutions by method (cache hits not counted)",
+    ["method"],
+)
+tallies_published = Counter(
+    "streamproc_tallies_published_total",
+    "Pre-aggregated tallies the ingest stage published",
+)
+records_consumed = Counter(
+    "streamproc_records_consumed_total",
+    "Kafka records consumed, by stage",
+    ["stage"],
+)
+detections_deduplicated = Counter(
+    "streamproc_detections_deduplicated_total",
+    "Detections in a window that had already produced its action",
+    ["topology"],
+)
+windows_opened = Counter(
+    "streamproc_windows_opened_total",
+    "Workload windows that received their first detection",
+    ["topology"],
+)
+actions_emitted = Counter(
+    "streamproc_actions_emitted_total",
+    "Actions emitted by the windows stage (one per workload per qualifying window)",
+    ["topology"],
+)
+actions_handled = Counter(
+    "streamproc_actions_handled_total",
+    "Actions the annotator finished, by outcome",
+    ["result"],
+)
+patches = Counter(
+    "streamproc_patches_total",
+    "Pod metadata patches, by kind and result",
+    ["op", "result"],
+)
+api_request_duration = Histogram(
+    "streamproc_api_request_duration_seconds",
+    "Kubernetes API request latency",
+    ["verb", "code"],
+    buckets=_LATENCY_BUCKETS,
+)
+api_retries = Counter(
+    "streamproc_api_retries_total",
+    "Kubernetes API requests retried",
+    ["reason"],
+)
+detection_to_annotation = Histogram(
+    "streamproc_detection_to_annotation_seconds",
+    "From the detection's append to Kafka to its first annotation patch acknowledged",
+    buckets=_LATENCY_BUCKETS,
+)
+observations_active = Gauge(
+    "streamproc_observations_active",
+    "Pods under observation now, by topology",
+    ["topology"],
+)
+observations_expired = Counter(
+    "streamproc_observations_expired_total",
+    "Pod observations ended at expiry",
+    ["topology"],
+)
+consumer_lag = Gauge(
+    "streamproc_consumer_lag_records",
+    "Records between the consumer position and the partition end, by stage",
+    ["stage"],
+)
+stage_errors = Counter(
+    "streamproc_stage_errors_total",
+    "Errors a stage survived (broker or API unavailable, unexpected exceptions)",
+    ["stage", "error"],
+)
+
+
+def serve(port: int, host: str = "0.0.0.0") -> None:  # noqa: S104 - scraped from other hosts
+    """Serve ``/metrics`` in a background thread; port 0 turns it off."""
+    if port:
+        start_http_server(port, addr=host)
+
+
+def registry() -> CollectorRegistry:
+    """The registry the metrics live in (tests read values from it)."""
+    return REGISTRY
+
+
+def value(name: str, labels: dict[str, str] | None = None) -> float:
+    """Current value of one sample, 0 when absent: for tests and the lab summary."""
+    found = REGISTRY.get_sample_value(name, labels or {})
+    return found if found is not None else 0.0

@@ -1,0 +1,98 @@
+"""Resolving workloads against the cluster: pod -> workload (ingest) and workload -> pods (annotate).
+
+Rules live in ``workloads``; this adds the API reads and two bounded TTL caches, so that a flood of
+detections from one pod costs one lookup, not one per detection. When the API cannot answer,
+resolution falls back to the pod name's shape and remembers that only briefly.
+"""
+
+from __future__ import annotations
+
+from cachetools import TTLCache
+
+from streamproc import kube, metrics, workloads
+from streamproc.events import Detection
+from streamproc.workloads import WorkloadRef
+
+_FALLBACK_TTL_S = 10.0
+
+
+class WorkloadResolver:
+    """Pod <-> workload, cached; ``kube`` None means name shape only (no cluster access)."""
+
+    def __init__(self, client: kube.Kube | None, *, cache_size: int, ttl_s: float) -> None:
+        self._kube = client
+        self._pods: TTLCache[tuple[str, str], WorkloadRef] = TTLCache(cache_size, ttl_s)
+        self._fallbacks: TTLCache[tuple[str, str], WorkloadRef] = TTLCache(cache_size, _FALLBACK_TTL_S)
+        self._controllers: TTLCache[tuple[str, str, str], tuple[str, str] | None] = TTLCache(
+            cache_size, ttl_s
+        )
+
+    def known(self, detection: Detection) -> WorkloadRef | None:
+        """Resolve without I/O if possible: owner fields, then the caches."""
+        namespace, pod = detection.namespace, detection.pod
+        if namespace is None or pod is None:
+            return None
+        if detection.owners:
+            found = workloads.from_owner_fields(namespace, pod, detection.owners)
+            if found is not None:
+                return found
+        key = (namespace, pod)
+        return self._pods.get(key) or self._fallbacks.get(key)
+
+    async def resolve(self, namespace: str, pod: str) -> WorkloadRef:
+        """Resolve through the API (ownerReferences), else by name shape; cache the answer."""
+        key = (namespace, pod)
+        cached = self._pods.get(key) or self._fallbacks.get(key)
+        if cached is not None:
+            return cached
+        if self._kube is None:
+            ref = workloads.from_name_shape(namespace, pod)
+            self._pods[key] = ref
+        else:
+            try:
+                ref = await self.workload_of(await self._kube.get_pod(namespace, pod))
+                self._pods[key] = ref
+            except kube.KubeError:
+                ref = workloads.from_name_shape(namespace, pod)
+                self._fallbacks[key] = ref
+        metrics.workload_resolutions.labels(method=ref.resolved_by).inc()
+        return ref
+
+    async def workload_of(self, pod: kube.Json) -> WorkloadRef:
+        """The workload of a pod object read from the API."""
+        meta = pod.get("metadata") or {}
+        namespace, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
+        owner = kube.controller_of(pod)
+        grand = None
+        if owner is not None and workloads.parent_kind(owner[0]) is not None:
+            grand = await self._controller(namespace, *owner)
+        return workloads.from_owner_chain(namespace, name, owner, grand)
+
+    async def _controller(self, namespace: str, kind: str, name: str) -> tuple[str, str] | None:
+        key = (namespace, kind, name)
+        if key in self._controllers:
+            return self._controllers[key]
+        if self._kube is None:
+            return None
+        try:
+            found = kube.controller_of(await self._kube.get_controller_owner(namespace, kind, name))
+        except kube.NotFound:
+            found = None
+        self._controllers[key] = found
+        return found
+
+    async def pods_of(self, workload: WorkloadRef) -> list[kube.Json]:
+        """The workload's current pods, found by listing its namespace and walking owners."""
+        if self._kube is None:
+            return []
+        if workload.kind == "Pod":
+            try:
+                return [await self._kube.get_pod(workload.namespace, workload.name)]
+            except kube.NotFound:
+                return []
+        found = []
+        for pod in await self._kube.list_pods(workload.namespace):
+            ref = await self.workload_of(pod)
+            if (ref.kind, ref.name) == (workload.kind, workload.name):
+                found.append(pod)
+        return found

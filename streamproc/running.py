@@ -1,0 +1,114 @@
+"""Starting and stopping stages: all three in one process (``run``) or each alone.
+
+The stages never import each other; they meet only through Kafka topics and the cluster. This
+module wires them to their clients, runs them until asked to stop, and stops every client it
+started, in reverse order, whatever happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from streamproc import kafka, kube
+from streamproc.annotating import Annotator
+from streamproc.expiring import Expirer
+from streamproc.ingesting import Ingestor
+from streamproc.resolving import WorkloadResolver
+from streamproc.settings import Settings
+from streamproc.topologies import Topology
+from streamproc.windowing import build_app
+
+log = logging.getLogger("streamproc")
+STAGES = ("ingest", "windows", "annotate")
+
+
+@dataclass
+class Running:
+    """Handles on what a run started, for the lab's live view and summary."""
+
+    expirer: Expirer | None = None
+    annotator: Annotator | None = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+async def _kube_or_none(settings: Settings, *, required: bool) -> kube.Kube | None:
+    try:
+        return await kube.Kube.connect(settings.kubeconfig, timeout_s=settings.api_timeout_s)
+    except Exception as exc:
+        if required:
+            raise
+        log.warning("no Kubernetes access (%s); workloads resolved from owner fields and names", exc)
+        return None
+
+
+async def run_stages(
+    settings: Settings,
+    topologies: Sequence[Topology],
+    stages: Sequence[str],
+    stop: asyncio.Event,
+    running: Running | None = None,
+) -> None:
+    """Run the given stages until ``stop`` is set or one of them fails."""
+    running = running or Running()
+    topics = settings.topics
+    await kafka.wait_for_broker(settings)
+    await kafka.ensure_topics(
+        settings,
+        [
+            kafka.TopicSpec(topics.tallies, settings.partitions),
+            kafka.TopicSpec(topics.actions, settings.partitions),
+            kafka.TopicSpec(topics.dead_letters, settings.partitions),
+            *(kafka.TopicSpec(t.spec.source.topic, settings.partitions) for t in topologies),
+        ],
+    )
+    cleanups: list[Callable[[], Awaitable[None]]] = []
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        if "ingest" in stages:
+            client = await _kube_or_none(settings, required=False)
+            if client is not None:
+                cleanups.append(client.close)
+            resolver = WorkloadResolver(
+                client, cache_size=settings.resolver_cache_size, ttl_s=settings.resolver_cache_ttl_s
+            )
+            tasks.append(asyncio.create_task(Ingestor(settings, topologies, resolver).run(stop)))
+        if "windows" in stages:
+            app = build_app(settings, topologies)
+            app.finalize()
+            await app.start()
+            cleanups.append(app.stop)
+        if "annotate" in stages:
+            client = await _kube_or_none(settings, required=True)
+            assert client is not None
+            cleanups.append(client.close)
+            resolver = WorkloadResolver(
+                client, cache_size=settings.resolver_cache_size, ttl_s=settings.resolver_cache_ttl_s
+            )
+            expirer = Expirer(client, resync_s=settings.expiry_resync_s, dry_run=settings.dry_run)
+            annotator = Annotator(settings, topologies, client, resolver, expirer)
+            running.expirer, running.annotator = expirer, annotator
+            tasks.append(asyncio.create_task(expirer.run(stop)))
+            tasks.append(asyncio.create_task(annotator.run(stop)))
+        running.ready.set()
+        stopper = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({stopper, *tasks}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        for task in done:
+            if task is not stopper and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+    finally:
+        stop.set()
+        for task in tasks:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(task), timeout=15)
+            if not task.done():
+                task.cancel()
+        for cleanup in reversed(cleanups):
+            try:
+                await cleanup()
+            except Exception as exc:
+                log.warning("error while stopping: %s", exc)

@@ -1,0 +1,88 @@
+"""Tallies: what the ingest stage publishes, one per topology x workload x window per flush.
+
+A tally says "N matching detections for this workload fell into this window", plus a small sample
+(first rule, highest priority, the pod that fired, a few uuids) for the audit trail. It is how the
+ingest stage spares the Faust stage a per-detection cost: a flood of a million detections for one
+workload becomes a handful of tallies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import orjson
+
+from streamproc.workloads import WorkloadRef
+
+UUID_SAMPLE = 5
+
+
+class TallyError(ValueError):
+    """A record on the tallies topic that is not a tally."""
+
+
+@dataclass(slots=True)
+class Tally:
+    """Detections of one workload in one window, as counted by one ingest batch."""
+
+    topology: str
+    namespace: str
+    kind: str
+    name: str
+    resolved_by: str
+    window_start: int
+    count: int
+    first_append_ms: int
+    rule: str
+    priority: int
+    pod: str
+    uuids: list[str] = field(default_factory=list)
+
+    @property
+    def workload_key(self) -> str:
+        """``topology/namespace/Kind/name``: the table key in the windows stage."""
+        return f"{self.topology}/{self.namespace}/{self.kind}/{self.name}"
+
+    def encode(self) -> bytes:
+        """JSON bytes for Kafka."""
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Tally:
+        """Parse JSON bytes; TallyError if the record is not a tally."""
+        try:
+            doc: Any = orjson.loads(raw)
+            tally = cls(**doc)
+        except (orjson.JSONDecodeError, TypeError) as exc:
+            raise TallyError(f"not a tally: {exc}") from None
+        if not isinstance(tally.count, int) or tally.count < 1:
+            raise TallyError("tally count must be a positive integer")
+        return tally
+
+
+def start_tally(
+    topology: str,
+    workload: WorkloadRef,
+    window_start: int,
+    append_ms: int,
+    rule: str,
+    priority: int,
+    pod: str,
+    uuid: str,
+) -> Tally:
+    """The tally for the first detection of a workload in a window within one batch."""
+    return Tally(
+        topology=topology,
+        namespace=workload.namespace,
+        kind=workload.kind,
+        name=workload.name,
+        resolved_by=workload.resolved_by,
+        window_start=window_start,
+        count=1,
+        first_append_ms=append_ms,
+        rule=rule,
+        priority=priority,
+        pod=pod,
+        uuids=[uuid] if uuid else [],
+    )

@@ -1,0 +1,271 @@
+"""Topologies: declarative YAML that says which detections open which observation.
+
+One topology per file (``apiVersion: streamproc/v1``, ``kind: Topology``). A bad file stops
+streamproc at start, before it touches Kafka or the cluster, with an error that names the file,
+the line and the field: a typo in a security control must not degrade silently into "matches
+nothing". Unknown fields are refused for the same reason.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from streamproc import conventions, durations, events
+
+API_VERSION = "streamproc/v1"
+_PRIORITY_EXPR = re.compile(r"\s*(>=|<=|==|=|>|<)?\s*([A-Za-z]+)\s*")
+
+
+class TopologyError(ValueError):
+    """A topology that cannot be used, located as precisely as the YAML allows."""
+
+    def __init__(self, path: Path | str, line: int | None, field: str, reason: str) -> None:
+        where = f"{path}:{line}" if line is not None else str(path)
+        super().__init__(f"{where}: {field}: {reason}" if field else f"{where}: {reason}")
+        self.path = str(path)
+        self.line = line
+        self.field = field
+        self.reason = reason
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class PriorityBound(_Strict):
+    """``>=Warning`` and friends, over Falco's priority order."""
+
+    op: Literal[">=", "<=", "==", ">", "<"]
+    rank: int
+
+    def admits(self, rank: int) -> bool:
+        """Whether a detection of ``rank`` passes this bound."""
+        if self.op == ">=":
+            return rank >= self.rank
+        if self.op == ">":
+            return rank > self.rank
+        if self.op == "<=":
+            return rank <= self.rank
+        if self.op == "<":
+            return rank < self.rank
+        return rank == self.rank
+
+
+def parse_priority(text: str) -> PriorityBound:
+    """Read a priority expression; a bare name means equality."""
+    match = _PRIORITY_EXPR.fullmatch(text)
+    name = match[2].lower() if match else ""
+    ranks = {p.lower(): r for p, r in events.PRIORITY_RANK.items()}
+    if not match or name not in ranks:
+        raise ValueError(
+            f"{text!r} is not a priority expression; use e.g. '>=Warning' over "
+            + ", ".join(events.PRIORITIES)
+        )
+    op = match[1] or "=="
+    return PriorityBound(op="==" if op == "=" else op, rank=ranks[name])  # type: ignore[arg-type]
+
+
+Seconds = Annotated[float, Field(gt=0)]
+
+
+class Namespaces(_Strict):
+    """Namespace scope: ``include`` (allowlist, empty = all) and ``exclude``."""
+
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = conventions.PROTECTED_NAMESPACES
+
+    @field_validator("include", "exclude")
+    @classmethod
+    def _names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not conventions.is_dns1123_label(name):
+                raise ValueError(f"{name!r} is not a valid namespace name")
+        return value
+
+
+class Match(_Strict):
+    """Every condition given must hold; lists mean "any of", empty means "any"."""
+
+    priority: PriorityBound = PriorityBound(op=">=", rank=0)
+    rules: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    sources: tuple[str, ...] = ()
+    namespaces: Namespaces = Namespaces()
+
+    @field_validator("priority", mode="before")
+    @classmethod
+    def _priority(cls, value: object) -> object:
+        if isinstance(value, str):
+            return parse_priority(value)
+        return value
+
+
+def _duration(value: object) -> object:
+    if isinstance(value, str):
+        return durations.parse_duration(value)
+    return value
+
+
+class Window(_Strict):
+    """Tumbling window per workload; ``threshold`` detections in one window open an observation."""
+
+    size: Seconds = 60.0
+    threshold: Annotated[int, Field(ge=1)] = 1
+
+    _parse_size = field_validator("size", mode="before")(_duration)
+
+    @field_validator("size")
+    @classmethod
+    def _whole_seconds(cls, value: float) -> float:
+        if value < 1:
+            raise ValueError("window size must be at least 1s")
+        return value
+
+
+class Action(_Strict):
+    """What an observation writes, on which pods, and for how long."""
+
+    annotate: dict[str, str] = Field(default_factory=lambda: {"retina.sh": "observe"})
+    ttl: Seconds = 900.0
+    scope: Literal["workload", "pod"] = "workload"
+
+    _parse_ttl = field_validator("ttl", mode="before")(_duration)
+
+    @field_validator("annotate")
+    @classmethod
+    def _keys(cls, value: dict[str, str]) -> dict[str, str]:
+        if not value:
+            raise ValueError("at least one annotation is needed")
+        for key in value:
+            if not conventions.is_annotation_key(key):
+                raise ValueError(f"{key!r} is not a valid Kubernetes annotation key")
+            if key.startswith(conventions.PREFIX + "/"):
+                raise ValueError(f"{key!r}: keys under {conventions.PREFIX}/ are streamproc's own")
+        return value
+
+
+class Source(_Strict):
+    """Where detections come from."""
+
+    topic: str = "falco"
+
+
+class Spec(_Strict):
+    """The topology's behaviour."""
+
+    source: Source = Source()
+    match: Match = Match()
+    window: Window = Window()
+    action: Action = Action()
+    dry_run: bool = Field(default=False, alias="dryRun")
+
+
+class Metadata(_Strict):
+    """Only the name: it appears in metrics, annotations and Kafka keys."""
+
+    name: str
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not conventions.is_dns1123_label(value):
+            raise ValueError(f"{value!r} must be a DNS-1123 label (lower case, digits, '-')")
+        return value
+
+
+class Topology(_Strict):
+    """One validated topology file."""
+
+    api_version: Literal["streamproc/v1"] = Field(alias="apiVersion")
+    kind: Literal["Topology"]
+    metadata: Metadata
+    spec: Spec = Spec()
+
+    @property
+    def name(self) -> str:
+        """The topology's name."""
+        return self.metadata.name
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
+    """Line (1-based) of the deepest YAML node on ``loc`` that exists."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            found = next((v for k, v in node.value if getattr(k, "value", None) == part), None)
+            if found is None:
+                key = next((k for k, _ in node.value if getattr(k, "value", None) == part), None)
+                return key.start_mark.line + 1 if key is not None else line
+            node = found
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        else:
+            break
+        line = node.start_mark.line + 1
+    return line
+
+
+def load_file(path: Path) -> Topology:
+    """Parse and validate one file; raise TopologyError naming file, line and field."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TopologyError(path, None, "", f"cannot read: {exc}") from None
+    try:
+        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+        docs = list(yaml.safe_load_all(text))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        raise TopologyError(path, line, "", f"invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    docs = [d for d in docs if d is not None]
+    if len(docs) != 1:
+        raise TopologyError(path, None, "", f"expected exactly one topology, found {len(docs)}")
+    doc: Any = docs[0]
+    node = next(n for n in nodes if n is not None)
+    if not isinstance(doc, dict):
+        raise TopologyError(path, 1, "", "a topology must be a YAML mapping")
+    try:
+        return Topology.model_validate(doc)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        field = ".".join(str(p) for p in loc)
+        raise TopologyError(path, _line_of(node, loc), field, error["msg"]) from None
+
+
+def load_path(path: Path | str) -> list[Topology]:
+    """Load a file, or every ``*.yaml``/``*.yml`` in a folder; names must be unique."""
+    root = Path(path)
+    if root.is_dir():
+        files = sorted(p for p in root.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+        if not files:
+            raise TopologyError(root, None, "", "no *.yaml topology files in this folder")
+    elif root.is_file():
+        files = [root]
+    else:
+        raise TopologyError(root, None, "", "no such file or folder")
+    loaded: dict[str, tuple[Path, Topology]] = {}
+    for file in files:
+        topology = load_file(file)
+        if topology.name in loaded:
+            first = loaded[topology.name][0]
+            raise TopologyError(file, None, "metadata.name", f"{topology.name!r} is also in {first}")
+        loaded[topology.name] = (file, topology)
+    return [t for _, t in loaded.values()]
+
+
+def scaled(topology: Topology, speed: float) -> Topology:
+    """The same topology with windows and TTL divided by ``speed`` (the lab's time-lapse)."""
+    if speed == 1:
+        return topology
+    spec = topology.spec
+    window = spec.window.model_copy(update={"size": max(1.0, round(spec.window.size / speed))})
+    action = spec.action.model_copy(update={"ttl": max(1.0, spec.action.ttl / speed)})
+    new_spec = spec.model_copy(update={"window": window, "action": action})
+    return topology.model_copy(update={"spec": new_spec})

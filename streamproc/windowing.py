@@ -1,0 +1,160 @@
+"""Stage 2, windows: the Faust app that turns tallies into exactly one action per workload window.
+
+Each topology has a tumbling windowed table keyed by ``topology/namespace/Kind/name`` whose value
+is ``[count, acted]``; its changelog topic makes the state survive restarts and rebalances. When a
+window's count first reaches the topology's threshold the stage emits one action and marks the
+window acted; later detections in that window are counted as deduplicated. The action is produced
+and acknowledged before the tally's offset can be committed (at-least-once); should a crash land
+between the two, the replayed action carries the same deterministic id, and the annotator
+recognises it on the pods and writes nothing (``conventions.ACTION_ID``). That guard, not the
+broker's transactions, is what keeps "one patch per pod per window" true, so it holds on brokers
+without exactly-once support too.
+
+This module is the only importer of faust. Faust pays a per-event cost that is fine for tallies
+(one per workload per ingest flush) and would not be for raw detections.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+import faust
+
+from streamproc import metrics
+from streamproc.actions import Action
+from streamproc.settings import Settings
+from streamproc.tallies import Tally, TallyError
+from streamproc.topologies import Topology
+
+log = logging.getLogger("streamproc.windows")
+APP_ID = "streamproc-windows"
+STAGE = "windows"
+
+
+def faust_broker_url(bootstrap_servers: str) -> str:
+    """Faust wants ``kafka://h1:p1;kafka://h2:p2`` where Kafka clients take ``h1:p1,h2:p2``."""
+    return ";".join(f"kafka://{server.strip()}" for server in bootstrap_servers.split(","))
+
+
+def action_for(topology: Topology, tally: Tally, count: int) -> Action:
+    """The action a qualifying window emits; its id is the same however often it is replayed."""
+    size_ms = int(topology.spec.window.size * 1000)
+    return Action(
+        id=f"{tally.workload_key}/{tally.window_start}",
+        topology=topology.name,
+        namespace=tally.namespace,
+        kind=tally.kind,
+        name=tally.name,
+        resolved_by=tally.resolved_by,
+        pod=tally.pod,
+        window_start=tally.window_start // 1000,
+        window_end=(tally.window_start + size_ms) // 1000,
+        ttl=topology.spec.action.ttl,
+        annotations=dict(topology.spec.action.annotate),
+        scope=topology.spec.action.scope,
+        rule=tally.rule,
+        priority=tally.priority,
+        count=count,
+        first_append_ms=tally.first_append_ms,
+        dry_run=topology.spec.dry_run,
+        uuids=tally.uuids,
+    )
+
+
+def decide(state: list[int], tally_count: int, threshold: int) -> tuple[list[int], bool, int]:
+    """New ``[count, acted]``, whether to act now, and how many detections were deduplicated."""
+    count, acted = (state[0], state[1]) if state else (0, 0)
+    new_count = count + tally_count
+    if acted:
+        return [new_count, 1], False, tally_count
+    if new_count >= threshold:
+        return [new_count, 1], True, new_count - threshold
+    return [new_count, 0], False, 0
+
+
+def build_app(settings: Settings, topologies: Sequence[Topology]) -> faust.App:
+    """The windows stage as a Faust app (not started)."""
+    app = faust.App(
+        APP_ID,
+        broker=faust_broker_url(settings.bootstrap_servers),
+        store="memory://",
+        topic_partitions=settings.partitions,
+        topic_replication_factor=1,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=max(0.5, settings.session_timeout_s / 5),
+        broker_commit_interval=0.5,
+        producer_enable_idempotence=settings.enable_idempotence,
+        producer_acks=-1,
+        consumer_auto_offset_reset="earliest",
+        processing_guarantee="at_least_once",
+        stream_wait_empty=False,
+        web_enabled=False,
+        table_cleanup_interval=max(1.0, min(30.0, min(t.spec.window.size for t in topologies))),
+    )
+    tallies = app.topic(
+        settings.topics.tallies,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.partitions,
+    )
+    actions = app.topic(settings.topics.actions, key_serializer="raw", value_serializer="raw")
+    dead_letters = app.topic(settings.topics.dead_letters, key_serializer="raw", value_serializer="raw")
+    by_name = {t.name: t for t in topologies}
+    tables = {
+        t.name: app.Table(
+            f"windows-{t.name}",
+            default=list,
+            partitions=settings.partitions,
+        ).tumbling(
+            timedelta(seconds=t.spec.window.size),
+            # keep a closed window long enough that late tallies still find it acted.
+            expires=timedelta(seconds=t.spec.window.size * 3),
+        )
+        for t in topologies
+    }
+
+    async def dead_letter(event: Any, reason: str, detail: str) -> None:
+        metrics.dead_letters.labels(stage=STAGE, reason=reason).inc()
+        await dead_letters.send(
+            key=event.key,
+            value=event.value,
+            headers=[
+                ("streamproc.stage", STAGE.encode()),
+                ("streamproc.reason", reason.encode()),
+                ("streamproc.detail", detail.encode()[:1000]),
+            ],
+        )
+
+    @app.agent(tallies, name="windows")
+    async def windows(stream: Any) -> None:
+        async for event in stream.events():
+            metrics.records_consumed.labels(stage=STAGE).inc()
+            try:
+                tally = Tally.decode(event.value)
+            except TallyError as exc:
+                await dead_letter(event, "invalid-tally", str(exc))
+                continue
+            topology = by_name.get(tally.topology)
+            if topology is None:
+                await dead_letter(event, "unknown-topology", tally.topology)
+                continue
+            window = tables[topology.name][tally.workload_key]
+            state = window.current()
+            if not state:
+                metrics.windows_opened.labels(topology=topology.name).inc()
+            new_state, act, deduplicated = decide(state, tally.count, topology.spec.window.threshold)
+            if act:
+                action = action_for(topology, tally, new_state[0])
+                delivered = await actions.send(key=event.key, value=action.encode())
+                await delivered
+                metrics.actions_emitted.labels(topology=topology.name).inc()
+                log.info("action %s (%d detections)", action.id, new_state[0])
+            if deduplicated:
+                metrics.detections_deduplicated.labels(topology=topology.name).inc(deduplicated)
+            tables[topology.name][tally.workload_key] = new_state
+
+    del windows
+    return app
