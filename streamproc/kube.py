@@ -60,8 +60,11 @@ class Unavailable(KubeError):
         self.retry_after = retry_after
 
 
+_BACKOFF = wait_exponential_jitter(multiplier=0.2, max=10.0, jitter=0.2)
+
+
 def _wait(state: RetryCallState) -> float:
-    backoff = wait_exponential_jitter(initial=0.2, max=10.0)(state)
+    backoff = _BACKOFF(state)
     exc = state.outcome.exception() if state.outcome else None
     hinted = exc.retry_after if isinstance(exc, Unavailable) else 0.0
     return max(backoff, hinted)
@@ -72,20 +75,20 @@ def _count_retry(state: RetryCallState) -> None:
     metrics.api_retries.labels(reason=str(getattr(exc, "status", None) or "connection")).inc()
 
 
-def _translate(exc: ApiException, what: str) -> KubeError:
-    status = exc.status or 0
+def _translate(status: int, reason: str, headers: Mapping[str, str] | None, what: str) -> KubeError:
     if status == 404:
         return NotFound(f"{what}: not found", status=404)
     if status == 409:
         return Conflict(f"{what}: conflict", status=409)
     if status == 403:
-        return Forbidden(f"{what}: forbidden ({exc.reason})", status=403)
+        return Forbidden(f"{what}: forbidden ({reason})", status=403)
     if status == 429 or status >= 500:
         retry_after = 0.0
-        if exc.headers and exc.headers.get("Retry-After", "").isdigit():
-            retry_after = float(exc.headers["Retry-After"])
+        hint = (headers or {}).get("Retry-After", "")
+        if hint.isdigit():
+            retry_after = float(hint)
         return Unavailable(f"{what}: HTTP {status}", status=status, retry_after=retry_after)
-    return KubeError(f"{what}: HTTP {status} {exc.reason}", status=status)
+    return KubeError(f"{what}: HTTP {status} {reason}", status=status)
 
 
 class Kube:
@@ -124,10 +127,14 @@ class Kube:
             try:
                 response = await request()
                 code = str(response.status)
-                return orjson.loads(await response.read())  # type: ignore[no-any-return]
+                body = await response.read()
+                if response.status >= 400:
+                    message = body.decode("utf-8", "replace")[:300]
+                    raise _translate(response.status, message, response.headers, what)
+                return orjson.loads(body)  # type: ignore[no-any-return]
             except ApiException as exc:
                 code = str(exc.status)
-                raise _translate(exc, what) from None
+                raise _translate(exc.status or 0, str(exc.reason), exc.headers, what) from None
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 raise Unavailable(f"{what}: {type(exc).__name__}: {exc}") from None
             finally:

@@ -1,0 +1,216 @@
+"""The annotator and expirer against the emulated API server, through the real client."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from streamproc import conventions, kube, metrics
+from streamproc.actions import Action
+from streamproc.annotating import Annotator
+from streamproc.expiring import Expirer
+from streamproc.lab.cluster import ClusterBuilder, SampleWorkload
+from streamproc.lab.kubeemu import Fault, KubeEmulator
+from streamproc.resolving import WorkloadResolver
+from streamproc.settings import Settings
+from streamproc.topologies import Topology
+from tests.conftest import async_wait_for
+
+
+def topology(ttl: float = 600, dry_run: bool = False, scope: str = "workload") -> Topology:
+    return Topology.model_validate({
+        "apiVersion": "streamproc/v1", "kind": "Topology", "metadata": {"name": "retina-observe"},
+        "spec": {"window": {"size": "10s"}, "action": {"ttl": ttl, "scope": scope}, "dryRun": dry_run},
+    })
+
+
+def action_for(workload: SampleWorkload, *, ttl: float = 600, window_start: int | None = None,
+               annotations: dict[str, str] | None = None) -> Action:
+    start = window_start if window_start is not None else int(time.time()) // 10 * 10
+    return Action(
+        id=f"retina-observe/{workload.namespace}/{workload.kind}/{workload.name}/{start * 1000}",
+        topology="retina-observe", namespace=workload.namespace, kind=workload.kind,
+        name=workload.name, resolved_by="api", pod=workload.pods[0], window_start=start,
+        window_end=start + 10, ttl=ttl, annotations=annotations or {"retina.sh": "observe"},
+        scope="workload", rule="Read sensitive file untrusted", priority=4, count=1,
+        first_append_ms=int(time.time() * 1000),
+    )
+
+
+def annotated(emulator: KubeEmulator) -> set[str]:
+    return {
+        p["metadata"]["name"] for p in emulator.list("Pod")
+        if (p["metadata"].get("annotations") or {}).get("retina.sh") == "observe"
+    }
+
+
+def workload(cluster: ClusterBuilder, name: str) -> SampleWorkload:
+    return next(w for w in cluster.workloads if w.name == name)
+
+
+@pytest.fixture
+async def client(kubeconfig: Path) -> AsyncIterator[kube.Kube]:
+    connection = await kube.Kube.connect(str(kubeconfig), timeout_s=2.0, attempts=3)
+    yield connection
+    await connection.close()
+
+
+def make(client: kube.Kube, *, ttl: float = 600, dry_run: bool = False, scope: str = "workload",
+         settings_dry_run: bool = False) -> tuple[Annotator, Expirer]:
+    settings = Settings(dry_run=settings_dry_run)
+    resolver = WorkloadResolver(client, cache_size=100, ttl_s=60)
+    expirer = Expirer(client, resync_s=60)
+    return Annotator(settings, [topology(ttl, dry_run, scope)], client, resolver, expirer), expirer
+
+
+async def test_a_deployment_action_annotates_exactly_its_pods(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
+) -> None:
+    """All pods of the Deployment get retina.sh: observe plus bookkeeping; no other pod does."""
+    annotator, _ = make(client)
+    frontend = workload(cluster, "frontend")
+    before = metrics.value("streamproc_detection_to_annotation_seconds_count")
+    assert await annotator.apply(action_for(frontend)) == "applied"
+    assert annotated(emulator) == set(frontend.pods)
+    pod = emulator.get("Pod", "shop", frontend.pods[0]) or {}
+    meta = pod["metadata"]
+    assert meta["labels"][conventions.OBSERVED_LABEL] == "true"
+    assert meta["annotations"][conventions.TOPOLOGY] == "retina-observe"
+    assert meta["annotations"][conventions.OWNED_KEYS] == "retina.sh"
+    assert conventions.parse_time(meta["annotations"][conventions.EXPIRES_AT]) > time.time()
+    assert metrics.value("streamproc_detection_to_annotation_seconds_count") == before + 1
+
+
+@pytest.mark.parametrize("name", ["redis", "node-exporter", "report", "debug-shell"])
+async def test_every_workload_kind_finds_its_pods(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder, name: str
+) -> None:
+    """StatefulSet, DaemonSet, CronJob (via its Job) and a bare Pod resolve to their own pods."""
+    annotator, _ = make(client)
+    target = workload(cluster, name)
+    assert await annotator.apply(action_for(target)) == "applied"
+    assert annotated(emulator) == set(target.pods)
+
+
+async def test_a_replayed_action_writes_nothing(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
+) -> None:
+    """The same action twice (a crash between emit and commit) patches each pod once."""
+    annotator, _ = make(client)
+    action = action_for(workload(cluster, "frontend"))
+    await annotator.apply(action)
+    patches_before = sum(1 for r in emulator.requests if r.method == "PATCH")
+    assert await annotator.apply(action) == "already-applied"
+    assert sum(1 for r in emulator.requests if r.method == "PATCH") == patches_before
+
+
+async def test_a_later_window_extends_the_expiry(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
+) -> None:
+    """A qualifying window after the first moves expires-at later."""
+    annotator, _ = make(client)
+    frontend = workload(cluster, "frontend")
+    start = int(time.time()) // 10 * 10 - 20
+    await annotator.apply(action_for(frontend, window_start=start))
+    first = (emulator.get("Pod", "shop", frontend.pods[0]) or {})["metadata"]["annotations"]
+    await annotator.apply(action_for(frontend, window_start=start + 10))
+    second = (emulator.get("Pod", "shop", frontend.pods[0]) or {})["metadata"]["annotations"]
+    assert conventions.parse_time(second[conventions.EXPIRES_AT]) == conventions.parse_time(
+        first[conventions.EXPIRES_AT]) + 10
+
+
+async def test_annotations_come_from_the_topology_not_the_action(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
+) -> None:
+    """A forged action asking for another annotation still writes only the topology's."""
+    annotator, _ = make(client)
+    redis = workload(cluster, "redis")
+    await annotator.apply(action_for(redis, annotations={"evil.example/run": "yes"}))
+    meta = (emulator.get("Pod", "shop", redis.pods[0]) or {})["metadata"]
+    assert "evil.example/run" not in meta["annotations"]
+    assert meta["annotations"]["retina.sh"] == "observe"
+
+
+async def test_dry_run_writes_nothing(client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder) -> None:
+    """With --dry-run or dryRun: true, no request changes the cluster."""
+    for annotator, _ in (make(client, dry_run=True), make(client, settings_dry_run=True)):
+        assert await annotator.apply(action_for(workload(cluster, "frontend"))) == "dry-run"
+    assert not [r for r in emulator.requests if r.method in ("PATCH", "PUT", "POST", "DELETE")]
+
+
+async def test_a_stale_action_is_not_applied(client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder) -> None:
+    """An action whose observation would already have ended writes nothing."""
+    annotator, _ = make(client, ttl=5)
+    old = action_for(workload(cluster, "frontend"), ttl=5, window_start=int(time.time()) - 100)
+    assert await annotator.apply(old) == "expired-before-apply"
+    assert not annotated(emulator)
+
+
+async def test_expiry_removes_only_what_streamproc_added(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
+) -> None:
+    """A retina.sh annotation someone else set survives; streamproc's bookkeeping is gone."""
+    frontend = workload(cluster, "frontend")
+    owner_set = frontend.pods[0]
+    emulator.update("Pod", "shop", owner_set, {"metadata": {"annotations": {"retina.sh": "observe", "team": "x"}}})
+    annotator, expirer = make(client, ttl=1)
+    now = int(time.time())
+    await annotator.apply(action_for(frontend, ttl=1, window_start=now - 10 + 1))
+    stop = asyncio.Event()
+    task = asyncio.create_task(expirer.run(stop))
+    try:
+        await async_wait_for(
+            lambda: not [p for p in emulator.list("Pod") if conventions.OBSERVED_LABEL in (p["metadata"].get("labels") or {})],
+            timeout=15, what="observations to expire",
+        )
+    finally:
+        stop.set()
+        await task
+    assert annotated(emulator) == {owner_set}
+    annotations = (emulator.get("Pod", "shop", owner_set) or {})["metadata"]["annotations"]
+    assert annotations == {"retina.sh": "observe", "team": "x"}
+
+
+async def test_a_restarted_expirer_expires_from_the_pods_own_annotations(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
+) -> None:
+    """Expiry state lives on the pods: a fresh expirer finds and ends the observation."""
+    annotator, _ = make(client, ttl=2)
+    redis = workload(cluster, "redis")
+    await annotator.apply(action_for(redis, ttl=2, window_start=int(time.time()) - 9))
+    assert annotated(emulator) == set(redis.pods)
+    fresh = Expirer(client, resync_s=60)
+    stop = asyncio.Event()
+    task = asyncio.create_task(fresh.run(stop))
+    try:
+        await async_wait_for(lambda: not annotated(emulator), timeout=15, what="expiry after restart")
+    finally:
+        stop.set()
+        await task
+    assert fresh.expired == len(redis.pods)
+
+
+async def test_an_unavailable_api_keeps_the_batch_and_applies_it_later(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
+) -> None:
+    """While the API server fails, actions wait; once it answers, they are applied."""
+    annotator, _ = make(client)
+    emulator.faults.append(Fault(method="GET", path="/namespaces/shop/pods$", status=503, times=4))
+    stop = asyncio.Event()
+    await annotator._apply_until_done([action_for(workload(cluster, "frontend"))], stop)
+    assert annotated(emulator) == set(workload(cluster, "frontend").pods)
+
+
+async def test_a_pod_deleted_between_list_and_patch_is_skipped(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
+) -> None:
+    """404 on one pod's patch skips that pod and annotates the others."""
+    frontend = workload(cluster, "frontend")
+    emulator.faults.append(Fault(method="PATCH", path=f"/pods/{frontend.pods[1]}$", status=404))
+    annotator, _ = make(client)
+    assert await annotator.apply(action_for(frontend)) == "applied"
+    assert annotated(emulator) == {frontend.pods[0], frontend.pods[2]}
