@@ -73,17 +73,19 @@ def consumer(settings: Settings, topics: Iterable[str], group: str) -> AIOKafkaC
 
 
 async def ensure_topics(settings: Settings, specs: Iterable[TopicSpec]) -> None:
-    """Create missing topics; an existing one is left as it is."""
+    """Create missing topics one by one (so one that exists cannot abort the others)."""
     admin = AIOKafkaAdminClient(
         bootstrap_servers=settings.bootstrap_servers, client_id=settings.client_id
     )
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        missing = [NewTopic(s.name, s.partitions, 1) for s in specs if s.name not in existing]
-        if missing:
+        for spec in specs:
+            if spec.name in existing:
+                continue
             with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(missing)
+                await admin.create_topics([NewTopic(spec.name, spec.partitions, 1)])
+            existing.add(spec.name)
     finally:
         await admin.close()
 

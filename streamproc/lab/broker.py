@@ -17,6 +17,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 
 class BrokerUnavailable(RuntimeError):
@@ -65,6 +66,7 @@ class EmbeddedBroker:
         self.port = port or free_port(host)
         self.log = log
         self._process: subprocess.Popen[bytes] | None = None
+        self._log_file: IO[bytes] | None = None
 
     @property
     def bootstrap(self) -> str:
@@ -74,7 +76,8 @@ class EmbeddedBroker:
     def start(self, timeout_s: float = 15.0) -> None:
         """Start tansu and wait until it accepts connections."""
         url = f"tcp://{self.host}:{self.port}"
-        out = self.log.open("ab") if self.log else subprocess.DEVNULL
+        self._log_file = self.log.open("ab") if self.log else None
+        out: IO[bytes] | int = self._log_file or subprocess.DEVNULL
         self._process = subprocess.Popen(  # noqa: S603 - fixed binary and arguments
             [
                 str(tansu_binary()), "broker",
@@ -99,14 +102,16 @@ class EmbeddedBroker:
     def stop(self) -> None:
         """Stop tansu and wait for it to exit."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
 
     @contextlib.contextmanager
     def running(self) -> Iterator[EmbeddedBroker]:

@@ -1,0 +1,165 @@
+"""End-to-end helpers: streamproc as a real subprocess against the broker and the emulator."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
+
+from streamproc.lab.broker import EmbeddedBroker, free_port
+from streamproc.lab.kubeemu import KubeEmulator
+
+TOPOLOGY = """\
+apiVersion: streamproc/v1
+kind: Topology
+metadata:
+  name: retina-observe
+spec:
+  match:
+    priority: ">=Warning"
+    sources: [syscall]
+  window:
+    size: {window}
+    threshold: 1
+  action:
+    annotate:
+      retina.sh: observe
+    ttl: {ttl}
+"""
+
+
+class Pipeline:
+    """One ``streamproc`` process; its log goes to a file the test can show on failure."""
+
+    def __init__(self, command: str, env: dict[str, str], topology: Path, log: Path) -> None:
+        self.metrics_port = free_port()
+        self.log = log
+        self._out = log.open("ab")
+        self.process = subprocess.Popen(  # noqa: S603
+            [sys.executable, "-m", "streamproc", command, "--topology", str(topology),
+             "--session-timeout", "6", "--metrics-port", str(self.metrics_port),
+             "--metrics-host", "127.0.0.1"],
+            env=env, stdout=self._out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of the samples of ``name`` matching ``labels``, scraped over HTTP; 0 if down."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as r:
+                text = r.read().decode()
+        except OSError:
+            return 0.0
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+        )
+
+    def stop(self) -> int:
+        """SIGTERM and wait: a clean shutdown."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self._out.close()
+        return self.process.returncode
+
+    def kill(self) -> None:
+        """SIGKILL: a crash with no chance to commit or clean up."""
+        self.process.kill()
+        self.process.wait(10)
+        self._out.close()
+
+
+async def _produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for value in values:
+            await producer.send(topic, value)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+def produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
+    """Publish raw records, as Falcosidekick would."""
+    asyncio.run(_produce(bootstrap, topic, values))
+
+
+async def _consume(bootstrap: str, topic: str, idle_s: float) -> list[tuple[bytes | None, bytes | None, dict[str, bytes]]]:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    out = []
+    try:
+        while True:
+            batch = await consumer.getmany(timeout_ms=int(idle_s * 1000))
+            if not batch:
+                return out
+            for records in batch.values():
+                out.extend((r.key, r.value, dict(r.headers)) for r in records)
+    finally:
+        await consumer.stop()
+
+
+def consume_all(bootstrap: str, topic: str, idle_s: float = 2.0) -> list[tuple[bytes | None, bytes | None, dict[str, bytes]]]:
+    """Every record on a topic, read from the beginning until it stays quiet for ``idle_s``.
+
+    Read until idle rather than to the end offset: tansu answers ListOffsets(LATEST) wrongly.
+    """
+    return asyncio.run(_consume(bootstrap, topic, idle_s))
+
+
+@pytest.fixture
+def env(broker: EmbeddedBroker, kubeconfig: Path) -> dict[str, str]:
+    """Environment for streamproc subprocesses: the broker and the emulated cluster."""
+    return {
+        **os.environ,
+        "STREAMPROC_BOOTSTRAP_SERVERS": broker.bootstrap,
+        "KUBECONFIG": str(kubeconfig),
+        "STREAMPROC_LOG_LEVEL": "INFO",
+    }
+
+
+@pytest.fixture
+def pipelines(tmp_path: Path) -> Iterator[list[Pipeline]]:
+    """Every Pipeline a test starts is stopped after it, and its log shown if the test failed."""
+    started: list[Pipeline] = []
+    yield started
+    for pipeline in started:
+        pipeline.stop()
+
+
+def topology_file(tmp_path: Path, window: str, ttl: str) -> Path:
+    path = tmp_path / "topologies"
+    path.mkdir(exist_ok=True)
+    (path / "retina-observe.yaml").write_text(TOPOLOGY.format(window=window, ttl=ttl))
+    return path
+
+
+def annotated(emulator: KubeEmulator) -> set[str]:
+    return {
+        p["metadata"]["name"] for p in emulator.list("Pod")
+        if (p["metadata"].get("annotations") or {}).get("retina.sh") == "observe"
+    }
+
+
+def patch_count(emulator: KubeEmulator, pods: tuple[str, ...]) -> int:
+    return sum(
+        1 for r in emulator.requests
+        if r.method == "PATCH" and r.status == 200 and r.path.rsplit("/", 1)[-1] in pods
+    )
