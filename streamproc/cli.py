@@ -1,4 +1,4 @@
-"""The ``streamproc`` command: run the pipeline or one stage, publish detections, check topologies."""
+"""The ``streamproc`` command: run the pipeline or a stage, publish detections, check topologies."""
 
 from __future__ import annotations
 
@@ -20,33 +20,95 @@ log = logging.getLogger("streamproc")
 
 def _common(func: Callable[..., Any]) -> Callable[..., Any]:
     options = [
-        click.option("--bootstrap-servers", envvar="STREAMPROC_BOOTSTRAP_SERVERS",
-                     default="localhost:9092", show_default=True, help="Kafka bootstrap servers."),
-        click.option("--topology", "topology_path", envvar="STREAMPROC_TOPOLOGY",
-                     type=click.Path(path_type=Path), default=Path("topologies"), show_default=True,
-                     help="Topology file or folder."),
-        click.option("--input-topic", envvar="STREAMPROC_INPUT_TOPIC", default=None,
-                     help="Override every topology's source topic."),
-        click.option("--dead-letter-topic", envvar="STREAMPROC_DLQ_TOPIC",
-                     default=Topics().dead_letters, show_default=True),
-        click.option("--dry-run", is_flag=True, envvar="STREAMPROC_DRY_RUN",
-                     help="Do everything except write to the cluster."),
-        click.option("--kubeconfig", envvar="KUBECONFIG", default=None,
-                     help="Kubeconfig file (default: KUBECONFIG, ~/.kube/config, in-cluster)."),
-        click.option("--metrics-port", envvar="STREAMPROC_METRICS_PORT", type=int, default=9108,
-                     show_default=True, help="Port for /metrics; 0 turns it off."),
-        click.option("--metrics-host", envvar="STREAMPROC_METRICS_HOST", default="0.0.0.0",  # noqa: S104
-                     show_default=True, help="Address /metrics listens on."),
-        click.option("--partitions", envvar="STREAMPROC_PARTITIONS", type=int, default=1,
-                     show_default=True, help="Partitions of the internal topics it creates."),
-        click.option("--session-timeout", envvar="STREAMPROC_SESSION_TIMEOUT", type=float,
-                     default=10.0, show_default=True, help="Consumer group session timeout (s)."),
-        click.option("--speed", envvar="STREAMPROC_SPEED", type=float, default=1.0,
-                     show_default=True, help="Divide window sizes and TTLs (time-lapse)."),
-        click.option("--enable-idempotence/--no-enable-idempotence",
-                     envvar="STREAMPROC_ENABLE_IDEMPOTENCE", default=False, show_default=True,
-                     help="Idempotent producer (Apache Kafka supports it; tansu does not)."),
-        click.option("--log-level", envvar="STREAMPROC_LOG_LEVEL", default="INFO", show_default=True),
+        click.option(
+            "--bootstrap-servers",
+            envvar="STREAMPROC_BOOTSTRAP_SERVERS",
+            default="localhost:9092",
+            show_default=True,
+            help="Kafka bootstrap servers.",
+        ),
+        click.option(
+            "--topology",
+            "topology_path",
+            envvar="STREAMPROC_TOPOLOGY",
+            type=click.Path(path_type=Path),
+            default=Path("topologies"),
+            show_default=True,
+            help="Topology file or folder.",
+        ),
+        click.option(
+            "--input-topic",
+            envvar="STREAMPROC_INPUT_TOPIC",
+            default=None,
+            help="Override every topology's source topic.",
+        ),
+        click.option(
+            "--dead-letter-topic",
+            envvar="STREAMPROC_DLQ_TOPIC",
+            default=Topics().dead_letters,
+            show_default=True,
+        ),
+        click.option(
+            "--dry-run",
+            is_flag=True,
+            envvar="STREAMPROC_DRY_RUN",
+            help="Do everything except write to the cluster.",
+        ),
+        click.option(
+            "--kubeconfig",
+            envvar="KUBECONFIG",
+            default=None,
+            help="Kubeconfig file (default: KUBECONFIG, ~/.kube/config, in-cluster).",
+        ),
+        click.option(
+            "--metrics-port",
+            envvar="STREAMPROC_METRICS_PORT",
+            type=int,
+            default=9108,
+            show_default=True,
+            help="Port for /metrics; 0 turns it off.",
+        ),
+        click.option(
+            "--metrics-host",
+            envvar="STREAMPROC_METRICS_HOST",
+            default="0.0.0.0",  # noqa: S104
+            show_default=True,
+            help="Address /metrics listens on.",
+        ),
+        click.option(
+            "--partitions",
+            envvar="STREAMPROC_PARTITIONS",
+            type=int,
+            default=1,
+            show_default=True,
+            help="Partitions of the internal topics it creates.",
+        ),
+        click.option(
+            "--session-timeout",
+            envvar="STREAMPROC_SESSION_TIMEOUT",
+            type=float,
+            default=10.0,
+            show_default=True,
+            help="Consumer group session timeout (s).",
+        ),
+        click.option(
+            "--speed",
+            envvar="STREAMPROC_SPEED",
+            type=float,
+            default=1.0,
+            show_default=True,
+            help="Divide window sizes and TTLs (time-lapse).",
+        ),
+        click.option(
+            "--enable-idempotence/--no-enable-idempotence",
+            envvar="STREAMPROC_ENABLE_IDEMPOTENCE",
+            default=False,
+            show_default=True,
+            help="Idempotent producer (Apache Kafka supports it; tansu does not).",
+        ),
+        click.option(
+            "--log-level", envvar="STREAMPROC_LOG_LEVEL", default="INFO", show_default=True
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -72,7 +134,9 @@ def _settings(**opts: Any) -> Settings:
     )
 
 
-def load_topologies(settings: Settings, input_topic: str | None = None) -> list[topologies.Topology]:
+def load_topologies(
+    settings: Settings, input_topic: str | None = None
+) -> list[topologies.Topology]:
     """Load, validate and scale topologies; a bad one stops the command with file and line."""
     try:
         loaded = topologies.load_path(settings.topology_path)
@@ -81,8 +145,13 @@ def load_topologies(settings: Settings, input_topic: str | None = None) -> list[
     result = [topologies.scaled(t, settings.speed) for t in loaded]
     if input_topic:
         result = [
-            t.model_copy(update={"spec": t.spec.model_copy(update={
-                "source": t.spec.source.model_copy(update={"topic": input_topic})})})
+            t.model_copy(
+                update={
+                    "spec": t.spec.model_copy(
+                        update={"source": t.spec.source.model_copy(update={"topic": input_topic})}
+                    )
+                }
+            )
             for t in result
         ]
     return result
@@ -119,8 +188,13 @@ def _run(stages: tuple[str, ...], opts: dict[str, Any]) -> None:
     settings = _settings(**opts)
     loaded = load_topologies(settings, opts.get("input_topic"))
     metrics.serve(settings.metrics_port, settings.metrics_host)
-    log.info("streamproc %s: %s with %d topologies on %s", __version__, "+".join(stages),
-             len(loaded), settings.bootstrap_servers)
+    log.info(
+        "streamproc %s: %s with %d topologies on %s",
+        __version__,
+        "+".join(stages),
+        len(loaded),
+        settings.bootstrap_servers,
+    )
     run_until_signal(lambda stop: running.run_stages(settings, loaded, stages, stop))
 
 
@@ -160,8 +234,12 @@ def annotate(**opts: Any) -> None:
 
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.File("rb"))
-@click.option("--bootstrap-servers", envvar="STREAMPROC_BOOTSTRAP_SERVERS", default="localhost:9092",
-              show_default=True)
+@click.option(
+    "--bootstrap-servers",
+    envvar="STREAMPROC_BOOTSTRAP_SERVERS",
+    default="localhost:9092",
+    show_default=True,
+)
 @click.option("--topic", envvar="STREAMPROC_INPUT_TOPIC", default="falco", show_default=True)
 def send(files: tuple[Any, ...], bootstrap_servers: str, topic: str) -> None:
     """Publish JSON-lines detections (as Falcosidekick would) to the input topic."""

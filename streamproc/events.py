@@ -21,7 +21,14 @@ from streamproc import conventions
 
 #: Falco's priority names, most severe first (falcosecurity/falco ``falco_common.h``).
 PRIORITIES = (
-    "Emergency", "Alert", "Critical", "Error", "Warning", "Notice", "Informational", "Debug",
+    "Emergency",
+    "Alert",
+    "Critical",
+    "Error",
+    "Warning",
+    "Notice",
+    "Informational",
+    "Debug",
 )
 #: rank where larger is more severe: Debug=0 ... Emergency=7.
 PRIORITY_RANK: dict[str, int] = {name: len(PRIORITIES) - 1 - i for i, name in enumerate(PRIORITIES)}
@@ -92,7 +99,7 @@ def _text(value: object) -> str | None:
     return value
 
 
-def parse(raw: bytes) -> Detection:
+def parse(raw: bytes) -> Detection:  # noqa: C901 - one flat pass is the fast path
     """Decode and validate one detection; raise ParseError with a reason code otherwise."""
     if len(raw) > MAX_MESSAGE_BYTES:
         raise ParseError("too-large", f"{len(raw)} bytes > {MAX_MESSAGE_BYTES}")

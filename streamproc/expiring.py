@@ -23,7 +23,7 @@ _RETRY_S = 2.0
 
 
 class Expirer:
-    """A schedule of (expires_at, namespace, pod), fed by the annotator and by listing the cluster."""
+    """A schedule of (expires_at, namespace, pod), fed by the annotator and by the cluster."""
 
     def __init__(self, client: kube.Kube, *, resync_s: float, dry_run: bool = False) -> None:
         self._kube = client
@@ -56,7 +56,7 @@ class Expirer:
             counts[topology] = counts.get(topology, 0) + 1
         for topology, n in counts.items():
             metrics.observations_active.labels(topology=topology).set(n)
-        for sample in list(metrics.observations_active.collect())[0].samples:
+        for sample in next(iter(metrics.observations_active.collect())).samples:
             topology = sample.labels.get("topology", "")
             if topology and topology not in counts:
                 metrics.observations_active.labels(topology=topology).set(0)

@@ -101,7 +101,9 @@ class Ingestor:
                 continue
             self._count(result, matched, workload, detection, record.timestamp)
         if pending:
-            resolved = await self._resolve({(d.namespace or "", d.pod or "") for d, _, _ in pending})
+            resolved = await self._resolve(
+                {(d.namespace or "", d.pod or "") for d, _, _ in pending}
+            )
             for detection, timestamp, matched in pending:
                 workload = resolved[(detection.namespace or "", detection.pod or "")]
                 self._count(result, matched, workload, detection, timestamp)
@@ -178,7 +180,9 @@ class Ingestor:
                 priority=events.PRIORITIES[len(events.PRIORITIES) - 1 - priority], source=source
             ).inc(n)
         if result.host_events:
-            metrics.detections_skipped.labels(reason="no-kubernetes-context").inc(result.host_events)
+            metrics.detections_skipped.labels(reason="no-kubernetes-context").inc(
+                result.host_events
+            )
         if result.unmatched:
             metrics.detections_skipped.labels(reason="no-topology-matched").inc(result.unmatched)
         for topology, n in result.matched.items():
@@ -243,4 +247,3 @@ def dead_letter_headers(
         ("streamproc.source.partition", str(record.partition).encode()),
         ("streamproc.source.offset", str(record.offset).encode()),
     ]
-

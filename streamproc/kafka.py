@@ -108,9 +108,7 @@ async def wait_for_broker(settings: Settings, *, timeout_s: float = 30.0) -> Non
             return
 
 
-def batch_lag(
-    consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[ConsumerRecord]]
-) -> int:
+def batch_lag(consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[ConsumerRecord]]) -> int:
     """Records still behind the last one fetched, from the high watermarks of the fetch itself.
 
     The fetch response's high watermark is used rather than a ListOffsets request: cheaper, and

@@ -109,11 +109,13 @@ class Kube:
         """Load credentials the standard way: KUBECONFIG / a given file, else in-cluster."""
         configuration = client.Configuration()
         try:
-            await config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+            await config.load_kube_config(
+                config_file=kubeconfig, client_configuration=configuration
+            )
         except (config.ConfigException, FileNotFoundError, TypeError):
             if kubeconfig:
                 raise
-            config.load_incluster_config(client_configuration=configuration)
+            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
         return cls(client.ApiClient(configuration), timeout_s=timeout_s, attempts=attempts)
 
     async def close(self) -> None:
@@ -154,7 +156,9 @@ class Kube:
                 return await once()
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def list_pods(self, namespace: str | None, label_selector: str | None = None) -> list[Json]:
+    async def list_pods(
+        self, namespace: str | None, label_selector: str | None = None
+    ) -> list[Json]:
         """Pods in a namespace (or all namespaces when None), optionally label-filtered."""
         kwargs: dict[str, Any] = {"_preload_content": False, "_request_timeout": self._timeout}
         if label_selector:
@@ -184,6 +188,7 @@ class Kube:
     async def get_controller_owner(self, namespace: str, kind: str, name: str) -> Json:
         """A ReplicaSet or Job, read to find its own controller (Deployment or CronJob)."""
         kwargs: dict[str, Any] = {"_preload_content": False, "_request_timeout": self._timeout}
+        call: Callable[..., Awaitable[Any]]
         if kind == "ReplicaSet":
             call = self._apps.read_namespaced_replica_set
         elif kind == "Job":
@@ -203,7 +208,7 @@ class Kube:
         labels: Mapping[str, str | None],
         resource_version: str | None = None,
     ) -> Json:
-        """JSON merge patch (RFC 7386) of a pod's metadata: only the given keys change, None deletes.
+        """JSON merge patch (RFC 7386) of pod metadata: only given keys change, None deletes.
 
         With ``resource_version`` the API server refuses (409) if the pod changed since it was
         read, so a removal never races an extension written by another replica.
@@ -215,7 +220,7 @@ class Kube:
         return await self._call(
             "patch",
             f"pod {namespace}/{name}",
-            lambda: self._core.patch_namespaced_pod(
+            lambda: self._core.patch_namespaced_pod(  # type: ignore[call-arg] # stubs omit _content_type
                 name,
                 namespace,
                 body,
@@ -232,4 +237,3 @@ def controller_of(obj: Json) -> tuple[str, str] | None:
         if ref.get("controller") and ref.get("kind") and ref.get("name"):
             return str(ref["kind"]), str(ref["name"])
     return None
-

@@ -1,4 +1,4 @@
-"""Resolving workloads against the cluster: pod -> workload (ingest) and workload -> pods (annotate).
+"""Workloads against the cluster: pod -> workload (ingest) and workload -> pods (annotate).
 
 Rules live in ``workloads``; this adds the API reads and two bounded TTL caches, so that a flood of
 detections from one pod costs one lookup, not one per detection. When the API cannot answer,
@@ -22,7 +22,9 @@ class WorkloadResolver:
     def __init__(self, client: kube.Kube | None, *, cache_size: int, ttl_s: float) -> None:
         self._kube = client
         self._pods: TTLCache[tuple[str, str], WorkloadRef] = TTLCache(cache_size, ttl_s)
-        self._fallbacks: TTLCache[tuple[str, str], WorkloadRef] = TTLCache(cache_size, _FALLBACK_TTL_S)
+        self._fallbacks: TTLCache[tuple[str, str], WorkloadRef] = TTLCache(
+            cache_size, _FALLBACK_TTL_S
+        )
         self._controllers: TTLCache[tuple[str, str, str], tuple[str, str] | None] = TTLCache(
             cache_size, ttl_s
         )

@@ -41,11 +41,13 @@ async def _kube_or_none(settings: Settings, *, required: bool) -> kube.Kube | No
     except Exception as exc:
         if required:
             raise
-        log.warning("no Kubernetes access (%s); workloads resolved from owner fields and names", exc)
+        log.warning(
+            "no Kubernetes access (%s); workloads resolved from owner fields and names", exc
+        )
         return None
 
 
-async def run_stages(
+async def run_stages(  # noqa: C901 - one place that starts and stops every stage
     settings: Settings,
     topologies: Sequence[Topology],
     stages: Sequence[str],

@@ -202,7 +202,9 @@ def _line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
                 key = next((k for k, _ in node.value if getattr(k, "value", None) == part), None)
                 return key.start_mark.line + 1 if key is not None else line
             node = found
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+        elif (
+            isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value)
+        ):
             node = node.value[part]
         else:
             break
@@ -222,7 +224,9 @@ def load_file(path: Path) -> Topology:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
-        raise TopologyError(path, line, "", f"invalid YAML: {getattr(exc, 'problem', exc)}") from None
+        raise TopologyError(
+            path, line, "", f"invalid YAML: {getattr(exc, 'problem', exc)}"
+        ) from None
     docs = [d for d in docs if d is not None]
     if len(docs) != 1:
         raise TopologyError(path, None, "", f"expected exactly one topology, found {len(docs)}")
@@ -234,7 +238,9 @@ def load_file(path: Path) -> Topology:
         return Topology.model_validate(doc)
     except ValidationError as exc:
         error = exc.errors()[0]
-        loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        loc = tuple(
+            p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-"))
+        )
         field = ".".join(str(p) for p in loc)
         raise TopologyError(path, _line_of(node, loc), field, error["msg"]) from None
 
@@ -255,7 +261,9 @@ def load_path(path: Path | str) -> list[Topology]:
         topology = load_file(file)
         if topology.name in loaded:
             first = loaded[topology.name][0]
-            raise TopologyError(file, None, "metadata.name", f"{topology.name!r} is also in {first}")
+            raise TopologyError(
+                file, None, "metadata.name", f"{topology.name!r} is also in {first}"
+            )
         loaded[topology.name] = (file, topology)
     return [t for _, t in loaded.values()]
 

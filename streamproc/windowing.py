@@ -92,7 +92,7 @@ def build_app(settings: Settings, topologies: Sequence[Topology]) -> faust.App:
         processing_guarantee="at_least_once",
         stream_wait_empty=False,
         web_enabled=False,
-        table_cleanup_interval=max(1.0, min(30.0, min(t.spec.window.size for t in topologies))),
+        table_cleanup_interval=max(1.0, min(30.0, *(t.spec.window.size for t in topologies))),
     )
     tallies = app.topic(
         settings.topics.tallies,
@@ -101,7 +101,9 @@ def build_app(settings: Settings, topologies: Sequence[Topology]) -> faust.App:
         partitions=settings.partitions,
     )
     actions = app.topic(settings.topics.actions, key_serializer="raw", value_serializer="raw")
-    dead_letters = app.topic(settings.topics.dead_letters, key_serializer="raw", value_serializer="raw")
+    dead_letters = app.topic(
+        settings.topics.dead_letters, key_serializer="raw", value_serializer="raw"
+    )
     by_name = {t.name: t for t in topologies}
     tables = {
         t.name: app.Table(
@@ -145,7 +147,9 @@ def build_app(settings: Settings, topologies: Sequence[Topology]) -> faust.App:
             state = window.current()
             if not state:
                 metrics.windows_opened.labels(topology=topology.name).inc()
-            new_state, act, deduplicated = decide(state, tally.count, topology.spec.window.threshold)
+            new_state, act, deduplicated = decide(
+                state, tally.count, topology.spec.window.threshold
+            )
             if act:
                 action = action_for(topology, tally, new_state[0])
                 delivered = await actions.send(key=event.key, value=action.encode())

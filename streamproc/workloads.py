@@ -20,7 +20,14 @@ from typing import Literal
 
 Kind = Literal["Deployment", "StatefulSet", "DaemonSet", "CronJob", "Job", "Pod"]
 ResolvedBy = Literal["owner-fields", "api", "name-shape"]
-WORKLOAD_KINDS: tuple[Kind, ...] = ("Deployment", "StatefulSet", "DaemonSet", "CronJob", "Job", "Pod")
+WORKLOAD_KINDS: tuple[Kind, ...] = (
+    "Deployment",
+    "StatefulSet",
+    "DaemonSet",
+    "CronJob",
+    "Job",
+    "Pod",
+)
 
 # Kubernetes' rand.SafeEncodeString alphabet: pod-template-hash and generated suffixes use it.
 _SAFE = "[bcdfghjklmnpqrstvwxz2456789]"
@@ -41,7 +48,7 @@ class WorkloadRef:
 
     @property
     def key(self) -> str:
-        """``namespace/Kind/name``: the Kafka message key, so one workload stays on one partition."""
+        """``namespace/Kind/name``: the Kafka key, so a workload stays on one partition."""
         return f"{self.namespace}/{self.kind}/{self.name}"
 
 
@@ -52,7 +59,7 @@ def from_owner_fields(
     found = dict(owners)
     for kind in ("Deployment", "StatefulSet", "DaemonSet", "CronJob", "Job"):
         if kind in found:
-            return WorkloadRef(namespace, kind, found[kind], "owner-fields")  # type: ignore[arg-type]
+            return WorkloadRef(namespace, kind, found[kind], "owner-fields")
     if "ReplicaSet" in found:
         match = _REPLICASET.fullmatch(found["ReplicaSet"])
         if match:
@@ -100,4 +107,3 @@ def from_name_shape(namespace: str, pod: str) -> WorkloadRef:
 def parent_kind(kind: str) -> str | None:
     """The controller kind whose owner decides the workload (ReplicaSet -> Deployment, ...)."""
     return {"ReplicaSet": "Deployment", "Job": "CronJob"}.get(kind)
-

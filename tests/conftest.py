@@ -18,8 +18,13 @@ FIXTURES = Path(__file__).parent / "fixtures"
 T = TypeVar("T")
 
 
-def wait_for(predicate: Callable[[], T], *, timeout: float = 30.0, interval: float = 0.2,
-             what: str = "condition") -> T:
+def wait_for(
+    predicate: Callable[[], T],
+    *,
+    timeout: float = 30.0,
+    interval: float = 0.2,
+    what: str = "condition",
+) -> T:
     """Poll ``predicate`` until it returns something truthy; bounded, fails with ``what``."""
     deadline = time.monotonic() + timeout
     while True:
@@ -31,8 +36,13 @@ def wait_for(predicate: Callable[[], T], *, timeout: float = 30.0, interval: flo
         time.sleep(interval)
 
 
-async def async_wait_for(predicate: Callable[[], T], *, timeout: float = 30.0,
-                         interval: float = 0.1, what: str = "condition") -> T:
+async def async_wait_for(
+    predicate: Callable[[], T],
+    *,
+    timeout: float = 30.0,
+    interval: float = 0.1,
+    what: str = "condition",
+) -> T:
     """The same, without blocking the event loop."""
     deadline = time.monotonic() + timeout
     while True:

@@ -61,7 +61,9 @@ def _listening(host: str, port: int) -> bool:
 class EmbeddedBroker:
     """One tansu process; ``bootstrap`` is what clients connect to."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int | None = None, log: Path | None = None):
+    def __init__(
+        self, host: str = "127.0.0.1", port: int | None = None, log: Path | None = None
+    ) -> None:
         self.host = host
         self.port = port or free_port(host)
         self.log = log
@@ -80,10 +82,14 @@ class EmbeddedBroker:
         out: IO[bytes] | int = self._log_file or subprocess.DEVNULL
         self._process = subprocess.Popen(  # noqa: S603 - fixed binary and arguments
             [
-                str(tansu_binary()), "broker",
-                "--listener-url", url,
-                "--advertised-listener-url", url,
-                "--storage-engine", "memory://tansu/",
+                str(tansu_binary()),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
             ],
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -77,8 +77,11 @@ class ClusterBuilder:
         if name not in self._namespaces:
             self._namespaces.add(name)
             self.objects.append(
-                {"apiVersion": "v1", "kind": "Namespace",
-                 "metadata": {"name": name, "labels": {"kubernetes.io/metadata.name": name}}}
+                {
+                    "apiVersion": "v1",
+                    "kind": "Namespace",
+                    "metadata": {"name": name, "labels": {"kubernetes.io/metadata.name": name}},
+                }
             )
 
     def deployment(self, namespace: str, name: str, replicas: int, image: str) -> SampleWorkload:
@@ -87,19 +90,30 @@ class ClusterBuilder:
         labels = {"app.kubernetes.io/name": name}
         uid = f"uid-deploy-{namespace}-{name}"
         self.objects.append(
-            {"apiVersion": "apps/v1", "kind": "Deployment",
-             "metadata": _meta(name, namespace, labels, uid, None),
-             "spec": {"replicas": replicas, "selector": {"matchLabels": labels}}}
+            {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": _meta(name, namespace, labels, uid, None),
+                "spec": {"replicas": replicas, "selector": {"matchLabels": labels}},
+            }
         )
         template_hash = _suffix(self.rng, 10)
         rs_name = f"{name}-{template_hash}"
         rs_uid = f"uid-rs-{namespace}-{rs_name}"
         rs_labels = {**labels, "pod-template-hash": template_hash}
         self.objects.append(
-            {"apiVersion": "apps/v1", "kind": "ReplicaSet",
-             "metadata": _meta(rs_name, namespace, rs_labels, rs_uid,
-                               _owner("Deployment", name, uid, "apps/v1")),
-             "spec": {"replicas": replicas}}
+            {
+                "apiVersion": "apps/v1",
+                "kind": "ReplicaSet",
+                "metadata": _meta(
+                    rs_name,
+                    namespace,
+                    rs_labels,
+                    rs_uid,
+                    _owner("Deployment", name, uid, "apps/v1"),
+                ),
+                "spec": {"replicas": replicas},
+            }
         )
         owner = _owner("ReplicaSet", rs_name, rs_uid, "apps/v1")
         pods = tuple(f"{rs_name}-{_suffix(self.rng, 5)}" for _ in range(replicas))
@@ -113,9 +127,12 @@ class ClusterBuilder:
         labels = {"app.kubernetes.io/name": name}
         uid = f"uid-sts-{namespace}-{name}"
         self.objects.append(
-            {"apiVersion": "apps/v1", "kind": "StatefulSet",
-             "metadata": _meta(name, namespace, labels, uid, None),
-             "spec": {"replicas": replicas, "serviceName": name}}
+            {
+                "apiVersion": "apps/v1",
+                "kind": "StatefulSet",
+                "metadata": _meta(name, namespace, labels, uid, None),
+                "spec": {"replicas": replicas, "serviceName": name},
+            }
         )
         owner = _owner("StatefulSet", name, uid, "apps/v1")
         pods = tuple(f"{name}-{i}" for i in range(replicas))
@@ -129,8 +146,12 @@ class ClusterBuilder:
         labels = {"app.kubernetes.io/name": name}
         uid = f"uid-ds-{namespace}-{name}"
         self.objects.append(
-            {"apiVersion": "apps/v1", "kind": "DaemonSet",
-             "metadata": _meta(name, namespace, labels, uid, None), "spec": {}}
+            {
+                "apiVersion": "apps/v1",
+                "kind": "DaemonSet",
+                "metadata": _meta(name, namespace, labels, uid, None),
+                "spec": {},
+            }
         )
         owner = _owner("DaemonSet", name, uid, "apps/v1")
         pods = tuple(f"{name}-{_suffix(self.rng, 5)}" for _ in NODES)
@@ -144,21 +165,36 @@ class ClusterBuilder:
         labels = {"app.kubernetes.io/name": name}
         uid = f"uid-cj-{namespace}-{name}"
         self.objects.append(
-            {"apiVersion": "batch/v1", "kind": "CronJob",
-             "metadata": _meta(name, namespace, labels, uid, None),
-             "spec": {"schedule": "*/5 * * * *"}}
+            {
+                "apiVersion": "batch/v1",
+                "kind": "CronJob",
+                "metadata": _meta(name, namespace, labels, uid, None),
+                "spec": {"schedule": "*/5 * * * *"},
+            }
         )
         job = f"{name}-{29_000_000 + self.rng.randrange(900_000)}"
         job_uid = f"uid-job-{namespace}-{job}"
         job_labels = {**labels, "batch.kubernetes.io/job-name": job}
         self.objects.append(
-            {"apiVersion": "batch/v1", "kind": "Job",
-             "metadata": _meta(job, namespace, job_labels, job_uid,
-                               _owner("CronJob", name, uid, "batch/v1")), "spec": {}}
+            {
+                "apiVersion": "batch/v1",
+                "kind": "Job",
+                "metadata": _meta(
+                    job, namespace, job_labels, job_uid, _owner("CronJob", name, uid, "batch/v1")
+                ),
+                "spec": {},
+            }
         )
         pod_name = f"{job}-{_suffix(self.rng, 5)}"
         self.objects.append(
-            pod(namespace, pod_name, job_labels, _owner("Job", job, job_uid, "batch/v1"), NODES[0], image)
+            pod(
+                namespace,
+                pod_name,
+                job_labels,
+                _owner("Job", job, job_uid, "batch/v1"),
+                NODES[0],
+                image,
+            )
         )
         return self._remember(SampleWorkload(namespace, "CronJob", name, (pod_name,), (image,)))
 

@@ -23,6 +23,7 @@ It runs in its own thread and event loop, so synchronous tests and subprocesses 
 from __future__ import annotations
 
 import asyncio
+import builtins
 import copy
 import re
 import threading
@@ -241,7 +242,9 @@ class KubeEmulator:
             self._record("DELETED", gvr, old, old)
             return True
 
-    def _replace(self, key: tuple[str, str, str, str], gvr: tuple[str, str, str], new: Json) -> Json:
+    def _replace(
+        self, key: tuple[str, str, str, str], gvr: tuple[str, str, str], new: Json
+    ) -> Json:
         old = self._objects[key]
         new["metadata"]["resourceVersion"] = self._bump()
         self._objects[key] = new
@@ -339,7 +342,9 @@ class KubeEmulator:
             ],
         }
 
-    def _matching(self, gvr: tuple[str, str, str], namespace: str, request: web.Request) -> list[Json]:
+    def _matching(
+        self, gvr: tuple[str, str, str], namespace: str, request: web.Request
+    ) -> builtins.list[Json]:
         reqs = _label_requirements(request.query.get("labelSelector", ""))
         fields = request.query.get("fieldSelector", "")
         return [
@@ -429,7 +434,11 @@ class KubeEmulator:
                 new = merge_patch(current, body)
             else:
                 return _status(415, "UnsupportedMediaType", f"patch type {content_type!r}")
-            wanted = (body.get("metadata") or {}).get("resourceVersion") if isinstance(body, dict) else None
+            wanted = (
+                (body.get("metadata") or {}).get("resourceVersion")
+                if isinstance(body, dict)
+                else None
+            )
             if wanted and wanted != current["metadata"]["resourceVersion"]:
                 return _status(
                     409,
@@ -472,8 +481,12 @@ class KubeEmulator:
                 if since and since != "0":
                     oldest = self._history[0][0] if self._history else self._rv
                     if int(since) < oldest - 1:
-                        gone = {"kind": "Status", "code": 410, "reason": "Expired",
-                                "message": "too old resource version"}
+                        gone = {
+                            "kind": "Status",
+                            "code": 410,
+                            "reason": "Expired",
+                            "message": "too old resource version",
+                        }
                         await send("ERROR", gone)
                         return response
                     cursor = int(since)
@@ -499,12 +512,20 @@ class KubeEmulator:
                     elif was_in:
                         await send("DELETED", obj)
                 try:
-                    await asyncio.wait_for(queue.get(), timeout=min(1.0, max(0.0, deadline - time.monotonic())))
+                    await asyncio.wait_for(
+                        queue.get(), timeout=min(1.0, max(0.0, deadline - time.monotonic()))
+                    )
                 except TimeoutError:
                     if bookmarks:
                         kind_name = RESOURCES[gvr][0]
-                        await send("BOOKMARK", {"kind": kind_name, "apiVersion": "v1",
-                                                "metadata": {"resourceVersion": str(cursor)}})
+                        await send(
+                            "BOOKMARK",
+                            {
+                                "kind": kind_name,
+                                "apiVersion": "v1",
+                                "metadata": {"resourceVersion": str(cursor)},
+                            },
+                        )
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
@@ -516,7 +537,9 @@ class KubeEmulator:
         response: web.StreamResponse = await handler(request)
         with self._lock:
             self.requests.append(
-                LoggedRequest(time.time(), request.method, request.path, request.query_string, response.status)
+                LoggedRequest(
+                    time.time(), request.method, request.path, request.query_string, response.status
+                )
             )
         return response
 
@@ -536,7 +559,8 @@ class KubeEmulator:
             site = web.TCPSite(runner, host, port)
             await site.start()
             server = site._server  # noqa: SLF001 - aiohttp exposes the bound port nowhere else
-            bound = server.sockets[0].getsockname()[1] if server else port  # type: ignore[union-attr]
+            sockets = getattr(server, "sockets", None) or []
+            bound = sockets[0].getsockname()[1] if sockets else port
             self.url = f"http://{host}:{bound}"
             self._loop = asyncio.get_running_loop()
             stop.append(asyncio.Event())

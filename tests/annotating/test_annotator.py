@@ -22,28 +22,52 @@ from tests.conftest import async_wait_for
 
 
 def topology(ttl: float = 600, dry_run: bool = False, scope: str = "workload") -> Topology:
-    return Topology.model_validate({
-        "apiVersion": "streamproc/v1", "kind": "Topology", "metadata": {"name": "retina-observe"},
-        "spec": {"window": {"size": "10s"}, "action": {"ttl": ttl, "scope": scope}, "dryRun": dry_run},
-    })
+    return Topology.model_validate(
+        {
+            "apiVersion": "streamproc/v1",
+            "kind": "Topology",
+            "metadata": {"name": "retina-observe"},
+            "spec": {
+                "window": {"size": "10s"},
+                "action": {"ttl": ttl, "scope": scope},
+                "dryRun": dry_run,
+            },
+        }
+    )
 
 
-def action_for(workload: SampleWorkload, *, ttl: float = 600, window_start: int | None = None,
-               annotations: dict[str, str] | None = None) -> Action:
+def action_for(
+    workload: SampleWorkload,
+    *,
+    ttl: float = 600,
+    window_start: int | None = None,
+    annotations: dict[str, str] | None = None,
+) -> Action:
     start = window_start if window_start is not None else int(time.time()) // 10 * 10
     return Action(
         id=f"retina-observe/{workload.namespace}/{workload.kind}/{workload.name}/{start * 1000}",
-        topology="retina-observe", namespace=workload.namespace, kind=workload.kind,
-        name=workload.name, resolved_by="api", pod=workload.pods[0], window_start=start,
-        window_end=start + 10, ttl=ttl, annotations=annotations or {"retina.sh": "observe"},
-        scope="workload", rule="Read sensitive file untrusted", priority=4, count=1,
+        topology="retina-observe",
+        namespace=workload.namespace,
+        kind=workload.kind,
+        name=workload.name,
+        resolved_by="api",
+        pod=workload.pods[0],
+        window_start=start,
+        window_end=start + 10,
+        ttl=ttl,
+        annotations=annotations or {"retina.sh": "observe"},
+        scope="workload",
+        rule="Read sensitive file untrusted",
+        priority=4,
+        count=1,
         first_append_ms=int(time.time() * 1000),
     )
 
 
 def annotated(emulator: KubeEmulator) -> set[str]:
     return {
-        p["metadata"]["name"] for p in emulator.list("Pod")
+        p["metadata"]["name"]
+        for p in emulator.list("Pod")
         if (p["metadata"].get("annotations") or {}).get("retina.sh") == "observe"
     }
 
@@ -59,8 +83,14 @@ async def client(kubeconfig: Path) -> AsyncIterator[kube.Kube]:
     await connection.close()
 
 
-def make(client: kube.Kube, *, ttl: float = 600, dry_run: bool = False, scope: str = "workload",
-         settings_dry_run: bool = False) -> tuple[Annotator, Expirer]:
+def make(
+    client: kube.Kube,
+    *,
+    ttl: float = 600,
+    dry_run: bool = False,
+    scope: str = "workload",
+    settings_dry_run: bool = False,
+) -> tuple[Annotator, Expirer]:
     settings = Settings(dry_run=settings_dry_run)
     resolver = WorkloadResolver(client, cache_size=100, ttl_s=60)
     expirer = Expirer(client, resync_s=60)
@@ -119,8 +149,10 @@ async def test_a_later_window_extends_the_expiry(
     first = (emulator.get("Pod", "shop", frontend.pods[0]) or {})["metadata"]["annotations"]
     await annotator.apply(action_for(frontend, window_start=start + 10))
     second = (emulator.get("Pod", "shop", frontend.pods[0]) or {})["metadata"]["annotations"]
-    assert conventions.parse_time(second[conventions.EXPIRES_AT]) == conventions.parse_time(
-        first[conventions.EXPIRES_AT]) + 10
+    assert (
+        conventions.parse_time(second[conventions.EXPIRES_AT])
+        == conventions.parse_time(first[conventions.EXPIRES_AT]) + 10
+    )
 
 
 async def test_annotations_come_from_the_topology_not_the_action(
@@ -135,14 +167,18 @@ async def test_annotations_come_from_the_topology_not_the_action(
     assert meta["annotations"]["retina.sh"] == "observe"
 
 
-async def test_dry_run_writes_nothing(client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder) -> None:
+async def test_dry_run_writes_nothing(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
+) -> None:
     """With --dry-run or dryRun: true, no request changes the cluster."""
     for annotator, _ in (make(client, dry_run=True), make(client, settings_dry_run=True)):
         assert await annotator.apply(action_for(workload(cluster, "frontend"))) == "dry-run"
     assert not [r for r in emulator.requests if r.method in ("PATCH", "PUT", "POST", "DELETE")]
 
 
-async def test_a_stale_action_is_not_applied(client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder) -> None:
+async def test_a_stale_action_is_not_applied(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
+) -> None:
     """An action whose observation would already have ended writes nothing."""
     annotator, _ = make(client, ttl=5)
     old = action_for(workload(cluster, "frontend"), ttl=5, window_start=int(time.time()) - 100)
@@ -156,7 +192,12 @@ async def test_expiry_removes_only_what_streamproc_added(
     """A retina.sh annotation someone else set survives; streamproc's bookkeeping is gone."""
     frontend = workload(cluster, "frontend")
     owner_set = frontend.pods[0]
-    emulator.update("Pod", "shop", owner_set, {"metadata": {"annotations": {"retina.sh": "observe", "team": "x"}}})
+    emulator.update(
+        "Pod",
+        "shop",
+        owner_set,
+        {"metadata": {"annotations": {"retina.sh": "observe", "team": "x"}}},
+    )
     annotator, expirer = make(client, ttl=1)
     now = int(time.time())
     await annotator.apply(action_for(frontend, ttl=1, window_start=now - 10 + 1))
@@ -164,8 +205,15 @@ async def test_expiry_removes_only_what_streamproc_added(
     task = asyncio.create_task(expirer.run(stop))
     try:
         await async_wait_for(
-            lambda: not [p for p in emulator.list("Pod") if conventions.OBSERVED_LABEL in (p["metadata"].get("labels") or {})],
-            timeout=15, what="observations to expire",
+            lambda: (
+                not [
+                    p
+                    for p in emulator.list("Pod")
+                    if conventions.OBSERVED_LABEL in (p["metadata"].get("labels") or {})
+                ]
+            ),
+            timeout=15,
+            what="observations to expire",
         )
     finally:
         stop.set()
@@ -187,7 +235,9 @@ async def test_a_restarted_expirer_expires_from_the_pods_own_annotations(
     stop = asyncio.Event()
     task = asyncio.create_task(fresh.run(stop))
     try:
-        await async_wait_for(lambda: not annotated(emulator), timeout=15, what="expiry after restart")
+        await async_wait_for(
+            lambda: not annotated(emulator), timeout=15, what="expiry after restart"
+        )
     finally:
         stop.set()
         await task

@@ -44,17 +44,33 @@ class Pipeline:
         self.metrics_port = free_port()
         self.log = log
         self._out = log.open("ab")
-        self.process = subprocess.Popen(  # noqa: S603
-            [sys.executable, "-m", "streamproc", command, "--topology", str(topology),
-             "--session-timeout", "6", "--metrics-port", str(self.metrics_port),
-             "--metrics-host", "127.0.0.1"],
-            env=env, stdout=self._out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "streamproc",
+                command,
+                "--topology",
+                str(topology),
+                "--session-timeout",
+                "6",
+                "--metrics-port",
+                str(self.metrics_port),
+                "--metrics-host",
+                "127.0.0.1",
+            ],
+            env=env,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
 
     def metric(self, name: str, **labels: str) -> float:
         """Sum of the samples of ``name`` matching ``labels``, scraped over HTTP; 0 if down."""
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as r:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2
+            ) as r:
                 text = r.read().decode()
         except OSError:
             return 0.0
@@ -100,9 +116,16 @@ def produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
     asyncio.run(_produce(bootstrap, topic, values))
 
 
-async def _consume(bootstrap: str, topic: str, idle_s: float) -> list[tuple[bytes | None, bytes | None, dict[str, bytes]]]:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                enable_auto_commit=False, group_id=None)
+async def _consume(
+    bootstrap: str, topic: str, idle_s: float
+) -> list[tuple[bytes | None, bytes | None, dict[str, bytes]]]:
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+    )
     await consumer.start()
     out = []
     try:
@@ -116,7 +139,9 @@ async def _consume(bootstrap: str, topic: str, idle_s: float) -> list[tuple[byte
         await consumer.stop()
 
 
-def consume_all(bootstrap: str, topic: str, idle_s: float = 2.0) -> list[tuple[bytes | None, bytes | None, dict[str, bytes]]]:
+def consume_all(
+    bootstrap: str, topic: str, idle_s: float = 2.0
+) -> list[tuple[bytes | None, bytes | None, dict[str, bytes]]]:
     """Every record on a topic, read from the beginning until it stays quiet for ``idle_s``.
 
     Read until idle rather than to the end offset: tansu answers ListOffsets(LATEST) wrongly.
@@ -153,13 +178,15 @@ def topology_file(tmp_path: Path, window: str, ttl: str) -> Path:
 
 def annotated(emulator: KubeEmulator) -> set[str]:
     return {
-        p["metadata"]["name"] for p in emulator.list("Pod")
+        p["metadata"]["name"]
+        for p in emulator.list("Pod")
         if (p["metadata"].get("annotations") or {}).get("retina.sh") == "observe"
     }
 
 
 def patch_count(emulator: KubeEmulator, pods: tuple[str, ...]) -> int:
     return sum(
-        1 for r in emulator.requests
+        1
+        for r in emulator.requests
         if r.method == "PATCH" and r.status == 200 and r.path.rsplit("/", 1)[-1] in pods
     )

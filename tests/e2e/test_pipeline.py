@@ -25,25 +25,38 @@ def by_name(cluster: ClusterBuilder, name: str) -> SampleWorkload:
     return next(w for w in cluster.workloads if w.name == name)
 
 
-def line(workload: SampleWorkload, pod: str, rule: samples.Rule, rng: random.Random, **kw: bool) -> bytes:
+def line(
+    workload: SampleWorkload, pod: str, rule: samples.Rule, rng: random.Random, **kw: bool
+) -> bytes:
     return orjson.dumps(samples.detection(workload, pod, rule, time.time(), rng, **kw))
 
 
 def test_detections_become_annotations_on_exactly_the_right_pods_then_expire(
-    tmp_path: Path, env: dict[str, str], broker: EmbeddedBroker, emulator: KubeEmulator,
-    cluster: ClusterBuilder, pipelines: list[Pipeline],
+    tmp_path: Path,
+    env: dict[str, str],
+    broker: EmbeddedBroker,
+    emulator: KubeEmulator,
+    cluster: ClusterBuilder,
+    pipelines: list[Pipeline],
 ) -> None:
-    """Every kind of workload is observed, nothing else is, bad lines are dead-lettered, all expires."""
+    """Every workload kind is observed, nothing else is, bad lines dead-lettered, all expires."""
     rng = random.Random(3)
-    observed = [by_name(cluster, n) for n in
-                ("frontend", "redis", "postgres", "node-exporter", "report", "debug-shell")]
+    observed = [
+        by_name(cluster, n)
+        for n in ("frontend", "redis", "postgres", "node-exporter", "report", "debug-shell")
+    ]
     lines = []
     for workload in observed:
-        lines.append(line(workload, workload.pods[0], WARNING, rng,
-                          owner_fields=workload.name == "postgres"))
+        lines.append(
+            line(workload, workload.pods[0], WARNING, rng, owner_fields=workload.name == "postgres")
+        )
         lines.append(line(workload, workload.pods[-1], CRITICAL, rng))
-    lines.append(line(by_name(cluster, "checkout"), by_name(cluster, "checkout").pods[0], NOTICE, rng))
-    lines.append(line(by_name(cluster, "coredns"), by_name(cluster, "coredns").pods[0], CRITICAL, rng))
+    lines.append(
+        line(by_name(cluster, "checkout"), by_name(cluster, "checkout").pods[0], NOTICE, rng)
+    )
+    lines.append(
+        line(by_name(cluster, "coredns"), by_name(cluster, "coredns").pods[0], CRITICAL, rng)
+    )
     lines.append(orjson.dumps(samples.host_event(time.time(), rng)))
     lines += [raw for raw, _ in samples.MALFORMED]
     pipeline = Pipeline("run", env, topology_file(tmp_path, "3s", "15s"), tmp_path / "run.log")
@@ -54,7 +67,9 @@ def test_detections_become_annotations_on_exactly_the_right_pods_then_expire(
     wait_for(lambda: annotated(emulator) >= expected, timeout=60, what="annotations")
     assert annotated(emulator) == expected
 
-    actions = [orjson.loads(v or b"") for _, v, _ in consume_all(broker.bootstrap, "streamproc.actions")]
+    actions = [
+        orjson.loads(v or b"") for _, v, _ in consume_all(broker.bootstrap, "streamproc.actions")
+    ]
     assert sorted(a["name"] for a in actions) == sorted(w.name for w in observed)
     by_workload = {a["name"]: a for a in actions}
     assert by_workload["postgres"]["resolved_by"] == "owner-fields"
@@ -62,11 +77,16 @@ def test_detections_become_annotations_on_exactly_the_right_pods_then_expire(
 
     dead = consume_all(broker.bootstrap, "streamproc.dlq")
     assert sorted(h["streamproc.reason"].decode() for _, _, h in dead) == sorted(
-        reason for _, reason in samples.MALFORMED)
+        reason for _, reason in samples.MALFORMED
+    )
     assert {v for _, v, _ in dead} == {raw for raw, _ in samples.MALFORMED}
 
-    assert pipeline.metric("streamproc_detections_skipped_total", reason="no-kubernetes-context") == 1
-    assert pipeline.metric("streamproc_dead_letters_total", stage="ingest") == len(samples.MALFORMED)
+    assert (
+        pipeline.metric("streamproc_detections_skipped_total", reason="no-kubernetes-context") == 1
+    )
+    assert pipeline.metric("streamproc_dead_letters_total", stage="ingest") == len(
+        samples.MALFORMED
+    )
     assert pipeline.metric("streamproc_actions_emitted_total") == len(observed)
 
     def all_released() -> bool:
@@ -82,8 +102,12 @@ def test_detections_become_annotations_on_exactly_the_right_pods_then_expire(
 
 
 def test_a_windows_restart_mid_window_does_not_act_twice(
-    tmp_path: Path, env: dict[str, str], broker: EmbeddedBroker, emulator: KubeEmulator,
-    cluster: ClusterBuilder, pipelines: list[Pipeline],
+    tmp_path: Path,
+    env: dict[str, str],
+    broker: EmbeddedBroker,
+    emulator: KubeEmulator,
+    cluster: ClusterBuilder,
+    pipelines: list[Pipeline],
 ) -> None:
     """After a crash in mid-window, a later detection in that window patches nothing again."""
     window = 3600
@@ -95,27 +119,42 @@ def test_a_windows_restart_mid_window_does_not_act_twice(
     first = Pipeline("run", env, topology, tmp_path / "first.log")
     pipelines.append(first)
     produce(broker.bootstrap, "falco", [line(frontend, frontend.pods[0], WARNING, rng)])
-    wait_for(lambda: annotated(emulator) == set(frontend.pods), timeout=60, what="first observation")
+    wait_for(
+        lambda: annotated(emulator) == set(frontend.pods), timeout=60, what="first observation"
+    )
     patches = patch_count(emulator, frontend.pods)
     first.kill()
 
     second = Pipeline("run", env, topology, tmp_path / "second.log")
     pipelines.append(second)
     produce(broker.bootstrap, "falco", [line(frontend, frontend.pods[1], CRITICAL, rng)])
-    wait_for(lambda: second.metric("streamproc_records_consumed_total", stage="windows") >= 1,
-             timeout=60, what="the restarted windows stage to see the second tally")
-    wait_for(lambda: second.metric("streamproc_detections_deduplicated_total")
-             + second.metric("streamproc_actions_handled_total") >= 1,
-             timeout=30, what="the second detection to be deduplicated or handled")
+    wait_for(
+        lambda: second.metric("streamproc_records_consumed_total", stage="windows") >= 1,
+        timeout=60,
+        what="the restarted windows stage to see the second tally",
+    )
+    wait_for(
+        lambda: (
+            second.metric("streamproc_detections_deduplicated_total")
+            + second.metric("streamproc_actions_handled_total")
+            >= 1
+        ),
+        timeout=30,
+        what="the second detection to be deduplicated or handled",
+    )
     assert patch_count(emulator, frontend.pods) == patches
     assert annotated(emulator) == set(frontend.pods)
 
 
 def test_an_annotator_restart_still_expires_what_it_annotated(
-    tmp_path: Path, env: dict[str, str], broker: EmbeddedBroker, emulator: KubeEmulator,
-    cluster: ClusterBuilder, pipelines: list[Pipeline],
+    tmp_path: Path,
+    env: dict[str, str],
+    broker: EmbeddedBroker,
+    emulator: KubeEmulator,
+    cluster: ClusterBuilder,
+    pipelines: list[Pipeline],
 ) -> None:
-    """Kill the process right after it annotated; a fresh annotator removes the annotations on time."""
+    """Killed right after annotating, a fresh annotator removes the annotations on time."""
     rng = random.Random(9)
     redis = by_name(cluster, "redis")
     topology = topology_file(tmp_path, "2s", "15s")

@@ -28,9 +28,13 @@ async def test_label_selectors_filter_lists(api: kube.Kube) -> None:
     both = await api.list_pods("shop", "app.kubernetes.io/name in (frontend,redis)")
     assert len(both) == 5
     not_frontend = await api.list_pods("shop", "app.kubernetes.io/name!=frontend")
-    assert {p["metadata"]["labels"]["app.kubernetes.io/name"] for p in not_frontend} == {"checkout", "redis"}
+    assert {p["metadata"]["labels"]["app.kubernetes.io/name"] for p in not_frontend} == {
+        "checkout",
+        "redis",
+    }
     hashed = await api.list_pods(None, "pod-template-hash")
-    assert all("pod-template-hash" in p["metadata"]["labels"] for p in hashed) and hashed
+    assert all("pod-template-hash" in p["metadata"]["labels"] for p in hashed)
+    assert hashed
 
 
 async def test_merge_patch_adds_and_null_deletes(api: kube.Kube, emulator: KubeEmulator) -> None:
@@ -44,7 +48,9 @@ async def test_merge_patch_adds_and_null_deletes(api: kube.Kube, emulator: KubeE
     assert "app.kubernetes.io/name" in meta["labels"]
 
 
-async def test_a_stale_resource_version_is_a_conflict(api: kube.Kube, emulator: KubeEmulator) -> None:
+async def test_a_stale_resource_version_is_a_conflict(
+    api: kube.Kube, emulator: KubeEmulator
+) -> None:
     """A write naming an old resourceVersion gets 409 and changes nothing."""
     pod = emulator.list("Pod", "shop")[0]
     name, old_version = pod["metadata"]["name"], pod["metadata"]["resourceVersion"]
@@ -72,9 +78,13 @@ async def test_faults_fail_before_any_state_change(api: kube.Kube, emulator: Kub
     assert (emulator.get("Pod", "shop", pod) or {})["metadata"]["annotations"] == {"k": "v"}
 
 
-async def test_too_many_requests_honours_retry_after(api: kube.Kube, emulator: KubeEmulator) -> None:
+async def test_too_many_requests_honours_retry_after(
+    api: kube.Kube, emulator: KubeEmulator
+) -> None:
     """429 with Retry-After: 1 makes the client wait at least that long before retrying."""
-    emulator.faults.append(Fault(method="GET", path="/pods/debug-shell$", status=429, retry_after=1))
+    emulator.faults.append(
+        Fault(method="GET", path="/pods/debug-shell$", status=429, retry_after=1)
+    )
     loop = asyncio.get_running_loop()
     started = loop.time()
     await api.get_pod("default", "debug-shell")
@@ -89,21 +99,29 @@ async def test_forbidden_is_not_retried(api: kube.Kube, emulator: KubeEmulator) 
     assert sum(1 for r in emulator.requests if r.status == 403) == 1
 
 
-async def test_watch_streams_label_filtered_changes(kubeconfig: Path, emulator: KubeEmulator) -> None:
+async def test_watch_streams_label_filtered_changes(
+    kubeconfig: Path, emulator: KubeEmulator
+) -> None:
     """kubernetes_asyncio's Watch sees ADDED for matching pods, then MODIFIED, and not others."""
     configuration = k8s.Configuration()
     await config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
     async with k8s.ApiClient(configuration) as api_client:
         core = k8s.CoreV1Api(api_client)
-        listing = await core.list_namespaced_pod("shop", label_selector="app.kubernetes.io/name=redis")
+        listing = await core.list_namespaced_pod(
+            "shop", label_selector="app.kubernetes.io/name=redis"
+        )
         version = listing.metadata.resource_version
         seen: list[tuple[str, str]] = []
         w = watch.Watch()
 
         async def consume() -> None:
-            async for event in w.stream(core.list_namespaced_pod, "shop",
-                                        label_selector="app.kubernetes.io/name=redis",
-                                        resource_version=version, timeout_seconds=5):
+            async for event in w.stream(
+                core.list_namespaced_pod,
+                "shop",
+                label_selector="app.kubernetes.io/name=redis",
+                resource_version=version,
+                timeout_seconds=5,
+            ):
                 seen.append((event["type"], event["object"].metadata.name))
                 if len(seen) == 1:
                     w.stop()

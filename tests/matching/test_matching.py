@@ -10,15 +10,34 @@ from streamproc.topologies import Topology
 
 def topology(**match: object) -> Topology:
     return Topology.model_validate(
-        {"apiVersion": "streamproc/v1", "kind": "Topology", "metadata": {"name": "t"},
-         "spec": {"match": match}}
+        {
+            "apiVersion": "streamproc/v1",
+            "kind": "Topology",
+            "metadata": {"name": "t"},
+            "spec": {"match": match},
+        }
     )
 
 
-def detection(rule: str = "r", priority: str = "Warning", source: str = "syscall",
-              tags: tuple[str, ...] = (), namespace: str = "shop") -> Detection:
-    return Detection(rule=rule, priority=events.PRIORITY_RANK[priority], source=source, tags=tags,
-                     namespace=namespace, pod="p", owners=(), uuid="", time="", hostname="")
+def detection(
+    rule: str = "r",
+    priority: str = "Warning",
+    source: str = "syscall",
+    tags: tuple[str, ...] = (),
+    namespace: str = "shop",
+) -> Detection:
+    return Detection(
+        rule=rule,
+        priority=events.PRIORITY_RANK[priority],
+        source=source,
+        tags=tags,
+        namespace=namespace,
+        pod="p",
+        owners=(),
+        uuid="",
+        time="",
+        hostname="",
+    )
 
 
 def test_priority_bound_admits_equal_and_more_severe() -> None:

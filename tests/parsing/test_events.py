@@ -36,8 +36,11 @@ def test_falco_json_output_without_uuid_is_accepted_with_owner_fields() -> None:
 @pytest.mark.parametrize("missing", [None, "<NA>", ""])
 def test_a_host_event_has_no_kubernetes_context(missing: str | None) -> None:
     """Null, <NA> or empty namespace/pod mean the detection happened on the host."""
-    doc = {"rule": "r", "priority": "Warning",
-           "output_fields": {"k8s.ns.name": missing, "k8s.pod.name": missing}}
+    doc = {
+        "rule": "r",
+        "priority": "Warning",
+        "output_fields": {"k8s.ns.name": missing, "k8s.pod.name": missing},
+    }
     detection = events.parse(orjson.dumps(doc))
     assert not detection.has_kubernetes_context
 
@@ -98,17 +101,25 @@ def test_arbitrary_bytes_either_parse_or_raise_parse_error(raw: bytes) -> None:
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
     max_leaves=20,
 )
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.dictionaries(
-    st.sampled_from(["rule", "priority", "output_fields", "tags", "source", "uuid", "time"]),
-    json_values,
-))
+@given(
+    st.dictionaries(
+        st.sampled_from(["rule", "priority", "output_fields", "tags", "source", "uuid", "time"]),
+        json_values,
+    )
+)
 def test_arbitrary_json_objects_either_parse_or_raise_parse_error(doc: dict[str, object]) -> None:
     """Well-formed JSON with wrong types anywhere is refused cleanly."""
     try:

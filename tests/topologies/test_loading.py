@@ -98,7 +98,7 @@ def test_two_topologies_with_one_name_are_refused(tmp_path: Path) -> None:
 
 def test_an_empty_folder_is_refused(tmp_path: Path) -> None:
     """Running with no topology at all is a mistake, not a quiet no-op."""
-    with pytest.raises(TopologyError, match="no \\*.yaml"):
+    with pytest.raises(TopologyError, match=r"no \*\.yaml"):
         topologies.load_path(tmp_path)
 
 

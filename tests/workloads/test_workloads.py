@@ -24,7 +24,9 @@ def test_owner_chain_follows_replicaset_to_deployment_and_job_to_cronjob() -> No
     chain = workloads.from_owner_chain
     assert chain("a", "p", ("ReplicaSet", "web-x"), ("Deployment", "web")).name == "web"
     assert chain("a", "p", ("Job", "rep-29000001"), ("CronJob", "rep")).kind == "CronJob"
-    assert chain("a", "p", ("Job", "once"), None) == workloads.WorkloadRef("a", "Job", "once", "api")
+    assert chain("a", "p", ("Job", "once"), None) == workloads.WorkloadRef(
+        "a", "Job", "once", "api"
+    )
     assert chain("a", "p", ("StatefulSet", "db"), None).kind == "StatefulSet"
     assert chain("a", "p", None, None) == workloads.WorkloadRef("a", "Pod", "p", "api")
 
@@ -32,8 +34,10 @@ def test_owner_chain_follows_replicaset_to_deployment_and_job_to_cronjob() -> No
 def test_name_shapes_are_recognised() -> None:
     """Generated pod names reveal Deployments, StatefulSets and CronJobs."""
     shape = workloads.from_name_shape
-    assert (shape("a", "frontend-7d4b9c8f5x-x2x7k").kind, shape("a", "frontend-7d4b9c8f5x-x2x7k").name) == (
-        "Deployment", "frontend")
+    assert (
+        shape("a", "frontend-7d4b9c8f5x-x2x7k").kind,
+        shape("a", "frontend-7d4b9c8f5x-x2x7k").name,
+    ) == ("Deployment", "frontend")
     assert shape("a", "redis-0").name == "redis"
     assert shape("a", "report-29000123-b7k2p").kind == "CronJob"
     # A DaemonSet's and a Job's pods look alike: fall back to the pod itself.
