@@ -54,7 +54,8 @@ class Annotator:
         self.resolver = resolver
         self.scheduler = scheduler
         self._slots = asyncio.Semaphore(settings.api_concurrency)
-        self.applied_pods = 0
+        #: pods this annotator opened or extended an observation on (the lab reports it).
+        self.observed_pods: set[tuple[str, str]] = set()
 
     async def apply(self, action: Action) -> str:
         """Apply one action; the outcome is a short code (also the metric label)."""
@@ -136,7 +137,7 @@ class Annotator:
                     metrics.patches.labels(op="observe", result="not-found").inc()
                     return "not-found"
                 metrics.patches.labels(op="observe", result="ok").inc()
-                self.applied_pods += 1
+                self.observed_pods.add((namespace, name))
                 self.scheduler.schedule(namespace, name, until, topology.name)
                 return "ok"
         return "conflict"

@@ -115,13 +115,20 @@ def _common(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
+def _topology_path(given: Path | None) -> Path:
+    if given is not None:
+        return given
+    local = Path("topologies")
+    return local if local.exists() else topologies.default_path()
+
+
 def _settings(**opts: Any) -> Settings:
     topics = Topics(dead_letters=opts["dead_letter_topic"])
     if opts.get("input_topic"):
         topics = Topics(input=opts["input_topic"], dead_letters=opts["dead_letter_topic"])
     return Settings(
         bootstrap_servers=opts["bootstrap_servers"],
-        topology_path=opts["topology_path"],
+        topology_path=_topology_path(opts["topology_path"]),
         topics=topics,
         dry_run=opts["dry_run"],
         kubeconfig=opts["kubeconfig"],
@@ -269,7 +276,7 @@ def send(files: tuple[Any, ...], bootstrap_servers: str, topic: str) -> None:
 def check(paths: tuple[Path, ...]) -> None:
     """Validate topology files or folders; exit 1 naming file, line and field on the first error."""
     failed = False
-    for path in paths or (Path("topologies"),):
+    for path in paths or (_topology_path(None),):
         try:
             for topology in topologies.load_path(path):
                 spec = topology.spec
@@ -283,3 +290,71 @@ def check(paths: tuple[Path, ...]) -> None:
             failed = True
     if failed:
         sys.exit(1)
+
+
+@main.command()
+@click.option("--duration", type=float, default=60.0, show_default=True, help="Seconds to run.")
+@click.option(
+    "--speed",
+    type=float,
+    default=12.0,
+    show_default=True,
+    help="Divide window sizes and TTLs (60s windows become 5s at 12).",
+)
+@click.option(
+    "--topology",
+    "topology_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Topology file or folder [default: ./topologies, else the shipped one].",
+)
+@click.option("--broker", default=None, help="Use this Kafka instead of the embedded broker.")
+@click.option(
+    "--kubeconfig",
+    default=None,
+    help="Use this cluster instead of the emulated one (observations are real!).",
+)
+@click.option(
+    "--metrics-port",
+    type=int,
+    default=9108,
+    show_default=True,
+    help="Port for /metrics (a free one if taken); 0 turns it off.",
+)
+@click.option("--log-level", default="WARNING", show_default=True)
+def lab(
+    duration: float,
+    speed: float,
+    topology_path: Path | None,
+    broker: str | None,
+    kubeconfig: str | None,
+    metrics_port: int,
+    log_level: str,
+) -> None:
+    """Run the whole system on this machine: broker, cluster, pipeline and a replay."""
+    from streamproc.lab import session  # noqa: PLC0415 - the lab's extra is optional
+
+    setup_logging(log_level)
+    topology_path = _topology_path(topology_path)
+    try:
+        topologies.load_path(topology_path)
+    except topologies.TopologyError as exc:
+        raise click.ClickException(f"invalid topology: {exc}") from None
+    options = session.LabOptions(
+        duration_s=duration,
+        speed=speed,
+        topology_path=topology_path,
+        broker=broker,
+        kubeconfig=kubeconfig,
+        metrics_port=metrics_port,
+    )
+    result: list[session.Summary] = []
+
+    async def main(stop: asyncio.Event) -> None:
+        result.append(await session.run_lab(options, stop))
+
+    run_until_signal(main)
+    summary = result[0]
+    for line in summary.lines():
+        print(line)
+    sys.exit(0 if summary.clean else 1)

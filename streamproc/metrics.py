@@ -135,3 +135,13 @@ def value(name: str, labels: dict[str, str] | None = None) -> float:
     """Current value of one sample, 0 when absent: for tests and the lab summary."""
     found = REGISTRY.get_sample_value(name, labels or {})
     return found if found is not None else 0.0
+
+
+def total(name: str, **labels: str) -> float:
+    """Sum of every sample of ``name`` whose labels include ``labels`` (any other labels)."""
+    return sum(
+        sample.value
+        for family in REGISTRY.collect()
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )

@@ -268,6 +268,12 @@ def load_path(path: Path | str) -> list[Topology]:
     return [t for _, t in loaded.values()]
 
 
+def default_path() -> Path:
+    """The shipped topologies: ``topologies/`` in a checkout, or the copy inside the wheel."""
+    packaged = Path(__file__).parent / "_topologies"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[1] / "topologies"
+
+
 def scaled(topology: Topology, speed: float) -> Topology:
     """The same topology with windows and TTL divided by ``speed`` (the lab's time-lapse)."""
     if speed == 1:

@@ -1,0 +1,110 @@
+"""What the lab shows: a live terminal view (rich), or a line per change without a terminal."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Iterator, Sequence
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+from streamproc import metrics
+from streamproc.running import Running
+from streamproc.topologies import Topology
+
+_COUNTERS: tuple[tuple[str, str, dict[str, str]], ...] = (
+    ("detections", "streamproc_records_consumed_total", {"stage": "ingest"}),
+    ("dead letters", "streamproc_dead_letters_total", {}),
+    ("windows opened", "streamproc_windows_opened_total", {}),
+    ("deduplicated", "streamproc_detections_deduplicated_total", {}),
+    ("actions", "streamproc_actions_emitted_total", {}),
+    ("patches ok", "streamproc_patches_total", {"op": "observe", "result": "ok"}),
+    ("expired", "streamproc_observations_expired_total", {}),
+    ("API calls", "streamproc_api_request_duration_seconds_count", {}),
+)
+
+
+class View:
+    """Renders the lab's state; ``refresh`` is called about twice a second."""
+
+    def __init__(self, *, live: bool) -> None:
+        self.live = live and sys.stdout.isatty()
+        self.console = Console()
+        self.replay_total = 0
+        self.replay_sent = 0
+        self._last: dict[str, float] = {}
+        self._last_at = time.monotonic()
+        self._rate = 0.0
+        self._live: Live | None = None
+
+    def intro(self, bootstrap: str, api_server: str, kubeconfig: str, metrics_port: int, topologies: Sequence[Topology]
+    ) -> None:
+        """Where everything is, before it starts."""
+        out = self.console.print if self.live else print
+        out(f"broker: {bootstrap}")
+        if api_server:
+            out(f"api server: {api_server} (emulated)")
+        out(f"cluster: KUBECONFIG={kubeconfig} kubectl get pods -A -L streamproc.io/observed")
+        if metrics_port:
+            out(f"metrics: http://127.0.0.1:{metrics_port}/metrics")
+        for t in topologies:
+            out(
+                f"topology {t.name}: window {t.spec.window.size:g}s, threshold "
+                f"{t.spec.window.threshold}, ttl {t.spec.action.ttl:g}s"
+            )
+        sys.stdout.flush()
+
+    @contextlib.contextmanager
+    def showing(self) -> Iterator[None]:
+        """Keep the live view on screen for the block (no-op without a terminal)."""
+        if not self.live:
+            yield
+            return
+        with Live(console=self.console, refresh_per_second=4, transient=False) as live:
+            self._live = live
+            try:
+                yield
+            finally:
+                self._live = None
+
+    def refresh(self, handles: Running) -> None:
+        """Update the view, or log what changed."""
+        now = time.monotonic()
+        values = {label: metrics.total(name, **labels) for label, name, labels in _COUNTERS}
+        elapsed = max(1e-3, now - self._last_at)
+        self._rate = (values["detections"] - self._last.get("detections", 0.0)) / elapsed
+        active = handles.expirer.active if handles.expirer else {}
+        if self._live is not None:
+            self._live.update(self._render(values, active))
+        else:
+            changed = {k: v for k, v in values.items() if v != self._last.get(k)}
+            if changed:
+                parts = ", ".join(f"{k}={int(v)}" for k, v in values.items())
+                print(
+                    f"lab: {parts}, under observation={len(active)}, "
+                    f"replay={self.replay_sent}/{self.replay_total}",
+                    flush=True,
+                )
+        self._last, self._last_at = values, now
+
+    def _render(
+        self, values: dict[str, float], active: dict[tuple[str, str], tuple[float, str]]
+    ) -> Group:
+        counters = Table(title="streamproc lab", show_header=False)
+        counters.add_row("detections/s", f"{self._rate:,.0f}")
+        for label, value in values.items():
+            counters.add_row(label, f"{int(value):,}")
+        done = self.replay_sent / self.replay_total if self.replay_total else 0.0
+        counters.add_row(
+            "replay", f"{'#' * int(done * 20):<20} {self.replay_sent}/{self.replay_total}"
+        )
+        observed = Table(title="under observation")
+        for column in ("namespace", "pod", "topology", "expires in"):
+            observed.add_column(column)
+        now = time.time()
+        for (namespace, pod), (until, topology) in sorted(active.items()):
+            observed.add_row(namespace, pod, topology, f"{max(0.0, until - now):.0f}s")
+        return Group(counters, observed)

@@ -1,0 +1,88 @@
+"""``streamproc lab`` as a newcomer runs it: a subprocess without a terminal."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+def lab(*args: str, cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(  # noqa: S603
+        [sys.executable, "-m", "streamproc", "lab", "--metrics-port", "0", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def summary_value(output: str, label: str) -> int:
+    match = re.search(rf"^\s+{label}\s+(\d+)$", output, re.MULTILINE)
+    assert match, f"no '{label}' in summary:\n{output}"
+    return int(match[1])
+
+
+def listening(address: str) -> bool:
+    host, port = address.rsplit(":", 1)
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, int(port))) == 0
+
+
+def test_the_lab_runs_end_to_end_and_cleans_up_after_itself(tmp_path: Path) -> None:
+    """The README's command: detections flow, observations open and all expire within the run."""
+    process = lab("--duration", "20", "--speed", "30", cwd=tmp_path)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, output
+    assert summary_value(output, "detections in") > 500
+    assert summary_value(output, "dead letters") == 5
+    assert summary_value(output, "actions") >= 3
+    annotated = summary_value(output, "pods annotated")
+    assert annotated >= 3
+    assert summary_value(output, "expired") == annotated
+    assert summary_value(output, "still active") == 0
+    assert "ok: every expired observation was removed" in output
+    broker = re.search(r"^broker: (\S+)$", output, re.MULTILINE)
+    assert broker
+    assert not listening(broker[1])
+
+
+def test_ctrl_c_midway_stops_everything_cleanly(tmp_path: Path) -> None:
+    """SIGINT ends the run with a summary, and neither broker nor API server keeps listening."""
+    process = lab("--duration", "120", "--speed", "30", cwd=tmp_path)
+    assert process.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        lines.append(line)
+        if re.search(r"actions=[1-9]", line):
+            break
+    else:
+        process.kill()
+        pytest.fail("the lab never emitted an action:\n" + "".join(lines))
+    process.send_signal(signal.SIGINT)
+    rest, _ = process.communicate(timeout=60)
+    output = "".join(lines) + rest
+    assert "streamproc lab summary" in output
+    assert process.returncode in (0, 1), output
+    for name in ("broker", "api server"):
+        match = re.search(rf"^{name}: (?:http://)?(\S+)", output, re.MULTILINE)
+        assert match, output
+        wait_for(
+            lambda address=match[1]: not listening(address), timeout=10, what=f"{name} to close"
+        )
