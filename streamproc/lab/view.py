@@ -40,7 +40,13 @@ class View:
         self._rate = 0.0
         self._live: Live | None = None
 
-    def intro(self, bootstrap: str, api_server: str, kubeconfig: str, metrics_port: int, topologies: Sequence[Topology]
+    def intro(
+        self,
+        bootstrap: str,
+        api_server: str,
+        kubeconfig: str,
+        metrics_port: int,
+        topologies: Sequence[Topology],
     ) -> None:
         """Where everything is, before it starts."""
         out = self.console.print if self.live else print

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.e2e
 
 
 def lab(*args: str, cwd: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(  # noqa: S603
+    return subprocess.Popen(
         [sys.executable, "-m", "streamproc", "lab", "--metrics-port", "0", *args],
         cwd=cwd,
         stdout=subprocess.PIPE,
