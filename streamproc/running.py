@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -79,7 +80,14 @@ async def run_stages(  # noqa: C901 - one place that starts and stops every stag
             )
             tasks.append(asyncio.create_task(Ingestor(settings, topologies, resolver).run(stop)))
         if "windows" in stages:
-            app = build_app(settings, topologies)
+            # Faust keeps table metadata on disk; state itself lives in the changelog topics.
+            scratch = tempfile.TemporaryDirectory(prefix="streamproc-windows-")
+
+            async def remove_scratch() -> None:
+                scratch.cleanup()
+
+            cleanups.append(remove_scratch)
+            app = build_app(settings, topologies, scratch.name)
             app.finalize()
             await app.start()
             cleanups.append(app.stop)

@@ -75,12 +75,13 @@ def decide(state: list[int], tally_count: int, threshold: int) -> tuple[list[int
     return [new_count, 0], False, 0
 
 
-def build_app(settings: Settings, topologies: Sequence[Topology]) -> faust.App:
-    """The windows stage as a Faust app (not started)."""
+def build_app(settings: Settings, topologies: Sequence[Topology], datadir: str) -> faust.App:
+    """The windows stage as a Faust app (not started); ``datadir`` is Faust's scratch folder."""
     app = faust.App(
         APP_ID,
         broker=faust_broker_url(settings.bootstrap_servers),
         store="memory://",
+        datadir=datadir,
         topic_partitions=settings.partitions,
         topic_replication_factor=1,
         broker_session_timeout=settings.session_timeout_s,
