@@ -1,0 +1,202 @@
+"""The k8s/ kustomize base: renders, validates against Kubernetes' schemas, and its RBAC covers
+every request the code makes (measured at the emulated API server, not read from the code)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from streamproc import kube
+from streamproc.annotating import Annotator
+from streamproc.expiring import Expirer
+from streamproc.lab.cluster import ClusterBuilder
+from streamproc.lab.kubeemu import KubeEmulator
+from streamproc.resolving import WorkloadResolver
+from streamproc.settings import Settings
+from streamproc.topologies import Topology
+from tests.annotating.test_annotator import action_for, workload
+
+ROOT = Path(__file__).resolve().parents[2]
+KUBECTL = shutil.which("kubectl")
+K8S_VERSION = "1.31.0"
+
+
+@pytest.fixture(scope="module")
+def rendered() -> list[dict[str, Any]]:
+    if KUBECTL is None:
+        pytest.skip("kubectl (for `kubectl kustomize`) is not installed; .ci/run installs it")
+    out = subprocess.run(
+        [KUBECTL, "kustomize", str(ROOT / "k8s")], capture_output=True, text=True, check=True
+    ).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def of_kind(docs: list[dict[str, Any]], kind: str) -> Iterator[dict[str, Any]]:
+    return (d for d in docs if d["kind"] == kind)
+
+
+def test_every_object_validates_strictly_against_the_kubernetes_schema(
+    rendered: list[dict[str, Any]],
+) -> None:
+    """Unknown or misspelt fields fail here, offline, not at kubectl apply time."""
+    checked = 0
+    for doc in rendered:
+        if doc["apiVersion"].startswith("monitoring.coreos.com/"):
+            continue  # the Prometheus Operator's CRD: not part of Kubernetes' schemas
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        checked += 1
+    kinds = {d["kind"] for d in rendered}
+    assert {
+        "Namespace",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Deployment",
+        "ConfigMap",
+        "Service",
+        "ServiceMonitor",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+    } <= kinds
+    assert checked == len(rendered) - 1
+
+
+def test_a_misspelt_field_is_caught_by_the_validation(rendered: list[dict[str, Any]]) -> None:
+    """The validation above can fail: a typo in a Deployment is refused."""
+    deployment = yaml.safe_load(yaml.safe_dump(next(of_kind(rendered, "Deployment"))))
+    deployment["spec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "Always"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
+
+
+def test_the_configmap_carries_the_repository_topologies(rendered: list[dict[str, Any]]) -> None:
+    """k8s/topologies/ is the same as topologies/, and the generated ConfigMap holds it."""
+    for source in (ROOT / "topologies").glob("*.yaml"):
+        assert (ROOT / "k8s" / "topologies" / source.name).read_text() == source.read_text()
+    config = next(
+        d
+        for d in of_kind(rendered, "ConfigMap")
+        if d["metadata"]["name"].startswith("streamproc-topologies")
+    )
+    assert (
+        config["data"]["retina-observe.yaml"]
+        == (ROOT / "topologies/retina-observe.yaml").read_text()
+    )
+
+
+def test_stages_run_hardened_with_limits_and_probes(rendered: list[dict[str, Any]]) -> None:
+    """Non-root, read-only root filesystem, no privilege escalation, requests/limits, probes."""
+    stages = set()
+    for deployment in of_kind(rendered, "Deployment"):
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        for container in pod["containers"]:
+            security = container["securityContext"]
+            assert security["readOnlyRootFilesystem"] is True
+            assert security["allowPrivilegeEscalation"] is False
+            assert security["capabilities"]["drop"] == ["ALL"]
+            assert {"cpu", "memory"} <= container["resources"]["limits"].keys()
+            assert {"cpu", "memory"} <= container["resources"]["requests"].keys()
+            assert container["readinessProbe"]
+            assert container["livenessProbe"]
+            stages.add(container["args"][0])
+    assert stages == {"ingest", "windows", "annotate"}
+
+
+def _rules_for(rendered: list[dict[str, Any]], account: str) -> list[dict[str, Any]]:
+    roles = {r["metadata"]["name"]: r for r in of_kind(rendered, "ClusterRole")}
+    rules: list[dict[str, Any]] = []
+    for binding in of_kind(rendered, "ClusterRoleBinding"):
+        if any(s["name"] == account for s in binding["subjects"]):
+            rules += roles[binding["roleRef"]["name"]]["rules"]
+    return rules
+
+
+def _request_to_rbac(method: str, path: str, query: str) -> tuple[str, str, str]:
+    """(apiGroup, resource, verb) the API server would authorise a request as."""
+    parts = [p for p in path.split("/") if p]
+    group, rest = ("", parts[2:]) if parts[0] == "api" else (parts[1], parts[3:])
+    if rest[:1] == ["namespaces"] and len(rest) >= 3:
+        rest = rest[2:]
+    resource, named = rest[0], len(rest) > 1
+    verb = {
+        "GET": "get" if named else ("watch" if "watch=" in query else "list"),
+        "PATCH": "patch",
+        "PUT": "update",
+        "POST": "create",
+        "DELETE": "delete",
+    }[method]
+    return group, resource, verb
+
+
+def _allowed(rules: list[dict[str, Any]], group: str, resource: str, verb: str) -> bool:
+    return any(
+        group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"] for r in rules
+    )
+
+
+async def test_rbac_covers_every_request_each_stage_makes(
+    rendered: list[dict[str, Any]],
+    kubeconfig: Path,
+    emulator: KubeEmulator,
+    cluster: ClusterBuilder,
+) -> None:
+    """Resolve (ingest), apply and expire (annotate) for real; every request is authorised."""
+    client = await kube.Kube.connect(str(kubeconfig), timeout_s=2.0, attempts=2)
+    try:
+        resolver = WorkloadResolver(client, cache_size=100, ttl_s=60)
+        for w in cluster.workloads:
+            await resolver.resolve(w.namespace, w.pods[0])
+        ingest_requests = list(emulator.requests)
+
+        topology = Topology.model_validate(
+            {
+                "apiVersion": "streamproc/v1",
+                "kind": "Topology",
+                "metadata": {"name": "retina-observe"},
+                "spec": {"window": {"size": "10s"}, "action": {"ttl": 1}},
+            }
+        )
+        expirer = Expirer(client, resync_s=60)
+        annotator = Annotator(
+            Settings(),
+            [topology],
+            client,
+            WorkloadResolver(client, cache_size=100, ttl_s=60),
+            expirer,
+        )
+        for name in ("frontend", "report"):
+            await annotator.apply(
+                action_for(workload(cluster, name), ttl=1, window_start=int(time.time()) - 9)
+            )
+        stop = asyncio.Event()
+        task = asyncio.create_task(expirer.run(stop))
+        deadline = time.monotonic() + 15
+        while expirer.expired < 4 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        stop.set()
+        await task
+        assert expirer.expired == 4
+        annotate_requests = emulator.requests[len(ingest_requests) :]
+    finally:
+        await client.close()
+
+    for account, requests in (
+        ("streamproc-ingest", ingest_requests),
+        ("streamproc-annotate", annotate_requests),
+    ):
+        rules = _rules_for(rendered, account)
+        needed = {_request_to_rbac(r.method, r.path, r.query) for r in requests}
+        assert needed, account
+        missing = {n for n in needed if not _allowed(rules, *n)}
+        assert not missing, f"{account} lacks {sorted(missing)}"
+    assert not _rules_for(rendered, "streamproc-windows")
