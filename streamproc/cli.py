@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import sys
+import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -358,3 +359,21 @@ def lab(
     for line in summary.lines():
         print(line)
     sys.exit(0 if summary.clean else 1)
+
+
+@main.command()
+@click.option(
+    "--span",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Seconds the sample's incidents are spread over.",
+)
+@click.option("--seed", type=int, default=11, show_default=True)
+def samples(span: float, seed: int) -> None:
+    """Print the lab's realistic Falcosidekick detections as JSON lines (for ``send``)."""
+    from streamproc.lab import cluster, replay  # noqa: PLC0415 - only this command needs them
+
+    now = time.time()
+    for item in replay.timeline(cluster.sample_cluster().workloads, span, seed):
+        sys.stdout.buffer.write(replay.stamp(item.value, now + item.at) + b"\n")

@@ -10,12 +10,16 @@ dead-letter topic.
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 
 import orjson
 
 from streamproc.lab import samples
 from streamproc.lab.cluster import SampleWorkload
+
+#: Falco starts ``output`` with the event's wall-clock time, ``HH:MM:SS.nnnnnnnnn``.
+_CLOCK = re.compile(r"\d{2}:\d{2}:\d{2}\.\d{9}")
 
 
 @dataclass(frozen=True, order=True)
@@ -81,6 +85,9 @@ def stamp(value: bytes, now: float) -> bytes:
         return value
     if isinstance(doc, dict) and "time" in doc:
         doc["time"] = samples.rfc3339_nanos(now)
+        output = doc.get("output")
+        if isinstance(output, str) and _CLOCK.match(output):
+            doc["output"] = samples.rfc3339_nanos(now)[11:29] + output[18:]
         fields = doc.get("output_fields")
         if isinstance(fields, dict):
             fields["evt.time"] = int(now * 1e9)
