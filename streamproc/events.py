@@ -13,7 +13,8 @@ reads fields with plain dict look-ups and allocates one small object per detecti
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -33,7 +34,9 @@ PRIORITIES = (
 #: rank where larger is more severe: Debug=0 ... Emergency=7.
 PRIORITY_RANK: dict[str, int] = {name: len(PRIORITIES) - 1 - i for i, name in enumerate(PRIORITIES)}
 _PRIORITY_LOOKUP: dict[str, int] = {
+    **PRIORITY_RANK,
     **{name.lower(): rank for name, rank in PRIORITY_RANK.items()},
+    **{name.upper(): rank for name, rank in PRIORITY_RANK.items()},
     "info": PRIORITY_RANK["Informational"],
     "warn": PRIORITY_RANK["Warning"],
     "err": PRIORITY_RANK["Error"],
@@ -67,9 +70,12 @@ class ParseError(ValueError):
         self.detail = detail
 
 
-@dataclass(frozen=True, slots=True)
-class Detection:
-    """One Falco detection, reduced to what windowing and matching need."""
+class Detection(NamedTuple):
+    """One Falco detection, reduced to what windowing and matching need.
+
+    A NamedTuple rather than a frozen dataclass: it is built once per raw detection on the hot
+    path, and a tuple is several times cheaper to create than a frozen dataclass.
+    """
 
     rule: str
     priority: int
@@ -93,13 +99,67 @@ class Detection:
         return self.namespace is not None and self.pod is not None
 
 
+class _Memo:
+    """Bounded memo of answers that depend only on a repeated value (names, tag lists).
+
+    Detections repeat the same namespaces, pods and tag lists over and over; validating each
+    once keeps regex and per-element checks off the per-event path. Cleared when full.
+    """
+
+    __slots__ = ("_limit", "known")
+
+    def __init__(self, limit: int = 65_536) -> None:
+        #: answers so far; the hot path reads it directly before calling ``check``.
+        self.known: dict[object, bool] = {}
+        self._limit = limit
+
+    def check(self, key: object, compute: Callable[[Any], bool]) -> bool:
+        found = self.known.get(key)
+        if found is None:
+            found = compute(key)
+            if len(self.known) >= self._limit:
+                self.known.clear()
+            self.known[key] = found
+        return found
+
+
+_namespaces = _Memo()
+_pods = _Memo()
+_tag_lists = _Memo()
+_OWNER_KEYS = frozenset(field for field, _ in OWNER_FIELDS)
+
+
+def _all_text(tags: tuple[object, ...]) -> bool:
+    return all(type(t) is str for t in tags)
+
+
+def _valid_tags(tags: tuple[object, ...]) -> bool:
+    try:
+        return _tag_lists.check(tags, _all_text)
+    except TypeError:  # an unhashable element (a list or object) is not a tag anyway
+        return False
+
+
 def _text(value: object) -> str | None:
     if value is None or type(value) is not str or value in _NOT_AVAILABLE:
         return None
     return value
 
 
-def parse(raw: bytes) -> Detection:  # noqa: C901 - one flat pass is the fast path
+def _owners(fields: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    if _OWNER_KEYS.isdisjoint(fields):
+        return ()
+    present = _OWNER_KEYS.intersection(fields)
+    return tuple(
+        (kind, name)
+        for field, kind in OWNER_FIELDS
+        if field in present
+        and (name := _text(fields[field])) is not None
+        and _pods.check(name, conventions.is_dns1123_subdomain)
+    )
+
+
+def parse(raw: bytes) -> Detection:  # noqa: C901, PLR0912 - one flat pass is the fast path
     """Decode and validate one detection; raise ParseError with a reason code otherwise."""
     if len(raw) > MAX_MESSAGE_BYTES:
         raise ParseError("too-large", f"{len(raw)} bytes > {MAX_MESSAGE_BYTES}")
@@ -113,7 +173,11 @@ def parse(raw: bytes) -> Detection:  # noqa: C901 - one flat pass is the fast pa
     if type(rule) is not str or not rule:
         raise ParseError("missing-rule", "'rule' must be a non-empty string")
     raw_priority = doc.get("priority")
-    priority = _PRIORITY_LOOKUP.get(raw_priority.lower()) if type(raw_priority) is str else None
+    priority = None
+    if type(raw_priority) is str:
+        priority = _PRIORITY_LOOKUP.get(raw_priority)
+        if priority is None:
+            priority = _PRIORITY_LOOKUP.get(raw_priority.lower())
     if priority is None:
         raise ParseError("invalid-priority", f"'priority' is {str(raw_priority)[:40]!r}")
     fields = doc.get("output_fields")
@@ -123,35 +187,39 @@ def parse(raw: bytes) -> Detection:  # noqa: C901 - one flat pass is the fast pa
         raise ParseError("invalid-output-fields", "'output_fields' must be an object")
     elif len(fields) > MAX_OUTPUT_FIELDS:
         raise ParseError("too-many-fields", f"{len(fields)} output fields > {MAX_OUTPUT_FIELDS}")
-    tags = doc.get("tags")
+    tags: Any = doc.get("tags")
     if tags is None:
         tags = ()
-    elif type(tags) is not list or not all(type(t) is str for t in tags):
+    elif type(tags) is not list or not _valid_tags(tags := tuple(tags)):
         raise ParseError("invalid-tags", "'tags' must be a list of strings")
-    namespace = _text(fields.get("k8s.ns.name")) or _text(fields.get("k8smeta.ns.name"))
-    pod = _text(fields.get("k8s.pod.name")) or _text(fields.get("k8smeta.pod.name"))
-    if namespace is not None and not conventions.is_dns1123_label(namespace):
+    namespace = fields.get("k8s.ns.name")
+    if namespace.__class__ is not str or namespace in _NOT_AVAILABLE:
+        namespace = _text(fields.get("k8smeta.ns.name"))
+    pod = fields.get("k8s.pod.name")
+    if pod.__class__ is not str or pod in _NOT_AVAILABLE:
+        pod = _text(fields.get("k8smeta.pod.name"))
+    if namespace is not None and not (
+        _namespaces.known.get(namespace)
+        or _namespaces.check(namespace, conventions.is_dns1123_label)
+    ):
         raise ParseError("invalid-namespace", f"namespace {namespace[:80]!r} is not DNS-1123")
-    if pod is not None and not conventions.is_dns1123_subdomain(pod):
+    if pod is not None and not (
+        _pods.known.get(pod) or _pods.check(pod, conventions.is_dns1123_subdomain)
+    ):
         raise ParseError("invalid-pod-name", f"pod {pod[:80]!r} is not a DNS-1123 subdomain")
-    owners = tuple(
-        (kind, name)
-        for field, kind in OWNER_FIELDS
-        if (name := _text(fields.get(field))) is not None and conventions.is_dns1123_subdomain(name)
-    )
     source = doc.get("source")
     uuid = doc.get("uuid")
     time = doc.get("time")
     hostname = doc.get("hostname")
     return Detection(
-        rule=rule,
-        priority=priority,
-        source=source if type(source) is str else "syscall",
-        tags=tuple(tags),
-        namespace=namespace,
-        pod=pod,
-        owners=owners,
-        uuid=uuid if type(uuid) is str else "",
-        time=time if type(time) is str else "",
-        hostname=hostname if type(hostname) is str else "",
+        rule,
+        priority,
+        source if type(source) is str else "syscall",
+        tags,
+        namespace,
+        pod,
+        () if _OWNER_KEYS.isdisjoint(fields) else _owners(fields),
+        uuid if type(uuid) is str else "",
+        time if type(time) is str else "",
+        hostname if type(hostname) is str else "",
     )

@@ -34,11 +34,6 @@ STAGE = "ingest"
 _Slot = tuple[str, str, int]
 
 
-def window_start_ms(timestamp_ms: int, size_ms: int) -> int:
-    """Start of the tumbling window (epoch-aligned, as Faust aligns them) holding a timestamp."""
-    return timestamp_ms - timestamp_ms % size_ms
-
-
 class BatchResult:
     """What one batch produced, kept apart from I/O so it can be tested and measured alone."""
 
@@ -75,39 +70,68 @@ class Ingestor:
         """Topics the stage reads."""
         return sorted(self.matchers)
 
-    async def process(self, records: Iterable[kafka.ConsumerRecord]) -> BatchResult:
-        """Turn one batch of raw records into tallies and dead letters (no Kafka I/O)."""
+    async def process(  # noqa: C901 - the hot loop is kept in one frame on purpose
+        self, records: Iterable[kafka.ConsumerRecord]
+    ) -> BatchResult:
+        """Turn one batch of raw records into tallies and dead letters (no Kafka I/O).
+
+        Per detection this costs one parse, one dict look-up of its *route* (what a detection
+        with this rule, priority, source, tags, namespace, pod and owners does: skipped, or
+        counted for which topologies and which workload; decided once per batch) and one tally
+        update per matched topology.
+        """
         result = BatchResult()
-        pending: list[tuple[Detection, int, tuple[Topology, ...]]] = []
+        routes: dict[tuple[object, ...], _Route] = {}
+        waiting: dict[tuple[object, ...], list[tuple[Detection, int]]] = {}
+        tallies = result.tallies
         parse = events.parse
-        resolver_known = self.resolver.known
         for record in records:
             try:
                 detection = parse(record.value or b"")
             except ParseError as exc:
                 result.dead.append((record, exc.reason, exc.detail))
                 continue
-            result.consumed[(detection.priority, detection.source)] += 1
-            if detection.namespace is None or detection.pod is None:
-                result.host_events += 1
+            key: tuple[object, ...] = detection[:7]
+            route = routes.get(key)
+            if route is None:
+                route = routes[key] = self._route(detection, record.topic)
+            route.count += 1
+            if not route.targets:
                 continue
-            matched = self.matchers[record.topic].match(detection)
-            if not matched:
-                result.unmatched += 1
+            if route.workload is None:
+                waiting.setdefault(key, []).append((detection, record.timestamp))
                 continue
-            workload = resolver_known(detection)
-            if workload is None:
-                pending.append((detection, record.timestamp, matched))
-                continue
-            self._count(result, matched, workload, detection, record.timestamp)
-        if pending:
-            resolved = await self._resolve(
-                {(d.namespace or "", d.pod or "") for d, _, _ in pending}
-            )
-            for detection, timestamp, matched in pending:
-                workload = resolved[(detection.namespace or "", detection.pod or "")]
-                self._count(result, matched, workload, detection, timestamp)
+            _add(tallies, route, detection, record.timestamp)
+        if waiting:
+            resolved = await self._resolve({(k[4], k[5]) for k in waiting})  # type: ignore[misc]
+            for key, detections in waiting.items():
+                route = routes[key]
+                route.workload = resolved[(key[4], key[5])]  # type: ignore[index]
+                route.workload_key = route.workload.key
+                for detection, timestamp in detections:
+                    _add(tallies, route, detection, timestamp)
+        for route in routes.values():
+            result.consumed[(route.priority, route.source)] += route.count
+            if route.kind == "host":
+                result.host_events += route.count
+            elif route.kind == "unmatched":
+                result.unmatched += route.count
+            for name, _ in route.targets:
+                result.matched[name] += route.count
         return result
+
+    def _route(self, detection: Detection, topic: str) -> _Route:
+        if detection.namespace is None or detection.pod is None:
+            return _Route("host", detection)
+        matched = self.matchers[topic].match(detection)
+        if not matched:
+            return _Route("unmatched", detection)
+        route = _Route("match", detection)
+        route.targets = tuple((t.name, int(t.spec.window.size * 1000)) for t in matched)
+        route.workload = self.resolver.known(detection)
+        if route.workload is not None:
+            route.workload_key = route.workload.key
+        return route
 
     async def _resolve(self, pods: set[tuple[str, str]]) -> dict[tuple[str, str], WorkloadRef]:
         async def one(namespace: str, pod: str) -> tuple[tuple[str, str], WorkloadRef]:
@@ -115,38 +139,6 @@ class Ingestor:
                 return (namespace, pod), await self.resolver.resolve(namespace, pod)
 
         return dict(await asyncio.gather(*(one(ns, pod) for ns, pod in pods)))
-
-    @staticmethod
-    def _count(
-        result: BatchResult,
-        matched: tuple[Topology, ...],
-        workload: WorkloadRef,
-        detection: Detection,
-        timestamp_ms: int,
-    ) -> None:
-        tallies = result.tallies
-        for topology in matched:
-            result.matched[topology.name] += 1
-            start = window_start_ms(timestamp_ms, int(topology.spec.window.size * 1000))
-            slot = (topology.name, workload.key, start)
-            tally = tallies.get(slot)
-            if tally is None:
-                tallies[slot] = start_tally(
-                    topology.name,
-                    workload,
-                    start,
-                    timestamp_ms,
-                    detection.rule,
-                    detection.priority,
-                    detection.pod or "",
-                    detection.uuid,
-                )
-                continue
-            tally.count += 1
-            tally.first_append_ms = min(tally.first_append_ms, timestamp_ms)
-            tally.priority = max(tally.priority, detection.priority)
-            if detection.uuid and len(tally.uuids) < UUID_SAMPLE:
-                tally.uuids.append(detection.uuid)
 
     async def publish(self, producer: kafka.AIOKafkaProducer, result: BatchResult) -> None:
         """Produce tallies and dead letters and wait until the broker acknowledged all of them."""
@@ -233,6 +225,49 @@ class Ingestor:
             await asyncio.sleep(1.0)
             return
         self.record_metrics(result)
+
+
+class _Route:
+    """What every detection with one (rule, priority, source, tags, namespace, pod, owners) does."""
+
+    __slots__ = ("count", "kind", "priority", "source", "targets", "workload", "workload_key")
+
+    def __init__(self, kind: str, detection: Detection) -> None:
+        self.kind = kind
+        self.priority = detection.priority
+        self.source = detection.source
+        self.count = 0
+        #: (topology name, window size in ms) for each matched topology.
+        self.targets: tuple[tuple[str, int], ...] = ()
+        self.workload: WorkloadRef | None = None
+        self.workload_key = ""
+
+
+def _add(tallies: dict[_Slot, Tally], route: _Route, detection: Detection, timestamp: int) -> None:
+    """Count one detection into the tally of each topology it matched."""
+    workload_key = route.workload_key
+    for name, size_ms in route.targets:
+        start = timestamp - timestamp % size_ms
+        slot = (name, workload_key, start)
+        tally = tallies.get(slot)
+        if tally is None:
+            assert route.workload is not None
+            tallies[slot] = start_tally(
+                name,
+                route.workload,
+                start,
+                timestamp,
+                detection.rule,
+                detection.priority,
+                detection.pod or "",
+                detection.uuid,
+            )
+            continue
+        tally.count += 1
+        tally.first_append_ms = min(tally.first_append_ms, timestamp)
+        tally.priority = max(tally.priority, detection.priority)
+        if detection.uuid and len(tally.uuids) < UUID_SAMPLE:
+            tally.uuids.append(detection.uuid)
 
 
 def dead_letter_headers(

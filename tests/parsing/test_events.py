@@ -126,3 +126,18 @@ def test_arbitrary_json_objects_either_parse_or_raise_parse_error(doc: dict[str,
         events.parse(orjson.dumps(doc))
     except ParseError as exc:
         assert exc.reason
+
+
+@pytest.mark.parametrize("tags", [[["nested"]], [{"a": 1}], [1, 2], "container"])
+def test_tags_that_are_not_a_list_of_strings_are_refused(tags: object) -> None:
+    """Nested lists, objects or numbers in tags are an invalid-tags refusal, not a crash."""
+    with pytest.raises(ParseError) as caught:
+        events.parse(orjson.dumps({"rule": "r", "priority": "Warning", "tags": tags}))
+    assert caught.value.reason == "invalid-tags"
+
+
+def test_priority_names_are_read_case_insensitively() -> None:
+    """'warning' and 'WARNING' are Falco's Warning."""
+    for spelling in ("warning", "WARNING", "Warning"):
+        detection = events.parse(orjson.dumps({"rule": "r", "priority": spelling}))
+        assert detection.priority_name == "Warning"

@@ -1,0 +1,101 @@
+"""Shared pieces of the benchmarks: compact events, a broker, loading a topic, a results table."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import platform
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def compact_event(rng: random.Random, namespace: str, pod: str, now: float) -> bytes:
+    """A ~430-byte Falcosidekick payload (the size the performance targets are stated for)."""
+    doc = {
+        "uuid": f"{rng.getrandbits(128):032x}",
+        "output": "Warning Sensitive file opened for reading | file=/etc/shadow",
+        "priority": "Warning",
+        "rule": "Read sensitive file untrusted",
+        "time": "2026-11-28T02:03:16.349478045Z",
+        "output_fields": {
+            "evt.time": int(now * 1e9),
+            "fd.name": "/etc/shadow",
+            "k8s.ns.name": namespace,
+            "k8s.pod.name": pod,
+            "proc.name": "cat",
+        },
+        "source": "syscall",
+        "tags": ["container", "filesystem", "mitre_credential_access"],
+        "hostname": "node-a",
+    }
+    return orjson.dumps(doc)
+
+
+def workload_pods(count: int) -> list[tuple[str, str]]:
+    """(namespace, pod) for ``count`` Deployments, with names Kubernetes would generate."""
+    return [(f"ns-{i % 50}", f"app-{i}-7d4b9c8f5x-x2x7k") for i in range(count)]
+
+
+async def create_topic(bootstrap: str, name: str, partitions: int) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, partitions, 1)])
+    finally:
+        await admin.close()
+
+
+async def load_topic(bootstrap: str, topic: str, values: list[bytes], partitions: int) -> float:
+    """Produce every value (round-robin over partitions); returns seconds taken."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=1 << 20, acks=1
+    )
+    await producer.start()
+    started = time.perf_counter()
+    try:
+        futures = []
+        for i, value in enumerate(values):
+            futures.append(await producer.send(topic, value, partition=i % partitions))
+            if len(futures) >= 20_000:
+                await asyncio.gather(*futures)
+                futures.clear()
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return time.perf_counter() - started
+
+
+def report(name: str, rows: list[dict[str, Any]], extra: dict[str, Any]) -> Path:
+    """Print a table (ours next to the baseline of the same run) and write JSON results."""
+    width = max(len(r["name"]) for r in rows)
+    print(f"\n{name}")
+    print(f"{'measurement':<{width}}  {'value':>14}  {'baseline':>14}  {'ratio':>7}  unit")
+    for row in rows:
+        baseline = row.get("baseline")
+        ratio = f"{row['value'] / baseline:7.2f}" if baseline else "       "
+        base_text = f"{baseline:14,.1f}" if baseline else " " * 14
+        print(f"{row['name']:<{width}}  {row['value']:14,.1f}  {base_text}  {ratio}  {row['unit']}")
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(
+        json.dumps(
+            {
+                "benchmark": name,
+                "machine": platform.machine(),
+                "python": platform.python_version(),
+                "rows": rows,
+                **extra,
+            },
+            indent=2,
+        )
+    )
+    print(f"results: {path}")
+    return path
