@@ -54,11 +54,15 @@ class Annotator:
         self.resolver = resolver
         self.scheduler = scheduler
         self._slots = asyncio.Semaphore(settings.api_concurrency)
+        self._in_flight = asyncio.Semaphore(settings.api_concurrency)
         #: pods this annotator opened or extended an observation on (the lab reports it).
         self.observed_pods: set[tuple[str, str]] = set()
 
-    async def apply(self, action: Action) -> str:
-        """Apply one action; the outcome is a short code (also the metric label)."""
+    async def apply(self, action: Action, listing: list[kube.Json] | None = None) -> str:
+        """Apply one action; the outcome is a short code (also the metric label).
+
+        ``listing`` is the namespace's pods as listed for this batch, if the caller has it.
+        """
         topology = self.topologies.get(action.topology)
         if topology is None:
             return "unknown-topology"
@@ -80,7 +84,7 @@ class Annotator:
             target = WorkloadRef(action.namespace, "Pod", action.pod, "api")
         else:
             target = WorkloadRef(action.namespace, action.kind, action.name, "api")  # type: ignore[arg-type]
-        pods = await self.resolver.pods_of(target)
+        pods = await self.resolver.pods_of(target, listing)
         if not pods:
             return "no-pods"
         results = await asyncio.gather(
@@ -143,15 +147,57 @@ class Annotator:
         return "conflict"
 
     async def handle(self, actions: Sequence[Action]) -> None:
-        """Apply a batch in order; raise kube.Unavailable if it must be retried as a whole."""
+        """Apply a batch: workloads concurrently, each workload's actions in order.
+
+        Raises the first kube.Unavailable after every workload had its turn, so the caller can
+        retry the batch as a whole (what already landed is then a no-op).
+        """
+        by_workload: dict[str, list[Action]] = {}
         for action in actions:
+            by_workload.setdefault(f"{action.namespace}/{action.kind}/{action.name}", []).append(
+                action
+            )
+        # One pod list per namespace for the whole batch; a pod deleted since is a 404 later.
+        namespaces = sorted({a.namespace for a in actions if a.kind != "Pod"})
+        listings = dict(
+            zip(
+                namespaces,
+                await asyncio.gather(*(self._list(ns) for ns in namespaces)),
+                strict=True,
+            )
+        )
+        outcomes = await asyncio.gather(
+            *(self._handle_in_order(group, listings) for group in by_workload.values()),
+            return_exceptions=True,
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+
+    async def _list(self, namespace: str) -> list[kube.Json] | None:
+        async with self._in_flight:
             try:
-                result = await self.apply(action)
-            except kube.Forbidden as exc:
-                result = "forbidden"
-                log.error(  # noqa: TRY400 - an expected refusal; a traceback adds nothing
-                    "RBAC refused %s: %s (needs get/list/patch on pods)", action.id, exc
-                )
+                return await self.kube.list_pods(namespace)
+            except kube.Forbidden:
+                return None  # reported per action below, with the missing permission
+
+    async def _handle_in_order(
+        self, actions: list[Action], listings: dict[str, list[kube.Json] | None]
+    ) -> None:
+        for action in actions:
+            async with self._in_flight:
+                try:
+                    result = await self.apply(action, listings.get(action.namespace))
+                except kube.Forbidden as exc:
+                    result = "forbidden"
+                    log.error(  # noqa: TRY400 - an expected refusal; a traceback adds nothing
+                        "RBAC refused %s: %s (needs get/list/patch on pods)", action.id, exc
+                    )
+                except kube.Unavailable:
+                    raise  # transient: the batch stays uncommitted and is retried
+                except kube.KubeError as exc:
+                    result = "failed"
+                    log.error("action %s failed permanently: %s", action.id, exc)  # noqa: TRY400
             metrics.actions_handled.labels(result=result).inc()
             log.info("action %s: %s", action.id, result)
 
@@ -200,7 +246,7 @@ class Annotator:
         while True:
             try:
                 await self.handle(actions)
-            except kube.KubeError as exc:
+            except kube.Unavailable as exc:
                 metrics.stage_errors.labels(stage=STAGE, error=type(exc).__name__).inc()
                 log.warning(
                     "API unavailable (%s); batch kept uncommitted, retrying in %.0fs", exc, delay

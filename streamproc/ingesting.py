@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -64,6 +65,7 @@ class Ingestor:
             by_topic.setdefault(topology.spec.source.topic, []).append(topology)
         self.matchers = {topic: Matcher(ts) for topic, ts in by_topic.items()}
         self._api_slots = asyncio.Semaphore(settings.api_concurrency)
+        self.gate = TallyGate(topologies, settings.tally_hold_s)
 
     @property
     def source_topics(self) -> list[str]:
@@ -140,7 +142,12 @@ class Ingestor:
 
         return dict(await asyncio.gather(*(one(ns, pod) for ns, pod in pods)))
 
-    async def publish(self, producer: kafka.AIOKafkaProducer, result: BatchResult) -> None:
+    async def publish(
+        self,
+        producer: kafka.AIOKafkaProducer,
+        tallies: Sequence[Tally],
+        dead: Sequence[tuple[kafka.ConsumerRecord, str, str]] = (),
+    ) -> None:
         """Produce tallies and dead letters and wait until the broker acknowledged all of them."""
         topics = self.settings.topics
         futures = [
@@ -150,7 +157,7 @@ class Ingestor:
                 key=tally.workload_key.encode(),
                 timestamp_ms=tally.window_start,
             )
-            for tally in result.tallies.values()
+            for tally in tallies
         ]
         futures += [
             await producer.send(
@@ -159,10 +166,12 @@ class Ingestor:
                 key=record.key,
                 headers=dead_letter_headers(STAGE, reason, detail, record),
             )
-            for record, reason, detail in result.dead
+            for record, reason, detail in dead
         ]
         if futures:
             await asyncio.gather(*futures)
+        if tallies:
+            metrics.tallies_published.inc(len(tallies))
 
     @staticmethod
     def record_metrics(result: BatchResult) -> None:
@@ -181,8 +190,6 @@ class Ingestor:
             metrics.detections_matched.labels(topology=topology).inc(n)
         for _, reason, _ in result.dead:
             metrics.dead_letters.labels(stage=STAGE, reason=reason).inc()
-        if result.tallies:
-            metrics.tallies_published.inc(len(result.tallies))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; survive broker outages by retrying the same batch."""
@@ -191,6 +198,7 @@ class Ingestor:
         await producer.start()
         await consumer.start()
         log.info("ingest reading %s", ", ".join(self.source_topics))
+        pending: dict[kafka.TopicPartition, int] = {}
         try:
             while not stop.is_set():
                 batch = await consumer.getmany(
@@ -198,8 +206,11 @@ class Ingestor:
                     max_records=self.settings.batch_max_records,
                 )
                 if batch:
-                    await self._handle(consumer, producer, batch)
+                    await self._handle(consumer, producer, batch, pending)
+                if self.gate.due(time.monotonic()):
+                    await self._release(consumer, producer, pending)
                 metrics.consumer_lag.labels(stage=STAGE).set(kafka.batch_lag(consumer, batch))
+            await self._release(consumer, producer, pending)
         finally:
             await consumer.stop()
             await producer.stop()
@@ -209,13 +220,17 @@ class Ingestor:
         consumer: kafka.AIOKafkaConsumer,
         producer: kafka.AIOKafkaProducer,
         batch: Mapping[kafka.TopicPartition, list[kafka.ConsumerRecord]],
+        pending: dict[kafka.TopicPartition, int],
     ) -> None:
         records = [r for rs in batch.values() for r in rs]
         metrics.records_consumed.labels(stage=STAGE).inc(len(records))
         try:
             result = await self.process(records)
-            await self.publish(producer, result)
-            await consumer.commit({tp: rs[-1].offset + 1 for tp, rs in batch.items()})
+            await self.publish(producer, self.gate.admit(result.tallies), result.dead)
+            pending.update({tp: rs[-1].offset + 1 for tp, rs in batch.items()})
+            if not self.gate.holding:
+                await consumer.commit(pending)
+                pending.clear()
         except kafka.KafkaError as exc:
             # Nothing of this batch is committed: rewind and take it again once Kafka is back.
             metrics.stage_errors.labels(stage=STAGE, error=type(exc).__name__).inc()
@@ -225,6 +240,91 @@ class Ingestor:
             await asyncio.sleep(1.0)
             return
         self.record_metrics(result)
+
+    async def _release(
+        self,
+        consumer: kafka.AIOKafkaConsumer,
+        producer: kafka.AIOKafkaProducer,
+        pending: dict[kafka.TopicPartition, int],
+    ) -> None:
+        """Publish held tallies, then commit the offsets that waited for them."""
+        try:
+            await self.publish(producer, self.gate.release(int(time.time() * 1000)))
+            if pending:
+                await consumer.commit(pending)
+                pending.clear()
+        except kafka.KafkaError as exc:
+            metrics.stage_errors.labels(stage=STAGE, error=type(exc).__name__).inc()
+            log.warning("releasing held tallies failed (%s); will retry", exc)
+
+
+class TallyGate:
+    """Decides which tallies must be published now and which may wait a moment.
+
+    Latency matters only until a window qualifies. While this process's own count for a window
+    is still below the topology's threshold, its tallies go out at once: the next one may be the
+    one that opens the observation. Once the local count alone reaches the threshold, the window
+    has qualified whatever other ingest processes saw, and further tallies only keep the counts
+    (deduplication) exact: they are merged and released every ``hold_s``. Under a flood this
+    turns thousands of tallies per second into one per workload per interval, which is what keeps
+    the Faust stage far below its per-event limit. Offsets of batches whose counts are held are
+    committed only after the release, so at-least-once holds for counts as well.
+    """
+
+    def __init__(self, topologies: Sequence[Topology], hold_s: float) -> None:
+        self._thresholds = {t.name: t.spec.window.threshold for t in topologies}
+        self._sizes_ms = {t.name: int(t.spec.window.size * 1000) for t in topologies}
+        self._hold_s = hold_s
+        self._counts: dict[_Slot, int] = {}
+        self._held: dict[_Slot, Tally] = {}
+        self._release_at = 0.0
+
+    @property
+    def holding(self) -> bool:
+        """Whether some counted detections are not yet published."""
+        return bool(self._held)
+
+    def admit(self, tallies: Mapping[_Slot, Tally]) -> list[Tally]:
+        """Record a batch's tallies; return those to publish now."""
+        urgent = []
+        for slot, tally in tallies.items():
+            before = self._counts.get(slot, 0)
+            self._counts[slot] = before + tally.count
+            if before < self._thresholds[slot[0]]:
+                urgent.append(tally)  # counts only grow, so nothing is held for this slot yet
+            elif slot in self._held:
+                merge(self._held[slot], tally)
+            else:
+                if not self._held:
+                    self._release_at = time.monotonic() + self._hold_s
+                self._held[slot] = tally
+        return urgent
+
+    def due(self, now: float) -> bool:
+        """Whether held tallies should be released now."""
+        return bool(self._held) and now >= self._release_at
+
+    def release(self, now_ms: int) -> list[Tally]:
+        """Everything held; also forgets counts of windows that ended a window ago."""
+        released = list(self._held.values())
+        self._held.clear()
+        self._counts = {
+            slot: n
+            for slot, n in self._counts.items()
+            if slot[2] + 2 * self._sizes_ms[slot[0]] > now_ms
+        }
+        return released
+
+
+def merge(into: Tally, other: Tally) -> Tally:
+    """Fold ``other`` (same topology, workload and window) into ``into``."""
+    into.count += other.count
+    into.first_append_ms = min(into.first_append_ms, other.first_append_ms)
+    into.priority = max(into.priority, other.priority)
+    room = UUID_SAMPLE - len(into.uuids)
+    if room > 0:
+        into.uuids.extend(other.uuids[:room])
+    return into
 
 
 class _Route:

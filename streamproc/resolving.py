@@ -83,8 +83,14 @@ class WorkloadResolver:
         self._controllers[key] = found
         return found
 
-    async def pods_of(self, workload: WorkloadRef) -> list[kube.Json]:
-        """The workload's current pods, found by listing its namespace and walking owners."""
+    async def pods_of(
+        self, workload: WorkloadRef, listing: list[kube.Json] | None = None
+    ) -> list[kube.Json]:
+        """The workload's current pods, found by listing its namespace and walking owners.
+
+        ``listing`` is the namespace's pod list when the caller already has it (one list per
+        namespace per batch instead of one per action).
+        """
         if self._kube is None:
             return []
         if workload.kind == "Pod":
@@ -93,7 +99,9 @@ class WorkloadResolver:
             except kube.NotFound:
                 return []
         found = []
-        for pod in await self._kube.list_pods(workload.namespace):
+        if listing is None:
+            listing = await self._kube.list_pods(workload.namespace)
+        for pod in listing:
             ref = await self.workload_of(pod)
             if (ref.kind, ref.name) == (workload.kind, workload.name):
                 found.append(pod)

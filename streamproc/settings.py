@@ -34,6 +34,8 @@ class Settings:
     session_timeout_s: float = 10.0
     #: the longest the ingest stage holds detections before publishing their tallies.
     flush_interval_s: float = 0.05
+    #: how long counts for windows that already qualified may wait before being published.
+    tally_hold_s: float = 1.0
     #: most records per ingest batch.
     batch_max_records: int = 20_000
     #: keep a broker-side idempotent producer where the broker supports it (Apache Kafka does).

@@ -3,8 +3,8 @@
 Each topology has a tumbling windowed table keyed by ``topology/namespace/Kind/name`` whose value
 is ``[count, acted]``; its changelog topic makes the state survive restarts and rebalances. When a
 window's count first reaches the topology's threshold the stage emits one action and marks the
-window acted; later detections in that window are counted as deduplicated. The action is produced
-and acknowledged before the tally's offset can be committed (at-least-once); should a crash land
+window acted; later detections in that window are counted as deduplicated. Faust flushes the
+action to the broker before it commits the tally's offset (at-least-once); should a crash land
 between the two, the replayed action carries the same deterministic id, and the annotator
 recognises it on the pods and writes nothing (``conventions.ACTION_ID``). That guard, not the
 broker's transactions, is what keeps "one patch per pod per window" true, so it holds on brokers
@@ -153,8 +153,9 @@ def build_app(settings: Settings, topologies: Sequence[Topology], datadir: str) 
             )
             if act:
                 action = action_for(topology, tally, new_state[0])
-                delivered = await actions.send(key=event.key, value=action.encode())
-                await delivered
+                # Not awaited one by one: Faust flushes its producer before it commits the
+                # tally's offset, so the action is durable before its input is acknowledged.
+                await actions.send(key=event.key, value=action.encode())
                 metrics.actions_emitted.labels(topology=topology.name).inc()
                 log.info("action %s (%d detections)", action.id, new_state[0])
             if deduplicated:

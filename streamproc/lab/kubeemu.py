@@ -173,7 +173,10 @@ class KubeEmulator:
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
+        # Stored objects are never mutated in place (a write stores a new object), so lists,
+        # gets and the watch history can hand out references and serialise them under the lock.
         self._objects: dict[tuple[str, str, str, str], Json] = {}
+        self._index: dict[tuple[str, str], dict[str, dict[str, Json]]] = {}
         self._rv = 1
         self._history: list[tuple[int, str, tuple[str, str, str], Json, Json | None]] = []
         self._watchers: set[asyncio.Queue[None]] = set()
@@ -187,8 +190,18 @@ class KubeEmulator:
         self._rv += 1
         return str(self._rv)
 
+    def _store(self, key: tuple[str, str, str, str], obj: Json | None) -> None:
+        group, resource, namespace, name = key
+        bucket = self._index.setdefault((group, resource), {}).setdefault(namespace, {})
+        if obj is None:
+            self._objects.pop(key, None)
+            bucket.pop(name, None)
+        else:
+            self._objects[key] = obj
+            bucket[name] = obj
+
     def _record(self, kind: str, gvr: tuple[str, str, str], obj: Json, old: Json | None) -> None:
-        self._history.append((self._rv, kind, gvr, copy.deepcopy(obj), old))
+        self._history.append((self._rv, kind, gvr, obj, old))
         del self._history[:-_HISTORY]
         if self._loop is not None:
             for queue in list(self._watchers):
@@ -210,7 +223,7 @@ class KubeEmulator:
             group, version, _ = gvr
             obj.setdefault("apiVersion", f"{group}/{version}" if group else version)
             stored = copy.deepcopy(obj)
-            self._objects[key] = stored
+            self._store(key, stored)
             self._record("ADDED", gvr, stored, None)
             return copy.deepcopy(stored)
 
@@ -235,21 +248,24 @@ class KubeEmulator:
         """Remove an object; True if it existed."""
         gvr = _PLURAL_OF[kind]
         with self._lock:
-            old = self._objects.pop((gvr[0], gvr[2], namespace, name), None)
+            key = (gvr[0], gvr[2], namespace, name)
+            old = self._objects.get(key)
             if old is None:
                 return False
-            old["metadata"]["resourceVersion"] = self._bump()
-            self._record("DELETED", gvr, old, old)
+            self._store(key, None)
+            gone = {**old, "metadata": {**old["metadata"], "resourceVersion": self._bump()}}
+            self._record("DELETED", gvr, gone, old)
             return True
 
     def _replace(
         self, key: tuple[str, str, str, str], gvr: tuple[str, str, str], new: Json
     ) -> Json:
         old = self._objects[key]
+        new = copy.deepcopy(new)
         new["metadata"]["resourceVersion"] = self._bump()
-        self._objects[key] = new
+        self._store(key, new)
         self._record("MODIFIED", gvr, new, old)
-        return copy.deepcopy(new)
+        return new
 
     def update(self, kind: str, namespace: str, name: str, patch: Json) -> Json:
         """Merge-patch an object directly (tests use it to play another controller)."""
@@ -347,12 +363,13 @@ class KubeEmulator:
     ) -> builtins.list[Json]:
         reqs = _label_requirements(request.query.get("labelSelector", ""))
         fields = request.query.get("fieldSelector", "")
+        by_namespace = self._index.get((gvr[0], gvr[2]), {})
+        buckets = [by_namespace.get(namespace, {})] if namespace else list(by_namespace.values())
         return [
-            copy.deepcopy(obj)
-            for (g, r, ns, _), obj in sorted(self._objects.items())
-            if (g, r) == (gvr[0], gvr[2])
-            and (not namespace or ns == namespace)
-            and _labels_match(obj["metadata"].get("labels") or {}, reqs)
+            obj
+            for bucket in buckets
+            for obj in bucket.values()
+            if _labels_match(obj["metadata"].get("labels") or {}, reqs)
             and (not fields or _fields_match(obj, fields))
         ]
 
@@ -362,19 +379,17 @@ class KubeEmulator:
         if request.method == "GET":
             if request.query.get("watch", "").lower() in ("true", "1"):
                 return await self._watch(request, gvr, namespace)
-            with self._lock:
-                items = self._matching(gvr, namespace, request)
-                rv = str(self._rv)
             group, version, _ = gvr
-            return web.json_response(
-                {
-                    "kind": f"{kind}List",
-                    "apiVersion": f"{group}/{version}" if group else version,
-                    "metadata": {"resourceVersion": rv},
-                    "items": items,
-                },
-                dumps=lambda o: orjson.dumps(o).decode(),
-            )
+            with self._lock:
+                body = orjson.dumps(
+                    {
+                        "kind": f"{kind}List",
+                        "apiVersion": f"{group}/{version}" if group else version,
+                        "metadata": {"resourceVersion": str(self._rv)},
+                        "items": self._matching(gvr, namespace, request),
+                    }
+                )
+            return web.Response(body=body, content_type="application/json")
         if request.method == "POST":
             body = orjson.loads(await request.read())
             body["kind"] = kind
@@ -408,7 +423,7 @@ class KubeEmulator:
             if current is None:
                 return _status(404, "NotFound", f'{gvr[2]} "{name}" not found')
             if request.method == "GET":
-                return web.json_response(copy.deepcopy(current))
+                return web.Response(body=orjson.dumps(current), content_type="application/json")
             if request.method == "DELETE":
                 self.delete(kind, namespace, name)
                 return web.json_response(current)
@@ -451,7 +466,9 @@ class KubeEmulator:
                 if immutable in current["metadata"]:
                     new["metadata"][immutable] = current["metadata"][immutable]
             new["kind"], new["apiVersion"] = current["kind"], current["apiVersion"]
-            return web.json_response(self._replace(key, gvr, new))
+            return web.Response(
+                body=orjson.dumps(self._replace(key, gvr, new)), content_type="application/json"
+            )
 
     async def _watch(
         self, request: web.Request, gvr: tuple[str, str, str], namespace: str

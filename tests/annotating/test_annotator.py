@@ -264,3 +264,21 @@ async def test_a_pod_deleted_between_list_and_patch_is_skipped(
     annotator, _ = make(client)
     assert await annotator.apply(action_for(frontend)) == "applied"
     assert annotated(emulator) == {frontend.pods[0], frontend.pods[2]}
+
+
+async def test_forbidden_is_reported_once_and_not_retried_forever(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
+) -> None:
+    """403 on patch: the action ends as 'forbidden' (counted), the batch is not retried."""
+    emulator.faults.append(Fault(method="PATCH", path="/pods/", status=403, times=1000))
+    annotator, _ = make(client)
+    before = metrics.value("streamproc_actions_handled_total", {"result": "forbidden"})
+    stop = asyncio.Event()
+    await asyncio.wait_for(
+        annotator._apply_until_done([action_for(workload(cluster, "frontend"))], stop), 10
+    )
+    assert metrics.value("streamproc_actions_handled_total", {"result": "forbidden"}) == before + 1
+    # one refused patch per pod of the workload, none retried
+    assert sum(1 for r in emulator.requests if r.status == 403) == len(
+        workload(cluster, "frontend").pods
+    )
