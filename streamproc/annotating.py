@@ -87,9 +87,16 @@ class Annotator:
         pods = await self.resolver.pods_of(target, listing)
         if not pods:
             return "no-pods"
-        results = await asyncio.gather(
-            *(self._observe_pod(pod, topology, action, until) for pod in pods)
+        # Every pod gets its answer before the action's outcome is decided: no patch is left
+        # running unobserved when another pod's patch fails.
+        outcomes = await asyncio.gather(
+            *(self._observe_pod(pod, topology, action, until) for pod in pods),
+            return_exceptions=True,
         )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        results = [str(o) for o in outcomes]
         if "ok" in results:
             metrics.detection_to_annotation.observe(
                 max(0.0, time.time() - action.first_append_ms / 1000)
