@@ -2,38 +2,42 @@
 
     python bench/end_to_end.py [--rate 5000] [--seconds 20] [--workloads 500] [--storm 1000000]
 
-Starts its own broker and emulated API server (500 Deployments, 2 pods each), runs all three
-stages in this process with threshold 1, and publishes ``--rate`` detections/s spread over the
-workloads. Latency per workload is measured from the send of its first detection to the API
-server's acknowledgement of the first patch on one of its pods (taken from the server's request
-log). The baseline, measured in the same run, is the floor the broker alone imposes: a plain
-aiokafka consumer's time from send to receipt of the same records. ``--storm N`` then publishes N
-detections as fast as possible into one window and reports patches against the ideal (one per pod
-per window). Also reports resident memory and writes a latency histogram PNG when matplotlib is
-installed. Targets (issue #4): p50 <= 150 ms, p99 <= 1 s, patch ratio 1.00.
+Starts its own broker and emulated API server (500 Deployments, 2 pods each), runs the three
+stages as separate processes (as deployed) with threshold 1, and publishes ``--rate``
+detections/s; workloads start firing one after another over the run and keep firing.
+Latency per workload is measured from the send of its first detection to the API server's
+acknowledgement of the first patch on one of its pods (taken from the server's request log).
+The baseline, measured in the same run, is the floor the broker alone imposes: a plain
+aiokafka consumer's time from send to receipt of the same records. ``--storm N`` then publishes
+N detections as fast as possible and reports patches against the ideal (one per pod per
+window). Also reports each process's resident memory and writes a latency histogram PNG when
+matplotlib is installed. Targets (issue #4): p50 <= 150 ms, p99 <= 1 s, patch ratio 1.00.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import random
-import resource
+import signal
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import RESULTS, compact_event, report
-from streamproc import running, topologies
-from streamproc.lab.broker import EmbeddedBroker
+from streamproc.lab.broker import EmbeddedBroker, free_port
 from streamproc.lab.cluster import ClusterBuilder
-from streamproc.lab.kubeemu import KubeEmulator
-from streamproc.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,21 +45,6 @@ ROOT = Path(__file__).resolve().parents[1]
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def topology(window_s: int) -> topologies.Topology:
-    return topologies.Topology.model_validate(
-        {
-            "apiVersion": "streamproc/v1",
-            "kind": "Topology",
-            "metadata": {"name": "bench"},
-            "spec": {
-                "match": {"priority": ">=Warning"},
-                "window": {"size": f"{window_s}s"},
-                "action": {"ttl": "1h"},
-            },
-        }
-    )
 
 
 async def floor_consumer(
@@ -66,6 +55,7 @@ async def floor_consumer(
         "falco",
         bootstrap_servers=bootstrap,
         group_id="bench-floor",
+        fetch_max_wait_ms=50,
         auto_offset_reset="latest",
         enable_auto_commit=False,
         session_timeout_ms=6000,
@@ -110,14 +100,120 @@ async def publish(
         await producer.stop()
 
 
-def first_patches(emulator: KubeEmulator, pod_owner: dict[str, str]) -> dict[str, float]:
+def first_patches(log: list[list[object]], pod_owner: dict[str, str]) -> dict[str, float]:
+    """Per workload, when the API server acknowledged the first patch on one of its pods."""
     found: dict[str, float] = {}
-    for r in emulator.requests:
-        if r.method == "PATCH" and r.status == 200:
-            workload = pod_owner.get(r.path.rsplit("/", 1)[-1])
+    for at, method, path, _query, status in log:
+        if method == "PATCH" and status == 200:
+            workload = pod_owner.get(str(path).rsplit("/", 1)[-1])
             if workload and workload not in found:
-                found[workload] = r.at
+                found[workload] = float(at)  # type: ignore[arg-type]
     return found
+
+
+def request_log(url: str) -> list[list[object]]:
+    with urllib.request.urlopen(f"{url}/_emulator/requests", timeout=30) as response:
+        return json.loads(response.read())  # type: ignore[no-any-return]
+
+
+def scrape(port: int, name: str) -> float:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return 0.0
+    return sum(
+        s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name
+    )
+
+
+class Processes:
+    """The emulated API server and the three stages, each its own process as in production."""
+
+    def __init__(self, workdir: Path, workloads: int, bootstrap: str) -> None:
+        self.children: list[subprocess.Popen[bytes]] = []
+        kubeconfig = workdir / "kubeconfig"
+        emulator = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "streamproc.lab.kubeemu",
+                "--kubeconfig",
+                str(kubeconfig),
+                "--deployments",
+                str(workloads),
+            ],
+            stdout=subprocess.PIPE,
+        )
+        self.children.append(emulator)
+        assert emulator.stdout is not None
+        self.api = emulator.stdout.readline().decode().strip()
+        (workdir / "topologies").mkdir(exist_ok=True)
+        (workdir / "topologies" / "bench.yaml").write_text(TOPOLOGY)
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(kubeconfig),
+            "STREAMPROC_BOOTSTRAP_SERVERS": bootstrap,
+            "STREAMPROC_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
+        }
+        self.ports = {}
+        for stage in ("ingest", "windows", "annotate"):
+            self.ports[stage] = free_port()
+            self.children.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "streamproc",
+                        stage,
+                        "--topology",
+                        str(workdir / "topologies"),
+                        "--session-timeout",
+                        "6",
+                        "--metrics-host",
+                        "127.0.0.1",
+                        "--metrics-port",
+                        str(self.ports[stage]),
+                    ],
+                    env=env,
+                    stdout=(workdir / f"{stage}.log").open("wb"),
+                    stderr=subprocess.STDOUT,
+                )
+            )
+
+    def rss_mb(self) -> dict[str, float]:
+        out = {}
+        for name, child in zip(
+            ("emulator", "ingest", "windows", "annotate"), self.children, strict=True
+        ):
+            status = Path(f"/proc/{child.pid}/status").read_text()
+            out[name] = int(status.split("VmRSS:")[1].split()[0]) / 1024
+        return out
+
+    def stop(self) -> None:
+        for child in self.children:
+            child.send_signal(signal.SIGTERM)
+        for child in self.children:
+            try:
+                child.wait(30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+
+TOPOLOGY = """\
+apiVersion: streamproc/v1
+kind: Topology
+metadata:
+  name: bench
+spec:
+  match:
+    priority: ">=Warning"
+  window:
+    size: 600s
+    threshold: 1
+  action:
+    ttl: 1h
+"""
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -127,134 +223,127 @@ async def run(args: argparse.Namespace) -> None:
         for i in range(args.workloads)
     ]
     pod_owner = {pod: w.name for w in workloads for pod in w.pods}
-    emulator = KubeEmulator()
-    for obj in builder.objects:
-        emulator.create(obj)
     rng = random.Random(7)
-    with emulator.serve(), EmbeddedBroker().running() as broker:
-        kubeconfig = emulator.write_kubeconfig(RESULTS / "bench-kubeconfig")
-        window = 600
-        settings = Settings(
-            bootstrap_servers=broker.bootstrap,
-            kubeconfig=str(kubeconfig),
-            session_timeout_s=6.0,
-            metrics_port=0,
+    window = 600
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker().running() as broker:
+        procs = Processes(
+            Path(os.environ.get("BENCH_WORKDIR", tmp)), args.workloads, broker.bootstrap
         )
-        handles = running.Running()
-        stop = asyncio.Event()
-        pipeline = asyncio.create_task(
-            running.run_stages(settings, [topology(window)], running.STAGES, stop, handles)
-        )
-        # Warm up: one workload end to end, so group joins are not measured.
-        warm = workloads[0]
-        await publish(
-            broker.bootstrap,
-            [(warm.name, compact_event(rng, warm.namespace, warm.pods[0], time.time()))],
-            1000,
-            {},
-            {},
-        )
-        deadline = time.monotonic() + 90
-        while warm.name not in first_patches(emulator, pod_owner):
-            if time.monotonic() > deadline or pipeline.done():
-                raise SystemExit("pipeline did not come up")
-            await asyncio.sleep(0.1)
-        measured = workloads[1:]
-        total = int(args.rate * args.seconds)
-        values = [
-            (w.name, compact_event(rng, w.namespace, rng.choice(w.pods), time.time()))
-            for w in (measured[i % len(measured)] for i in range(total))
-        ]
-        first_sent: dict[str, float] = {}
-        probes: dict[bytes, float] = {}
-        floor: list[float] = []
-        floor_stop = asyncio.Event()
-        floor_task = asyncio.create_task(
-            floor_consumer(broker.bootstrap, probes, floor, floor_stop)
-        )
-        await asyncio.sleep(4)  # the floor consumer's group join (half the session timeout)
-        window_start = int(time.time()) // window
-        await publish(broker.bootstrap, values, args.rate, first_sent, probes)
-        deadline = time.monotonic() + 60
-        while (
-            len(first_patches(emulator, pod_owner)) < len(workloads) and time.monotonic() < deadline
-        ):
-            await asyncio.sleep(0.2)
-        floor_stop.set()
-        await floor_task
-        patched = first_patches(emulator, pod_owner)
-        latencies = [patched[w] - first_sent[w] for w in first_sent if w in patched]
-        rows = [
-            {
-                "name": "floor: send -> plain consumer p50 (ms)",
-                "value": statistics.median(floor) * 1e3,
-                "unit": "ms",
-            },
-            {
-                "name": "streamproc: send -> first patch p50 (ms)",
-                "value": statistics.median(latencies) * 1e3,
-                "baseline": statistics.median(floor) * 1e3,
-                "unit": "ms",
-            },
-            {
-                "name": "streamproc: send -> first patch p99 (ms)",
-                "value": percentile(latencies, 0.99) * 1e3,
-                "baseline": percentile(floor, 0.99) * 1e3,
-                "unit": "ms",
-            },
-            {
-                "name": "workloads observed / published",
-                "value": len(latencies),
-                "baseline": len(first_sent),
-                "unit": "workloads",
-            },
-        ]
-        if args.storm:
-            before = sum(1 for r in emulator.requests if r.method == "PATCH" and r.status == 200)
-            storm = [
+        try:
+            warm = workloads[0]
+            await publish(
+                broker.bootstrap,
+                [(warm.name, compact_event(rng, warm.namespace, warm.pods[0], time.time()))],
+                1000,
+                {},
+                {},
+            )
+            deadline = time.monotonic() + 120
+            while warm.name not in first_patches(request_log(procs.api), pod_owner):
+                if time.monotonic() > deadline:
+                    raise SystemExit("pipeline did not come up; see the stage logs")
+                await asyncio.sleep(0.2)
+            measured = workloads[1:]
+            total = int(args.rate * args.seconds)
+            # Sustained load: workloads start firing one after another over the first 80% of
+            # the run, and every workload that has started keeps firing; so each workload's
+            # first detection meets a pipeline already busy with the others' traffic.
+            ramp = max(1, int(total * 0.8))
+            values = [
                 (w.name, compact_event(rng, w.namespace, rng.choice(w.pods), time.time()))
-                for w in (workloads[i % len(workloads)] for i in range(args.storm))
+                for w in (
+                    measured[
+                        rng.randrange(max(1, min(len(measured), len(measured) * i // ramp + 1)))
+                    ]
+                    for i in range(total)
+                )
             ]
-            storm_started = time.time()
-            await publish(broker.bootstrap, storm, 1e9, {}, {})
-            consumed_target = args.storm
-            deadline = time.monotonic() + 600
-            from streamproc import metrics  # noqa: PLC0415
-
-            base = metrics.total("streamproc_records_consumed_total", stage="ingest")
-            while time.monotonic() < deadline:
-                done = metrics.total("streamproc_records_consumed_total", stage="ingest")
-                if done - base >= consumed_target - 1 or done >= total + 1 + consumed_target:
-                    break
+            first_sent: dict[str, float] = {}
+            probes: dict[bytes, float] = {}
+            floor: list[float] = []
+            floor_stop = asyncio.Event()
+            floor_task = asyncio.create_task(
+                floor_consumer(broker.bootstrap, probes, floor, floor_stop)
+            )
+            await asyncio.sleep(4)  # the floor consumer's group join (half the session timeout)
+            windows_touched = {int(time.time()) // window}
+            await publish(broker.bootstrap, values, args.rate, first_sent, probes)
+            windows_touched.add(int(time.time()) // window)
+            deadline = time.monotonic() + 60
+            while (
+                len(first_patches(request_log(procs.api), pod_owner)) < len(workloads)
+                and time.monotonic() < deadline
+            ):
                 await asyncio.sleep(0.5)
-            await asyncio.sleep(3)
-            storm_s = time.time() - storm_started
-            patches = sum(1 for r in emulator.requests if r.method == "PATCH" and r.status == 200)
-            windows_touched = {int(time.time()) // window, window_start}
-            ideal = sum(len(w.pods) for w in workloads) * len(windows_touched)
-            total_patches = patches
-            rows.append(
+            floor_stop.set()
+            await floor_task
+            patched = first_patches(request_log(procs.api), pod_owner)
+            latencies = [patched[w] - first_sent[w] for w in first_sent if w in patched]
+            rows = [
                 {
-                    "name": f"storm: patches for {args.storm:,} detections",
-                    "value": total_patches,
-                    "baseline": ideal,
-                    "unit": "patches (baseline = ideal)",
-                }
-            )
-            rows.append(
-                {"name": "storm: seconds from first send to drained", "value": storm_s, "unit": "s"}
-            )
-            del before
-        rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        rows.append(
-            {
-                "name": "peak RSS, all stages + broker client + emulator",
-                "value": rss_mb,
-                "unit": "MB",
-            }
-        )
-        stop.set()
-        await pipeline
+                    "name": "floor: send -> plain consumer p50 (ms)",
+                    "value": statistics.median(floor) * 1e3,
+                    "unit": "ms",
+                },
+                {
+                    "name": "streamproc: send -> first patch p50 (ms)",
+                    "value": statistics.median(latencies) * 1e3,
+                    "baseline": statistics.median(floor) * 1e3,
+                    "unit": "ms",
+                },
+                {
+                    "name": "streamproc: send -> first patch p99 (ms)",
+                    "value": percentile(latencies, 0.99) * 1e3,
+                    "baseline": percentile(floor, 0.99) * 1e3,
+                    "unit": "ms",
+                },
+                {
+                    "name": "workloads observed / published",
+                    "value": len(latencies),
+                    "baseline": len(first_sent),
+                    "unit": "workloads",
+                },
+            ]
+            if args.storm:
+                storm = [
+                    (w.name, compact_event(rng, w.namespace, rng.choice(w.pods), time.time()))
+                    for w in (workloads[i % len(workloads)] for i in range(args.storm))
+                ]
+                started = time.time()
+                await publish(broker.bootstrap, storm, 1e9, {}, {})
+                windows_touched.add(int(time.time()) // window)
+                expected = 1 + total + args.storm
+                deadline = time.monotonic() + 900
+                while (
+                    scrape(procs.ports["ingest"], "streamproc_records_consumed_total") < expected
+                    and time.monotonic() < deadline
+                ):
+                    await asyncio.sleep(0.5)
+                await asyncio.sleep(3)
+                drained = time.time() - started
+                patches = sum(1 for r in request_log(procs.api) if r[1] == "PATCH" and r[4] == 200)
+                ideal = sum(len(w.pods) for w in workloads) * len(windows_touched)
+                rows.append(
+                    {
+                        "name": f"storm: patches after {args.storm:,} detections",
+                        "value": patches,
+                        "baseline": ideal,
+                        "unit": "patches (baseline = ideal: pods x windows)",
+                    }
+                )
+                rows.append(
+                    {
+                        "name": "storm: seconds from first send to drained",
+                        "value": drained,
+                        "unit": "s",
+                    }
+                )
+            rows += [
+                {"name": f"resident memory: {name}", "value": mb, "unit": "MB"}
+                for name, mb in procs.rss_mb().items()
+            ]
+        finally:
+            procs.stop()
     report(
         "end_to_end",
         rows,

@@ -69,6 +69,9 @@ def consumer(settings: Settings, topics: Iterable[str], group: str) -> AIOKafkaC
         rebalance_timeout_ms=max(session_ms, 10_000),
         max_partition_fetch_bytes=8 << 20,
         fetch_max_bytes=32 << 20,
+        # Bounded long-poll: Apache Kafka answers as soon as data arrives anyway; brokers that
+        # do not wake a parked fetch (tansu) would otherwise add up to the full wait per hop.
+        fetch_max_wait_ms=50,
     )
 
 

@@ -22,6 +22,7 @@ from datetime import timedelta
 from typing import Any
 
 import faust
+from faust.transport.drivers import aiokafka as faust_kafka
 
 from streamproc import metrics
 from streamproc.actions import Action
@@ -31,7 +32,37 @@ from streamproc.topologies import Topology
 
 log = logging.getLogger("streamproc.windows")
 APP_ID = "streamproc-windows"
+FETCH_MAX_WAIT_MS = 50
 STAGE = "windows"
+
+
+class _ConsumerThread(faust_kafka.AIOKafkaConsumerThread):
+    """Faust's consumer with a short fetch wait.
+
+    Faust hard-codes ``fetch_max_wait_ms=1500``. Apache Kafka answers a waiting fetch as soon as
+    data arrives, so the value costs nothing there; brokers that do not wake a parked fetch (the
+    embedded tansu, measured: ~700 ms median delivery) would add up to 1.5 s to every action.
+    A short wait bounds that for every broker, at the price of a few idle fetches a second.
+    """
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # noqa: SLF001 - read when it starts
+        return consumer
+
+
+class _Consumer(faust_kafka.Consumer):
+    def _new_consumer_thread(self) -> _ConsumerThread:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class _Transport(faust_kafka.Transport):
+    Consumer = _Consumer
+
+
+class _App(faust.App):
+    def _new_transport(self) -> _Transport:
+        return _Transport(self.conf.broker_consumer, self)
 
 
 def faust_broker_url(bootstrap_servers: str) -> str:
@@ -77,7 +108,7 @@ def decide(state: list[int], tally_count: int, threshold: int) -> tuple[list[int
 
 def build_app(settings: Settings, topologies: Sequence[Topology], datadir: str) -> faust.App:
     """The windows stage as a Faust app (not started); ``datadir`` is Faust's scratch folder."""
-    app = faust.App(
+    app = _App(
         APP_ID,
         broker=faust_broker_url(settings.bootstrap_servers),
         store="memory://",

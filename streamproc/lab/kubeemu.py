@@ -296,6 +296,10 @@ class KubeEmulator:
 
     async def _route(self, request: web.Request) -> web.StreamResponse:
         parts = [p for p in request.path.split("/") if p]
+        if parts == ["_emulator", "requests"]:
+            with self._lock:
+                log = [[r.at, r.method, r.path, r.query, r.status] for r in self.requests]
+            return web.Response(body=orjson.dumps(log), content_type="application/json")
         if parts == ["version"]:
             return web.json_response({"major": "1", "minor": "31", "gitVersion": "v1.31.0-emu"})
         if parts == ["api"]:
@@ -552,6 +556,8 @@ class KubeEmulator:
     @web.middleware
     async def _log(self, request: web.Request, handler: Any) -> web.StreamResponse:
         response: web.StreamResponse = await handler(request)
+        if request.path.startswith("/_emulator/"):
+            return response
         with self._lock:
             self.requests.append(
                 LoggedRequest(
@@ -623,3 +629,40 @@ class KubeEmulator:
         }
         path.write_text(yaml.safe_dump(doc), encoding="utf-8")
         return path
+
+
+def main(argv: builtins.list[str] | None = None) -> None:
+    """Serve the emulator as its own process (benchmarks, or kubectl against a sample cluster).
+
+    ``GET /_emulator/requests`` returns the request log as ``[at, method, path, query, status]``.
+    """
+    import argparse  # noqa: PLC0415 - only the command line needs it
+    import signal  # noqa: PLC0415
+
+    from streamproc.lab.cluster import ClusterBuilder, sample_cluster  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser(description="streamproc's emulated Kubernetes API server")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--kubeconfig", type=Path, required=True, help="write a kubeconfig here")
+    parser.add_argument(
+        "--deployments",
+        type=int,
+        default=0,
+        help="seed N Deployments (2 pods each) instead of the lab's sample cluster",
+    )
+    args = parser.parse_args(argv)
+    builder = sample_cluster() if not args.deployments else ClusterBuilder(seed=3)
+    for i in range(args.deployments):
+        builder.deployment(f"ns-{i % 25}", f"app-{i}", 2, "nginx:1.27")
+    emulator = KubeEmulator()
+    for obj in builder.objects:
+        emulator.create(obj)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    with emulator.serve(port=args.port):
+        emulator.write_kubeconfig(args.kubeconfig)
+        print(emulator.url, flush=True)  # noqa: T201 - the parent reads the address
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+
+
+if __name__ == "__main__":
+    main()

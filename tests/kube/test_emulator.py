@@ -145,3 +145,30 @@ async def test_discovery_lists_core_and_group_resources(emulator: KubeEmulator) 
         async with session.get(emulator.url + "/apis/apps/v1") as response:
             kinds = {r["kind"] for r in (await response.json())["resources"]}
         assert {"Deployment", "ReplicaSet", "StatefulSet", "DaemonSet"} <= kinds
+
+
+def test_kubectl_gets_and_annotates_through_the_emulator(
+    kubeconfig: Path, emulator: KubeEmulator
+) -> None:
+    """Discovery is good enough for a real kubectl: get pods, then annotate one."""
+    import os
+    import shutil
+    import subprocess
+
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed (.ci/run installs it)")
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+
+    def run(*args: str) -> str:
+        result = subprocess.run(
+            [kubectl, *args], env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    assert "redis-0" in run("get", "pods", "-n", "shop")
+    assert "frontend" in run("get", "deployments", "-A")
+    run("annotate", "pod", "redis-0", "-n", "shop", "team=payments")
+    annotations = (emulator.get("Pod", "shop", "redis-0") or {})["metadata"]["annotations"]
+    assert annotations["team"] == "payments"
