@@ -174,6 +174,11 @@ class Processes:
                         "127.0.0.1",
                         "--metrics-port",
                         str(self.ports[stage]),
+                        # measure the pipeline, not the client-side rate limit (default 20/s)
+                        "--api-qps",
+                        "5000",
+                        "--api-burst",
+                        "5000",
                     ],
                     env=env,
                     stdout=(workdir / f"{stage}.log").open("wb"),

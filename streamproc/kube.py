@@ -10,12 +10,15 @@ rest surface as NotFound, Conflict or Forbidden for the caller to decide.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Self
 
 import aiohttp
 import orjson
+from aiolimiter import AsyncLimiter
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 from tenacity import (
@@ -91,20 +94,40 @@ def _translate(status: int, reason: str, headers: Mapping[str, str] | None, what
     return KubeError(f"{what}: HTTP {status} {reason}", status=status)
 
 
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """How hard streamproc may press the API server (the defaults are gentle, like a controller)."""
+
+    qps: float = 20.0
+    burst: int = 40
+    concurrency: int = 16
+
+
 class Kube:
     """A connection to one cluster."""
 
-    def __init__(self, api: client.ApiClient, *, timeout_s: float, attempts: int) -> None:
+    def __init__(
+        self, api: client.ApiClient, *, timeout_s: float, attempts: int, limits: Limits
+    ) -> None:
         self._api = api
         self._core = client.CoreV1Api(api)
         self._apps = client.AppsV1Api(api)
         self._batch = client.BatchV1Api(api)
         self._timeout = timeout_s
         self._attempts = attempts
+        # Leaky bucket: ``burst`` requests at once, ``qps`` sustained; shared by every caller of
+        # this connection (apply and expiry alike), retries included.
+        self._limiter = AsyncLimiter(limits.burst, limits.burst / limits.qps)
+        self._in_flight = asyncio.Semaphore(limits.concurrency)
 
     @classmethod
     async def connect(
-        cls, kubeconfig: str | None = None, *, timeout_s: float = 10.0, attempts: int = 5
+        cls,
+        kubeconfig: str | None = None,
+        *,
+        timeout_s: float = 10.0,
+        attempts: int = 5,
+        limits: Limits | None = None,
     ) -> Self:
         """Load credentials the standard way: KUBECONFIG / a given file, else in-cluster."""
         configuration = client.Configuration()
@@ -116,7 +139,12 @@ class Kube:
             if kubeconfig:
                 raise
             config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-        return cls(client.ApiClient(configuration), timeout_s=timeout_s, attempts=attempts)
+        return cls(
+            client.ApiClient(configuration),
+            timeout_s=timeout_s,
+            attempts=attempts,
+            limits=limits or Limits(),
+        )
 
     async def close(self) -> None:
         """Release the HTTP session."""
@@ -124,6 +152,13 @@ class Kube:
 
     async def _call(self, verb: str, what: str, request: Callable[[], Awaitable[Any]]) -> Json:
         async def once() -> Json:
+            if not self._limiter.has_capacity():
+                metrics.rate_limit_waits.inc()
+            await self._limiter.acquire()
+            async with self._in_flight:
+                return await send()
+
+        async def send() -> Json:
             started = time.perf_counter()
             code = "error"
             try:

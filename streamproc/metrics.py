@@ -88,6 +88,10 @@ api_request_duration = Histogram(
     ["verb", "code"],
     buckets=_LATENCY_BUCKETS,
 )
+rate_limit_waits = Counter(
+    "streamproc_api_rate_limit_waits_total",
+    "Kubernetes API requests that waited for the client-side rate limit",
+)
 api_retries = Counter(
     "streamproc_api_retries_total",
     "Kubernetes API requests retried",

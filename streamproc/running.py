@@ -38,7 +38,12 @@ class Running:
 
 async def _kube_or_none(settings: Settings, *, required: bool) -> kube.Kube | None:
     try:
-        return await kube.Kube.connect(settings.kubeconfig, timeout_s=settings.api_timeout_s)
+        limits = kube.Limits(
+            qps=settings.api_qps, burst=settings.api_burst, concurrency=settings.api_concurrency
+        )
+        return await kube.Kube.connect(
+            settings.kubeconfig, timeout_s=settings.api_timeout_s, limits=limits
+        )
     except Exception as exc:
         if required:
             raise

@@ -45,8 +45,11 @@ class Settings:
     resolver_cache_ttl_s: float = 300.0
     #: Kubernetes API request timeout.
     api_timeout_s: float = 10.0
-    #: concurrent API requests per annotator.
+    #: concurrent API requests per process.
     api_concurrency: int = 16
+    #: sustained Kubernetes API requests per second per process, and the burst above it.
+    api_qps: float = 20.0
+    api_burst: int = 40
     #: how often the expirer re-lists managed pods to catch changes made elsewhere.
     expiry_resync_s: float = 60.0
     #: divides every window size and TTL (the lab's ``--speed``).

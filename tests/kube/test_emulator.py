@@ -10,7 +10,7 @@ import pytest
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config, watch
 
-from streamproc import kube
+from streamproc import kube, metrics
 from streamproc.lab.kubeemu import Fault, KubeEmulator
 
 
@@ -172,3 +172,68 @@ def test_kubectl_gets_and_annotates_through_the_emulator(
     run("annotate", "pod", "redis-0", "-n", "shop", "team=payments")
     annotations = (emulator.get("Pod", "shop", "redis-0") or {})["metadata"]["annotations"]
     assert annotations["team"] == "payments"
+
+
+async def test_the_client_side_rate_limit_holds_at_the_server(
+    kubeconfig: Path, emulator: KubeEmulator
+) -> None:
+    """120 concurrent requests at qps=40, burst=10: the server never sees more than the budget."""
+    before = metrics.value("streamproc_api_rate_limit_waits_total")
+    limited = await kube.Kube.connect(
+        str(kubeconfig), limits=kube.Limits(qps=40, burst=10, concurrency=8)
+    )
+    try:
+        await asyncio.gather(*(limited.get_pod("default", "debug-shell") for _ in range(120)))
+    finally:
+        await limited.close()
+    times = sorted(r.at for r in emulator.requests if r.path.endswith("/debug-shell"))
+    assert len(times) == 120
+    # Any two-second span holds at most the burst plus two seconds of the sustained rate (a few
+    # requests of slack: the server stamps responses, not arrivals).
+    assert max(sum(1 for t in times if start <= t < start + 2) for start in times) <= 10 + 80 + 5
+    assert times[-1] - times[0] >= (120 - 10) / 40 * 0.9
+    assert metrics.value("streamproc_api_rate_limit_waits_total") > before
+
+
+async def test_a_slow_response_past_the_timeout_is_retried(
+    kubeconfig: Path, emulator: KubeEmulator
+) -> None:
+    """A response slower than the client timeout counts as unavailable and is tried again."""
+    emulator.faults.append(Fault(method="GET", path="/pods/redis-0$", status=0, delay_s=3))
+    client = await kube.Kube.connect(str(kubeconfig), timeout_s=1.0, attempts=3)
+    try:
+        pod = await client.get_pod("shop", "redis-0")
+    finally:
+        await client.close()
+    assert pod["metadata"]["name"] == "redis-0"
+
+
+async def test_json_patch_and_strategic_merge_patch_change_metadata(
+    emulator: KubeEmulator,
+) -> None:
+    """RFC 6902 JSON patch and strategic merge patch (as kubectl sends them) both apply."""
+    import aiohttp
+
+    url = f"{emulator.url}/api/v1/namespaces/shop/pods/redis-0"
+    async with aiohttp.ClientSession() as session:
+        ops = [{"op": "add", "path": "/metadata/annotations", "value": {"a": "1"}}]
+        async with session.patch(
+            url, json=ops, headers={"Content-Type": "application/json-patch+json"}
+        ) as r:
+            assert r.status == 200
+        async with session.patch(
+            url,
+            json={"metadata": {"annotations": {"b": "2"}}},
+            headers={"Content-Type": "application/strategic-merge-patch+json"},
+        ) as r:
+            assert r.status == 200
+        async with session.patch(
+            url,
+            json=[{"op": "test", "path": "/metadata/name", "value": "x"}],
+            headers={"Content-Type": "application/json-patch+json"},
+        ) as r:
+            assert r.status == 422
+    assert (emulator.get("Pod", "shop", "redis-0") or {})["metadata"]["annotations"] == {
+        "a": "1",
+        "b": "2",
+    }
