@@ -106,7 +106,9 @@ def decide(state: list[int], tally_count: int, threshold: int) -> tuple[list[int
     return [new_count, 0], False, 0
 
 
-def build_app(settings: Settings, topologies: Sequence[Topology], datadir: str) -> faust.App:
+def build_app(  # noqa: C901 - the agent and timer are closures over the app
+    settings: Settings, topologies: Sequence[Topology], datadir: str
+) -> faust.App:
     """The windows stage as a Faust app (not started); ``datadir`` is Faust's scratch folder."""
     app = _App(
         APP_ID,
@@ -193,5 +195,19 @@ def build_app(settings: Settings, topologies: Sequence[Topology], datadir: str) 
                 metrics.detections_deduplicated.labels(topology=topology.name).inc(deduplicated)
             tables[topology.name][tally.workload_key] = new_state
 
-    del windows
+    @app.timer(interval=2.0)  # type: ignore[untyped-decorator]
+    async def report_lag() -> None:
+        # From the fetch high watermark and the last offset read, as the other stages do.
+        consumer: Any = app.consumer
+        lag = 0
+        for tp in consumer.assignment():
+            if tp.topic != settings.topics.tallies:
+                continue
+            high = consumer.highwater(tp)
+            read = consumer._read_offset.get(tp)  # noqa: SLF001 - Faust keeps it nowhere public
+            if high is not None and read is not None:
+                lag += max(0, high - read - 1)
+        metrics.consumer_lag.labels(stage=STAGE).set(lag)
+
+    del windows, report_lag
     return app

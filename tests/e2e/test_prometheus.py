@@ -95,6 +95,9 @@ def test_prometheus_scrapes_key_series_and_loads_the_rules(
             'streamproc_patches_total{op="observe",result="ok"} > 0',
             "streamproc_observations_active > 0",
             "streamproc_build_info",
+            'streamproc_consumer_lag_records{stage="ingest"}',
+            'streamproc_consumer_lag_records{stage="windows"}',
+            'streamproc_consumer_lag_records{stage="annotate"}',
             'up{job="streamproc"} == 1',
         ):
             wait_for(lambda expr=expr: has(expr), timeout=30, what=f"series {expr}")
