@@ -74,16 +74,7 @@ async def ingest(bootstrap: str, topic: str, total: int | None) -> tuple[int, fl
     """
     settings = Settings(bootstrap_servers=bootstrap, session_timeout_s=6.0)
     loaded = topologies.load_path(ROOT / "topologies")
-    loaded = [
-        t.model_copy(
-            update={
-                "spec": t.spec.model_copy(
-                    update={"source": t.spec.source.model_copy(update={"topic": topic})}
-                )
-            }
-        )
-        for t in loaded
-    ]
+    loaded = [topologies.reading(t, topic) for t in loaded]
     stage = Ingestor(settings, loaded, WorkloadResolver(None, cache_size=200_000, ttl_s=600))
     counted = "streamproc_records_consumed_total"
     before = metrics.total(counted, stage="ingest")

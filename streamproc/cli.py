@@ -179,16 +179,7 @@ def load_topologies(
         raise click.ClickException(f"invalid topology: {exc}") from None
     result = [topologies.scaled(t, settings.speed) for t in loaded]
     if input_topic:
-        result = [
-            t.model_copy(
-                update={
-                    "spec": t.spec.model_copy(
-                        update={"source": t.spec.source.model_copy(update={"topic": input_topic})}
-                    )
-                }
-            )
-            for t in result
-        ]
+        result = [topologies.reading(t, input_topic) for t in result]
     return result
 
 

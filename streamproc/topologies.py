@@ -274,6 +274,12 @@ def default_path() -> Path:
     return packaged if packaged.is_dir() else Path(__file__).resolve().parents[1] / "topologies"
 
 
+def reading(topology: Topology, topic: str) -> Topology:
+    """The same topology reading another source topic (``--input-topic``)."""
+    source = topology.spec.source.model_copy(update={"topic": topic})
+    return topology.model_copy(update={"spec": topology.spec.model_copy(update={"source": source})})
+
+
 def scaled(topology: Topology, speed: float) -> Topology:
     """The same topology with windows and TTL divided by ``speed`` (the lab's time-lapse)."""
     if speed == 1:

@@ -12,6 +12,7 @@ from rich.live import Live
 from rich.table import Table
 
 from streamproc import metrics
+from streamproc.durations import format_duration
 from streamproc.running import Running
 from streamproc.topologies import Topology
 
@@ -58,8 +59,8 @@ class View:
             out(f"metrics: http://127.0.0.1:{metrics_port}/metrics")
         for t in topologies:
             out(
-                f"topology {t.name}: window {t.spec.window.size:g}s, threshold "
-                f"{t.spec.window.threshold}, ttl {t.spec.action.ttl:g}s"
+                f"topology {t.name}: window {format_duration(t.spec.window.size)}, threshold "
+                f"{t.spec.window.threshold}, ttl {format_duration(t.spec.action.ttl)}"
             )
         sys.stdout.flush()
 
