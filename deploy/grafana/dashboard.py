@@ -130,6 +130,7 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
                 "{{verb}} {{code}}",
             ),
             ("sum by (reason) (rate(streamproc_api_retries_total[5m]))", "retry {{reason}}"),
+            ("sum(rate(streamproc_api_rate_limit_waits_total[5m]))", "rate-limit waits"),
         ],
     ),
     (

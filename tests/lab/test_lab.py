@@ -86,3 +86,18 @@ def test_ctrl_c_midway_stops_everything_cleanly(tmp_path: Path) -> None:
         wait_for(
             lambda address=match[1]: not listening(address), timeout=10, what=f"{name} to close"
         )
+
+
+def test_the_lab_can_use_a_broker_it_did_not_start(tmp_path: Path) -> None:
+    """--broker points the lab at an existing Kafka; the lab leaves that broker running."""
+    from streamproc.lab.broker import EmbeddedBroker
+
+    with EmbeddedBroker(log=tmp_path / "tansu.log").running() as external:
+        process = lab(
+            "--duration", "20", "--speed", "30", "--broker", external.bootstrap, cwd=tmp_path
+        )
+        output, _ = process.communicate(timeout=120)
+        assert process.returncode == 0, output
+        assert f"broker: {external.bootstrap}" in output
+        assert summary_value(output, "actions") >= 3
+        assert listening(external.bootstrap)
