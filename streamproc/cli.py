@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
 import sys
@@ -395,3 +396,66 @@ def samples(span: float, seed: int) -> None:
     now = time.time()
     for item in replay.timeline(cluster.sample_cluster().workloads, span, seed):
         sys.stdout.buffer.write(replay.stamp(item.value, now + item.at) + b"\n")
+
+
+def _cluster_command(kubeconfig: str | None, work: Callable[..., Coroutine[Any, Any, Any]]) -> Any:
+    from streamproc import kube  # noqa: PLC0415 - only the cluster commands need it
+    from streamproc.resolving import WorkloadResolver  # noqa: PLC0415
+
+    async def main() -> Any:
+        client = await kube.Kube.connect(kubeconfig)
+        try:
+            return await work(client, WorkloadResolver(client, cache_size=10_000, ttl_s=60))
+        finally:
+            await client.close()
+
+    return asyncio.run(main())
+
+
+@main.command()
+@click.option("--kubeconfig", envvar="KUBECONFIG", default=None)
+@click.option(
+    "--output", "-o", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+def status(kubeconfig: str | None, output: str) -> None:
+    """Show what is under observation now, read from the cluster."""
+    from rich.console import Console  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+
+    from streamproc import observing  # noqa: PLC0415
+
+    found = _cluster_command(kubeconfig, observing.current)
+    if output == "json":
+        click.echo(json.dumps([o.as_dict() for o in found], indent=2))
+        return
+    table = Table("NAMESPACE", "WORKLOAD", "PODS", "TOPOLOGY", "RULE", "EXPIRES IN", box=None)
+    for o in found:
+        left = f"{max(0, int(o.expires_in))}s" if o.expires_in > 0 else "overdue"
+        table.add_row(
+            o.namespace, f"{o.kind}/{o.workload}", str(len(o.pods)), o.topology, o.rule, left
+        )
+    Console(width=160).print(table)
+    if not found:
+        click.echo("nothing is under observation")
+
+
+@main.command()
+@click.argument("target")
+@click.option("--kubeconfig", envvar="KUBECONFIG", default=None)
+def release(target: str, kubeconfig: str | None) -> None:
+    """End an observation early: NAMESPACE/WORKLOAD or NAMESPACE/KIND/WORKLOAD."""
+    from streamproc import observing  # noqa: PLC0415
+
+    parts = target.split("/")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise click.BadParameter("use NAMESPACE/WORKLOAD or NAMESPACE/KIND/WORKLOAD")
+    namespace, name = parts[0], parts[-1]
+    kind = parts[1] if len(parts) == 3 else None
+
+    async def work(client: Any, resolver: Any) -> list[str]:
+        return await observing.release(client, resolver, namespace, kind, name)
+
+    pods = _cluster_command(kubeconfig, work)
+    if not pods:
+        raise click.ClickException(f"{target} is not under observation")
+    click.echo(f"released {target}: {len(pods)} pods ({', '.join(pods)})")

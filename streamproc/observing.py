@@ -1,0 +1,92 @@
+"""What is under observation now, read from the cluster, and ending an observation early.
+
+Both read the pods' own marks (the ``streamproc.io/observed`` label and the bookkeeping
+annotations), so they answer the same way whichever process, or none, is running.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+from streamproc import conventions, kube, patches
+from streamproc.resolving import WorkloadResolver
+
+
+@dataclass
+class Observation:
+    """One workload under observation."""
+
+    namespace: str
+    kind: str
+    workload: str
+    topology: str
+    rule: str
+    expires_at: float
+    pods: list[str] = field(default_factory=list)
+
+    @property
+    def expires_in(self) -> float:
+        """Seconds left (negative when overdue)."""
+        return self.expires_at - time.time()
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON form for ``status --output json``."""
+        return {
+            **asdict(self),
+            "expires_at": conventions.format_time(self.expires_at),
+            "expires_in_s": round(self.expires_in),
+        }
+
+
+async def current(client: kube.Kube, resolver: WorkloadResolver) -> list[Observation]:
+    """Every workload with at least one pod carrying streamproc's observation, latest expiry."""
+    pods = await client.list_pods(None, label_selector=f"{conventions.OBSERVED_LABEL}=true")
+    found: dict[tuple[str, str, str], Observation] = {}
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        annotations = meta.get("annotations") or {}
+        ref = await resolver.workload_of(pod)
+        key = (ref.namespace, ref.kind, ref.name)
+        until = patches.expires_at(pod) or 0.0
+        entry = found.setdefault(
+            key,
+            Observation(
+                ref.namespace,
+                ref.kind,
+                ref.name,
+                annotations.get(conventions.TOPOLOGY, ""),
+                annotations.get(conventions.RULE, ""),
+                until,
+            ),
+        )
+        entry.pods.append(str(meta.get("name", "")))
+        entry.expires_at = max(entry.expires_at, until)
+    return sorted(found.values(), key=lambda o: (o.namespace, o.kind, o.workload))
+
+
+async def release(
+    client: kube.Kube, resolver: WorkloadResolver, namespace: str, kind: str | None, name: str
+) -> list[str]:
+    """End a workload's observation now: remove exactly what streamproc added. Returns pods."""
+    released = []
+    for observation in await current(client, resolver):
+        if (observation.namespace, observation.workload) != (namespace, name):
+            continue
+        if kind is not None and observation.kind != kind:
+            continue
+        for pod_name in observation.pods:
+            try:
+                pod = await client.get_pod(namespace, pod_name)
+                patch = patches.release(pod)
+                await client.patch_pod_metadata(
+                    namespace,
+                    pod_name,
+                    annotations=patch.annotations,
+                    labels=patch.labels,
+                    resource_version=patch.resource_version,
+                )
+            except kube.NotFound:
+                continue
+            released.append(pod_name)
+    return released

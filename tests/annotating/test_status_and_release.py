@@ -1,0 +1,69 @@
+"""``streamproc status`` and ``streamproc release`` against the emulated cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from streamproc import conventions, kube
+from streamproc.lab.cluster import ClusterBuilder
+from streamproc.lab.kubeemu import KubeEmulator
+from tests.annotating.test_annotator import action_for, make, workload
+
+
+def cli(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "streamproc", *args],
+        env={**os.environ, "KUBECONFIG": str(kubeconfig)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def marked(emulator: KubeEmulator) -> set[str]:
+    return {
+        p["metadata"]["name"]
+        for p in emulator.list("Pod")
+        if conventions.OBSERVED_LABEL in (p["metadata"].get("labels") or {})
+    }
+
+
+async def test_status_lists_workloads_and_release_removes_exactly_one(
+    kubeconfig: Path, emulator: KubeEmulator, cluster: ClusterBuilder
+) -> None:
+    """Two observations show in status; releasing one leaves the other and foreign marks alone."""
+    client = await kube.Kube.connect(str(kubeconfig))
+    try:
+        annotator, _ = make(client)
+        start = int(time.time()) - 5
+        await annotator.apply(action_for(workload(cluster, "frontend"), window_start=start))
+        await annotator.apply(action_for(workload(cluster, "redis"), window_start=start))
+    finally:
+        await client.close()
+    emulator.update("Pod", "shop", "redis-0", {"metadata": {"annotations": {"team": "cache"}}})
+
+    table = cli(kubeconfig, "status")
+    assert table.returncode == 0, table.stderr
+    assert "Deployment/frontend" in table.stdout
+    assert "StatefulSet/redis" in table.stdout
+    listed = json.loads(cli(kubeconfig, "status", "--output", "json").stdout)
+    by_name = {o["workload"]: o for o in listed}
+    assert sorted(by_name["frontend"]["pods"]) == sorted(workload(cluster, "frontend").pods)
+    assert by_name["redis"]["topology"] == "retina-observe"
+    assert 0 < by_name["redis"]["expires_in_s"] <= 600
+
+    released = cli(kubeconfig, "release", "shop/StatefulSet/redis")
+    assert released.returncode == 0, released.stderr
+    assert marked(emulator) == set(workload(cluster, "frontend").pods)
+    redis0 = (emulator.get("Pod", "shop", "redis-0") or {})["metadata"]["annotations"]
+    assert redis0 == {"team": "cache"}
+
+    missing = cli(kubeconfig, "release", "shop/redis")
+    assert missing.returncode != 0
+    assert "not under observation" in missing.stderr
