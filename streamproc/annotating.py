@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from typing import Protocol
 
-from streamproc import kafka, kube, metrics, patches
+from streamproc import auditing, conventions, kafka, kube, metrics, patches
 from streamproc.actions import Action, ActionError
 from streamproc.resolving import WorkloadResolver
 from streamproc.settings import Settings
@@ -47,30 +47,68 @@ class Annotator:
         client: kube.Kube,
         resolver: WorkloadResolver,
         scheduler: Scheduler,
+        auditor: auditing.Auditor | None = None,
     ) -> None:
         self.settings = settings
         self.topologies = {t.name: t for t in topologies}
         self.kube = client
         self.resolver = resolver
         self.scheduler = scheduler
+        self.auditor = auditor or auditing.NullAuditor()
         self._slots = asyncio.Semaphore(settings.api_concurrency)
         self._in_flight = asyncio.Semaphore(settings.api_concurrency)
         #: pods this annotator opened or extended an observation on (the lab reports it).
         self.observed_pods: set[tuple[str, str]] = set()
 
     async def apply(self, action: Action, listing: list[kube.Json] | None = None) -> str:
-        """Apply one action; the outcome is a short code (also the metric label).
+        """Apply one action; the outcome is a short code (also the metric and audit result).
 
         ``listing`` is the namespace's pods as listed for this batch, if the caller has it.
         """
+        touched: list[str] = []
+        until = 0.0
+        topology = self.topologies.get(action.topology)
+        try:
+            result, touched, until = await self._apply(action, listing)
+        except kube.Forbidden:
+            result = "forbidden"
+            raise
+        except kube.Unavailable:
+            result = ""  # retried as part of the batch; audited when it finishes
+            raise
+        except kube.KubeError:
+            result = "failed"
+            raise
+        finally:
+            if result:
+                self.auditor.record(
+                    result=result,
+                    action=action.id,
+                    topology=action.topology,
+                    rule=action.rule,
+                    detections=action.count,
+                    uuids=action.uuids,
+                    namespace=action.namespace,
+                    kind=action.kind,
+                    name=action.name,
+                    pods=touched,
+                    annotations=dict(topology.spec.action.annotate) if topology else {},
+                    expires_at=conventions.format_time(until) if until else None,
+                    dry_run=result == "dry-run",
+                )
+        return result
+
+    async def _apply(
+        self, action: Action, listing: list[kube.Json] | None
+    ) -> tuple[str, list[str], float]:
         topology = self.topologies.get(action.topology)
         if topology is None:
-            return "unknown-topology"
+            return "unknown-topology", [], 0.0
         now = time.time()
         ttl = topology.spec.action.ttl
         until = min(action.window_end + ttl, now + ttl)
         if until <= now:
-            return "expired-before-apply"
+            return "expired-before-apply", [], 0.0
         if self.settings.dry_run or topology.spec.dry_run:
             log.info(
                 "dry run: would observe %s/%s/%s until %.0f",
@@ -79,14 +117,14 @@ class Annotator:
                 action.name,
                 until,
             )
-            return "dry-run"
+            return "dry-run", [], until
         if topology.spec.action.scope == "pod" or action.kind == "Pod":
             target = WorkloadRef(action.namespace, "Pod", action.pod, "api")
         else:
             target = WorkloadRef(action.namespace, action.kind, action.name, "api")  # type: ignore[arg-type]
         pods = await self.resolver.pods_of(target, listing)
         if not pods:
-            return "no-pods"
+            return "no-pods", [], 0.0
         # Every pod gets its answer before the action's outcome is decided: no patch is left
         # running unobserved when another pod's patch fails.
         outcomes = await asyncio.gather(
@@ -97,12 +135,16 @@ class Annotator:
             if isinstance(outcome, BaseException):
                 raise outcome
         results = [str(o) for o in outcomes]
-        if "ok" in results:
+        names = [str((p.get("metadata") or {}).get("name")) for p in pods]
+        touched = [n for n, r in zip(names, results, strict=True) if r in ("opened", "extended")]
+        if touched:
             metrics.detection_to_annotation.observe(
                 max(0.0, time.time() - action.first_append_ms / 1000)
             )
-            return "applied"
-        return "already-applied" if "unchanged" in results else "no-pods"
+            return ("applied" if "opened" in results else "extended"), touched, until
+        if "unchanged" in results:
+            return "already-applied", [], until
+        return "no-pods", [], 0.0
 
     async def _observe_pod(
         self, pod: kube.Json, topology: Topology, action: Action, until: float
@@ -148,9 +190,11 @@ class Annotator:
                     metrics.patches.labels(op="observe", result="not-found").inc()
                     return "not-found"
                 metrics.patches.labels(op="observe", result="ok").inc()
+                current = (pod.get("metadata") or {}).get("annotations") or {}
+                opened = conventions.EXPIRES_AT not in current
                 self.observed_pods.add((namespace, name))
                 self.scheduler.schedule(namespace, name, until, topology.name)
-                return "ok"
+                return "opened" if opened else "extended"
         return "conflict"
 
     async def handle(self, actions: Sequence[Action]) -> None:

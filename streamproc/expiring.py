@@ -16,7 +16,7 @@ import heapq
 import logging
 import time
 
-from streamproc import conventions, kube, metrics, patches
+from streamproc import auditing, conventions, kube, metrics, patches
 
 log = logging.getLogger("streamproc.expire")
 _RETRY_S = 2.0
@@ -25,8 +25,16 @@ _RETRY_S = 2.0
 class Expirer:
     """A schedule of (expires_at, namespace, pod), fed by the annotator and by the cluster."""
 
-    def __init__(self, client: kube.Kube, *, resync_s: float, dry_run: bool = False) -> None:
+    def __init__(
+        self,
+        client: kube.Kube,
+        *,
+        resync_s: float,
+        dry_run: bool = False,
+        auditor: auditing.Auditor | None = None,
+    ) -> None:
         self._kube = client
+        self._auditor = auditor or auditing.NullAuditor()
         self._resync_s = resync_s
         self._dry_run = dry_run
         self._heap: list[tuple[float, str, str]] = []
@@ -111,6 +119,7 @@ class Expirer:
                     self.schedule(namespace, pod, until, topology)  # extended meanwhile
                     return
                 patch = patches.release(current)
+                removed = sorted(k for k, v in patch.annotations.items() if v is None)
                 if not self._dry_run and (patch.annotations or patch.labels):
                     await self._kube.patch_pod_metadata(
                         namespace,
@@ -135,6 +144,16 @@ class Expirer:
             else:
                 self.expired += 1
                 metrics.observations_expired.labels(topology=topology).inc()
+                self._auditor.record(
+                    result="expired",
+                    topology=topology,
+                    namespace=namespace,
+                    kind="Pod",
+                    name=pod,
+                    pods=[pod],
+                    removed=removed,
+                    dry_run=self._dry_run,
+                )
                 log.info("observation of %s/%s expired", namespace, pod)
             break
         self._due.pop(key, None)

@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from streamproc import kafka, kube
+from streamproc import auditing, kafka, kube
 from streamproc.annotating import Annotator
 from streamproc.expiring import Expirer
 from streamproc.ingesting import Ingestor
@@ -53,6 +53,33 @@ async def _kube_or_none(settings: Settings, *, required: bool) -> kube.Kube | No
         return None
 
 
+async def _start_annotate(
+    settings: Settings,
+    topologies: Sequence[Topology],
+    stop: asyncio.Event,
+    running: Running,
+    cleanups: list[Callable[[], Awaitable[None]]],
+) -> list[asyncio.Task[None]]:
+    """The annotator and the expirer, sharing one API connection, its limits and the audit."""
+    client = await _kube_or_none(settings, required=True)
+    assert client is not None
+    cleanups.append(client.close)
+    resolver = WorkloadResolver(
+        client, cache_size=settings.resolver_cache_size, ttl_s=settings.resolver_cache_ttl_s
+    )
+    audit_producer = kafka.producer(settings)
+    await audit_producer.start()
+    cleanups.append(audit_producer.stop)
+    auditor = auditing.KafkaAuditor(audit_producer, settings.topics.audit)
+    cleanups.append(auditor.flush)
+    expirer = Expirer(
+        client, resync_s=settings.expiry_resync_s, dry_run=settings.dry_run, auditor=auditor
+    )
+    annotator = Annotator(settings, topologies, client, resolver, expirer, auditor)
+    running.expirer, running.annotator = expirer, annotator
+    return [asyncio.create_task(expirer.run(stop)), asyncio.create_task(annotator.run(stop))]
+
+
 async def run_stages(  # noqa: C901 - one place that starts and stops every stage
     settings: Settings,
     topologies: Sequence[Topology],
@@ -70,6 +97,7 @@ async def run_stages(  # noqa: C901 - one place that starts and stops every stag
             kafka.TopicSpec(topics.tallies, settings.partitions),
             kafka.TopicSpec(topics.actions, settings.partitions),
             kafka.TopicSpec(topics.dead_letters, settings.partitions),
+            kafka.TopicSpec(topics.audit, settings.partitions),
             *(kafka.TopicSpec(t.spec.source.topic, settings.partitions) for t in topologies),
         ],
     )
@@ -97,17 +125,7 @@ async def run_stages(  # noqa: C901 - one place that starts and stops every stag
             await app.start()
             cleanups.append(app.stop)
         if "annotate" in stages:
-            client = await _kube_or_none(settings, required=True)
-            assert client is not None
-            cleanups.append(client.close)
-            resolver = WorkloadResolver(
-                client, cache_size=settings.resolver_cache_size, ttl_s=settings.resolver_cache_ttl_s
-            )
-            expirer = Expirer(client, resync_s=settings.expiry_resync_s, dry_run=settings.dry_run)
-            annotator = Annotator(settings, topologies, client, resolver, expirer)
-            running.expirer, running.annotator = expirer, annotator
-            tasks.append(asyncio.create_task(expirer.run(stop)))
-            tasks.append(asyncio.create_task(annotator.run(stop)))
+            tasks += await _start_annotate(settings, topologies, stop, running, cleanups)
         running.ready.set()
         stopper = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait({stopper, *tasks}, return_when=asyncio.FIRST_COMPLETED)

@@ -17,6 +17,7 @@ class Topics:
     tallies: str = "streamproc.tallies"
     actions: str = "streamproc.actions"
     dead_letters: str = "streamproc.dlq"
+    audit: str = "streamproc.audit"
 
 
 @dataclass(frozen=True, slots=True)

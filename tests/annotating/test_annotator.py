@@ -282,3 +282,46 @@ async def test_forbidden_is_reported_once_and_not_retried_forever(
     assert sum(1 for r in emulator.requests if r.status == 403) == len(
         workload(cluster, "frontend").pods
     )
+
+
+async def test_every_outcome_is_audited_with_who_what_and_when(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
+) -> None:
+    """Opening, extending, a dry run and the expiry each leave an audit record."""
+    from streamproc.auditing import MemoryAuditor
+
+    auditor = MemoryAuditor()
+    annotator, expirer = make(client, ttl=2)
+    annotator.auditor = auditor
+    expirer._auditor = auditor
+    redis = workload(cluster, "redis")
+    start = int(time.time()) - 10
+    await annotator.apply(action_for(redis, ttl=2, window_start=start))
+    await annotator.apply(action_for(redis, ttl=2, window_start=start + 1))
+    dry, _ = make(client, dry_run=True)
+    dry.auditor = auditor
+    await dry.apply(action_for(workload(cluster, "frontend")))
+    stop = asyncio.Event()
+    task = asyncio.create_task(expirer.run(stop))
+    try:
+        await async_wait_for(
+            lambda: sum(r["result"] == "expired" for r in auditor.records) == 2,
+            timeout=15,
+            what="expiry audit records",
+        )
+    finally:
+        stop.set()
+        await task
+    results = [r["result"] for r in auditor.records]
+    assert results[:3] == ["applied", "extended", "dry-run"]
+    opened = auditor.records[0]
+    assert opened["topology"] == "retina-observe"
+    assert opened["rule"] == "Read sensitive file untrusted"
+    assert (opened["namespace"], opened["kind"], opened["name"]) == ("shop", "StatefulSet", "redis")
+    assert sorted(opened["pods"]) == sorted(redis.pods)
+    assert opened["annotations"] == {"retina.sh": "observe"}
+    assert opened["expires_at"].endswith("Z")
+    assert "time" in opened
+    expired = [r for r in auditor.records if r["result"] == "expired"]
+    assert {r["name"] for r in expired} == set(redis.pods)
+    assert "retina.sh" in expired[0]["removed"]

@@ -100,6 +100,13 @@ def test_detections_become_annotations_on_exactly_the_right_pods_then_expire(
     wait_for(all_released, timeout=60, what="every observation to expire")
     assert pipeline.stop() == 0
 
+    audit = [
+        orjson.loads(v or b"") for _, v, _ in consume_all(broker.bootstrap, "streamproc.audit")
+    ]
+    applied = {r["name"] for r in audit if r["result"] == "applied"}
+    assert applied == {w.name for w in observed}
+    assert {r["name"] for r in audit if r["result"] == "expired"} == expected
+
 
 def test_a_windows_restart_mid_window_does_not_act_twice(
     tmp_path: Path,
