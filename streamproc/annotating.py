@@ -37,6 +37,30 @@ class Scheduler(Protocol):
         """Remember when a pod's observation ends."""
 
 
+def _target(action: Action, topology: Topology) -> WorkloadRef:
+    """What the action observes: the whole workload, or only the pod that fired (scope: pod)."""
+    if topology.spec.action.scope == "pod" or action.kind == "Pod":
+        return WorkloadRef(action.namespace, "Pod", action.pod, "api")
+    return WorkloadRef(action.namespace, action.kind, action.name, "api")  # type: ignore[arg-type]
+
+
+class Follows(Protocol):
+    """Who keeps new pods of an observed workload observed (the follower)."""
+
+    def follow(
+        self,
+        namespace: str,
+        kind: str,
+        name: str,
+        *,
+        until: float,
+        topology: str,
+        rule: str,
+        action_id: str,
+    ) -> None:
+        """Follow a workload until ``until``."""
+
+
 class Annotator:
     """Applies actions to the cluster."""
 
@@ -48,6 +72,7 @@ class Annotator:
         resolver: WorkloadResolver,
         scheduler: Scheduler,
         auditor: auditing.Auditor | None = None,
+        follower: Follows | None = None,
     ) -> None:
         self.settings = settings
         self.topologies = {t.name: t for t in topologies}
@@ -55,6 +80,7 @@ class Annotator:
         self.resolver = resolver
         self.scheduler = scheduler
         self.auditor = auditor or auditing.NullAuditor()
+        self.follower = follower
         self._slots = asyncio.Semaphore(settings.api_concurrency)
         self._in_flight = asyncio.Semaphore(settings.api_concurrency)
         #: pods this annotator opened or extended an observation on (the lab reports it).
@@ -118,10 +144,7 @@ class Annotator:
                 until,
             )
             return "dry-run", [], until
-        if topology.spec.action.scope == "pod" or action.kind == "Pod":
-            target = WorkloadRef(action.namespace, "Pod", action.pod, "api")
-        else:
-            target = WorkloadRef(action.namespace, action.kind, action.name, "api")  # type: ignore[arg-type]
+        target = _target(action, topology)
         pods = await self.resolver.pods_of(target, listing)
         if not pods:
             return "no-pods", [], 0.0
@@ -137,6 +160,8 @@ class Annotator:
         results = [str(o) for o in outcomes]
         names = [str((p.get("metadata") or {}).get("name")) for p in pods]
         touched = [n for n, r in zip(names, results, strict=True) if r in ("opened", "extended")]
+        if "unchanged" in results or touched:
+            self._follow(target, until, topology, action)
         if touched:
             metrics.detection_to_annotation.observe(
                 max(0.0, time.time() - action.first_append_ms / 1000)
@@ -145,6 +170,20 @@ class Annotator:
         if "unchanged" in results:
             return "already-applied", [], until
         return "no-pods", [], 0.0
+
+    def _follow(
+        self, target: WorkloadRef, until: float, topology: Topology, action: Action
+    ) -> None:
+        if self.follower is not None:
+            self.follower.follow(
+                target.namespace,
+                target.kind,
+                target.name,
+                until=until,
+                topology=topology.name,
+                rule=action.rule,
+                action_id=action.id,
+            )
 
     async def _observe_pod(
         self, pod: kube.Json, topology: Topology, action: Action, until: float

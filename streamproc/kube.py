@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -53,6 +53,10 @@ class Conflict(KubeError):
 
 class Forbidden(KubeError):
     """RBAC refuses the request; retrying will not help."""
+
+
+class Gone(KubeError):
+    """A watch's resourceVersion is too old (410): list again, then watch from there."""
 
 
 class Unavailable(KubeError):
@@ -210,6 +214,56 @@ class Kube:
             )
         return list(doc.get("items") or [])
 
+    async def list_pods_versioned(
+        self, label_selector: str | None = None
+    ) -> tuple[list[Json], str]:
+        """All pods, and the list's resourceVersion to start a watch from."""
+        kwargs: dict[str, Any] = {"_preload_content": False, "_request_timeout": self._timeout}
+        if label_selector:
+            kwargs["label_selector"] = label_selector
+        doc = await self._call(
+            "list", "pods", lambda: self._core.list_pod_for_all_namespaces(**kwargs)
+        )
+        return list(doc.get("items") or []), str((doc.get("metadata") or {}).get("resourceVersion"))
+
+    async def watch_pods(
+        self, resource_version: str, *, timeout_s: int = 60
+    ) -> AsyncIterator[tuple[str, Json]]:
+        """Pod events in all namespaces after ``resource_version``, bookmarks included.
+
+        Ends after ``timeout_s`` (the server closes the stream); raises Gone when the version is
+        too old, Unavailable when the stream breaks.
+        """
+        if not self._limiter.has_capacity():
+            metrics.rate_limit_waits.inc()
+        await self._limiter.acquire()
+        try:
+            # with _preload_content=False the call returns the raw aiohttp response
+            response: Any = await self._core.list_pod_for_all_namespaces(
+                watch=True,
+                resource_version=resource_version,
+                allow_watch_bookmarks=True,
+                timeout_seconds=timeout_s,
+                _preload_content=False,
+                _request_timeout=timeout_s + self._timeout,
+            )
+            if response.status >= 400:
+                body = (await response.read()).decode("utf-8", "replace")[:300]
+                raise _translate(response.status, body, response.headers, "watch pods")
+            async with response:
+                async for line in _lines(response):
+                    event = orjson.loads(line)
+                    kind, obj = event.get("type", ""), event.get("object") or {}
+                    if kind == "ERROR":
+                        if obj.get("code") == 410:
+                            raise Gone("watch pods: resourceVersion too old", status=410)
+                        raise Unavailable(f"watch pods: {obj.get('message', obj)}")
+                    yield kind, obj
+        except ApiException as exc:
+            raise _translate(exc.status or 0, str(exc.reason), exc.headers, "watch pods") from None
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise Unavailable(f"watch pods: {type(exc).__name__}: {exc}") from None
+
     async def get_pod(self, namespace: str, name: str) -> Json:
         """One pod."""
         return await self._call(
@@ -264,6 +318,16 @@ class Kube:
                 _request_timeout=self._timeout,
             ),
         )
+
+
+async def _lines(response: Any) -> AsyncIterator[bytes]:
+    buffer = b""
+    async for chunk in response.content.iter_any():
+        buffer += chunk
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            if line.strip():
+                yield line
 
 
 def controller_of(obj: Json) -> tuple[str, str] | None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from streamproc import auditing, kafka, kube
 from streamproc.annotating import Annotator
 from streamproc.expiring import Expirer
+from streamproc.following import Follower
 from streamproc.ingesting import Ingestor
 from streamproc.resolving import WorkloadResolver
 from streamproc.settings import Settings
@@ -75,9 +76,14 @@ async def _start_annotate(
     expirer = Expirer(
         client, resync_s=settings.expiry_resync_s, dry_run=settings.dry_run, auditor=auditor
     )
-    annotator = Annotator(settings, topologies, client, resolver, expirer, auditor)
+    follower = Follower(client, resolver, topologies, expirer, auditor)
+    annotator = Annotator(settings, topologies, client, resolver, expirer, auditor, follower)
     running.expirer, running.annotator = expirer, annotator
-    return [asyncio.create_task(expirer.run(stop)), asyncio.create_task(annotator.run(stop))]
+    return [
+        asyncio.create_task(expirer.run(stop)),
+        asyncio.create_task(annotator.run(stop)),
+        asyncio.create_task(follower.run(stop)),
+    ]
 
 
 async def run_stages(  # noqa: C901 - one place that starts and stops every stage

@@ -18,6 +18,7 @@ import yaml
 from streamproc import kube
 from streamproc.annotating import Annotator
 from streamproc.expiring import Expirer
+from streamproc.following import Follower
 from streamproc.lab.cluster import ClusterBuilder
 from streamproc.lab.kubeemu import KubeEmulator
 from streamproc.resolving import WorkloadResolver
@@ -179,12 +180,17 @@ async def test_rbac_covers_every_request_each_stage_makes(
                 action_for(workload(cluster, name), ttl=1, window_start=int(time.time()) - 9)
             )
         stop = asyncio.Event()
+        follower = Follower(
+            client, WorkloadResolver(client, cache_size=100, ttl_s=60), [topology], expirer
+        )
         task = asyncio.create_task(expirer.run(stop))
+        watching = asyncio.create_task(follower.run(stop))
         deadline = time.monotonic() + 15
         while expirer.expired < 4 and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
         stop.set()
         await task
+        await watching
         assert expirer.expired == 4
         annotate_requests = emulator.requests[len(ingest_requests) :]
     finally:

@@ -1,0 +1,190 @@
+"""Following workloads under observation: pods they create meanwhile get the observation too.
+
+A rollout, a rescheduled pod or a scale-up creates pods the annotator never saw. The follower
+watches pods in all namespaces (resuming from the last resourceVersion, using bookmarks, and
+listing again after a 410) and, while a workload's observation lasts, writes the same
+observation on every new pod of that workload; the expirer then ends it with the others. The
+set of followed workloads is rebuilt from the pods' own marks when the follower starts, so it
+survives restarts like the expiry does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from streamproc import auditing, conventions, kube, metrics, patches
+from streamproc.annotating import Scheduler
+from streamproc.resolving import WorkloadResolver
+from streamproc.topologies import Topology
+
+log = logging.getLogger("streamproc.follow")
+_WATCH_S = 60
+_RETRY_S = 2.0
+
+
+@dataclass
+class _Followed:
+    until: float
+    topology: str
+    rule: str
+    action_id: str
+
+
+class Follower:
+    """Keeps new pods of observed workloads observed until the observation ends."""
+
+    def __init__(
+        self,
+        client: kube.Kube,
+        resolver: WorkloadResolver,
+        topologies: Sequence[Topology],
+        scheduler: Scheduler,
+        auditor: auditing.Auditor | None = None,
+    ) -> None:
+        self._kube = client
+        self._resolver = resolver
+        self._topologies = {t.name: t for t in topologies}
+        self._scheduler = scheduler
+        self._auditor = auditor or auditing.NullAuditor()
+        self._followed: dict[tuple[str, str, str], _Followed] = {}
+        self.followed_pods = 0
+
+    def follow(
+        self,
+        namespace: str,
+        kind: str,
+        name: str,
+        *,
+        until: float,
+        topology: str,
+        rule: str,
+        action_id: str,
+    ) -> None:
+        """Follow a workload until ``until`` (a later time replaces an earlier one)."""
+        key = (namespace, kind, name)
+        known = self._followed.get(key)
+        if known is None or known.until < until:
+            self._followed[key] = _Followed(until, topology, rule, action_id)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """List, then watch, until ``stop``; list again after a 410 or a broken stream."""
+        version: str | None = None
+        while not stop.is_set():
+            watch = asyncio.create_task(self._list_and_watch(version))
+            stopper = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait({watch, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            if watch not in done:
+                watch.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watch
+                return
+            try:
+                version = watch.result()
+            except kube.Gone:
+                version = None
+            except kube.KubeError as exc:
+                metrics.stage_errors.labels(stage="follow", error=type(exc).__name__).inc()
+                log.warning("pod watch interrupted (%s); resuming", exc)
+                await _sleep_or_stop(stop, _RETRY_S)
+
+    async def _list_and_watch(self, version: str | None) -> str | None:
+        """One watch request (listing first when there is no version); the last version seen."""
+        if version is None:
+            pods, version = await self._kube.list_pods_versioned()
+            for pod in pods:
+                await self._remember(pod)
+            for pod in pods:
+                await self._consider(pod)
+        async for kind, obj in self._kube.watch_pods(version, timeout_s=_WATCH_S):
+            version = (obj.get("metadata") or {}).get("resourceVersion") or version
+            if kind in ("ADDED", "MODIFIED"):
+                await self._consider(obj)
+        return version
+
+    async def _remember(self, pod: kube.Json) -> None:
+        """Rebuild what is followed from a pod that carries streamproc's marks."""
+        meta = pod.get("metadata") or {}
+        if (meta.get("labels") or {}).get(conventions.OBSERVED_LABEL) != "true":
+            return
+        until = patches.expires_at(pod)
+        if until is None or until <= time.time():
+            return
+        annotations = meta.get("annotations") or {}
+        ref = await self._resolver.workload_of(pod)
+        self.follow(
+            ref.namespace,
+            ref.kind,
+            ref.name,
+            until=until,
+            topology=annotations.get(conventions.TOPOLOGY, ""),
+            rule=annotations.get(conventions.RULE, ""),
+            action_id=annotations.get(conventions.ACTION_ID, ""),
+        )
+
+    async def _consider(self, pod: kube.Json) -> None:
+        if not self._followed:
+            return
+        meta = pod.get("metadata") or {}
+        if (
+            meta.get("deletionTimestamp")
+            or (meta.get("labels") or {}).get(conventions.OBSERVED_LABEL) == "true"
+        ):
+            return
+        ref = await self._resolver.workload_of(pod)
+        key = (ref.namespace, ref.kind, ref.name)
+        followed = self._followed.get(key)
+        now = time.time()
+        if followed is None:
+            return
+        if followed.until <= now:
+            del self._followed[key]
+            return
+        topology = self._topologies.get(followed.topology)
+        if topology is None:
+            return
+        patch = patches.observe(
+            pod,
+            annotations=topology.spec.action.annotate,
+            until=followed.until,
+            topology=followed.topology,
+            rule=followed.rule,
+            action_id=followed.action_id,
+        )
+        if patch is None:
+            return
+        name = str(meta.get("name"))
+        try:
+            await self._kube.patch_pod_metadata(
+                ref.namespace,
+                name,
+                annotations=patch.annotations,
+                labels=patch.labels,
+                resource_version=patch.resource_version,
+            )
+        except (kube.NotFound, kube.Conflict):
+            return  # gone, or changed: the next event for it brings the current version
+        metrics.patches.labels(op="follow", result="ok").inc()
+        self.followed_pods += 1
+        self._scheduler.schedule(ref.namespace, name, followed.until, followed.topology)
+        self._auditor.record(
+            result="followed",
+            topology=followed.topology,
+            rule=followed.rule,
+            namespace=ref.namespace,
+            kind=ref.kind,
+            name=ref.name,
+            pods=[name],
+            annotations=dict(topology.spec.action.annotate),
+            expires_at=conventions.format_time(followed.until),
+        )
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)

@@ -1,0 +1,117 @@
+"""Pods created while their workload is observed get the observation, and lose it at expiry."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from streamproc import conventions, kube
+from streamproc.auditing import MemoryAuditor
+from streamproc.following import Follower
+from streamproc.lab.cluster import ClusterBuilder, pod
+from streamproc.lab.kubeemu import KubeEmulator
+from streamproc.resolving import WorkloadResolver
+from tests.annotating.test_annotator import action_for, make, topology, workload
+from tests.conftest import async_wait_for
+
+
+@pytest.fixture
+async def client(kubeconfig: Path) -> AsyncIterator[kube.Kube]:
+    connection = await kube.Kube.connect(str(kubeconfig), timeout_s=2.0, attempts=3)
+    yield connection
+    await connection.close()
+
+
+def new_frontend_pod(emulator: KubeEmulator, name: str) -> None:
+    """A pod the frontend Deployment's ReplicaSet creates (a rollout or scale-up)."""
+    template = next(
+        p for p in emulator.list("Pod", "shop") if p["metadata"]["name"].startswith("frontend-")
+    )
+    owner = template["metadata"]["ownerReferences"][0]
+    labels = {
+        k: v for k, v in template["metadata"]["labels"].items() if k != conventions.OBSERVED_LABEL
+    }
+    emulator.create(pod("shop", name, labels, owner, "node-b", "nginx"))
+
+
+def observed(emulator: KubeEmulator, name: str) -> bool:
+    found = emulator.get("Pod", "shop", name) or {}
+    return (found.get("metadata", {}).get("annotations") or {}).get("retina.sh") == "observe"
+
+
+async def test_a_pod_created_during_the_observation_is_annotated_then_released(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
+) -> None:
+    """Scale-up during an observation: the new pod is observed and expires with the others."""
+    annotator, expirer = make(client, ttl=4)
+    auditor = MemoryAuditor()
+    follower = Follower(
+        client,
+        WorkloadResolver(client, cache_size=100, ttl_s=60),
+        [topology(ttl=4)],
+        expirer,
+        auditor,
+    )
+    annotator.follower = follower
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(follower.run(stop)), asyncio.create_task(expirer.run(stop))]
+    try:
+        frontend = workload(cluster, "frontend")
+        assert (
+            await annotator.apply(action_for(frontend, ttl=4, window_start=int(time.time()) - 9))
+            == "applied"
+        )
+        new_frontend_pod(emulator, "frontend-ngq2cd9wfp-zzzzz")
+        await async_wait_for(
+            lambda: observed(emulator, "frontend-ngq2cd9wfp-zzzzz"),
+            timeout=10,
+            what="the new pod to be observed",
+        )
+        assert auditor.records[-1]["result"] == "followed"
+        await async_wait_for(
+            lambda: (
+                not any(
+                    conventions.OBSERVED_LABEL in (p["metadata"].get("labels") or {})
+                    for p in emulator.list("Pod")
+                )
+            ),
+            timeout=20,
+            what="every observation, the followed pod's included, to expire",
+        )
+        new_frontend_pod(emulator, "frontend-ngq2cd9wfp-yyyyy")
+        await asyncio.sleep(1.0)  # a pod created after the end must stay untouched
+        assert not observed(emulator, "frontend-ngq2cd9wfp-yyyyy")
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+
+
+async def test_a_restarted_follower_resumes_from_the_pods_marks(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
+) -> None:
+    """A fresh follower rebuilds what it follows from the pods and still covers new pods."""
+    annotator, expirer = make(client, ttl=60)
+    await annotator.apply(
+        action_for(workload(cluster, "frontend"), ttl=60, window_start=int(time.time()) - 9)
+    )
+    fresh = Follower(
+        client, WorkloadResolver(client, cache_size=100, ttl_s=60), [topology(ttl=60)], expirer
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(fresh.run(stop))
+    try:
+        await asyncio.sleep(0.5)
+        new_frontend_pod(emulator, "frontend-ngq2cd9wfp-xxxxx")
+        await async_wait_for(
+            lambda: observed(emulator, "frontend-ngq2cd9wfp-xxxxx"),
+            timeout=10,
+            what="the new pod to be observed after a restart",
+        )
+        assert fresh.followed_pods == 1
+    finally:
+        stop.set()
+        await task
