@@ -60,6 +60,9 @@ class Follows(Protocol):
     ) -> None:
         """Follow a workload until ``until``."""
 
+    def observing(self, topology: str) -> set[tuple[str, str, str]]:
+        """Workloads under an unexpired observation of ``topology``."""
+
 
 class Annotator:
     """Applies actions to the cluster."""
@@ -130,21 +133,18 @@ class Annotator:
         topology = self.topologies.get(action.topology)
         if topology is None:
             return "unknown-topology", [], 0.0
-        now = time.time()
-        ttl = topology.spec.action.ttl
-        until = min(action.window_end + ttl, now + ttl)
-        if until <= now:
-            return "expired-before-apply", [], 0.0
-        if self.settings.dry_run or topology.spec.dry_run:
-            log.info(
-                "dry run: would observe %s/%s/%s until %.0f",
-                action.namespace,
-                action.kind,
-                action.name,
-                until,
-            )
-            return "dry-run", [], until
+        until, skipped = self._until(action, topology)
+        if skipped:
+            return skipped, [], until
         target = _target(action, topology)
+        if self._over_cap(target, topology):
+            log.warning(
+                "%s: refused, %s already observes %d workloads (maxObservations)",
+                action.id,
+                topology.name,
+                topology.spec.action.max_observations,
+            )
+            return "refused-cap", [], 0.0
         pods = await self.resolver.pods_of(target, listing)
         if not pods:
             return "no-pods", [], 0.0
@@ -170,6 +170,31 @@ class Annotator:
         if "unchanged" in results:
             return "already-applied", [], until
         return "no-pods", [], 0.0
+
+    def _until(self, action: Action, topology: Topology) -> tuple[float, str]:
+        """When the observation would end, or why nothing is written at all."""
+        now = time.time()
+        ttl = topology.spec.action.ttl
+        until = min(action.window_end + ttl, now + ttl)
+        if until <= now:
+            return 0.0, "expired-before-apply"
+        if self.settings.dry_run or topology.spec.dry_run:
+            log.info(
+                "dry run: would observe %s/%s/%s until %.0f",
+                action.namespace,
+                action.kind,
+                action.name,
+                until,
+            )
+            return until, "dry-run"
+        return until, ""
+
+    def _over_cap(self, target: WorkloadRef, topology: Topology) -> bool:
+        if self.follower is None:
+            return False
+        active = self.follower.observing(topology.name)
+        key = (target.namespace, target.kind, target.name)
+        return key not in active and len(active) >= topology.spec.action.max_observations
 
     def _follow(
         self, target: WorkloadRef, until: float, topology: Topology, action: Action
@@ -231,6 +256,13 @@ class Annotator:
                 metrics.patches.labels(op="observe", result="ok").inc()
                 current = (pod.get("metadata") or {}).get("annotations") or {}
                 opened = conventions.EXPIRES_AT not in current
+                self.kube.post_event(
+                    pod,
+                    "ObservationStarted" if opened else "ObservationExtended",
+                    f"{', '.join(f'{k}={v}' for k, v in topology.spec.action.annotate.items())} "
+                    f"until {conventions.format_time(until)} (topology {topology.name}, "
+                    f"rule {action.rule!r})",
+                )
                 self.observed_pods.add((namespace, name))
                 self.scheduler.schedule(namespace, name, until, topology.name)
                 return "opened" if opened else "extended"

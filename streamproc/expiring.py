@@ -129,6 +129,10 @@ class Expirer:
                         resource_version=patch.resource_version,
                     )
                 metrics.patches.labels(op="release", result="ok").inc()
+                if not self._dry_run:
+                    self._kube.post_event(
+                        current, "ObservationExpired", f"removed {', '.join(removed)}"
+                    )
             except kube.Conflict:
                 metrics.patches.labels(op="release", result="conflict").inc()
                 continue

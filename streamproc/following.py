@@ -71,6 +71,11 @@ class Follower:
         if known is None or known.until < until:
             self._followed[key] = _Followed(until, topology, rule, action_id)
 
+    def observing(self, topology: str) -> set[tuple[str, str, str]]:
+        """Workloads under an unexpired observation of ``topology``."""
+        now = time.time()
+        return {k for k, f in self._followed.items() if f.topology == topology and f.until > now}
+
     async def run(self, stop: asyncio.Event) -> None:
         """List, then watch, until ``stop``; list again after a 410 or a broken stream."""
         version: str | None = None
@@ -170,6 +175,12 @@ class Follower:
         except (kube.NotFound, kube.Conflict):
             return  # gone, or changed: the next event for it brings the current version
         metrics.patches.labels(op="follow", result="ok").inc()
+        self._kube.post_event(
+            pod,
+            "ObservationStarted",
+            f"new pod of {ref.kind}/{ref.name}, observed until "
+            f"{conventions.format_time(followed.until)} (topology {followed.topology})",
+        )
         self.followed_pods += 1
         self._scheduler.schedule(ref.namespace, name, followed.until, followed.topology)
         self._auditor.record(

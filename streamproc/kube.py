@@ -11,9 +11,11 @@ rest surface as NotFound, Conflict or Forbidden for the caller to decide.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Self
 
 import aiohttp
@@ -123,6 +125,7 @@ class Kube:
         # this connection (apply and expiry alike), retries included.
         self._limiter = AsyncLimiter(limits.burst, limits.burst / limits.qps)
         self._in_flight = asyncio.Semaphore(limits.concurrency)
+        self._events: set[asyncio.Future[None]] = set()
 
     @classmethod
     async def connect(
@@ -151,8 +154,58 @@ class Kube:
         )
 
     async def close(self) -> None:
-        """Release the HTTP session."""
+        """Wait for events still being posted, then release the HTTP session."""
+        if self._events:
+            await asyncio.gather(*self._events, return_exceptions=True)
         await self._api.close()
+
+    def post_event(self, pod: Json, reason: str, message: str) -> None:
+        """Record a Kubernetes Event on a pod, in the background (best effort, counted).
+
+        ``kubectl describe pod`` shows it, as operators expect from a controller. An event that
+        cannot be written never holds back or fails the observation itself.
+        """
+        meta = pod.get("metadata") or {}
+        namespace, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
+        now = datetime.now(tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body: Any = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{name}.", "namespace": namespace},
+            "involvedObject": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "name": name,
+                "namespace": namespace,
+                "uid": meta.get("uid", ""),
+                "resourceVersion": meta.get("resourceVersion", ""),
+            },
+            "reason": reason,
+            "message": message[:1024],
+            "type": "Normal",
+            "source": {"component": "streamproc"},
+            "reportingComponent": "streamproc.io/annotator",
+            "reportingInstance": socket.gethostname()[:128],
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+
+        async def post() -> None:
+            try:
+                await self._call(
+                    "create",
+                    f"event on pod {namespace}/{name}",
+                    lambda: self._core.create_namespaced_event(
+                        namespace, body, _preload_content=False, _request_timeout=self._timeout
+                    ),
+                )
+            except KubeError as exc:
+                metrics.stage_errors.labels(stage="events", error=type(exc).__name__).inc()
+
+        task = asyncio.ensure_future(post())
+        self._events.add(task)
+        task.add_done_callback(self._events.discard)
 
     async def _call(self, verb: str, what: str, request: Callable[[], Awaitable[Any]]) -> Json:
         async def once() -> Json:

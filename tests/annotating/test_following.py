@@ -115,3 +115,68 @@ async def test_a_restarted_follower_resumes_from_the_pods_marks(
     finally:
         stop.set()
         await task
+
+
+async def test_beyond_max_observations_new_workloads_are_refused(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
+) -> None:
+    """With maxObservations: 1, a second workload is refused and nothing is written on it."""
+    from streamproc.topologies import Topology
+
+    capped = Topology.model_validate(
+        {
+            "apiVersion": "streamproc/v1",
+            "kind": "Topology",
+            "metadata": {"name": "retina-observe"},
+            "spec": {"window": {"size": "10s"}, "action": {"ttl": 600, "maxObservations": 1}},
+        }
+    )
+    annotator, expirer = make(client)
+    annotator.topologies = {capped.name: capped}
+    annotator.follower = Follower(
+        client, WorkloadResolver(client, cache_size=100, ttl_s=60), [capped], expirer
+    )
+    start = int(time.time()) - 5
+    assert (
+        await annotator.apply(action_for(workload(cluster, "frontend"), window_start=start))
+        == "applied"
+    )
+    assert (
+        await annotator.apply(action_for(workload(cluster, "redis"), window_start=start))
+        == "refused-cap"
+    )
+    # the workload already observed may still be extended
+    assert (
+        await annotator.apply(action_for(workload(cluster, "frontend"), window_start=start + 1))
+        == "extended"
+    )
+    assert not any(observed(emulator, p) for p in workload(cluster, "redis").pods)
+
+
+async def test_kubernetes_events_record_start_and_expiry_on_each_pod(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
+) -> None:
+    """kubectl describe shows ObservationStarted and ObservationExpired from streamproc."""
+    annotator, expirer = make(client, ttl=2)
+    redis = workload(cluster, "redis")
+    await annotator.apply(action_for(redis, ttl=2, window_start=int(time.time()) - 9))
+    stop = asyncio.Event()
+    task = asyncio.create_task(expirer.run(stop))
+    try:
+
+        def reasons() -> list[tuple[str, str]]:
+            return sorted(
+                (e["involvedObject"]["name"], e["reason"]) for e in emulator.list("Event", "shop")
+            )
+
+        expected = sorted(
+            [(p, "ObservationStarted") for p in redis.pods]
+            + [(p, "ObservationExpired") for p in redis.pods]
+        )
+        await async_wait_for(lambda: reasons() == expected, timeout=15, what="the events")
+    finally:
+        stop.set()
+        await task
+    event = next(e for e in emulator.list("Event", "shop") if e["reason"] == "ObservationStarted")
+    assert event["source"]["component"] == "streamproc"
+    assert "retina.sh=observe" in event["message"]
