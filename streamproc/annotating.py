@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from typing import Protocol
 
-from streamproc import auditing, conventions, kafka, kube, metrics, patches
+from streamproc import auditing, captures, conventions, kafka, kube, metrics, patches
 from streamproc.actions import Action, ActionError
 from streamproc.resolving import WorkloadResolver
 from streamproc.settings import Settings
@@ -166,6 +166,7 @@ class Annotator:
             metrics.detection_to_annotation.observe(
                 max(0.0, time.time() - action.first_append_ms / 1000)
             )
+            await self._capture(action, topology, pods)
             return ("applied" if "opened" in results else "extended"), touched, until
         if "unchanged" in results:
             return "already-applied", [], until
@@ -188,6 +189,43 @@ class Annotator:
             )
             return until, "dry-run"
         return until, ""
+
+    async def _capture(self, action: Action, topology: Topology, pods: list[kube.Json]) -> None:
+        """Create the topology's Retina Capture when the window's priority reaches its bound."""
+        spec = topology.spec.action.capture
+        if spec is None or not spec.priority.admits(action.priority):
+            return
+        selector = captures.shared_labels(pods)
+        result = "created"
+        if not selector:
+            result = "no-selector"  # an empty podSelector would capture the whole namespace
+        else:
+            body = captures.body(
+                action_id=action.id,
+                namespace=action.namespace,
+                selector=selector,
+                capture=spec,
+                topology=topology.name,
+                rule=action.rule,
+            )
+            try:
+                await self.kube.create_capture(action.namespace, body)
+            except kube.Conflict:
+                result = "exists"  # this window's capture was created before (a replay)
+        metrics.patches.labels(op="capture", result=result).inc()
+        self.auditor.record(
+            result=f"capture-{result}",
+            action=action.id,
+            topology=topology.name,
+            rule=action.rule,
+            namespace=action.namespace,
+            kind=action.kind,
+            name=action.name,
+            capture=captures.name_for(action.id),
+            selector=selector,
+            duration_s=spec.duration,
+            max_capture_size_mb=spec.max_capture_size_mb,
+        )
 
     def _over_cap(self, target: WorkloadRef, topology: Topology) -> bool:
         if self.follower is None:

@@ -119,6 +119,7 @@ class Kube:
         self._core = client.CoreV1Api(api)
         self._apps = client.AppsV1Api(api)
         self._batch = client.BatchV1Api(api)
+        self._custom = client.CustomObjectsApi(api)
         self._timeout = timeout_s
         self._attempts = attempts
         # Leaky bucket: ``burst`` requests at once, ``qps`` sustained; shared by every caller of
@@ -316,6 +317,23 @@ class Kube:
             raise _translate(exc.status or 0, str(exc.reason), exc.headers, "watch pods") from None
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise Unavailable(f"watch pods: {type(exc).__name__}: {exc}") from None
+
+    async def create_capture(self, namespace: str, body: Json) -> Json:
+        """Create a Retina Capture (``retina.sh/v1alpha1``); Conflict if it already exists."""
+        group, version = "retina.sh", "v1alpha1"
+        return await self._call(
+            "create",
+            f"capture {namespace}/{body['metadata']['name']}",
+            lambda: self._custom.create_namespaced_custom_object(
+                group,
+                version,
+                namespace,
+                "captures",
+                body,
+                _preload_content=False,
+                _request_timeout=self._timeout,
+            ),
+        )
 
     async def get_pod(self, namespace: str, name: str) -> Json:
         """One pod."""

@@ -127,6 +127,36 @@ class Window(_Strict):
         return value
 
 
+class CaptureOutput(_Strict):
+    """Where Retina stores the capture (Retina's ``spec.outputConfiguration``)."""
+
+    host_path: str | None = Field(default=None, alias="hostPath")
+    blob_upload: str | None = Field(default=None, alias="blobUpload")
+    persistent_volume_claim: str | None = Field(default=None, alias="persistentVolumeClaim")
+
+
+class Capture(_Strict):
+    """A bounded Retina packet capture of the workload's pods, on a stronger condition."""
+
+    priority: PriorityBound = PriorityBound(op=">=", rank=5)  # >= Critical
+    duration: Seconds = 60.0
+    max_capture_size_mb: Annotated[int, Field(ge=1, le=10_000, alias="maxCaptureSizeMB")] = 100
+    packet_size: Annotated[int, Field(ge=64, le=65_535, alias="packetSize")] = 1500
+    output: CaptureOutput = CaptureOutput(hostPath="/mnt/retina/captures")
+
+    _parse_priority = field_validator("priority", mode="before")(
+        lambda v: parse_priority(v) if isinstance(v, str) else v
+    )
+    _parse_duration = field_validator("duration", mode="before")(_duration)
+
+    @field_validator("duration")
+    @classmethod
+    def _bounded(cls, value: float) -> float:
+        if value > 3600:
+            raise ValueError("a capture lasts at most 1h")
+        return value
+
+
 class Action(_Strict):
     """What an observation writes, on which pods, and for how long."""
 
@@ -136,6 +166,8 @@ class Action(_Strict):
     #: workloads this topology may observe at once; beyond it new observations are refused, so
     #: a flood of detections cannot annotate the whole cluster.
     max_observations: Annotated[int, Field(ge=1, alias="maxObservations")] = 100
+    #: optional Retina Capture, created when the window's detections reach its priority.
+    capture: Capture | None = None
 
     _parse_ttl = field_validator("ttl", mode="before")(_duration)
 

@@ -53,6 +53,7 @@ RESOURCES: dict[tuple[str, str, str], tuple[str, bool]] = {
     ("apps", "v1", "daemonsets"): ("DaemonSet", True),
     ("batch", "v1", "jobs"): ("Job", True),
     ("batch", "v1", "cronjobs"): ("CronJob", True),
+    ("retina.sh", "v1alpha1", "captures"): ("Capture", True),
 }
 _PLURAL_OF = {kind: key for key, (kind, _) in RESOURCES.items()}
 _HISTORY = 10_000
@@ -329,17 +330,17 @@ class KubeEmulator:
         return await self._collection(request, gvr, kind, namespace)
 
     def _group_list(self) -> Json:
-        groups = sorted({g for g, _, _ in RESOURCES if g})
+        groups = sorted({(g, v) for g, v, _ in RESOURCES if g})
         return {
             "kind": "APIGroupList",
             "apiVersion": "v1",
             "groups": [
                 {
                     "name": g,
-                    "versions": [{"groupVersion": f"{g}/v1", "version": "v1"}],
-                    "preferredVersion": {"groupVersion": f"{g}/v1", "version": "v1"},
+                    "versions": [{"groupVersion": f"{g}/{v}", "version": v}],
+                    "preferredVersion": {"groupVersion": f"{g}/{v}", "version": v},
                 }
-                for g in groups
+                for g, v in groups
             ],
         }
 

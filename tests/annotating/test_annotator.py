@@ -325,3 +325,58 @@ async def test_every_outcome_is_audited_with_who_what_and_when(
     expired = [r for r in auditor.records if r["result"] == "expired"]
     assert {r["name"] for r in expired} == set(redis.pods)
     assert "retina.sh" in expired[0]["removed"]
+
+
+async def test_a_critical_window_creates_one_bounded_retina_capture(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
+) -> None:
+    """Priority >= Critical: one Capture per window, selecting exactly the workload's pods."""
+    from dataclasses import replace
+
+    from streamproc import captures
+
+    with_capture = Topology.model_validate(
+        {
+            "apiVersion": "streamproc/v1",
+            "kind": "Topology",
+            "metadata": {"name": "retina-observe"},
+            "spec": {
+                "window": {"size": "10s"},
+                "action": {
+                    "ttl": 600,
+                    "capture": {
+                        "priority": ">=Critical",
+                        "duration": "90s",
+                        "maxCaptureSizeMB": 50,
+                        "output": {"hostPath": "/mnt/captures"},
+                    },
+                },
+            },
+        }
+    )
+    annotator, _ = make(client)
+    annotator.topologies = {with_capture.name: with_capture}
+    frontend = workload(cluster, "frontend")
+    start = int(time.time()) - 5
+    warning = action_for(frontend, window_start=start)
+    assert await annotator.apply(warning) == "applied"
+    assert emulator.list("Capture") == []  # Error is below the capture's bound
+    critical = replace(action_for(frontend, window_start=start + 1), priority=5)
+    await annotator.apply(critical)
+    [capture] = emulator.list("Capture", "shop")
+    assert capture["metadata"]["name"] == captures.name_for(critical.id)
+    config = capture["spec"]["captureConfiguration"]
+    assert config["captureOption"] == {"duration": "90s", "maxCaptureSize": 50, "packetSize": 1500}
+    assert config["captureTarget"]["podSelector"] == {
+        "matchLabels": {"app.kubernetes.io/name": "frontend"}
+    }
+    assert capture["spec"]["outputConfiguration"] == {"hostPath": "/mnt/captures"}
+    # a replay of the same window's action does not start a second capture
+    before = metrics.value("streamproc_patches_total", {"op": "capture", "result": "exists"})
+    pods = [emulator.get("Pod", "shop", p) or {} for p in frontend.pods]
+    await annotator._capture(critical, with_capture, pods)
+    assert len(emulator.list("Capture", "shop")) == 1
+    assert (
+        metrics.value("streamproc_patches_total", {"op": "capture", "result": "exists"})
+        == before + 1
+    )
