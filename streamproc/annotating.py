@@ -127,7 +127,7 @@ class Annotator:
                 )
         return result
 
-    async def _apply(
+    async def _apply(  # noqa: C901 - guard clauses in a row, one per outcome
         self, action: Action, listing: list[kube.Json] | None
     ) -> tuple[str, list[str], float]:
         topology = self.topologies.get(action.topology)
@@ -136,6 +136,8 @@ class Annotator:
         until, skipped = self._until(action, topology)
         if skipped:
             return skipped, [], until
+        if topology.spec.action.scope == "namespace":
+            return await self._observe_namespace(action, topology, until)
         target = _target(action, topology)
         if self._over_cap(target, topology):
             log.warning(
@@ -171,6 +173,16 @@ class Annotator:
         if "unchanged" in results:
             return "already-applied", [], until
         return "no-pods", [], 0.0
+
+    async def _observe_namespace(
+        self, action: Action, topology: Topology, until: float
+    ) -> tuple[str, list[str], float]:
+        """scope: namespace: the Namespace object itself, which Retina honours like a pod."""
+        namespace = await self.kube.get_observable("", action.namespace)
+        outcome = await self._observe_pod(namespace, topology, action, until)
+        if outcome in ("opened", "extended"):
+            return ("applied" if outcome == "opened" else "extended"), [action.namespace], until
+        return ("already-applied" if outcome == "unchanged" else "no-pods"), [], until
 
     def _until(self, action: Action, topology: Topology) -> tuple[float, str]:
         """When the observation would end, or why nothing is written at all."""
@@ -252,7 +264,7 @@ class Annotator:
         self, pod: kube.Json, topology: Topology, action: Action, until: float
     ) -> str:
         meta = pod.get("metadata") or {}
-        namespace, name = str(meta.get("namespace")), str(meta.get("name"))
+        namespace, name = str(meta.get("namespace") or ""), str(meta.get("name"))
         async with self._slots:
             for _attempt in range(3):
                 patch = patches.observe(
@@ -286,7 +298,7 @@ class Annotator:
                     )
                 except kube.Conflict:
                     metrics.patches.labels(op="observe", result="conflict").inc()
-                    pod = await self.kube.get_pod(namespace, name)
+                    pod = await self.kube.get_observable(namespace, name)
                     continue
                 except kube.NotFound:
                     metrics.patches.labels(op="observe", result="not-found").inc()

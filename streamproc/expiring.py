@@ -71,7 +71,10 @@ class Expirer:
 
     async def resync(self) -> None:
         """Schedule every managed pod from its own annotations."""
-        pods = await self._kube.list_pods(None, label_selector=f"{conventions.OBSERVED_LABEL}=true")
+        selector = f"{conventions.OBSERVED_LABEL}=true"
+        pods = await self._kube.list_pods(None, label_selector=selector)
+        # Namespace objects observed with ``scope: namespace`` are keyed ("", name).
+        pods += await self._kube.list_observed_namespaces(selector)
         for pod in pods:
             meta = pod.get("metadata") or {}
             until = patches.expires_at(pod)
@@ -112,7 +115,7 @@ class Expirer:
         key = (namespace, pod)
         for _attempt in range(3):
             try:
-                current = await self._kube.get_pod(namespace, pod)
+                current = await self._kube.get_observable(namespace, pod)
                 until = patches.expires_at(current)
                 if until is not None and until > time.time():
                     self._due.pop(key, None)

@@ -167,7 +167,10 @@ class Kube:
         cannot be written never holds back or fails the observation itself.
         """
         meta = pod.get("metadata") or {}
-        namespace, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
+        kind = str(pod.get("kind") or "Pod")
+        name = str(meta.get("name", ""))
+        # events about a cluster-scoped object (a Namespace) live in "default", as kubectl's do
+        namespace = str(meta.get("namespace") or "default")
         now = datetime.now(tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         body: Any = {
             "apiVersion": "v1",
@@ -175,9 +178,9 @@ class Kube:
             "metadata": {"generateName": f"{name}.", "namespace": namespace},
             "involvedObject": {
                 "apiVersion": "v1",
-                "kind": "Pod",
+                "kind": kind,
                 "name": name,
-                "namespace": namespace,
+                "namespace": meta.get("namespace", ""),
                 "uid": meta.get("uid", ""),
                 "resourceVersion": meta.get("resourceVersion", ""),
             },
@@ -368,27 +371,58 @@ class Kube:
         labels: Mapping[str, str | None],
         resource_version: str | None = None,
     ) -> Json:
-        """JSON merge patch (RFC 7386) of pod metadata: only given keys change, None deletes.
+        """JSON merge patch (RFC 7386) of metadata: only given keys change, None deletes.
 
-        With ``resource_version`` the API server refuses (409) if the pod changed since it was
-        read, so a removal never races an extension written by another replica.
+        With ``resource_version`` the API server refuses (409) if the object changed since it
+        was read, so a removal never races an extension written by another replica. An empty
+        ``namespace`` means the Namespace object ``name`` (``scope: namespace``), which Retina
+        honours like a pod's annotation.
         """
         metadata: Json = {"annotations": dict(annotations), "labels": dict(labels)}
         if resource_version is not None:
             metadata["resourceVersion"] = resource_version
         body = {"metadata": metadata}
+        kwargs: dict[str, Any] = {
+            "_content_type": MERGE_PATCH,
+            "_preload_content": False,
+            "_request_timeout": self._timeout,
+        }
+        if not namespace:
+            return await self._call(
+                "patch",
+                f"namespace {name}",
+                lambda: self._core.patch_namespace(name, body, **kwargs),
+            )
         return await self._call(
             "patch",
             f"pod {namespace}/{name}",
-            lambda: self._core.patch_namespaced_pod(  # type: ignore[call-arg] # stubs omit _content_type
-                name,
-                namespace,
-                body,
-                _content_type=MERGE_PATCH,
+            lambda: self._core.patch_namespaced_pod(name, namespace, body, **kwargs),
+        )
+
+    async def get_observable(self, namespace: str, name: str) -> Json:
+        """A pod, or with an empty ``namespace`` the Namespace object ``name``."""
+        if namespace:
+            return await self.get_pod(namespace, name)
+        return await self._call(
+            "get",
+            f"namespace {name}",
+            lambda: self._core.read_namespace(
+                name, _preload_content=False, _request_timeout=self._timeout
+            ),
+        )
+
+    async def list_observed_namespaces(self, label_selector: str) -> list[Json]:
+        """Namespace objects carrying a label (those observed with ``scope: namespace``)."""
+        doc = await self._call(
+            "list",
+            "namespaces",
+            lambda: self._core.list_namespace(
+                label_selector=label_selector,
                 _preload_content=False,
                 _request_timeout=self._timeout,
             ),
         )
+        return list(doc.get("items") or [])
 
 
 async def _lines(response: Any) -> AsyncIterator[bytes]:

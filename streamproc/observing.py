@@ -62,6 +62,19 @@ async def current(client: kube.Kube, resolver: WorkloadResolver) -> list[Observa
         )
         entry.pods.append(str(meta.get("name", "")))
         entry.expires_at = max(entry.expires_at, until)
+    selector = f"{conventions.OBSERVED_LABEL}=true"
+    for namespace in await client.list_observed_namespaces(selector):
+        meta = namespace.get("metadata") or {}
+        annotations = meta.get("annotations") or {}
+        name = str(meta.get("name", ""))
+        found[(name, "Namespace", name)] = Observation(
+            name,
+            "Namespace",
+            name,
+            annotations.get(conventions.TOPOLOGY, ""),
+            annotations.get(conventions.RULE, ""),
+            patches.expires_at(namespace) or 0.0,
+        )
     return sorted(found.values(), key=lambda o: (o.namespace, o.kind, o.workload))
 
 
@@ -75,12 +88,17 @@ async def release(
             continue
         if kind is not None and observation.kind != kind:
             continue
-        for pod_name in observation.pods:
+        targets = (
+            [("", name)]
+            if observation.kind == "Namespace"
+            else [(namespace, pod) for pod in observation.pods]
+        )
+        for target_namespace, pod_name in targets:
             try:
-                pod = await client.get_pod(namespace, pod_name)
+                pod = await client.get_observable(target_namespace, pod_name)
                 patch = patches.release(pod)
                 await client.patch_pod_metadata(
-                    namespace,
+                    target_namespace,
                     pod_name,
                     annotations=patch.annotations,
                     labels=patch.labels,

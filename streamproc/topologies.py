@@ -162,7 +162,7 @@ class Action(_Strict):
 
     annotate: dict[str, str] = Field(default_factory=lambda: {"retina.sh": "observe"})
     ttl: Seconds = 900.0
-    scope: Literal["workload", "pod"] = "workload"
+    scope: Literal["workload", "pod", "namespace"] = "workload"
     #: workloads this topology may observe at once; beyond it new observations are refused, so
     #: a flood of detections cannot annotate the whole cluster.
     max_observations: Annotated[int, Field(ge=1, alias="maxObservations")] = 100

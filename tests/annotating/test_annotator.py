@@ -380,3 +380,43 @@ async def test_a_critical_window_creates_one_bounded_retina_capture(
         metrics.value("streamproc_patches_total", {"op": "capture", "result": "exists"})
         == before + 1
     )
+
+
+async def test_namespace_scope_annotates_the_namespace_and_expires_it(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
+) -> None:
+    """scope: namespace marks the Namespace object (not its pods) and ends it on time."""
+    annotator, _ = make(client, ttl=2, scope="namespace")
+    result = await annotator.apply(
+        action_for(workload(cluster, "redis"), ttl=2, window_start=int(time.time()) - 9)
+    )
+    assert result == "applied"
+    shop = (emulator.get("Namespace", "", "shop") or {})["metadata"]
+    assert shop["annotations"]["retina.sh"] == "observe"
+    assert shop["labels"][conventions.OBSERVED_LABEL] == "true"
+    assert not annotated(emulator)  # no pod was touched
+    from streamproc import observing
+
+    found = await observing.current(client, WorkloadResolver(client, cache_size=10, ttl_s=60))
+    assert [(o.kind, o.workload) for o in found] == [("Namespace", "shop")]
+    fresh = Expirer(client, resync_s=60)  # a restarted expirer finds it through the label
+    stop = asyncio.Event()
+    task = asyncio.create_task(fresh.run(stop))
+    try:
+        await async_wait_for(
+            lambda: (
+                "retina.sh"
+                not in (
+                    (emulator.get("Namespace", "", "shop") or {})["metadata"].get("annotations")
+                    or {}
+                )
+            ),
+            timeout=15,
+            what="the namespace observation to expire",
+        )
+    finally:
+        stop.set()
+        await task
+    labels = (emulator.get("Namespace", "", "shop") or {})["metadata"]["labels"]
+    assert conventions.OBSERVED_LABEL not in labels
+    assert labels["kubernetes.io/metadata.name"] == "shop"
