@@ -103,11 +103,11 @@ async def publish(
 def first_patches(log: list[list[object]], pod_owner: dict[str, str]) -> dict[str, float]:
     """Per workload, when the API server acknowledged the first patch on one of its pods."""
     found: dict[str, float] = {}
-    for at, method, path, _query, status in log:
+    for _arrived, method, path, _query, status, answered in log:
         if method == "PATCH" and status == 200:
             workload = pod_owner.get(str(path).rsplit("/", 1)[-1])
             if workload and workload not in found:
-                found[workload] = float(at)  # type: ignore[arg-type]
+                found[workload] = float(answered)  # type: ignore[arg-type]
     return found
 
 

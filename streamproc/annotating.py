@@ -325,7 +325,12 @@ class Annotator:
         retry the batch as a whole (what already landed is then a no-op).
         """
         by_workload: dict[str, list[Action]] = {}
+        seen: set[str] = set()
         for action in actions:
+            if action.id in seen:
+                metrics.actions_handled.labels(result="duplicate").inc()
+                continue  # a re-delivery of an action already in this batch
+            seen.add(action.id)
             by_workload.setdefault(f"{action.namespace}/{action.kind}/{action.name}", []).append(
                 action
             )
@@ -356,10 +361,13 @@ class Annotator:
     async def _handle_in_order(
         self, actions: list[Action], listings: dict[str, list[kube.Json] | None]
     ) -> None:
-        for action in actions:
+        for index, action in enumerate(actions):
+            # The batch's listing is only fresh for the workload's first action; later ones
+            # (later windows) read the pods again rather than patch against stale versions.
+            listing = listings.get(action.namespace) if index == 0 else None
             async with self._in_flight:
                 try:
-                    result = await self.apply(action, listings.get(action.namespace))
+                    result = await self.apply(action, listing)
                 except kube.Forbidden as exc:
                     result = "forbidden"
                     log.error(  # noqa: TRY400 - an expected refusal; a traceback adds nothing

@@ -92,6 +92,8 @@ class LoggedRequest:
     path: str
     query: str
     status: int
+    #: when the response was ready (``at`` is when the request arrived)
+    done: float = 0.0
 
 
 def _status(code: int, reason: str, message: str) -> web.Response:
@@ -299,7 +301,7 @@ class KubeEmulator:
         parts = [p for p in request.path.split("/") if p]
         if parts == ["_emulator", "requests"]:
             with self._lock:
-                log = [[r.at, r.method, r.path, r.query, r.status] for r in self.requests]
+                log = [[r.at, r.method, r.path, r.query, r.status, r.done] for r in self.requests]
             return web.Response(body=orjson.dumps(log), content_type="application/json")
         if parts == ["version"]:
             return web.json_response({"major": "1", "minor": "31", "gitVersion": "v1.31.0-emu"})
@@ -556,13 +558,19 @@ class KubeEmulator:
 
     @web.middleware
     async def _log(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        arrived = time.time()
         response: web.StreamResponse = await handler(request)
         if request.path.startswith("/_emulator/"):
             return response
         with self._lock:
             self.requests.append(
                 LoggedRequest(
-                    time.time(), request.method, request.path, request.query_string, response.status
+                    arrived,
+                    request.method,
+                    request.path,
+                    request.query_string,
+                    response.status,
+                    time.time(),
                 )
             )
         return response
@@ -635,7 +643,8 @@ class KubeEmulator:
 def main(argv: builtins.list[str] | None = None) -> None:
     """Serve the emulator as its own process (benchmarks, or kubectl against a sample cluster).
 
-    ``GET /_emulator/requests`` returns the request log as ``[at, method, path, query, status]``.
+    ``GET /_emulator/requests`` returns the request log as
+    ``[arrived, method, path, query, status, answered]``.
     """
     import argparse  # noqa: PLC0415 - only the command line needs it
     import signal  # noqa: PLC0415

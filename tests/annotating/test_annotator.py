@@ -420,3 +420,22 @@ async def test_namespace_scope_annotates_the_namespace_and_expires_it(
     labels = (emulator.get("Namespace", "", "shop") or {})["metadata"]["labels"]
     assert conventions.OBSERVED_LABEL not in labels
     assert labels["kubernetes.io/metadata.name"] == "shop"
+
+
+async def test_a_stale_resource_version_is_reread_and_reapplied(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
+) -> None:
+    """A pod changed by someone else after the batch's listing: 409, re-read, re-apply."""
+    annotator, _ = make(client)
+    frontend = workload(cluster, "frontend")
+    listing = await client.list_pods("shop")
+    for name in frontend.pods:  # another controller writes in between
+        emulator.update("Pod", "shop", name, {"metadata": {"labels": {"team": "web"}}})
+    assert await annotator.apply(action_for(frontend), listing) == "applied"
+    statuses = [r.status for r in emulator.requests if r.method == "PATCH"]
+    assert statuses.count(409) == len(frontend.pods)
+    assert statuses.count(200) == len(frontend.pods)
+    for name in frontend.pods:
+        meta = (emulator.get("Pod", "shop", name) or {})["metadata"]
+        assert meta["labels"]["team"] == "web"  # their change survived
+        assert meta["annotations"]["retina.sh"] == "observe"  # ours landed
