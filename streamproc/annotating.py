@@ -134,6 +134,10 @@ class Annotator:
         if topology is None:
             return "unknown-topology", [], 0.0
         until, skipped = self._until(action, topology)
+        if skipped == "dry-run" and topology.spec.action.scope != "namespace":
+            # say what would have been written where: the pods as they are now
+            would = await self.resolver.pods_of(_target(action, topology), listing)
+            return skipped, [str((p.get("metadata") or {}).get("name")) for p in would], until
         if skipped:
             return skipped, [], until
         if topology.spec.action.scope == "namespace":

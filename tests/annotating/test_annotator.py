@@ -171,8 +171,15 @@ async def test_dry_run_writes_nothing(
     client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
 ) -> None:
     """With --dry-run or dryRun: true, no request changes the cluster."""
+    from streamproc.auditing import MemoryAuditor
+
+    auditor = MemoryAuditor()
     for annotator, _ in (make(client, dry_run=True), make(client, settings_dry_run=True)):
+        annotator.auditor = auditor
         assert await annotator.apply(action_for(workload(cluster, "frontend"))) == "dry-run"
+    # the audit says what would have been written, and on which pods
+    assert sorted(auditor.records[0]["pods"]) == sorted(workload(cluster, "frontend").pods)
+    assert auditor.records[0]["annotations"] == {"retina.sh": "observe"}
     assert not [r for r in emulator.requests if r.method in ("PATCH", "PUT", "POST", "DELETE")]
 
 
