@@ -27,6 +27,18 @@ def test_code_is_formatted() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_layering_contracts_hold() -> None:
+    """import-linter: one-way flow, independent stages, one importer per third-party client."""
+    result = subprocess.run(  # the console script sits next to this interpreter
+        [str(Path(sys.executable).with_name("lint-imports"))],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_mypy_strict_is_clean() -> None:
     """mypy --strict (configured in pyproject.toml) reports no errors."""
     result = run("mypy")
