@@ -5,6 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from streamproc import topologies
 from streamproc.topologies import TopologyError
@@ -107,3 +110,52 @@ def test_speed_scales_windows_and_ttl(tmp_path: Path) -> None:
     topology = topologies.scaled(topologies.load_file(write(tmp_path, GOOD)), 30)
     assert topology.spec.window.size == 2
     assert topology.spec.action.ttl == 30
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.text(max_size=400))
+def test_any_text_either_loads_or_is_refused_with_a_topology_error(
+    tmp_path: Path, text: str
+) -> None:
+    """No file content makes the loader raise anything but TopologyError (naming the file)."""
+    path = tmp_path / "fuzz.yaml"
+    path.write_text(text, encoding="utf-8")
+    try:
+        topologies.load_file(path)
+    except TopologyError as exc:
+        assert exc.path == str(path)
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.sampled_from(
+        [
+            "size: 60s",
+            "threshold: 2",
+            'priority: ">=Warning"',
+            "ttl: 15m",
+            "retina.sh: observe",
+            "name: t1",
+        ]
+    ),
+    st.one_of(st.text(max_size=12), st.integers(), st.none(), st.lists(st.integers(), max_size=2)),
+)
+def test_any_value_in_any_field_is_accepted_or_refused_cleanly(
+    tmp_path: Path, line: str, value: object
+) -> None:
+    """Replacing one field's value by anything gives a Topology or a located TopologyError."""
+    key = line.split(":", maxsplit=1)[0]
+    path = tmp_path / "t.yaml"
+    path.write_text(
+        GOOD.replace(
+            line, f"{key}: {yaml.safe_dump(value).splitlines()[0] if value is not None else '~'}"
+        )
+    )
+    try:
+        topologies.load_file(path)
+    except TopologyError as exc:
+        assert exc.path == str(path)
