@@ -209,6 +209,7 @@ class Ingestor:
                     await self._handle(consumer, producer, batch, pending)
                 if self.gate.due(time.monotonic()):
                     await self._release(consumer, producer, pending)
+                self.gate.forget_ended(int(time.time() * 1000))
                 metrics.consumer_lag.labels(stage=STAGE).set(kafka.batch_lag(consumer, batch))
             await self._release(consumer, producer, pending)
         finally:
@@ -249,7 +250,7 @@ class Ingestor:
     ) -> None:
         """Publish held tallies, then commit the offsets that waited for them."""
         try:
-            await self.publish(producer, self.gate.release(int(time.time() * 1000)))
+            await self.publish(producer, self.gate.release())
             if pending:
                 await consumer.commit(pending)
                 pending.clear()
@@ -278,6 +279,7 @@ class TallyGate:
         self._counts: dict[_Slot, int] = {}
         self._held: dict[_Slot, Tally] = {}
         self._release_at = 0.0
+        self._next_prune_ms = 0
 
     @property
     def holding(self) -> bool:
@@ -304,16 +306,22 @@ class TallyGate:
         """Whether held tallies should be released now."""
         return bool(self._held) and now >= self._release_at
 
-    def release(self, now_ms: int) -> list[Tally]:
-        """Everything held; also forgets counts of windows that ended a window ago."""
+    def release(self) -> list[Tally]:
+        """Everything held."""
         released = list(self._held.values())
         self._held.clear()
+        return released
+
+    def forget_ended(self, now_ms: int) -> None:
+        """Drop counts of windows that ended a window ago (memory stays flat over time)."""
+        if now_ms < self._next_prune_ms:
+            return
+        self._next_prune_ms = now_ms + min(self._sizes_ms.values(), default=1000)
         self._counts = {
             slot: n
             for slot, n in self._counts.items()
             if slot[2] + 2 * self._sizes_ms[slot[0]] > now_ms
         }
-        return released
 
 
 def merge(into: Tally, other: Tally) -> Tally:

@@ -36,3 +36,21 @@ def test_the_ingest_benchmark_prints_ours_next_to_the_baseline() -> None:
     assert ours["value"] > 0
     assert ours["baseline"] == results["rows"][0]["value"]
     assert results["events"] == 3000
+
+
+def test_the_end_to_end_benchmark_reports_latency_next_to_the_broker_floor() -> None:
+    """Small run: latency rows with their floor, all workloads observed, a JSON file."""
+    out = run_bench("end_to_end.py", "--seconds", "2", "--workloads", "20", "--rate", "200")
+    assert "streamproc: send -> first patch p50 (ms)" in out
+    results = json.loads((ROOT / "bench/results/end_to_end.json").read_text())
+    rows = {r["name"]: r for r in results["rows"]}
+    observed = rows["workloads observed / published"]
+    assert observed["value"] == observed["baseline"] > 0
+
+
+def test_the_memory_benchmark_reports_each_process_against_its_idle_size() -> None:
+    """Small run: RSS rows for ingest and windows, each with its baseline."""
+    out = run_bench("memory.py", "--workloads", "200", "--windows", "2", "--window-seconds", "2")
+    assert "ingest: RSS with 200 live workloads" in out
+    results = json.loads((ROOT / "bench/results/memory.json").read_text())
+    assert all(r["value"] > 0 and r["baseline"] > 0 for r in results["rows"])

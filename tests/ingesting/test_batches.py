@@ -116,6 +116,10 @@ def test_the_gate_sends_until_the_threshold_then_holds_and_releases_merged() -> 
     assert gate.admit({slot: tally(3)}) == []
     assert gate.holding
     assert not gate.due(time.monotonic())
-    [released] = gate.release(now_ms=61_000)
+    [released] = gate.release()
     assert released.count == 8
     assert not gate.holding
+    # once the window is two windows in the past, its count is forgotten: a new tally for the
+    # same slot (a very late detection) is urgent again rather than counted against old state
+    gate.forget_ended(now_ms=60_000 + 3 * 3_600_000)
+    assert [t.count for t in gate.admit({slot: tally(1)})] == [1]
