@@ -179,6 +179,7 @@ class Processes:
                         "5000",
                         "--api-burst",
                         "5000",
+                        *os.environ.get("BENCH_STAGE_ARGS", "").split(),
                     ],
                     env=env,
                     stdout=(workdir / f"{stage}.log").open("wb"),
@@ -218,6 +219,7 @@ spec:
     threshold: 1
   action:
     ttl: 1h
+    maxObservations: 100000
 """
 
 

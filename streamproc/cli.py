@@ -94,6 +94,14 @@ def _common(func: Callable[..., Any]) -> Callable[..., Any]:
             help="Requests allowed at once above --api-qps.",
         ),
         click.option(
+            "--events/--no-events",
+            "kube_events",
+            envvar="STREAMPROC_EVENTS",
+            default=True,
+            show_default=True,
+            help="Record Kubernetes Events on observed objects.",
+        ),
+        click.option(
             "--api-concurrency",
             envvar="STREAMPROC_API_CONCURRENCY",
             type=int,
@@ -164,6 +172,7 @@ def _settings(**opts: Any) -> Settings:
         api_qps=opts["api_qps"],
         api_burst=opts["api_burst"],
         api_concurrency=opts["api_concurrency"],
+        kube_events=opts["kube_events"],
         session_timeout_s=opts["session_timeout"],
         speed=opts["speed"],
         enable_idempotence=opts["enable_idempotence"],

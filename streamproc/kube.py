@@ -107,6 +107,8 @@ class Limits:
     qps: float = 20.0
     burst: int = 40
     concurrency: int = 16
+    #: record Kubernetes Events (one more request per pod and change)
+    events: bool = True
 
 
 class Kube:
@@ -127,6 +129,7 @@ class Kube:
         self._limiter = AsyncLimiter(limits.burst, limits.burst / limits.qps)
         self._in_flight = asyncio.Semaphore(limits.concurrency)
         self._events: set[asyncio.Future[None]] = set()
+        self._post_events = limits.events
 
     @classmethod
     async def connect(
@@ -166,6 +169,8 @@ class Kube:
         ``kubectl describe pod`` shows it, as operators expect from a controller. An event that
         cannot be written never holds back or fails the observation itself.
         """
+        if not self._post_events:
+            return
         meta = pod.get("metadata") or {}
         kind = str(pod.get("kind") or "Pod")
         name = str(meta.get("name", ""))

@@ -40,7 +40,10 @@ class Running:
 async def _kube_or_none(settings: Settings, *, required: bool) -> kube.Kube | None:
     try:
         limits = kube.Limits(
-            qps=settings.api_qps, burst=settings.api_burst, concurrency=settings.api_concurrency
+            qps=settings.api_qps,
+            burst=settings.api_burst,
+            concurrency=settings.api_concurrency,
+            events=settings.kube_events,
         )
         return await kube.Kube.connect(
             settings.kubeconfig, timeout_s=settings.api_timeout_s, limits=limits

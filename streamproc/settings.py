@@ -51,6 +51,8 @@ class Settings:
     #: sustained Kubernetes API requests per second per process, and the burst above it.
     api_qps: float = 20.0
     api_burst: int = 40
+    #: record Kubernetes Events on observed objects
+    kube_events: bool = True
     #: how often the expirer re-lists managed pods to catch changes made elsewhere.
     expiry_resync_s: float = 60.0
     #: divides every window size and TTL (the lab's ``--speed``).
