@@ -180,3 +180,19 @@ async def test_kubernetes_events_record_start_and_expiry_on_each_pod(
     event = next(e for e in emulator.list("Event", "shop") if e["reason"] == "ObservationStarted")
     assert event["source"]["component"] == "streamproc"
     assert "retina.sh=observe" in event["message"]
+
+
+async def test_no_events_writes_no_event_objects(
+    kubeconfig: Path, emulator: KubeEmulator, cluster: ClusterBuilder
+) -> None:
+    """With events turned off, observing a workload creates no Event."""
+    quiet = await kube.Kube.connect(str(kubeconfig), limits=kube.Limits(events=False))
+    try:
+        annotator, _ = make(quiet)
+        await annotator.apply(
+            action_for(workload(cluster, "redis"), window_start=int(time.time()) - 5)
+        )
+    finally:
+        await quiet.close()
+    assert observed(emulator, "redis-0")
+    assert emulator.list("Event") == []
