@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from prometheus_client import (
     REGISTRY,
-    CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
@@ -128,11 +127,6 @@ def serve(port: int, host: str = "0.0.0.0") -> None:  # noqa: S104 - scraped fro
     """Serve ``/metrics`` in a background thread; port 0 turns it off."""
     if port:
         start_http_server(port, addr=host)
-
-
-def registry() -> CollectorRegistry:
-    """The registry the metrics live in (tests read values from it)."""
-    return REGISTRY
 
 
 def value(name: str, labels: dict[str, str] | None = None) -> float:
