@@ -71,6 +71,11 @@ class Follower:
         if known is None or known.until < until:
             self._followed[key] = _Followed(until, topology, rule, action_id)
 
+    def followed(self) -> dict[tuple[str, str, str], tuple[float, str]]:
+        """Unexpired observations: (namespace, kind, name) -> (until, topology)."""
+        now = time.time()
+        return {k: (f.until, f.topology) for k, f in self._followed.items() if f.until > now}
+
     def observing(self, topology: str) -> set[tuple[str, str, str]]:
         """Workloads under an unexpired observation of ``topology``."""
         now = time.time()

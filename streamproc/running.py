@@ -34,6 +34,7 @@ class Running:
 
     expirer: Expirer | None = None
     annotator: Annotator | None = None
+    follower: Follower | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -81,7 +82,7 @@ async def _start_annotate(
     )
     follower = Follower(client, resolver, topologies, expirer, auditor)
     annotator = Annotator(settings, topologies, client, resolver, expirer, auditor, follower)
-    running.expirer, running.annotator = expirer, annotator
+    running.expirer, running.annotator, running.follower = expirer, annotator, follower
     return [
         asyncio.create_task(expirer.run(stop)),
         asyncio.create_task(annotator.run(stop)),

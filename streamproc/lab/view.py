@@ -84,21 +84,26 @@ class View:
         elapsed = max(1e-3, now - self._last_at)
         self._rate = (values["detections"] - self._last.get("detections", 0.0)) / elapsed
         active = handles.expirer.active if handles.expirer else {}
+        workloads = handles.follower.followed() if handles.follower else {}
         if self._live is not None:
-            self._live.update(self._render(values, active))
+            self._live.update(self._render(values, workloads, len(active)))
         else:
             changed = {k: v for k, v in values.items() if v != self._last.get(k)}
             if changed:
                 parts = ", ".join(f"{k}={int(v)}" for k, v in values.items())
                 print(
-                    f"lab: {parts}, under observation={len(active)}, "
+                    f"lab: {parts}, workloads under observation={len(workloads)}, "
+                    f"pods under observation={len(active)}, "
                     f"replay={self.replay_sent}/{self.replay_total}",
                     flush=True,
                 )
         self._last, self._last_at = values, now
 
     def _render(
-        self, values: dict[str, float], active: dict[tuple[str, str], tuple[float, str]]
+        self,
+        values: dict[str, float],
+        workloads: dict[tuple[str, str, str], tuple[float, str]],
+        pods: int,
     ) -> Group:
         counters = Table(title="streamproc lab", show_header=False)
         counters.add_row("detections/s", f"{self._rate:,.0f}")
@@ -108,10 +113,10 @@ class View:
         counters.add_row(
             "replay", f"{'#' * int(done * 20):<20} {self.replay_sent}/{self.replay_total}"
         )
-        observed = Table(title="under observation")
-        for column in ("namespace", "pod", "topology", "expires in"):
+        observed = Table(title=f"workloads under observation ({pods} pods)")
+        for column in ("namespace", "workload", "topology", "expires in"):
             observed.add_column(column)
         now = time.time()
-        for (namespace, pod), (until, topology) in sorted(active.items()):
-            observed.add_row(namespace, pod, topology, f"{max(0.0, until - now):.0f}s")
+        for (namespace, kind, name), (until, topology) in sorted(workloads.items()):
+            observed.add_row(namespace, f"{kind}/{name}", topology, f"{max(0.0, until - now):.0f}s")
         return Group(counters, observed)
