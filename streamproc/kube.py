@@ -216,11 +216,15 @@ class Kube:
         self._events.add(task)
         task.add_done_callback(self._events.discard)
 
+    async def _throttle(self) -> None:
+        """Wait for the rate limit (counted when it makes a request wait)."""
+        if not self._limiter.has_capacity():
+            metrics.rate_limit_waits.inc()
+        await self._limiter.acquire()
+
     async def _call(self, verb: str, what: str, request: Callable[[], Awaitable[Any]]) -> Json:
         async def once() -> Json:
-            if not self._limiter.has_capacity():
-                metrics.rate_limit_waits.inc()
-            await self._limiter.acquire()
+            await self._throttle()
             async with self._in_flight:
                 return await send()
 
@@ -296,9 +300,7 @@ class Kube:
         Ends after ``timeout_s`` (the server closes the stream); raises Gone when the version is
         too old, Unavailable when the stream breaks.
         """
-        if not self._limiter.has_capacity():
-            metrics.rate_limit_waits.inc()
-        await self._limiter.acquire()
+        await self._throttle()
         try:
             # with _preload_content=False the call returns the raw aiohttp response
             response: Any = await self._core.list_pod_for_all_namespaces(
