@@ -84,7 +84,6 @@ class Annotator:
         self.scheduler = scheduler
         self.auditor = auditor or auditing.NullAuditor()
         self.follower = follower
-        self._slots = asyncio.Semaphore(settings.api_concurrency)
         self._in_flight = asyncio.Semaphore(settings.api_concurrency)
         #: pods this annotator opened or extended an observation on (the lab reports it).
         self.observed_pods: set[tuple[str, str]] = set()
@@ -269,57 +268,56 @@ class Annotator:
     ) -> str:
         meta = pod.get("metadata") or {}
         namespace, name = str(meta.get("namespace") or ""), str(meta.get("name"))
-        async with self._slots:
-            for _attempt in range(3):
-                patch = patches.observe(
-                    pod,
-                    annotations=topology.spec.action.annotate,
-                    until=until,
-                    topology=topology.name,
-                    rule=action.rule,
-                    action_id=action.id,
+        for _attempt in range(3):
+            patch = patches.observe(
+                pod,
+                annotations=topology.spec.action.annotate,
+                until=until,
+                topology=topology.name,
+                rule=action.rule,
+                action_id=action.id,
+            )
+            if patch is None:
+                metrics.patches.labels(op="observe", result="unchanged").inc()
+                self.scheduler.schedule(
+                    namespace, name, patches.expires_at(pod) or until, topology.name
                 )
-                if patch is None:
-                    metrics.patches.labels(op="observe", result="unchanged").inc()
-                    self.scheduler.schedule(
-                        namespace, name, patches.expires_at(pod) or until, topology.name
-                    )
-                    return "unchanged"
-                if patch.foreign:
-                    log.warning(
-                        "%s/%s: %s set by someone else to another value; left alone",
-                        namespace,
-                        name,
-                        ", ".join(patch.foreign),
-                    )
-                try:
-                    await self.kube.patch_pod_metadata(
-                        namespace,
-                        name,
-                        annotations=patch.annotations,
-                        labels=patch.labels,
-                        resource_version=patch.resource_version,
-                    )
-                except kube.Conflict:
-                    metrics.patches.labels(op="observe", result="conflict").inc()
-                    pod = await self.kube.get_observable(namespace, name)
-                    continue
-                except kube.NotFound:
-                    metrics.patches.labels(op="observe", result="not-found").inc()
-                    return "not-found"
-                metrics.patches.labels(op="observe", result="ok").inc()
-                current = (pod.get("metadata") or {}).get("annotations") or {}
-                opened = conventions.EXPIRES_AT not in current
-                self.kube.post_event(
-                    pod,
-                    "ObservationStarted" if opened else "ObservationExtended",
-                    f"{', '.join(f'{k}={v}' for k, v in topology.spec.action.annotate.items())} "
-                    f"until {conventions.format_time(until)} (topology {topology.name}, "
-                    f"rule {action.rule!r})",
+                return "unchanged"
+            if patch.foreign:
+                log.warning(
+                    "%s/%s: %s set by someone else to another value; left alone",
+                    namespace,
+                    name,
+                    ", ".join(patch.foreign),
                 )
-                self.observed_pods.add((namespace, name))
-                self.scheduler.schedule(namespace, name, until, topology.name)
-                return "opened" if opened else "extended"
+            try:
+                await self.kube.patch_pod_metadata(
+                    namespace,
+                    name,
+                    annotations=patch.annotations,
+                    labels=patch.labels,
+                    resource_version=patch.resource_version,
+                )
+            except kube.Conflict:
+                metrics.patches.labels(op="observe", result="conflict").inc()
+                pod = await self.kube.get_observable(namespace, name)
+                continue
+            except kube.NotFound:
+                metrics.patches.labels(op="observe", result="not-found").inc()
+                return "not-found"
+            metrics.patches.labels(op="observe", result="ok").inc()
+            current = (pod.get("metadata") or {}).get("annotations") or {}
+            opened = conventions.EXPIRES_AT not in current
+            self.kube.post_event(
+                pod,
+                "ObservationStarted" if opened else "ObservationExtended",
+                f"{', '.join(f'{k}={v}' for k, v in topology.spec.action.annotate.items())} "
+                f"until {conventions.format_time(until)} (topology {topology.name}, "
+                f"rule {action.rule!r})",
+            )
+            self.observed_pods.add((namespace, name))
+            self.scheduler.schedule(namespace, name, until, topology.name)
+            return "opened" if opened else "extended"
         return "conflict"
 
     async def handle(self, actions: Sequence[Action]) -> None:

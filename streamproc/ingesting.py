@@ -64,7 +64,6 @@ class Ingestor:
         for topology in topologies:
             by_topic.setdefault(topology.spec.source.topic, []).append(topology)
         self.matchers = {topic: Matcher(ts) for topic, ts in by_topic.items()}
-        self._api_slots = asyncio.Semaphore(settings.api_concurrency)
         self.gate = TallyGate(topologies, settings.tally_hold_s)
 
     @property
@@ -136,9 +135,9 @@ class Ingestor:
         return route
 
     async def _resolve(self, pods: set[tuple[str, str]]) -> dict[tuple[str, str], WorkloadRef]:
+        # The API client bounds requests in flight and per second; nothing to add here.
         async def one(namespace: str, pod: str) -> tuple[tuple[str, str], WorkloadRef]:
-            async with self._api_slots:
-                return (namespace, pod), await self.resolver.resolve(namespace, pod)
+            return (namespace, pod), await self.resolver.resolve(namespace, pod)
 
         return dict(await asyncio.gather(*(one(ns, pod) for ns, pod in pods)))
 
