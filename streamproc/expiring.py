@@ -40,6 +40,7 @@ class Expirer:
         self._heap: list[tuple[float, str, str]] = []
         self._due: dict[tuple[str, str], tuple[float, str]] = {}
         self._wake = asyncio.Event()
+        self._gauge_stale = False
         self.expired = 0
 
     def schedule(self, namespace: str, pod: str, until: float, topology: str) -> None:
@@ -50,7 +51,7 @@ class Expirer:
             return
         self._due[key] = (until, topology)
         heapq.heappush(self._heap, (until, namespace, pod))
-        self._publish_gauge()
+        self._gauge_stale = True  # published by the run loop, once per turn
         self._wake.set()
 
     @property
@@ -59,6 +60,9 @@ class Expirer:
         return dict(self._due)
 
     def _publish_gauge(self) -> None:
+        if not self._gauge_stale:
+            return
+        self._gauge_stale = False
         counts: dict[str, int] = {}
         for _, topology in self._due.values():
             counts[topology] = counts.get(topology, 0) + 1
@@ -101,6 +105,7 @@ class Expirer:
                 if known is None or known[0] != until:
                     continue  # superseded by a later schedule
                 await self._expire(namespace, pod, known[1])
+            self._publish_gauge()
             wait = min(next_resync, self._heap[0][0] if self._heap else next_resync) - time.time()
             self._wake.clear()
             stop_task = asyncio.ensure_future(stop.wait())
@@ -164,4 +169,4 @@ class Expirer:
                 log.info("observation of %s/%s expired", namespace, pod)
             break
         self._due.pop(key, None)
-        self._publish_gauge()
+        self._gauge_stale = True
