@@ -17,6 +17,25 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 RESULTS = Path(__file__).parent / "results"
 
 
+def topology_yaml(*, window_s: int, threshold: int, max_observations: int = 100_000) -> str:
+    """The benchmarks' topology: every Warning-or-worse detection, one-hour TTL."""
+    return f"""\
+apiVersion: streamproc/v1
+kind: Topology
+metadata:
+  name: bench
+spec:
+  match:
+    priority: ">=Warning"
+  window:
+    size: {window_s}s
+    threshold: {threshold}
+  action:
+    ttl: 1h
+    maxObservations: {max_observations}
+"""
+
+
 def compact_event(rng: random.Random, namespace: str, pod: str, now: float) -> bytes:
     """A ~430-byte Falcosidekick payload (the size the performance targets are stated for)."""
     doc = {

@@ -35,7 +35,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import RESULTS, compact_event, report
+from bench.common import RESULTS, compact_event, report, topology_yaml
 from streamproc.lab.broker import EmbeddedBroker, free_port
 from streamproc.lab.cluster import ClusterBuilder
 
@@ -149,7 +149,7 @@ class Processes:
         assert emulator.stdout is not None
         self.api = emulator.stdout.readline().decode().strip()
         (workdir / "topologies").mkdir(exist_ok=True)
-        (workdir / "topologies" / "bench.yaml").write_text(TOPOLOGY)
+        (workdir / "topologies" / "bench.yaml").write_text(topology_yaml(window_s=600, threshold=1))
         env = {
             **os.environ,
             "KUBECONFIG": str(kubeconfig),
@@ -204,23 +204,6 @@ class Processes:
                 child.wait(30)
             except subprocess.TimeoutExpired:
                 child.kill()
-
-
-TOPOLOGY = """\
-apiVersion: streamproc/v1
-kind: Topology
-metadata:
-  name: bench
-spec:
-  match:
-    priority: ">=Warning"
-  window:
-    size: 600s
-    threshold: 1
-  action:
-    ttl: 1h
-    maxObservations: 100000
-"""
 
 
 async def run(args: argparse.Namespace) -> None:

@@ -23,23 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import compact_event, create_topic, load_topic, report
+from bench.common import compact_event, create_topic, load_topic, report, topology_yaml
 from streamproc.lab.broker import EmbeddedBroker, free_port
-
-TOPOLOGY = """\
-apiVersion: streamproc/v1
-kind: Topology
-metadata:
-  name: bench
-spec:
-  match:
-    priority: ">=Warning"
-  window:
-    size: {window}s
-    threshold: 1000000
-  action:
-    ttl: 1h
-"""
 
 
 def rss_mb(pid: int) -> float:
@@ -59,7 +44,9 @@ def main() -> None:
         tmp = os.environ.get("BENCH_WORKDIR", tmp_dir)
         folder = Path(tmp) / "topologies"
         folder.mkdir(exist_ok=True)
-        (folder / "bench.yaml").write_text(TOPOLOGY.format(window=args.window_seconds))
+        (folder / "bench.yaml").write_text(
+            topology_yaml(window_s=args.window_seconds, threshold=1_000_000)
+        )
         asyncio.run(create_topic(broker.bootstrap, "falco", 1))
         env = {
             **os.environ,
