@@ -5,7 +5,7 @@ Nothing reads the environment behind the caller's back: a stage gets a Settings 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -60,7 +60,3 @@ class Settings:
     metrics_port: int = 9108
     metrics_host: str = "0.0.0.0"  # noqa: S104 - a metrics endpoint must be scrapeable
     client_id: str = "streamproc"
-
-    def with_(self, **changes: object) -> Settings:
-        """A copy with some fields changed."""
-        return replace(self, **changes)  # type: ignore[arg-type]
