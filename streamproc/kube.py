@@ -224,8 +224,10 @@ class Kube:
 
     async def _call(self, verb: str, what: str, request: Callable[[], Awaitable[Any]]) -> Json:
         async def once() -> Json:
-            await self._throttle()
+            # A slot first, then the token: a token taken while queueing for a slot would let
+            # the queue leave at the server's pace rather than the limit's.
             async with self._in_flight:
+                await self._throttle()
                 return await send()
 
         async def send() -> Json:
