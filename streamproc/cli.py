@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -15,12 +16,28 @@ from typing import Any
 import click
 
 from streamproc import __version__, kafka, metrics, topologies
-from streamproc.settings import Settings, Topics
+from streamproc.settings import (
+    SASL_MECHANISMS,
+    SECURITY_PROTOCOLS,
+    KafkaSecurity,
+    Settings,
+    Topics,
+)
 
 log = logging.getLogger("streamproc")
 
 
-def _common(func: Callable[..., Any]) -> Callable[..., Any]:
+SASL_PASSWORD_ENV = "STREAMPROC_KAFKA_SASL_PASSWORD"  # noqa: S105 - a variable's name
+KEY_PASSWORD_ENV = "STREAMPROC_KAFKA_SSL_KEY_PASSWORD"  # noqa: S105 - a variable's name
+
+
+def _kafka_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Broker address and security, shared by every command that talks to Kafka.
+
+    Passwords have no flag of their own (a flag's value shows in ``ps`` and shell history):
+    they come from an environment variable or a file, such as a mounted Kubernetes Secret.
+    """
+    path = click.Path(exists=True, dir_okay=False, path_type=Path)
     options = [
         click.option(
             "--bootstrap-servers",
@@ -29,6 +46,85 @@ def _common(func: Callable[..., Any]) -> Callable[..., Any]:
             show_default=True,
             help="Kafka bootstrap servers.",
         ),
+        click.option(
+            "--kafka-security-protocol",
+            envvar="STREAMPROC_KAFKA_SECURITY_PROTOCOL",
+            type=click.Choice(SECURITY_PROTOCOLS, case_sensitive=False),
+            default="PLAINTEXT",
+            show_default=True,
+            help="TLS and/or SASL for every Kafka connection.",
+        ),
+        click.option(
+            "--kafka-sasl-mechanism",
+            envvar="STREAMPROC_KAFKA_SASL_MECHANISM",
+            type=click.Choice(SASL_MECHANISMS, case_sensitive=False),
+            default="SCRAM-SHA-512",
+            show_default=True,
+        ),
+        click.option("--kafka-sasl-username", envvar="STREAMPROC_KAFKA_SASL_USERNAME"),
+        click.option(
+            "--kafka-sasl-password-file",
+            envvar="STREAMPROC_KAFKA_SASL_PASSWORD_FILE",
+            type=path,
+            help=f"File holding the SASL password (or set {SASL_PASSWORD_ENV}).",
+        ),
+        click.option(
+            "--kafka-ssl-cafile",
+            envvar="STREAMPROC_KAFKA_SSL_CAFILE",
+            type=path,
+            help="CA bundle for the brokers' certificates (default: the system's).",
+        ),
+        click.option(
+            "--kafka-ssl-certfile",
+            envvar="STREAMPROC_KAFKA_SSL_CERTFILE",
+            type=path,
+            help="Client certificate for mutual TLS.",
+        ),
+        click.option("--kafka-ssl-keyfile", envvar="STREAMPROC_KAFKA_SSL_KEYFILE", type=path),
+        click.option(
+            "--kafka-ssl-key-password-file",
+            envvar="STREAMPROC_KAFKA_SSL_KEY_PASSWORD_FILE",
+            type=path,
+            help=f"File holding the client key's password (or set {KEY_PASSWORD_ENV}).",
+        ),
+        click.option(
+            "--kafka-ssl-check-hostname/--no-kafka-ssl-check-hostname",
+            envvar="STREAMPROC_KAFKA_SSL_CHECK_HOSTNAME",
+            default=True,
+            show_default=True,
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _secret(file: Path | None, env: str) -> str | None:
+    """A secret from its file (trailing newline dropped, as Secrets are often written) or env."""
+    if file is not None:
+        return file.read_text(encoding="utf-8").rstrip("\r\n")
+    return os.environ.get(env) or None
+
+
+def _kafka_security(opts: dict[str, Any]) -> KafkaSecurity:
+    try:
+        return KafkaSecurity(
+            protocol=opts["kafka_security_protocol"].upper(),
+            sasl_mechanism=opts["kafka_sasl_mechanism"].upper(),
+            sasl_username=opts["kafka_sasl_username"],
+            sasl_password=_secret(opts["kafka_sasl_password_file"], SASL_PASSWORD_ENV),
+            ca_file=opts["kafka_ssl_cafile"],
+            cert_file=opts["kafka_ssl_certfile"],
+            key_file=opts["kafka_ssl_keyfile"],
+            key_password=_secret(opts["kafka_ssl_key_password_file"], KEY_PASSWORD_ENV),
+            check_hostname=opts["kafka_ssl_check_hostname"],
+        )
+    except ValueError as exc:
+        raise click.UsageError(f"Kafka security: {exc}") from None
+
+
+def _common(func: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
         click.option(
             "--topology",
             "topology_path",
@@ -146,7 +242,7 @@ def _common(func: Callable[..., Any]) -> Callable[..., Any]:
     ]
     for option in reversed(options):
         func = option(func)
-    return func
+    return _kafka_options(func)
 
 
 def _topology_path(given: Path | None) -> Path:
@@ -162,6 +258,7 @@ def _settings(**opts: Any) -> Settings:
         topics = Topics(input=opts["input_topic"], dead_letters=opts["dead_letter_topic"])
     return Settings(
         bootstrap_servers=opts["bootstrap_servers"],
+        kafka_security=_kafka_security(opts),
         topology_path=_topology_path(opts["topology_path"]),
         topics=topics,
         dry_run=opts["dry_run"],
@@ -270,21 +367,16 @@ def annotate(**opts: Any) -> None:
 
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.File("rb"))
-@click.option(
-    "--bootstrap-servers",
-    envvar="STREAMPROC_BOOTSTRAP_SERVERS",
-    default="localhost:9092",
-    show_default=True,
-)
+@_kafka_options
 @click.option("--topic", envvar="STREAMPROC_INPUT_TOPIC", default="falco", show_default=True)
-def send(files: tuple[Any, ...], bootstrap_servers: str, topic: str) -> None:
+def send(files: tuple[Any, ...], bootstrap_servers: str, topic: str, **opts: Any) -> None:
     """Publish JSON-lines detections (as Falcosidekick would) to the input topic."""
-    settings = Settings(bootstrap_servers=bootstrap_servers)
+    settings = Settings(bootstrap_servers=bootstrap_servers, kafka_security=_kafka_security(opts))
 
     async def publish() -> int:
         producer = kafka.producer(settings)
-        await producer.start()
         try:
+            await producer.start()
             futures = [
                 await producer.send(topic, value=line.rstrip(b"\r\n"))
                 for file in files
@@ -296,7 +388,10 @@ def send(files: tuple[Any, ...], bootstrap_servers: str, topic: str) -> None:
             await producer.stop()
         return len(futures)
 
-    count = asyncio.run(publish())
+    try:
+        count = asyncio.run(publish())
+    except kafka.KafkaError as exc:
+        raise click.ClickException(f"cannot publish to {bootstrap_servers}: {exc}") from None
     click.echo(f"sent {count} detections to {topic} on {bootstrap_servers}")
 
 

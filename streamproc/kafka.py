@@ -1,22 +1,24 @@
 """Kafka plumbing for the aiokafka-based stages; the only importer of aiokafka in streamproc.
 
 The Faust stage talks to Kafka through Faust; everything else comes here, so connection options
-(and later TLS/SASL) are set in one place. Offsets are always committed by hand, after the work a
-record caused is durable: at-least-once end to end.
+(TLS and SASL included, through :func:`connection_options`) are set in one place. Offsets are
+always committed by hand, after the work a record caused is durable: at-least-once end to end.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
-from streamproc.settings import Settings
+from streamproc.settings import KafkaSecurity, Settings
 
 __all__ = [
     "AIOKafkaConsumer",
@@ -24,9 +26,11 @@ __all__ = [
     "ConsumerRecord",
     "KafkaError",
     "TopicPartition",
+    "connection_options",
     "consumer",
     "ensure_topics",
     "producer",
+    "ssl_context",
 ]
 
 
@@ -38,11 +42,39 @@ class TopicSpec:
     partitions: int
 
 
+def ssl_context(security: KafkaSecurity) -> ssl.SSLContext | None:
+    """A verifying TLS context for the brokers, or None when connections are not encrypted."""
+    if not security.tls:
+        return None
+    context = ssl.create_default_context(cafile=str(security.ca_file) if security.ca_file else None)
+    context.check_hostname = security.check_hostname
+    if security.cert_file is not None and security.key_file is not None:
+        context.load_cert_chain(security.cert_file, security.key_file, security.key_password)
+    return context
+
+
+def connection_options(settings: Settings) -> dict[str, Any]:
+    """Everything an aiokafka client needs to reach the brokers, security included."""
+    security = settings.kafka_security
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "client_id": settings.client_id,
+        "security_protocol": security.protocol,
+        "ssl_context": ssl_context(security),
+    }
+    if security.sasl:
+        options |= {
+            "sasl_mechanism": security.sasl_mechanism,
+            "sasl_plain_username": security.sasl_username,
+            "sasl_plain_password": security.sasl_password,
+        }
+    return options
+
+
 def producer(settings: Settings, *, linger_ms: int = 5) -> AIOKafkaProducer:
     """A producer that waits for all in-sync replicas: a detection's trace must not be lost."""
     return AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers,
-        client_id=settings.client_id,
+        **connection_options(settings),
         acks="all",
         linger_ms=linger_ms,
         max_batch_size=1 << 20,
@@ -56,8 +88,7 @@ def consumer(settings: Settings, topics: Iterable[str], group: str) -> AIOKafkaC
     session_ms = int(settings.session_timeout_s * 1000)
     return AIOKafkaConsumer(
         *topics,
-        bootstrap_servers=settings.bootstrap_servers,
-        client_id=settings.client_id,
+        **connection_options(settings),
         group_id=group,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -74,9 +105,7 @@ def consumer(settings: Settings, topics: Iterable[str], group: str) -> AIOKafkaC
 
 async def ensure_topics(settings: Settings, specs: Iterable[TopicSpec]) -> None:
     """Create missing topics one by one (so one that exists cannot abort the others)."""
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.bootstrap_servers, client_id=settings.client_id
-    )
+    admin = AIOKafkaAdminClient(**connection_options(settings))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -94,9 +123,7 @@ async def wait_for_broker(settings: Settings, *, timeout_s: float = 30.0) -> Non
     """Block until the broker answers metadata requests (a stage may start before it)."""
     deadline = asyncio.get_running_loop().time() + timeout_s
     while True:
-        probe = AIOKafkaAdminClient(
-            bootstrap_servers=settings.bootstrap_servers, client_id=settings.client_id
-        )
+        probe = AIOKafkaAdminClient(**connection_options(settings))
         try:
             await probe.start()
         except KafkaError:

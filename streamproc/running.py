@@ -90,6 +90,23 @@ async def _start_annotate(
     ]
 
 
+def stage_topics(
+    settings: Settings, topologies: Sequence[Topology], stages: Sequence[str]
+) -> list[str]:
+    """The topics the given stages read or write, and so may create: nothing beyond them.
+
+    A stage whose Kafka principal has least-privilege ACLs can then start on its own topics.
+    """
+    topics = settings.topics
+    uses = {
+        "ingest": [*(t.spec.source.topic for t in topologies), topics.tallies],
+        "windows": [topics.tallies, topics.actions],
+        "annotate": [topics.actions, topics.audit],
+    }
+    names = [name for stage in stages for name in uses[stage]] + [topics.dead_letters]
+    return list(dict.fromkeys(names))
+
+
 async def run_stages(  # noqa: C901 - one place that starts and stops every stage
     settings: Settings,
     topologies: Sequence[Topology],
@@ -99,16 +116,12 @@ async def run_stages(  # noqa: C901 - one place that starts and stops every stag
 ) -> None:
     """Run the given stages until ``stop`` is set or one of them fails."""
     running = running or Running()
-    topics = settings.topics
     await kafka.wait_for_broker(settings)
     await kafka.ensure_topics(
         settings,
         [
-            kafka.TopicSpec(topics.tallies, settings.partitions),
-            kafka.TopicSpec(topics.actions, settings.partitions),
-            kafka.TopicSpec(topics.dead_letters, settings.partitions),
-            kafka.TopicSpec(topics.audit, settings.partitions),
-            *(kafka.TopicSpec(t.spec.source.topic, settings.partitions) for t in topologies),
+            kafka.TopicSpec(name, settings.partitions)
+            for name in stage_topics(settings, topologies, stages)
         ],
     )
     cleanups: list[Callable[[], Awaitable[None]]] = []

@@ -20,11 +20,62 @@ class Topics:
     audit: str = "streamproc.audit"
 
 
+#: Kafka's security.protocol values, as Apache Kafka, aiokafka and Faust name them.
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+#: SASL mechanisms Falcosidekick offers too (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512).
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaSecurity:
+    """How every Kafka connection authenticates and encrypts; one value shared by all clients.
+
+    Secrets are kept out of ``repr`` so a logged Settings never shows them.
+    """
+
+    protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = "PLAIN"
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    #: CA bundle that signed the brokers' certificates (system store when absent).
+    ca_file: Path | None = None
+    #: client certificate and key, for brokers that require mutual TLS.
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    key_password: str | None = field(default=None, repr=False)
+    check_hostname: bool = True
+
+    def __post_init__(self) -> None:
+        if self.protocol not in SECURITY_PROTOCOLS:
+            raise ValueError(
+                f"security protocol {self.protocol!r} is not one of {SECURITY_PROTOCOLS}"
+            )
+        if self.sasl and self.sasl_mechanism not in SASL_MECHANISMS:
+            raise ValueError(
+                f"SASL mechanism {self.sasl_mechanism!r} is not one of {SASL_MECHANISMS}"
+            )
+        if self.sasl and not (self.sasl_username and self.sasl_password):
+            raise ValueError(f"{self.protocol} needs a SASL username and password")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("a client certificate needs its key, and a key its certificate")
+
+    @property
+    def tls(self) -> bool:
+        """Whether connections are encrypted."""
+        return self.protocol in ("SSL", "SASL_SSL")
+
+    @property
+    def sasl(self) -> bool:
+        """Whether connections authenticate with SASL."""
+        return self.protocol.startswith("SASL_")
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Runtime configuration of all stages."""
 
     bootstrap_servers: str = "localhost:9092"
+    kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
     topology_path: Path = Path("topologies")
     topics: Topics = field(default_factory=Topics)
     dry_run: bool = False

@@ -24,9 +24,9 @@ from typing import Any
 import faust
 from faust.transport.drivers import aiokafka as faust_kafka
 
-from streamproc import metrics
+from streamproc import kafka, metrics
 from streamproc.actions import Action
-from streamproc.settings import Settings
+from streamproc.settings import KafkaSecurity, Settings
 from streamproc.tallies import Tally, TallyError
 from streamproc.topologies import Topology
 
@@ -63,6 +63,21 @@ class _Transport(faust_kafka.Transport):
 class _App(faust.App):
     def _new_transport(self) -> _Transport:
         return _Transport(self.conf.broker_consumer, self)
+
+
+def faust_credentials(security: KafkaSecurity) -> faust.types.auth.CredentialsT | None:
+    """The same TLS and SASL settings the aiokafka stages use, in Faust's terms."""
+    context = kafka.ssl_context(security)
+    if security.sasl:
+        return faust.SASLCredentials(
+            username=security.sasl_username,
+            password=security.sasl_password,
+            ssl_context=context,
+            mechanism=security.sasl_mechanism,
+        )
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
 
 
 def faust_broker_url(bootstrap_servers: str) -> str:
@@ -113,6 +128,7 @@ def build_app(  # noqa: C901 - the agent and timer are closures over the app
     app = _App(
         APP_ID,
         broker=faust_broker_url(settings.bootstrap_servers),
+        broker_credentials=faust_credentials(settings.kafka_security),
         store="memory://",
         datadir=datadir,
         topic_partitions=settings.partitions,

@@ -62,11 +62,17 @@ class EmbeddedBroker:
     """One tansu process; ``bootstrap`` is what clients connect to."""
 
     def __init__(
-        self, host: str = "127.0.0.1", port: int | None = None, log: Path | None = None
+        self,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        log: Path | None = None,
+        advertised_port: int | None = None,
     ) -> None:
         self.host = host
         self.port = port or free_port(host)
         self.log = log
+        #: the port clients are told to use, when something (a TLS front) stands before tansu.
+        self.advertised_port = advertised_port or self.port
         self._process: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
 
@@ -87,7 +93,7 @@ class EmbeddedBroker:
                 "--listener-url",
                 url,
                 "--advertised-listener-url",
-                url,
+                f"tcp://{self.host}:{self.advertised_port}",
                 "--storage-engine",
                 "memory://tansu/",
             ],

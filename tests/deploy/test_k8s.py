@@ -206,3 +206,39 @@ async def test_rbac_covers_every_request_each_stage_makes(
         missing = {n for n in needed if not _allowed(rules, *n)}
         assert not missing, f"{account} lacks {sorted(missing)}"
     assert not _rules_for(rendered, "streamproc-windows")
+
+
+def test_the_sasl_ssl_overlay_gives_each_stage_its_own_secret_as_files(
+    rendered: list[dict[str, Any]],
+) -> None:
+    """The documented TLS + SCRAM overlay renders, validates, and never puts a password in env."""
+    assert KUBECTL is not None
+    out = subprocess.run(
+        [KUBECTL, "kustomize", str(ROOT / "deploy" / "k8s-kafka-sasl-ssl")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    assert len(docs) == len(rendered)  # the overlay adds nothing but the credentials
+    stages = set()
+    for deployment in of_kind(docs, "Deployment"):
+        kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
+        stage = deployment["metadata"]["name"].removeprefix("streamproc-")
+        pod = deployment["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        env = {e["name"]: e for e in container["env"]}
+        assert env["STREAMPROC_KAFKA_SECURITY_PROTOCOL"]["value"] == "SASL_SSL"
+        assert not any(
+            "PASSWORD" in name and "value" in e and not name.endswith("_FILE")
+            for name, e in env.items()
+        )
+        secret = f"streamproc-kafka-{stage}"
+        volume = next(v for v in pod["volumes"] if v["name"] == "kafka-credentials")
+        assert volume["secret"]["secretName"] == secret
+        assert env["STREAMPROC_KAFKA_SASL_USERNAME"]["valueFrom"]["secretKeyRef"]["name"] == secret
+        mount = next(m for m in container["volumeMounts"] if m["name"] == "kafka-credentials")
+        assert env["STREAMPROC_KAFKA_SASL_PASSWORD_FILE"]["value"].startswith(mount["mountPath"])
+        assert env["STREAMPROC_KAFKA_SSL_CAFILE"]["value"].startswith(mount["mountPath"])
+        stages.add(stage)
+    assert stages == {"ingest", "windows", "annotate"}
