@@ -27,7 +27,9 @@ from streamproc.workloads import WorkloadRef
 
 log = logging.getLogger("streamproc.annotate")
 STAGE = "annotate"
-_BACKOFF_MAX_S = 30.0
+#: the longest a batch waits between attempts while the API server is away: also the most an
+#: action can lag behind the API server's return. One pod list per 8 s is nothing to a server.
+_BACKOFF_MAX_S = 8.0
 
 
 class Scheduler(Protocol):

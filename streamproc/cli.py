@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from streamproc import __version__, kafka, metrics, topologies
+from streamproc import __version__, kafka, logs, metrics, topologies
 from streamproc.settings import (
     SASL_MECHANISMS,
     SECURITY_PROTOCOLS,
@@ -290,17 +290,6 @@ def load_topologies(
     return result
 
 
-def setup_logging(level: str) -> None:
-    """One line per event, quiet client libraries."""
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for noisy in ("aiokafka", "faust", "mode", "kafka", "kubernetes_asyncio"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 def run_until_signal(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
     """Run ``main(stop)``; SIGINT/SIGTERM set ``stop`` for a clean shutdown."""
 
@@ -317,7 +306,7 @@ def run_until_signal(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]])
 def _run(stages: tuple[str, ...], opts: dict[str, Any]) -> None:
     from streamproc import running  # noqa: PLC0415 - keeps `check` and `send` fast to start
 
-    setup_logging(opts["log_level"])
+    logs.setup(opts["log_level"])
     settings = _settings(**opts)
     loaded = load_topologies(settings, opts.get("input_topic"))
     metrics.serve(settings.metrics_port, settings.metrics_host)
@@ -458,7 +447,7 @@ def lab(
     """Run the whole system on this machine: broker, cluster, pipeline and a replay."""
     from streamproc.lab import session  # noqa: PLC0415 - the lab's extra is optional
 
-    setup_logging(log_level)
+    logs.setup(log_level)
     topology_path = _topology_path(topology_path)
     try:
         topologies.load_path(topology_path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -18,7 +19,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from streamproc import metrics
 from streamproc.settings import KafkaSecurity, Settings
+
+log = logging.getLogger("streamproc.kafka")
 
 __all__ = [
     "AIOKafkaConsumer",
@@ -133,6 +137,48 @@ async def wait_for_broker(settings: Settings, *, timeout_s: float = 30.0) -> Non
         else:
             await probe.close()
             return
+
+
+async def watch_broker(settings: Settings, stop: asyncio.Event, interval_s: float = 2.0) -> None:
+    """Probe the brokers until ``stop``; report an outage once, in the log and in metrics.
+
+    The stages' clients reconnect on their own (aiokafka retries forever); what an operator
+    lacks during an outage is one clear signal, so this says when Kafka went away, when it came
+    back and how long it was gone (``streamproc_kafka_up``, ``..._outages_total``,
+    ``..._outage_duration_seconds``).
+    """
+    loop = asyncio.get_running_loop()
+    down_since: float | None = None
+    admin = AIOKafkaAdminClient(**connection_options(settings), request_timeout_ms=5000)
+    started = False
+    metrics.kafka_up.set(1)
+    try:
+        while not stop.is_set():
+            try:
+                if not started:
+                    await admin.start()
+                    started = True
+                # one small topic every stage may describe, not the whole cluster's metadata
+                probe = admin.describe_topics([settings.topics.dead_letters])
+                await asyncio.wait_for(probe, timeout=interval_s * 2)
+            except (KafkaError, OSError, TimeoutError) as exc:
+                if down_since is None:
+                    down_since = loop.time()
+                    metrics.kafka_up.set(0)
+                    metrics.kafka_outages.inc()
+                    log.warning("Kafka unreachable at %s: %s", settings.bootstrap_servers, exc)
+            else:
+                if down_since is not None:
+                    lasted = loop.time() - down_since
+                    metrics.kafka_outage_seconds.observe(lasted)
+                    metrics.kafka_up.set(1)
+                    log.warning("Kafka reachable again after %.1fs", lasted)
+                    down_since = None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=interval_s)
+    finally:
+        if started:
+            await admin.close()
 
 
 def batch_lag(consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[ConsumerRecord]]) -> int:

@@ -116,6 +116,19 @@ consumer_lag = Gauge(
     "Records between the consumer position and the partition end, by stage",
     ["stage"],
 )
+kafka_up = Gauge(
+    "streamproc_kafka_up",
+    "1 while this process reaches the Kafka brokers, 0 during an outage",
+)
+kafka_outages = Counter(
+    "streamproc_kafka_outages_total",
+    "Times this process lost the Kafka brokers",
+)
+kafka_outage_seconds = Histogram(
+    "streamproc_kafka_outage_duration_seconds",
+    "How long each Kafka outage lasted, measured when it ended",
+    buckets=(1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0),
+)
 stage_errors = Counter(
     "streamproc_stage_errors_total",
     "Errors a stage survived (broker or API unavailable, unexpected exceptions)",

@@ -125,7 +125,7 @@ async def run_stages(  # noqa: C901 - one place that starts and stops every stag
         ],
     )
     cleanups: list[Callable[[], Awaitable[None]]] = []
-    tasks: list[asyncio.Task[None]] = []
+    tasks: list[asyncio.Task[None]] = [asyncio.create_task(kafka.watch_broker(settings, stop))]
     try:
         if "ingest" in stages:
             client = await _kube_or_none(settings, required=False)

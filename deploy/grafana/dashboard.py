@@ -154,6 +154,14 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
         ],
     ),
     (
+        "Kafka reachable (1) / outages",
+        "short",
+        [
+            ("min by (instance) (streamproc_kafka_up)", "{{instance}} up"),
+            ("sum(increase(streamproc_kafka_outages_total[1h]))", "outages in the last hour"),
+        ],
+    ),
+    (
         "Stage errors survived",
         "reqps",
         [

@@ -67,12 +67,17 @@ class EmbeddedBroker:
         port: int | None = None,
         log: Path | None = None,
         advertised_port: int | None = None,
+        storage: str = "memory://tansu/",
+        env: dict[str, str] | None = None,
     ) -> None:
         self.host = host
         self.port = port or free_port(host)
         self.log = log
         #: the port clients are told to use, when something (a TLS front) stands before tansu.
         self.advertised_port = advertised_port or self.port
+        #: tansu's storage engine: memory (lost on stop) or ``s3://bucket/`` (kept across stops).
+        self.storage = storage
+        self.env = env or {}
         self._process: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
 
@@ -95,12 +100,12 @@ class EmbeddedBroker:
                 "--advertised-listener-url",
                 f"tcp://{self.host}:{self.advertised_port}",
                 "--storage-engine",
-                "memory://tansu/",
+                self.storage,
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
+            env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn"), **self.env},
         )
         deadline = time.monotonic() + timeout_s
         while not _listening(self.host, self.port):

@@ -187,6 +187,7 @@ class KubeEmulator:
         self.faults: list[Fault] = []
         self.requests: list[LoggedRequest] = []
         self.url = ""
+        self._serving: tuple[threading.Thread, asyncio.Event] | None = None
 
     # ---- state ---------------------------------------------------------------------------
     def _bump(self) -> str:
@@ -579,8 +580,28 @@ class KubeEmulator:
     @contextmanager
     def serve(self, host: str = "127.0.0.1", port: int = 0) -> Iterator[KubeEmulator]:
         """Run on ``host:port`` (0 = a free port) in a thread until the block ends."""
+        self._start(host, port)
+        try:
+            yield self
+        finally:
+            self._stop()
+
+    @contextmanager
+    def unreachable(self) -> Iterator[None]:
+        """An API server outage: connections refused for the block, then the same address again.
+
+        State survives, as etcd's does when the API server itself goes away.
+        """
+        host, port = self.url.removeprefix("http://").rsplit(":", 1)
+        self._stop()
+        try:
+            yield
+        finally:
+            self._start(host, int(port))
+
+    def _start(self, host: str, port: int) -> None:
         ready = threading.Event()
-        stop: list[asyncio.Event] = []
+        stop = asyncio.Event()
         errors: list[BaseException] = []
 
         async def main() -> None:
@@ -595,9 +616,8 @@ class KubeEmulator:
             bound = sockets[0].getsockname()[1] if sockets else port
             self.url = f"http://{host}:{bound}"
             self._loop = asyncio.get_running_loop()
-            stop.append(asyncio.Event())
             ready.set()
-            await stop[0].wait()
+            await stop.wait()
             await runner.cleanup()
 
         def run() -> None:
@@ -607,19 +627,23 @@ class KubeEmulator:
                 errors.append(exc)
                 ready.set()
 
+        self.url = ""
         thread = threading.Thread(target=run, name="kube-emulator", daemon=True)
         thread.start()
         ready.wait(10)
         if errors or not self.url:
             raise RuntimeError(f"emulator failed to start: {errors}")
-        try:
-            yield self
-        finally:
-            loop = self._loop
-            if loop is not None and stop:
-                loop.call_soon_threadsafe(stop[0].set)
-            thread.join(10)
-            self._loop = None
+        self._serving = (thread, stop)
+
+    def _stop(self) -> None:
+        if self._serving is None:
+            return
+        (thread, stop), self._serving = self._serving, None
+        loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(stop.set)
+        thread.join(10)
+        self._loop = None
 
     def write_kubeconfig(self, path: Path) -> Path:
         """A kubeconfig pointing at this emulator (no auth), usable by kubectl too."""

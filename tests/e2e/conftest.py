@@ -11,12 +11,14 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import boto3
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamproc.lab.broker import EmbeddedBroker, free_port
 from streamproc.lab.kubeemu import KubeEmulator
+from tests.conftest import wait_for
 
 TOPOLOGY = """\
 apiVersion: streamproc/v1
@@ -190,3 +192,60 @@ def patch_count(emulator: KubeEmulator, pods: tuple[str, ...]) -> int:
         for r in emulator.requests
         if r.method == "PATCH" and r.status == 200 and r.path.rsplit("/", 1)[-1] in pods
     )
+
+
+@pytest.fixture
+def s3_endpoint(tmp_path: Path) -> Iterator[str]:
+    """A local S3 (moto's server) so the broker's data outlives a broker restart."""
+    port = free_port()
+    log = (tmp_path / "moto.log").open("ab")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=url,
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+            region_name="us-east-1",
+        )
+
+        def bucket() -> bool:
+            try:
+                s3.create_bucket(Bucket="streamproc-broker")
+            except Exception:
+                return False
+            return True
+
+        wait_for(bucket, timeout=20, what="moto's S3 server")
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)
+        log.close()
+
+
+@pytest.fixture
+def durable_broker(tmp_path: Path, s3_endpoint: str) -> Iterator[EmbeddedBroker]:
+    """tansu on S3 storage: stopping and starting it again keeps topics, records and offsets."""
+    instance = EmbeddedBroker(
+        log=tmp_path / "tansu.log",
+        storage="s3://streamproc-broker/",
+        env={
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT": s3_endpoint,
+            "AWS_ALLOW_HTTP": "true",
+        },
+    )
+    instance.start()
+    try:
+        yield instance
+    finally:
+        instance.stop()
