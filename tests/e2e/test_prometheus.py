@@ -116,7 +116,7 @@ def test_prometheus_scrapes_key_series_and_loads_the_rules(
             timeout=15,
             what="every rule evaluated healthy",
         )
-        assert len(rules) == 8
+        assert len(rules) == 9
     finally:
         server.terminate()
         server.wait(20)
