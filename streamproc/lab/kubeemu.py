@@ -94,6 +94,8 @@ class LoggedRequest:
     status: int
     #: when the response was ready (``at`` is when the request arrived)
     done: float = 0.0
+    #: the body of a PATCH, which says what a write changed (crash tests count duplicates)
+    body: bytes = b""
 
 
 def _status(code: int, reason: str, message: str) -> web.Response:
@@ -563,6 +565,7 @@ class KubeEmulator:
         response: web.StreamResponse = await handler(request)
         if request.path.startswith("/_emulator/"):
             return response
+        body = await request.read() if request.method == "PATCH" else b""
         with self._lock:
             self.requests.append(
                 LoggedRequest(
@@ -572,6 +575,7 @@ class KubeEmulator:
                     request.query_string,
                     response.status,
                     time.time(),
+                    body,
                 )
             )
         return response
