@@ -21,6 +21,12 @@ API_VERSION = "streamproc/v1"
 _PRIORITY_EXPR = re.compile(r"\s*(>=|<=|==|=|>|<)?\s*([A-Za-z]+)\s*")
 
 
+#: a topology is a page of YAML; anything this large is a mistake (or an alias bomb's output).
+MAX_TOPOLOGY_CHARS = 256 * 1024
+#: aliases let a few lines expand into an exponential structure for the validator to walk.
+MAX_ALIASES = 64
+
+
 class TopologyError(ValueError):
     """A topology that cannot be used, located as precisely as the YAML allows."""
 
@@ -253,9 +259,21 @@ def load_file(path: Path) -> Topology:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise TopologyError(path, None, "", f"cannot read: {exc}") from None
+    return load_text(text, path)
+
+
+def load_text(text: str, path: Path) -> Topology:
+    """Parse and validate one topology's text; ``path`` is what errors name."""
+    if len(text) > MAX_TOPOLOGY_CHARS:
+        raise TopologyError(path, None, "", f"larger than {MAX_TOPOLOGY_CHARS} characters")
     try:
+        events = yaml.parse(text, Loader=yaml.SafeLoader)
+        if sum(isinstance(event, yaml.AliasEvent) for event in events) > MAX_ALIASES:
+            raise TopologyError(path, None, "", f"more than {MAX_ALIASES} YAML aliases")
         nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
         docs = list(yaml.safe_load_all(text))
+    except RecursionError:
+        raise TopologyError(path, None, "", "nested too deeply") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None

@@ -53,7 +53,7 @@ RATE = 40  # records per second
 
 
 class Traffic(threading.Thread):
-    """Falcosidekick at a steady rate: detections, host events and malformed lines, until stopped."""
+    """Falcosidekick at a steady rate: detections, host events, malformed lines; until stopped."""
 
     def __init__(self, bootstrap: str, workloads: list[SampleWorkload], seed: int) -> None:
         super().__init__(daemon=True)
