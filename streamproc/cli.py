@@ -206,6 +206,14 @@ def _common(func: Callable[..., Any]) -> Callable[..., Any]:
             help="Kubernetes API requests in flight.",
         ),
         click.option(
+            "--pod-lookups",
+            envvar="STREAMPROC_POD_LOOKUPS",
+            type=float,
+            default=10.0,
+            show_default=True,
+            help="API lookups/s for pods not yet cached (ingest); beyond, the pod name's shape.",
+        ),
+        click.option(
             "--partitions",
             envvar="STREAMPROC_PARTITIONS",
             type=int,
@@ -269,6 +277,7 @@ def _settings(**opts: Any) -> Settings:
         api_qps=opts["api_qps"],
         api_burst=opts["api_burst"],
         api_concurrency=opts["api_concurrency"],
+        resolver_lookups_per_s=opts["pod_lookups"],
         kube_events=opts["kube_events"],
         session_timeout_s=opts["session_timeout"],
         speed=opts["speed"],

@@ -47,6 +47,10 @@ workload_resolutions = Counter(
     "Pod-to-workload resolutions by method (cache hits not counted)",
     ["method"],
 )
+resolver_over_budget = Counter(
+    "streamproc_resolver_lookups_over_budget_total",
+    "Pods resolved by name shape because the pod-lookup budget was spent (a flood of new pods)",
+)
 tallies_published = Counter(
     "streamproc_tallies_published_total",
     "Pre-aggregated tallies the ingest stage published",

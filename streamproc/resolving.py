@@ -3,10 +3,16 @@
 Rules live in ``workloads``; this adds the API reads and two bounded TTL caches, so that a flood of
 detections from one pod costs one lookup, not one per detection. When the API cannot answer,
 resolution falls back to the pod name's shape and remembers that only briefly.
+
+Lookups of pods not in the cache have their own budget (``lookups_per_s``): anyone who can write
+to the input topic can invent pod names, and a flood of 50,000 made-up pods would otherwise
+become 50,000 GETs, queued behind the API rate limit with every real detection waiting behind
+them. Over budget, a pod is resolved by its name's shape at once.
 """
 
 from __future__ import annotations
 
+from aiolimiter import AsyncLimiter
 from cachetools import TTLCache
 
 from streamproc import kube, metrics, workloads
@@ -19,8 +25,16 @@ _FALLBACK_TTL_S = 10.0
 class WorkloadResolver:
     """Pod <-> workload, cached; ``kube`` None means name shape only (no cluster access)."""
 
-    def __init__(self, client: kube.Kube | None, *, cache_size: int, ttl_s: float) -> None:
+    def __init__(
+        self,
+        client: kube.Kube | None,
+        *,
+        cache_size: int,
+        ttl_s: float,
+        lookups_per_s: float | None = None,
+    ) -> None:
         self._kube = client
+        self._budget = AsyncLimiter(max(1.0, lookups_per_s), 1) if lookups_per_s else None
         self._pods: TTLCache[tuple[str, str], WorkloadRef] = TTLCache(cache_size, ttl_s)
         self._fallbacks: TTLCache[tuple[str, str], WorkloadRef] = TTLCache(
             cache_size, _FALLBACK_TTL_S
@@ -50,9 +64,19 @@ class WorkloadResolver:
         if self._kube is None:
             ref = workloads.from_name_shape(namespace, pod)
             self._pods[key] = ref
+        elif self._budget is not None and not self._budget.has_capacity():
+            metrics.resolver_over_budget.inc()
+            ref = workloads.from_name_shape(namespace, pod)
+            self._fallbacks[key] = ref
         else:
+            if self._budget is not None:
+                await self._budget.acquire()  # has capacity: returns at once
             try:
                 ref = await self.workload_of(await self._kube.get_pod(namespace, pod))
+                self._pods[key] = ref
+            except kube.NotFound:
+                # no such pod (made up, or gone): its name is all there is, for the whole TTL
+                ref = workloads.from_name_shape(namespace, pod)
                 self._pods[key] = ref
             except kube.KubeError:
                 ref = workloads.from_name_shape(namespace, pod)

@@ -132,7 +132,10 @@ async def run_stages(  # noqa: C901 - one place that starts and stops every stag
             if client is not None:
                 cleanups.append(client.close)
             resolver = WorkloadResolver(
-                client, cache_size=settings.resolver_cache_size, ttl_s=settings.resolver_cache_ttl_s
+                client,
+                cache_size=settings.resolver_cache_size,
+                ttl_s=settings.resolver_cache_ttl_s,
+                lookups_per_s=settings.resolver_lookups_per_s,
             )
             tasks.append(asyncio.create_task(Ingestor(settings, topologies, resolver).run(stop)))
         if "windows" in stages:

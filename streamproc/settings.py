@@ -95,6 +95,8 @@ class Settings:
     #: bounded TTL cache of pod -> workload resolutions.
     resolver_cache_size: int = 100_000
     resolver_cache_ttl_s: float = 300.0
+    #: API lookups per second for pods not in that cache; beyond it, the pod name's shape.
+    resolver_lookups_per_s: float = 10.0
     #: Kubernetes API request timeout.
     api_timeout_s: float = 10.0
     #: concurrent API requests per process.
