@@ -130,7 +130,16 @@ def scrape(port: int, name: str) -> float:
 class Processes:
     """The emulated API server and the three stages, each its own process as in production."""
 
-    def __init__(self, workdir: Path, workloads: int, bootstrap: str) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        workloads: int,
+        bootstrap: str,
+        *,
+        topology: str | None = None,
+        # measure the pipeline, not the client-side rate limit (default 20/s)
+        stage_args: tuple[str, ...] = ("--api-qps", "5000", "--api-burst", "5000"),
+    ) -> None:
         self.children: list[subprocess.Popen[bytes]] = []
         kubeconfig = workdir / "kubeconfig"
         emulator = subprocess.Popen(
@@ -149,7 +158,9 @@ class Processes:
         assert emulator.stdout is not None
         self.api = emulator.stdout.readline().decode().strip()
         (workdir / "topologies").mkdir(exist_ok=True)
-        (workdir / "topologies" / "bench.yaml").write_text(topology_yaml(window_s=600, threshold=1))
+        (workdir / "topologies" / "bench.yaml").write_text(
+            topology or topology_yaml(window_s=600, threshold=1)
+        )
         env = {
             **os.environ,
             "KUBECONFIG": str(kubeconfig),
@@ -174,11 +185,7 @@ class Processes:
                         "127.0.0.1",
                         "--metrics-port",
                         str(self.ports[stage]),
-                        # measure the pipeline, not the client-side rate limit (default 20/s)
-                        "--api-qps",
-                        "5000",
-                        "--api-burst",
-                        "5000",
+                        *stage_args,
                         *os.environ.get("BENCH_STAGE_ARGS", "").split(),
                     ],
                     env=env,

@@ -395,7 +395,7 @@ class Annotator:
         await consumer.start()
         try:
             while not stop.is_set():
-                batch = await consumer.getmany(timeout_ms=200, max_records=500)
+                batch = await consumer.getmany(timeout_ms=200, max_records=2000)
                 metrics.consumer_lag.labels(stage=STAGE).set(kafka.batch_lag(consumer, batch))
                 if not batch:
                     continue

@@ -125,7 +125,15 @@ class WorkloadResolver:
         found = []
         if listing is None:
             listing = await self._kube.list_pods(workload.namespace)
+        prefix = f"{workload.name}-"
         for pod in listing:
+            # A controller's name is the workload's (StatefulSet, DaemonSet, Job) or derives
+            # from it ("<deployment>-<hash>", "<cronjob>-<time>"): any other owner cannot lead
+            # to this workload, so it costs no owner lookup (a namespace of many ReplicaSets,
+            # or a flood of made-up workloads, would otherwise cost one GET per ReplicaSet).
+            owner = kube.controller_of(pod)
+            if owner is None or not (owner[1] == workload.name or owner[1].startswith(prefix)):
+                continue
             ref = await self.workload_of(pod)
             if (ref.kind, ref.name) == (workload.kind, workload.name):
                 found.append(pod)

@@ -1,4 +1,4 @@
-"""A flood of made-up pod names costs a bounded number of API lookups, not one per pod."""
+"""What resolving costs the API server: bounded under a flood of made-up pods or workloads."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from streamproc import kube
 from streamproc.lab.cluster import ClusterBuilder
 from streamproc.lab.kubeemu import KubeEmulator
 from streamproc.resolving import WorkloadResolver
+from streamproc.workloads import WorkloadRef
 
 
 async def test_pods_beyond_the_lookup_budget_are_resolved_by_name_without_a_request(
@@ -35,5 +36,29 @@ async def test_pods_beyond_the_lookup_budget_are_resolved_by_name_without_a_requ
         await asyncio.sleep(1.0)  # the budget refills
         ref = await resolver.resolve(real.namespace, real.pods[0])
         assert (ref.kind, ref.name, ref.resolved_by) == ("Deployment", "frontend", "api")
+    finally:
+        await client.close()
+
+
+async def test_finding_a_workloads_pods_reads_only_its_own_replicasets(
+    emulator: KubeEmulator, kubeconfig: Path, cluster: ClusterBuilder
+) -> None:
+    """Other workloads' ReplicaSets in the namespace, and made-up workloads, cost no lookup."""
+    client = await kube.Kube.connect(str(kubeconfig), timeout_s=2.0, attempts=1)
+    try:
+        resolver = WorkloadResolver(client, cache_size=100, ttl_s=60)
+        frontend = next(w for w in cluster.workloads if w.name == "frontend")
+        listing = await client.list_pods("shop")
+        found = await resolver.pods_of(
+            WorkloadRef("shop", "Deployment", "frontend", "api"), listing
+        )
+        assert sorted(p["metadata"]["name"] for p in found) == sorted(frontend.pods)
+        made_up = await resolver.pods_of(
+            WorkloadRef("shop", "Deployment", "flood-123", "name-shape"), listing
+        )
+        assert made_up == []
+        lookups = [r.path for r in emulator.requests if "/replicasets/" in r.path]
+        assert lookups, "the frontend's ReplicaSet is read to reach its Deployment"
+        assert all("/replicasets/frontend-" in path for path in lookups)
     finally:
         await client.close()
