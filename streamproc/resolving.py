@@ -65,9 +65,11 @@ class WorkloadResolver:
             ref = workloads.from_name_shape(namespace, pod)
             self._pods[key] = ref
         elif self._budget is not None and not self._budget.has_capacity():
+            # kept for the whole TTL: a flood's pods come back again and again, and a name's
+            # shape does not change; an API error's fallback below is retried sooner
             metrics.resolver_over_budget.inc()
             ref = workloads.from_name_shape(namespace, pod)
-            self._fallbacks[key] = ref
+            self._pods[key] = ref
         else:
             if self._budget is not None:
                 await self._budget.acquire()  # has capacity: returns at once

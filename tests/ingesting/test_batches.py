@@ -123,3 +123,55 @@ def test_the_gate_sends_until_the_threshold_then_holds_and_releases_merged() -> 
     # same slot (a very late detection) is urgent again rather than counted against old state
     gate.forget_ended(now_ms=60_000 + 3 * 3_600_000)
     assert [t.count for t in gate.admit({slot: tally(1)})] == [1]
+
+
+def test_many_held_workloads_are_released_less_often_but_within_a_window() -> None:
+    """A flood over 50,000 workloads: held tallies leave at about HELD_PER_S, never later than
+    the shortest window, so the Faust stage is not buried and no count outlives its window."""
+    from streamproc.tallies import Tally
+
+    [topology] = topologies.load_path(ROOT / "topologies")  # 60 s windows, threshold 1
+    gate = TallyGate([topology], hold_s=1.0)
+
+    def slots(n: int) -> dict[tuple[str, str, int], Tally]:
+        return {
+            ("retina-observe", f"ns/Deployment/w{i}", 60_000): Tally(
+                "retina-observe",
+                "ns",
+                "Deployment",
+                f"w{i}",
+                "name-shape",
+                60_000,
+                1,
+                60_000,
+                "r",
+                4,
+                "p",
+                [],
+            )
+            for i in range(n)
+        }
+
+    gate.admit(slots(50_000))  # first detections: urgent, nothing held
+    started = time.monotonic()
+    assert gate.admit(slots(50_000)) == []  # later ones: 50,000 held
+    assert not gate.due(started + 1.5)  # hold_s alone would release them now
+    assert not gate.due(started + 20)
+    assert gate.due(started + 30)  # 50,000 / 2,000 per second: 25 s after they were held
+    gate.release()
+    gate.admit(slots(500))
+    assert gate.due(time.monotonic() + 1.1)  # few held: the usual second
+
+    short = topology.model_copy(
+        update={
+            "spec": topology.spec.model_copy(
+                update={"window": topology.spec.window.model_copy(update={"size": 5.0})}
+            )
+        }
+    )
+    capped = TallyGate([short], hold_s=1.0)
+    capped.admit(slots(50_000))
+    began = time.monotonic()
+    capped.admit(slots(50_000))
+    assert not capped.due(began + 4)
+    assert capped.due(began + 10)  # never later than the shortest window (5 s)
