@@ -54,3 +54,24 @@ def test_the_memory_benchmark_reports_each_process_against_its_idle_size() -> No
     assert "ingest: RSS with 200 live workloads" in out
     results = json.loads((ROOT / "bench/results/memory.json").read_text())
     assert all(r["value"] > 0 and r["baseline"] > 0 for r in results["rows"])
+
+
+def test_the_flood_benchmark_reports_latency_memory_and_api_use_against_their_baselines() -> None:
+    """Small run: before/after latency, the API's busiest second, lookups avoided, a JSON file."""
+    out = run_bench(
+        "flood.py",
+        "--detections",
+        "5000",
+        "--fake-workloads",
+        "500",
+        "--probes",
+        "3",
+        "--probes-after",
+        "3",
+    )
+    assert "API lookups of made-up pods" in out
+    results = json.loads((ROOT / "bench/results/flood.json").read_text())
+    rows = {r["name"]: r for r in results["rows"]}
+    assert rows["latency p50 after the flood (ms)"]["baseline"] > 0
+    assert rows["API lookups of made-up pods"]["baseline"] == 500
+    assert rows["workloads under observation"]["value"] == 1 + 3 + 3
