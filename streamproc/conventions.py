@@ -29,8 +29,9 @@ OWNED_KEYS = f"{PREFIX}/owned-keys"
 
 BOOKKEEPING_KEYS = (EXPIRES_AT, TOPOLOGY, RULE, ACTION_ID, OWNED_KEYS)
 
-#: namespaces never observed unless a topology lists them in ``include`` explicitly.
-PROTECTED_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease")
+#: namespaces never observed unless a topology lists them in ``include`` explicitly, whatever
+#: its ``exclude`` says: the control plane's, and streamproc's own (k8s/ deploys it there).
+PROTECTED_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease", "streamproc")
 
 _DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from streamproc import conventions
 from streamproc.events import Detection
 from streamproc.topologies import Topology
 
@@ -50,7 +51,9 @@ class Matcher:
                 tags=frozenset(t.spec.match.tags),
                 sources=frozenset(t.spec.match.sources),
                 include=frozenset(t.spec.match.namespaces.include),
-                exclude=frozenset(t.spec.match.namespaces.exclude),
+                # a topology's own exclude list adds to the protected ones, never replaces them
+                exclude=frozenset(t.spec.match.namespaces.exclude)
+                | frozenset(conventions.PROTECTED_NAMESPACES),
             )
             for t in topologies
         )

@@ -65,6 +65,14 @@ def test_protected_namespaces_are_excluded_by_default() -> None:
     )
 
 
+def test_a_topologys_own_exclude_list_does_not_unprotect_the_protected_namespaces() -> None:
+    """Excluding one namespace must not open kube-system or streamproc's own namespace."""
+    matcher = Matcher([topology(namespaces={"exclude": ["payments"]})])
+    for protected in ("kube-system", "kube-public", "kube-node-lease", "streamproc", "payments"):
+        assert not matcher.match(detection(namespace=protected)), protected
+    assert matcher.match(detection(namespace="shop"))
+
+
 def test_include_is_an_allowlist() -> None:
     """With include given, other namespaces do not match."""
     matcher = Matcher([topology(namespaces={"include": ["shop"]})])
