@@ -420,6 +420,8 @@ class Annotator:
                             ],
                         )
                 await self._apply_until_done(actions, stop)
+                # the batch's audit records are durable before its actions are acknowledged
+                await self.auditor.flush()
                 await consumer.commit({tp: rs[-1].offset + 1 for tp, rs in batch.items()})
         finally:
             await consumer.stop()

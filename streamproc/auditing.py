@@ -2,9 +2,10 @@
 
 Who (topology, rule, a sample of detection uuids), what (object, pods, annotations), when, and
 the result: applied, extended, already-applied, dry-run, expired-before-apply, no-pods,
-forbidden, failed, expired. Records are produced without waiting on each one and flushed when
-the stage stops; an audit that cannot be written is counted and logged, never a reason to hold
-back an observation.
+forbidden, failed, expired. Records are produced without waiting on each one; the annotator
+flushes them before it commits a batch of actions (so a crash replays the batch rather than
+losing its records) and the expirer after each round. An audit that cannot be written is
+counted and logged, never a reason to hold back an observation.
 """
 
 from __future__ import annotations
@@ -27,12 +28,18 @@ class Auditor(Protocol):
     def record(self, **fields: Any) -> None:
         """Write one record (``time`` is added)."""
 
+    async def flush(self) -> None:
+        """Return once every record so far is durable (or failed and counted)."""
+
 
 class NullAuditor:
     """Keeps nothing (tests of other behaviour, tools that only read)."""
 
     def record(self, **fields: Any) -> None:
         """Drop the record."""
+
+    async def flush(self) -> None:
+        """Nothing to wait for."""
 
 
 class MemoryAuditor:
@@ -44,6 +51,9 @@ class MemoryAuditor:
     def record(self, **fields: Any) -> None:
         """Append the record."""
         self.records.append({"time": conventions.format_time(time.time()), **fields})
+
+    async def flush(self) -> None:
+        """Nothing to wait for."""
 
 
 class KafkaAuditor:

@@ -12,6 +12,7 @@ unreachable, due expiries wait and are applied when it answers again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import logging
 import time
@@ -105,6 +106,9 @@ class Expirer:
                 if known is None or known[0] != until:
                     continue  # superseded by a later schedule
                 await self._expire(namespace, pod, known[1])
+            # bounded, and shielded so a slow broker only delays the records, never an expiry
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._auditor.flush()), timeout=2.0)
             self._publish_gauge()
             wait = min(next_resync, self._heap[0][0] if self._heap else next_resync) - time.time()
             self._wake.clear()

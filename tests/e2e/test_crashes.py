@@ -228,7 +228,11 @@ def test_random_sigkills_of_each_stage_lose_nothing_and_act_once(
             *(handled.get(r, set()) for r in HANDLED)
         )
 
-    wait_for(lambda: expected <= acted(), timeout=120, interval=2, what="every window acted on")
+    try:
+        wait_for(lambda: expected <= acted(), timeout=120, interval=2, what="every window acted on")
+    except AssertionError:
+        missing = sorted(expected - acted())
+        raise AssertionError(f"{len(missing)} windows never acted on: {missing[:5]}") from None
 
     def all_released() -> bool:
         return not any(
