@@ -287,7 +287,7 @@ class TallyGate:
         self._hold_s = hold_s
         self._counts: dict[_Slot, int] = {}
         self._held: dict[_Slot, Tally] = {}
-        self._release_at = 0.0
+        self._held_since = 0.0
         self._next_prune_ms = 0
 
     @property
@@ -307,19 +307,19 @@ class TallyGate:
                 merge(self._held[slot], tally)
             else:
                 if not self._held:
-                    self._release_at = time.monotonic() + self._hold_s
+                    self._held_since = time.monotonic()
                 self._held[slot] = tally
         return urgent
 
     def _interval(self) -> float:
-        longest = min(self._sizes_ms.values(), default=1000) / 1000
-        return max(self._hold_s, min(len(self._held) / self.HELD_PER_S, longest))
+        shortest_window_s = min(self._sizes_ms.values(), default=1000) / 1000
+        return max(self._hold_s, min(len(self._held) / self.HELD_PER_S, shortest_window_s))
 
     def due(self, now: float) -> bool:
         """Whether held tallies should be released now (the interval grows with their number)."""
         if not self._held:
             return False
-        return now >= self._release_at - self._hold_s + self._interval()
+        return now >= self._held_since + self._interval()
 
     def release(self) -> list[Tally]:
         """Everything held."""

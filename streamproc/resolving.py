@@ -61,30 +61,32 @@ class WorkloadResolver:
         cached = self._pods.get(key) or self._fallbacks.get(key)
         if cached is not None:
             return cached
-        if self._kube is None:
+        # Remembered for the whole TTL unless the API failed (then retried sooner). Without the
+        # API, or over the lookup budget (a flood's pods come back again and again), or for a
+        # pod that does not exist (made up, or gone), the name's shape is all there is.
+        lasting = True
+        if self._kube is None or not await self._within_budget():
             ref = workloads.from_name_shape(namespace, pod)
-            self._pods[key] = ref
-        elif self._budget is not None and not self._budget.has_capacity():
-            # kept for the whole TTL: a flood's pods come back again and again, and a name's
-            # shape does not change; an API error's fallback below is retried sooner
-            metrics.resolver_over_budget.inc()
-            ref = workloads.from_name_shape(namespace, pod)
-            self._pods[key] = ref
         else:
-            if self._budget is not None:
-                await self._budget.acquire()  # has capacity: returns at once
             try:
                 ref = await self.workload_of(await self._kube.get_pod(namespace, pod))
-                self._pods[key] = ref
             except kube.NotFound:
-                # no such pod (made up, or gone): its name is all there is, for the whole TTL
                 ref = workloads.from_name_shape(namespace, pod)
-                self._pods[key] = ref
             except kube.KubeError:
-                ref = workloads.from_name_shape(namespace, pod)
-                self._fallbacks[key] = ref
+                ref, lasting = workloads.from_name_shape(namespace, pod), False
+        (self._pods if lasting else self._fallbacks)[key] = ref
         metrics.workload_resolutions.labels(method=ref.resolved_by).inc()
         return ref
+
+    async def _within_budget(self) -> bool:
+        """Take one lookup from the budget if there is one left now; never waits for one."""
+        if self._budget is None:
+            return True
+        if not self._budget.has_capacity():
+            metrics.resolver_over_budget.inc()
+            return False
+        await self._budget.acquire()  # has capacity: returns at once
+        return True
 
     async def workload_of(self, pod: kube.Json) -> WorkloadRef:
         """The workload of a pod object read from the API."""

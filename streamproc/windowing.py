@@ -195,11 +195,6 @@ def build_app(  # noqa: C901 - the agent and timer are closures over the app
                 continue
             window = tables[topology.name][tally.workload_key]
             state = window.current()
-            if state and state[1]:
-                # already acted on: only the deduplication count moves, so nothing is written
-                # back (each table write is also a changelog record: half the cost of a tally)
-                metrics.detections_deduplicated.labels(topology=topology.name).inc(tally.count)
-                continue
             if not state:
                 metrics.windows_opened.labels(topology=topology.name).inc()
             new_state, act, deduplicated = decide(
@@ -214,7 +209,10 @@ def build_app(  # noqa: C901 - the agent and timer are closures over the app
                 log.info("action %s (%d detections)", action.id, new_state[0])
             if deduplicated:
                 metrics.detections_deduplicated.labels(topology=topology.name).inc(deduplicated)
-            tables[topology.name][tally.workload_key] = new_state
+            if not (state and state[1]):
+                # a window already acted on keeps its state: only the deduplication count moved,
+                # and each table write is also a changelog record (half the cost of a tally)
+                tables[topology.name][tally.workload_key] = new_state
 
     @app.timer(interval=2.0)  # type: ignore[untyped-decorator]
     async def report_lag() -> None:
