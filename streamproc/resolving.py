@@ -20,6 +20,8 @@ from streamproc.events import Detection
 from streamproc.workloads import WorkloadRef
 
 _FALLBACK_TTL_S = 10.0
+#: how many seconds of the lookup rate may be spent at once.
+LOOKUP_BURST_S = 10.0
 
 
 class WorkloadResolver:
@@ -34,7 +36,14 @@ class WorkloadResolver:
         lookups_per_s: float | None = None,
     ) -> None:
         self._kube = client
-        self._budget = AsyncLimiter(max(1.0, lookups_per_s), 1) if lookups_per_s else None
+        # A burst of LOOKUP_BURST_S seconds' worth: a restarted ingest meets every live pod of
+        # its backlog at once, and a real pod guessed by its name (a DaemonSet's pod reads like
+        # a bare one) would have its observation go to a workload that does not exist.
+        self._budget = (
+            AsyncLimiter(max(1.0, lookups_per_s * LOOKUP_BURST_S), LOOKUP_BURST_S)
+            if lookups_per_s
+            else None
+        )
         self._pods: TTLCache[tuple[str, str], WorkloadRef] = TTLCache(cache_size, ttl_s)
         self._fallbacks: TTLCache[tuple[str, str], WorkloadRef] = TTLCache(
             cache_size, _FALLBACK_TTL_S
