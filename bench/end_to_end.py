@@ -30,7 +30,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -109,6 +110,58 @@ def first_patches(log: list[list[object]], pod_owner: dict[str, str]) -> dict[st
             if workload and workload not in found:
                 found[workload] = float(answered)  # type: ignore[arg-type]
     return found
+
+
+async def first_records(bootstrap: str, topic: str, field: str) -> dict[str, float]:
+    """Per workload, the timestamp of the first record on ``topic`` (when its stage sent it)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    found: dict[str, float] = {}
+    try:
+        await consumer.topics()  # metadata, so the topic's partitions are known
+        # assigned, not subscribed: no group join to wait for
+        consumer.assign(
+            [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        )
+        await consumer.seek_to_beginning()
+        quiet_since = time.monotonic()
+        while time.monotonic() - quiet_since < 1.5:
+            batch = await consumer.getmany(timeout_ms=200, max_records=10_000)
+            for records in batch.values():
+                quiet_since = time.monotonic()
+                for record in records:
+                    name = orjson.loads(record.value)[field]
+                    found.setdefault(name, record.timestamp / 1000)
+    finally:
+        await consumer.stop()
+    return found
+
+
+def hop_rows(
+    first_sent: dict[str, float], acted: dict[str, float], patched: dict[str, float]
+) -> list[dict[str, object]]:
+    """Median time on each side of the actions topic, so the total can be read hop by hop.
+
+    (A tally's record timestamp is its window's start, for Faust's windowing, so the ingest
+    and windows stages are measured together.)
+    """
+    hops = {
+        "hop p50: send -> action published (ingest + windows) (ms)": (first_sent, acted),
+        "hop p50: action -> first patch acknowledged (ms)": (acted, patched),
+    }
+    rows: list[dict[str, object]] = []
+    for name, (start, end) in hops.items():
+        spans = [end[w] - start[w] for w in first_sent if w in start and w in end]
+        if spans:
+            rows.append({"name": name, "value": statistics.median(spans) * 1e3, "unit": "ms"})
+    return rows
+
+
+def keep(**documents: object) -> None:
+    """With BENCH_WORKDIR set, keep the raw timings there for reading hop by hop."""
+    if "BENCH_WORKDIR" in os.environ:
+        for name, document in documents.items():
+            Path(os.environ["BENCH_WORKDIR"], f"{name}.json").write_text(json.dumps(document))
 
 
 def request_log(url: str) -> list[list[object]]:
@@ -203,6 +256,25 @@ class Processes:
             out[name] = int(status.split("VmRSS:")[1].split()[0]) / 1024
         return out
 
+    def cpu_s(self, extra: dict[str, int]) -> dict[str, float]:
+        """CPU seconds (user + system) each process has used so far."""
+        ticks = os.sysconf("SC_CLK_TCK")
+        pids = (
+            dict(
+                zip(
+                    ("emulator", "ingest", "windows", "annotate"),
+                    (c.pid for c in self.children),
+                    strict=True,
+                )
+            )
+            | extra
+        )
+        out = {}
+        for name, pid in pids.items():
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            out[name] = (int(fields[11]) + int(fields[12])) / ticks
+        return out
+
     def stop(self) -> None:
         for child in self.children:
             child.send_signal(signal.SIGTERM)
@@ -264,7 +336,10 @@ async def run(args: argparse.Namespace) -> None:
             )
             await asyncio.sleep(4)  # the floor consumer's group join (half the session timeout)
             windows_touched = {int(time.time()) // window}
+            others = {"broker": broker.pid or 0, "load generator + floor": os.getpid()}
+            cpu_before, wall_before = procs.cpu_s(others), time.monotonic()
             await publish(broker.bootstrap, values, args.rate, first_sent, probes)
+            cpu_after, wall = procs.cpu_s(others), time.monotonic() - wall_before
             windows_touched.add(int(time.time()) // window)
             deadline = time.monotonic() + 60
             while (
@@ -274,8 +349,11 @@ async def run(args: argparse.Namespace) -> None:
                 await asyncio.sleep(0.5)
             floor_stop.set()
             await floor_task
-            patched = first_patches(request_log(procs.api), pod_owner)
+            log = request_log(procs.api)
+            patched = first_patches(log, pod_owner)
             latencies = [patched[w] - first_sent[w] for w in first_sent if w in patched]
+            acted = await first_records(broker.bootstrap, "streamproc.actions", "name")
+            keep(requests=log, hops={"sent": first_sent, "acted": acted, "patched": patched})
             rows = [
                 {
                     "name": "floor: send -> plain consumer p50 (ms)",
@@ -294,6 +372,7 @@ async def run(args: argparse.Namespace) -> None:
                     "baseline": percentile(floor, 0.99) * 1e3,
                     "unit": "ms",
                 },
+                *hop_rows(first_sent, acted, patched),
                 {
                     "name": "workloads observed / published",
                     "value": len(latencies),
@@ -335,6 +414,14 @@ async def run(args: argparse.Namespace) -> None:
                         "unit": "s",
                     }
                 )
+            rows += [
+                {
+                    "name": f"CPU during the sustained load: {name}",
+                    "value": 100 * (cpu_after[name] - cpu_before[name]) / wall,
+                    "unit": "% of one core",
+                }
+                for name in cpu_after
+            ]
             rows += [
                 {"name": f"resident memory: {name}", "value": mb, "unit": "MB"}
                 for name, mb in procs.rss_mb().items()

@@ -339,14 +339,14 @@ class Annotator:
                 action
             )
         # One pod list per namespace for the whole batch; a pod deleted since is a 404 later.
+        # Beside it, the ReplicaSet each Deployment's firing pod names (no second round trip).
         namespaces = sorted({a.namespace for a in actions if a.kind != "Pod"})
-        listings = dict(
-            zip(
-                namespaces,
-                await asyncio.gather(*(self._list(ns) for ns in namespaces)),
-                strict=True,
-            )
+        guesses = {(a.namespace, a.pod) for a in actions if self._will_walk_owners(a)}
+        found = await asyncio.gather(
+            *(self._list(ns) for ns in namespaces),
+            *(self._prefetch(ns, pod) for ns, pod in guesses),
         )
+        listings = dict(zip(namespaces, found[: len(namespaces)], strict=True))
         outcomes = await asyncio.gather(
             *(self._handle_in_order(group, listings) for group in by_workload.values()),
             return_exceptions=True,
@@ -354,6 +354,28 @@ class Annotator:
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
+
+    def _will_walk_owners(self, action: Action) -> bool:
+        """Whether applying the action looks for a Deployment's pods, through a pod that exists.
+
+        Only for workloads ingest resolved through the API (so the firing pod was there, with
+        a controller): a made-up workload would cost a wasted GET per action, and a flood of
+        them (50,000 in ``bench/flood.py``) would queue real work behind those GETs. Ingest's
+        lookup budget bounds how many such actions there can be.
+        """
+        topology = self.topologies.get(action.topology)
+        return (
+            topology is not None
+            and action.kind == "Deployment"
+            and action.resolved_by == "api"
+            and bool(action.pod)
+            and topology.spec.action.scope == "workload"
+            and not self._over_cap(_target(action, topology), topology)
+        )
+
+    async def _prefetch(self, namespace: str, pod: str) -> None:
+        async with self._in_flight:
+            await self.resolver.prefetch_replicaset(namespace, pod)
 
     async def _list(self, namespace: str) -> list[kube.Json] | None:
         async with self._in_flight:
@@ -393,6 +415,8 @@ class Annotator:
         producer = kafka.producer(self.settings)
         await producer.start()
         await consumer.start()
+        # the batch's audit records are durable before its actions are acknowledged
+        committer = kafka.Committer(consumer, STAGE, before=self.auditor.flush)
         try:
             while not stop.is_set():
                 batch = await consumer.getmany(timeout_ms=200, max_records=2000)
@@ -420,10 +444,9 @@ class Annotator:
                             ],
                         )
                 await self._apply_until_done(actions, stop)
-                # the batch's audit records are durable before its actions are acknowledged
-                await self.auditor.flush()
-                await consumer.commit({tp: rs[-1].offset + 1 for tp, rs in batch.items()})
+                committer.commit({tp: rs[-1].offset + 1 for tp, rs in batch.items()})
         finally:
+            await committer.close()
             await consumer.stop()
             await producer.stop()
 

@@ -230,6 +230,16 @@ def _common(func: Callable[..., Any]) -> Callable[..., Any]:
             help="Consumer group session timeout (s).",
         ),
         click.option(
+            "--fetch-max-wait",
+            envvar="STREAMPROC_FETCH_MAX_WAIT_MS",
+            type=click.IntRange(1, 10_000),
+            default=20,
+            show_default=True,
+            help="Longest a consumer's fetch waits for records (ms). On Apache Kafka it only "
+            "sets how often an idle consumer asks; on brokers that do not wake a waiting fetch "
+            "it adds up to this much latency per stage.",
+        ),
+        click.option(
             "--speed",
             envvar="STREAMPROC_SPEED",
             type=float,
@@ -280,6 +290,7 @@ def _settings(**opts: Any) -> Settings:
         resolver_lookups_per_s=opts["pod_lookups"],
         kube_events=opts["kube_events"],
         session_timeout_s=opts["session_timeout"],
+        fetch_max_wait_ms=opts["fetch_max_wait"],
         speed=opts["speed"],
         enable_idempotence=opts["enable_idempotence"],
     )

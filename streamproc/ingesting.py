@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
+from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable, Mapping, Sequence
 
 from streamproc import events, kafka, metrics
@@ -193,11 +193,14 @@ class Ingestor:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; survive broker outages by retrying the same batch."""
         consumer = kafka.consumer(self.settings, self.source_topics, "streamproc-ingest")
-        producer = kafka.producer(self.settings)
+        # A batch's tallies are all sent before the first is awaited, so they share one request
+        # anyway: lingering would only delay it.
+        producer = kafka.producer(self.settings, linger_ms=0)
         await producer.start()
         await consumer.start()
         log.info("ingest reading %s", ", ".join(self.source_topics))
-        pending: dict[kafka.TopicPartition, int] = {}
+        commits = CommitPoint()
+        committer = kafka.Committer(consumer, STAGE)
         try:
             while not stop.is_set():
                 batch = await consumer.getmany(
@@ -205,13 +208,17 @@ class Ingestor:
                     max_records=self.settings.batch_max_records,
                 )
                 if batch:
-                    await self._handle(consumer, producer, batch, pending)
-                if self.gate.due(time.monotonic()):
-                    await self._release(consumer, producer, pending)
+                    await self._handle(consumer, producer, batch, commits)
+                now = time.monotonic()
+                if self.gate.due(now):
+                    await self._release(producer, now)
+                self._commit(committer, commits)
                 self.gate.forget_ended(int(time.time() * 1000))
                 metrics.consumer_lag.labels(stage=STAGE).set(kafka.batch_lag(consumer, batch))
-            await self._release(consumer, producer, pending)
+            await self._release(producer, None)
+            self._commit(committer, commits)
         finally:
+            await committer.close()
             await consumer.stop()
             await producer.stop()
 
@@ -220,17 +227,13 @@ class Ingestor:
         consumer: kafka.AIOKafkaConsumer,
         producer: kafka.AIOKafkaProducer,
         batch: Mapping[kafka.TopicPartition, list[kafka.ConsumerRecord]],
-        pending: dict[kafka.TopicPartition, int],
+        commits: CommitPoint,
     ) -> None:
         records = [r for rs in batch.values() for r in rs]
         metrics.records_consumed.labels(stage=STAGE).inc(len(records))
         try:
             result = await self.process(records)
             await self.publish(producer, self.gate.admit(result.tallies), result.dead)
-            pending.update({tp: rs[-1].offset + 1 for tp, rs in batch.items()})
-            if not self.gate.holding:
-                await consumer.commit(pending)
-                pending.clear()
         except kafka.KafkaError as exc:
             # Nothing of this batch is committed: rewind and take it again once Kafka is back.
             metrics.stage_errors.labels(stage=STAGE, error=type(exc).__name__).inc()
@@ -239,23 +242,25 @@ class Ingestor:
                 consumer.seek(tp, rs[0].offset)
             await asyncio.sleep(1.0)
             return
+        commits.handled(self.gate.batches, {tp: rs[-1].offset + 1 for tp, rs in batch.items()})
         self.record_metrics(result)
 
-    async def _release(
-        self,
-        consumer: kafka.AIOKafkaConsumer,
-        producer: kafka.AIOKafkaProducer,
-        pending: dict[kafka.TopicPartition, int],
-    ) -> None:
-        """Publish held tallies, then commit the offsets that waited for them."""
+    async def _release(self, producer: kafka.AIOKafkaProducer, now: float | None) -> None:
+        """Publish the held tallies that are due (all of them when ``now`` is None)."""
         try:
-            await self.publish(producer, self.gate.release())
-            if pending:
-                await consumer.commit(pending)
-                pending.clear()
+            await self.publish(producer, self.gate.release(now))
         except kafka.KafkaError as exc:
+            self.gate.settle(delivered=False)  # held again: their offsets stay uncommitted
             metrics.stage_errors.labels(stage=STAGE, error=type(exc).__name__).inc()
             log.warning("releasing held tallies failed (%s); will retry", exc)
+        else:
+            self.gate.settle(delivered=True)
+
+    def _commit(self, committer: kafka.Committer, commits: CommitPoint) -> None:
+        """Commit what no held count still depends on."""
+        offsets = commits.committable(self.gate.oldest_held_batch)
+        if offsets:
+            committer.commit(offsets)
 
 
 class TallyGate:
@@ -265,10 +270,15 @@ class TallyGate:
     is still below the topology's threshold, its tallies go out at once: the next one may be the
     one that opens the observation. Once the local count alone reaches the threshold, the window
     has qualified whatever other ingest processes saw, and further tallies only keep the counts
-    (deduplication) exact: they are merged and released every ``hold_s``. Under a flood this
-    turns thousands of tallies per second into one per workload per interval, which is what keeps
-    the Faust stage far below its per-event limit. Offsets of batches whose counts are held are
-    committed only after the release, so at-least-once holds for counts as well.
+    (deduplication) exact: they are merged and released ``hold_s`` after the first of them was
+    held. Under a flood this turns thousands of tallies per second into one per workload per
+    interval, which is what keeps the Faust stage far below its per-event limit.
+
+    Each held count leaves on its own schedule, not all at once: 500 workloads' counts released
+    together are 500 tallies the Faust stage must work through (measured: ~150 ms) before it
+    sees a new workload's first tally queued behind them. Offsets of a batch whose counts are
+    held are committed only once they left (``oldest_held_batch``), so counts stay
+    at-least-once.
 
     A flood over many workloads (50,000 made-up ones, say) would still mean 50,000 held tallies
     every ``hold_s``, more than the Faust stage handles: the interval stretches so that held
@@ -286,8 +296,11 @@ class TallyGate:
         self._sizes_ms = {t.name: int(t.spec.window.size * 1000) for t in topologies}
         self._hold_s = hold_s
         self._counts: dict[_Slot, int] = {}
-        self._held: dict[_Slot, Tally] = {}
-        self._held_since = 0.0
+        #: held tallies in the order they were first held, with when and in which batch (an
+        #: OrderedDict: the oldest is looked at and taken off the front in O(1))
+        self._held: OrderedDict[_Slot, tuple[Tally, float, int]] = OrderedDict()
+        self._leaving: OrderedDict[_Slot, tuple[Tally, float, int]] = OrderedDict()
+        self._batches = 0
         self._next_prune_ms = 0
 
     @property
@@ -295,8 +308,23 @@ class TallyGate:
         """Whether some counted detections are not yet published."""
         return bool(self._held)
 
-    def admit(self, tallies: Mapping[_Slot, Tally]) -> list[Tally]:
+    @property
+    def batches(self) -> int:
+        """How many batches were admitted so far (the number of the latest)."""
+        return self._batches
+
+    @property
+    def oldest_held_batch(self) -> int | None:
+        """The earliest batch with a count still held; offsets before it may be committed."""
+        for entries in (self._leaving, self._held):
+            for _, _, batch in entries.values():
+                return batch
+        return None
+
+    def admit(self, tallies: Mapping[_Slot, Tally], now: float | None = None) -> list[Tally]:
         """Record a batch's tallies; return those to publish now."""
+        self._batches += 1
+        now = time.monotonic() if now is None else now
         urgent = []
         for slot, tally in tallies.items():
             before = self._counts.get(slot, 0)
@@ -304,11 +332,9 @@ class TallyGate:
             if before < self._thresholds[slot[0]]:
                 urgent.append(tally)  # counts only grow, so nothing is held for this slot yet
             elif slot in self._held:
-                merge(self._held[slot], tally)
+                merge(self._held[slot][0], tally)
             else:
-                if not self._held:
-                    self._held_since = time.monotonic()
-                self._held[slot] = tally
+                self._held[slot] = (tally, now, self._batches)
         return urgent
 
     def _interval(self) -> float:
@@ -316,16 +342,30 @@ class TallyGate:
         return max(self._hold_s, min(len(self._held) / self.HELD_PER_S, shortest_window_s))
 
     def due(self, now: float) -> bool:
-        """Whether held tallies should be released now (the interval grows with their number)."""
-        if not self._held:
-            return False
-        return now >= self._held_since + self._interval()
+        """Whether some held tallies should leave now (the interval grows with their number)."""
+        for _, since, _ in self._held.values():
+            return now >= since + self._interval()
+        return False
 
-    def release(self) -> list[Tally]:
-        """Everything held."""
-        released = list(self._held.values())
-        self._held.clear()
-        return released
+    def release(self, now: float | None = None) -> list[Tally]:
+        """The held tallies whose time has come at ``now``; all of them without ``now``.
+
+        They count as held until ``settle`` says whether publishing them succeeded.
+        """
+        cutoff = float("inf") if now is None else now - self._interval()
+        while self._held:
+            slot, entry = next(iter(self._held.items()))
+            if entry[1] > cutoff:
+                break
+            self._leaving[slot] = self._held.pop(slot)
+        return [tally for tally, _, _ in self._leaving.values()]
+
+    def settle(self, *, delivered: bool) -> None:
+        """After a release: forget what left, or hold it again, oldest first, if it did not."""
+        if not delivered:
+            self._leaving.update(self._held)
+            self._held = self._leaving
+        self._leaving = OrderedDict()
 
     def forget_ended(self, now_ms: int) -> None:
         """Drop counts of windows that ended a window ago (memory stays flat over time)."""
@@ -337,6 +377,24 @@ class TallyGate:
             for slot, n in self._counts.items()
             if slot[2] + 2 * self._sizes_ms[slot[0]] > now_ms
         }
+
+
+class CommitPoint:
+    """Offsets of handled batches, handed out for commit once none of their counts is held."""
+
+    def __init__(self) -> None:
+        self._batches: deque[tuple[int, dict[kafka.TopicPartition, int]]] = deque()
+
+    def handled(self, batch: int, offsets: dict[kafka.TopicPartition, int]) -> None:
+        """A batch's tallies were published or held; its next offsets."""
+        self._batches.append((batch, offsets))
+
+    def committable(self, oldest_held: int | None) -> dict[kafka.TopicPartition, int]:
+        """Offsets to commit now: up to the batch before the oldest one with a held count."""
+        offsets: dict[kafka.TopicPartition, int] = {}
+        while self._batches and (oldest_held is None or self._batches[0][0] < oldest_held):
+            offsets.update(self._batches.popleft()[1])
+        return offsets
 
 
 def merge(into: Tally, other: Tally) -> Tally:

@@ -120,6 +120,24 @@ class WorkloadResolver:
         self._controllers[key] = found
         return found
 
+    async def prefetch_replicaset(self, namespace: str, pod: str) -> None:
+        """Look up the ReplicaSet a Deployment's pod name points at (``<rs>-<suffix>``), early.
+
+        The annotator does this beside its pod list, so that walking the listed pods' owners
+        finds the ReplicaSet already known instead of costing a second round trip for every new
+        workload. Only an answer found is remembered: a wrong guess costs one GET and leaves no
+        trace, and what decides is still the pods' own ownerReferences.
+        """
+        replicaset = pod.rpartition("-")[0]
+        key = (namespace, "ReplicaSet", replicaset)
+        if self._kube is None or not replicaset or key in self._controllers:
+            return
+        try:
+            found = await self._kube.get_controller_owner(namespace, "ReplicaSet", replicaset)
+        except kube.KubeError:
+            return
+        self._controllers[key] = kube.controller_of(found)
+
     async def pods_of(
         self, workload: WorkloadRef, listing: list[kube.Json] | None = None
     ) -> list[kube.Json]:

@@ -88,6 +88,10 @@ class Settings:
     flush_interval_s: float = 0.05
     #: how long counts for windows that already qualified may wait before being published.
     tally_hold_s: float = 1.0
+    #: the longest a fetch waits for records. Apache Kafka answers a waiting fetch as soon as
+    #: records arrive, so there it only sets how often an idle consumer asks (raise it to save
+    #: requests); brokers that do not wake a parked fetch (tansu) add up to this much per hop.
+    fetch_max_wait_ms: int = 20
     #: most records per ingest batch.
     batch_max_records: int = 20_000
     #: keep a broker-side idempotent producer where the broker supports it (Apache Kafka does).

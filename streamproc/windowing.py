@@ -32,12 +32,11 @@ from streamproc.topologies import Topology
 
 log = logging.getLogger("streamproc.windows")
 APP_ID = "streamproc-windows"
-FETCH_MAX_WAIT_MS = 50
 STAGE = "windows"
 
 
 class _ConsumerThread(faust_kafka.AIOKafkaConsumerThread):
-    """Faust's consumer with a short fetch wait.
+    """Faust's consumer with the stages' fetch wait (``Settings.fetch_max_wait_ms``).
 
     Faust hard-codes ``fetch_max_wait_ms=1500``. Apache Kafka answers a waiting fetch as soon as
     data arrives, so the value costs nothing there; brokers that do not wake a parked fetch (the
@@ -47,7 +46,8 @@ class _ConsumerThread(faust_kafka.AIOKafkaConsumerThread):
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
-        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # noqa: SLF001 - read when it starts
+        app: _App = self.app  # type: ignore[assignment]
+        consumer._fetch_max_wait_ms = app.fetch_max_wait_ms  # noqa: SLF001 - read at start
         return consumer
 
 
@@ -61,6 +61,9 @@ class _Transport(faust_kafka.Transport):
 
 
 class _App(faust.App):
+    #: set by build_app from the settings
+    fetch_max_wait_ms = 20
+
     def _new_transport(self) -> _Transport:
         return _Transport(self.conf.broker_consumer, self)
 
@@ -144,6 +147,7 @@ def build_app(  # noqa: C901 - the agent and timer are closures over the app
         web_enabled=False,
         table_cleanup_interval=max(1.0, min(30.0, *(t.spec.window.size for t in topologies))),
     )
+    app.fetch_max_wait_ms = settings.fetch_max_wait_ms
     tallies = app.topic(
         settings.topics.tallies,
         key_serializer="raw",

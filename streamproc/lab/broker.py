@@ -82,6 +82,11 @@ class EmbeddedBroker:
         self._log_file: IO[bytes] | None = None
 
     @property
+    def pid(self) -> int | None:
+        """The broker process, while it runs (benchmarks account its CPU)."""
+        return self._process.pid if self._process is not None else None
+
+    @property
     def bootstrap(self) -> str:
         """``host:port`` for bootstrap.servers."""
         return f"{self.host}:{self.port}"

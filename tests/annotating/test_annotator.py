@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -446,3 +447,40 @@ async def test_a_stale_resource_version_is_reread_and_reapplied(
         meta = (emulator.get("Pod", "shop", name) or {})["metadata"]
         assert meta["labels"]["team"] == "web"  # their change survived
         assert meta["annotations"]["retina.sh"] == "observe"  # ours landed
+
+
+async def test_a_new_deployments_replicaset_is_read_beside_the_pod_list(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
+) -> None:
+    """The ReplicaSet the firing pod's name points at is read while the namespace's pods are
+    listed, so a new workload's patch waits for one round trip, not two; a wrong guess costs
+    one request and changes nothing; a workload only guessed by name costs none."""
+    annotator, _ = make(client)
+    frontend = workload(cluster, "frontend")
+    # a slow list: the ReplicaSet read must not wait for it
+    emulator.faults.append(
+        Fault(method="GET", path=r"/namespaces/shop/pods$", status=0, delay_s=0.5, times=1)
+    )
+    await annotator.handle([action_for(frontend)])
+    assert annotated(emulator) == set(frontend.pods)
+    [listing] = [r for r in emulator.requests if r.path.endswith("/namespaces/shop/pods")]
+    [replicaset] = [r for r in emulator.requests if "/replicasets/" in r.path]  # read once
+    assert replicaset.at < listing.done
+
+    checkout = workload(cluster, "checkout")
+    wrong = dataclasses.replace(action_for(checkout), pod="checkout-notarealhash-x2x7k")
+    await annotator.handle([wrong])
+    assert annotated(emulator) == set(frontend.pods) | set(checkout.pods)
+    reads = [r.path.rsplit("/", 1)[-1] for r in emulator.requests if "/replicasets/" in r.path]
+    assert reads.count("checkout-notarealhash") == 1
+
+    # a workload ingest only guessed from a pod's name may be made up: no read on a guess
+    made_up = dataclasses.replace(
+        action_for(checkout),
+        id="retina-observe/shop/Deployment/flood-1/0",
+        name="flood-1",
+        pod="flood-1-5d8f7c9b6d-x2x7k",
+        resolved_by="name-shape",
+    )
+    await annotator.handle([made_up])
+    assert not [r for r in emulator.requests if "/replicasets/flood-1" in r.path]

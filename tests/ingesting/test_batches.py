@@ -176,3 +176,51 @@ def test_many_held_workloads_are_released_less_often_but_within_a_window() -> No
     capped.admit(slots(50_000))
     assert not capped.due(began + 4)
     assert capped.due(began + 10)  # never later than the shortest window (5 s)
+
+
+def test_held_counts_leave_on_their_own_schedule_and_offsets_wait_for_them() -> None:
+    """Each workload's held count leaves ``hold_s`` after it was first held, not all together
+    (500 released at once queue a new workload's first tally behind them in the Faust stage);
+    a batch's offsets are committable only once no count of it or before it is still held, and
+    a release the broker refused is held again, oldest first."""
+    from aiokafka import TopicPartition
+
+    from streamproc.ingesting import CommitPoint
+    from streamproc.tallies import Tally
+
+    [topology] = topologies.load_path(ROOT / "topologies")  # threshold 1
+    gate = TallyGate([topology], hold_s=1.0)
+    commits = CommitPoint()
+    tp = TopicPartition("falco", 0)
+
+    def slot_and_tally(name: str) -> dict[tuple[str, str, int], Tally]:
+        tally = Tally(
+            "retina-observe", "ns", "Deployment", name, "api", 0, 1, 0, "r", 4, f"{name}-p", []
+        )
+        return {("retina-observe", f"ns/Deployment/{name}", 0): tally}
+
+    assert len(gate.admit({**slot_and_tally("a"), **slot_and_tally("b")}, now=100.0)) == 2
+    commits.handled(gate.batches, {tp: 10})
+    assert gate.admit(slot_and_tally("a"), now=100.2) == []  # qualified: held
+    commits.handled(gate.batches, {tp: 20})
+    assert gate.admit(slot_and_tally("b"), now=100.7) == []
+    commits.handled(gate.batches, {tp: 30})
+    assert gate.admit(slot_and_tally("a"), now=100.9) == []  # merged into a's held count
+    commits.handled(gate.batches, {tp: 40})
+
+    assert commits.committable(gate.oldest_held_batch) == {tp: 10}  # batch 2 is still held
+    assert not gate.due(101.1)
+    assert gate.due(101.2)
+    [a] = gate.release(101.2)  # a was held at 100.2; b only at 100.7
+    assert (a.name, a.count) == ("a", 2)
+    gate.settle(delivered=False)  # the broker refused: a is held again, ahead of b
+    assert commits.committable(gate.oldest_held_batch) == {}
+    [again] = gate.release(101.3)
+    assert again is a
+    gate.settle(delivered=True)
+    assert commits.committable(gate.oldest_held_batch) == {tp: 20}  # b (batch 3) still held
+    [b] = gate.release(101.7)
+    gate.settle(delivered=True)
+    assert b.name == "b"
+    assert not gate.holding
+    assert commits.committable(gate.oldest_held_batch) == {tp: 40}
