@@ -177,8 +177,8 @@ class Kube:
 
         kubernetes_asyncio opens its session with ``trust_env=True``, and aiohttp then hands every
         request to a thread twice: to read ``~/.netrc`` and to look up proxy variables (in a pod,
-        next to thousands of service variables). Measured in the annotator, that was most of its
-        CPU. The proxy is looked up once instead (``_proxy_from_environment``); the connector,
+        next to thousands of service variables). Measured in the annotator, that was a third of
+        its CPU. The proxy is looked up once instead (``_proxy_from_environment``); the connector,
         with its TLS settings and pool, is the client's own.
         """
         original = api.rest_client.pool_manager
