@@ -12,6 +12,8 @@ them. Over budget, a pod is resolved by its name's shape at once.
 
 from __future__ import annotations
 
+import contextlib
+
 from aiolimiter import AsyncLimiter
 from cachetools import TTLCache
 
@@ -107,7 +109,13 @@ class WorkloadResolver:
             grand = await self._controller(namespace, *owner)
         return workloads.from_owner_chain(namespace, name, owner, grand)
 
-    async def _controller(self, namespace: str, kind: str, name: str) -> tuple[str, str] | None:
+    async def _controller(
+        self, namespace: str, kind: str, name: str, *, guessed: bool = False
+    ) -> tuple[str, str] | None:
+        """The controller owning a ReplicaSet or Job, remembered for the cache's TTL.
+
+        A ``guessed`` name that does not exist is not remembered: a wrong guess leaves no trace.
+        """
         key = (namespace, kind, name)
         if key in self._controllers:
             return self._controllers[key]
@@ -116,6 +124,8 @@ class WorkloadResolver:
         try:
             found = kube.controller_of(await self._kube.get_controller_owner(namespace, kind, name))
         except kube.NotFound:
+            if guessed:
+                return None
             found = None
         self._controllers[key] = found
         return found
@@ -129,14 +139,9 @@ class WorkloadResolver:
         trace, and what decides is still the pods' own ownerReferences.
         """
         replicaset = pod.rpartition("-")[0]
-        key = (namespace, "ReplicaSet", replicaset)
-        if self._kube is None or not replicaset or key in self._controllers:
-            return
-        try:
-            found = await self._kube.get_controller_owner(namespace, "ReplicaSet", replicaset)
-        except kube.KubeError:
-            return
-        self._controllers[key] = kube.controller_of(found)
+        if replicaset:
+            with contextlib.suppress(kube.KubeError):  # an early read; the real one follows
+                await self._controller(namespace, "ReplicaSet", replicaset, guessed=True)
 
     async def pods_of(
         self, workload: WorkloadRef, listing: list[kube.Json] | None = None

@@ -61,8 +61,8 @@ class _Transport(faust_kafka.Transport):
 
 
 class _App(faust.App):
-    #: set by build_app from the settings
-    fetch_max_wait_ms = 20
+    #: set by build_app from the settings, before the consumer starts
+    fetch_max_wait_ms: int
 
     def _new_transport(self) -> _Transport:
         return _Transport(self.conf.broker_consumer, self)
