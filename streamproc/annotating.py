@@ -89,6 +89,12 @@ class Annotator:
         self._in_flight = asyncio.Semaphore(settings.api_concurrency)
         #: pods this annotator opened or extended an observation on (the lab reports it).
         self.observed_pods: set[tuple[str, str]] = set()
+        self._consumer: kafka.AIOKafkaConsumer | None = None
+
+    @property
+    def joined(self) -> bool:
+        """Whether the consumer group gave this annotator partitions to read (it is ready)."""
+        return self._consumer is not None and bool(self._consumer.assignment())
 
     async def apply(self, action: Action, listing: list[kube.Json] | None = None) -> str:
         """Apply one action; the outcome is a short code (also the metric and audit result).
@@ -198,11 +204,11 @@ class Annotator:
             return 0.0, "expired-before-apply"
         if self.settings.dry_run or topology.spec.dry_run:
             log.info(
-                "dry run: would observe %s/%s/%s until %.0f",
+                "dry run: would observe %s/%s/%s until %s",
                 action.namespace,
                 action.kind,
                 action.name,
-                until,
+                conventions.format_time(until),
             )
             return until, "dry-run"
         return until, ""
@@ -413,8 +419,16 @@ class Annotator:
             self.settings, [self.settings.topics.actions], "streamproc-annotate"
         )
         producer = kafka.producer(self.settings)
-        await producer.start()
-        await consumer.start()
+        async with kafka.started(producer, consumer):
+            self._consumer = consumer
+            await self._consume(consumer, producer, stop)
+
+    async def _consume(
+        self,
+        consumer: kafka.AIOKafkaConsumer,
+        producer: kafka.AIOKafkaProducer,
+        stop: asyncio.Event,
+    ) -> None:
         # the batch's audit records are durable before its actions are acknowledged
         committer = kafka.Committer(consumer, STAGE, before=self.auditor.flush)
         try:
@@ -426,12 +440,10 @@ class Annotator:
                 records = [r for rs in batch.values() for r in rs]
                 metrics.records_consumed.labels(stage=STAGE).inc(len(records))
                 actions: list[Action] = []
-                dead = []
                 for record in records:
                     try:
                         actions.append(Action.decode(record.value or b""))
                     except ActionError as exc:
-                        dead.append(record)
                         metrics.dead_letters.labels(stage=STAGE, reason="invalid-action").inc()
                         await producer.send_and_wait(
                             self.settings.topics.dead_letters,
@@ -447,8 +459,6 @@ class Annotator:
                 committer.commit({tp: rs[-1].offset + 1 for tp, rs in batch.items()})
         finally:
             await committer.close()
-            await consumer.stop()
-            await producer.stop()
 
     async def _apply_until_done(self, actions: list[Action], stop: asyncio.Event) -> None:
         delay = 1.0

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import errno
 import json
 import logging
 import os
-import signal
 import sys
 import time
 from collections.abc import Callable, Coroutine
@@ -15,8 +16,9 @@ from typing import Any
 
 import click
 
-from streamproc import __version__, kafka, logs, metrics, topologies
+from streamproc import __version__, kafka, logs, metrics, stopping, topologies
 from streamproc.settings import (
+    DEFAULTS,
     SASL_MECHANISMS,
     SECURITY_PROTOCOLS,
     KafkaSecurity,
@@ -36,67 +38,109 @@ def _kafka_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
     Passwords have no flag of their own (a flag's value shows in ``ps`` and shell history):
     they come from an environment variable or a file, such as a mounted Kubernetes Secret.
+    Defaults come from ``KafkaSecurity``.
     """
+    security = DEFAULTS.kafka_security
     path = click.Path(exists=True, dir_okay=False, path_type=Path)
     options = [
-        click.option(
-            "--bootstrap-servers",
-            envvar="STREAMPROC_BOOTSTRAP_SERVERS",
-            default="localhost:9092",
-            show_default=True,
-            help="Kafka bootstrap servers.",
-        ),
+        settings_option("bootstrap_servers"),
         click.option(
             "--kafka-security-protocol",
             envvar="STREAMPROC_KAFKA_SECURITY_PROTOCOL",
+            show_envvar=True,
             type=click.Choice(SECURITY_PROTOCOLS, case_sensitive=False),
-            default="PLAINTEXT",
+            default=security.protocol,
             show_default=True,
             help="TLS and/or SASL for every Kafka connection.",
         ),
         click.option(
             "--kafka-sasl-mechanism",
             envvar="STREAMPROC_KAFKA_SASL_MECHANISM",
+            show_envvar=True,
             type=click.Choice(SASL_MECHANISMS, case_sensitive=False),
-            default="SCRAM-SHA-512",
+            default=security.sasl_mechanism,
             show_default=True,
+            help="SASL mechanism, with SASL_PLAINTEXT or SASL_SSL.",
         ),
-        click.option("--kafka-sasl-username", envvar="STREAMPROC_KAFKA_SASL_USERNAME"),
+        click.option(
+            "--kafka-sasl-username",
+            envvar="STREAMPROC_KAFKA_SASL_USERNAME",
+            show_envvar=True,
+            help="SASL user.",
+        ),
         click.option(
             "--kafka-sasl-password-file",
             envvar="STREAMPROC_KAFKA_SASL_PASSWORD_FILE",
+            show_envvar=True,
             type=path,
             help=f"File holding the SASL password (or set {SASL_PASSWORD_ENV}).",
         ),
         click.option(
             "--kafka-ssl-cafile",
             envvar="STREAMPROC_KAFKA_SSL_CAFILE",
+            show_envvar=True,
             type=path,
-            help="CA bundle for the brokers' certificates (default: the system's).",
+            help="CA bundle for the brokers' certificates [default: the system's].",
         ),
         click.option(
             "--kafka-ssl-certfile",
             envvar="STREAMPROC_KAFKA_SSL_CERTFILE",
+            show_envvar=True,
             type=path,
             help="Client certificate for mutual TLS.",
         ),
-        click.option("--kafka-ssl-keyfile", envvar="STREAMPROC_KAFKA_SSL_KEYFILE", type=path),
+        click.option(
+            "--kafka-ssl-keyfile",
+            envvar="STREAMPROC_KAFKA_SSL_KEYFILE",
+            show_envvar=True,
+            type=path,
+            help="The client certificate's key.",
+        ),
         click.option(
             "--kafka-ssl-key-password-file",
             envvar="STREAMPROC_KAFKA_SSL_KEY_PASSWORD_FILE",
+            show_envvar=True,
             type=path,
             help=f"File holding the client key's password (or set {KEY_PASSWORD_ENV}).",
         ),
         click.option(
             "--kafka-ssl-check-hostname/--no-kafka-ssl-check-hostname",
             envvar="STREAMPROC_KAFKA_SSL_CHECK_HOSTNAME",
-            default=True,
+            show_envvar=True,
+            default=security.check_hostname,
             show_default=True,
+            help="Check that the broker's certificate names the host connected to.",
         ),
     ]
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def settings_option(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The click option of one ``Settings`` field, built from the field's ``knob`` metadata."""
+    spec = next(f for f in dataclasses.fields(Settings) if f.name == name)
+    meta = spec.metadata
+    extra = dict(meta["click"])
+    kind = extra.pop("type", None)
+    if kind == "ms":
+        extra["type"] = click.IntRange(1, 10_000)
+    elif kind is Path:
+        extra["type"] = click.Path(path_type=Path)
+    elif isinstance(spec.default, bool):
+        extra["is_flag"] = True
+    elif spec.default is not None:
+        extra["type"] = type(spec.default)
+    return click.option(
+        meta["flag"],
+        name,
+        envvar=meta["env"],
+        default=spec.default,
+        show_default=spec.default is not None,
+        show_envvar=True,
+        help=meta["help"],
+        **extra,
+    )
 
 
 def _secret(file: Path | None, env: str) -> str | None:
@@ -123,21 +167,22 @@ def _kafka_security(opts: dict[str, Any]) -> KafkaSecurity:
         raise click.UsageError(f"Kafka security: {exc}") from None
 
 
+#: Settings fields every stage command takes as an option (the Kafka ones come with them).
+STAGE_SETTINGS = tuple(
+    f.name
+    for f in dataclasses.fields(Settings)
+    if "flag" in f.metadata and f.name != "bootstrap_servers"
+)
+
+
 def _common(func: Callable[..., Any]) -> Callable[..., Any]:
     options = [
-        click.option(
-            "--topology",
-            "topology_path",
-            envvar="STREAMPROC_TOPOLOGY",
-            type=click.Path(path_type=Path),
-            default=Path("topologies"),
-            show_default=True,
-            help="Topology file or folder.",
-        ),
+        *(settings_option(name) for name in STAGE_SETTINGS),
         click.option(
             "--input-topic",
             envvar="STREAMPROC_INPUT_TOPIC",
             default=None,
+            show_envvar=True,
             help="Override every topology's source topic.",
         ),
         click.option(
@@ -145,154 +190,36 @@ def _common(func: Callable[..., Any]) -> Callable[..., Any]:
             envvar="STREAMPROC_DLQ_TOPIC",
             default=Topics().dead_letters,
             show_default=True,
+            show_envvar=True,
+            help="Where records streamproc cannot use go, with the reason in headers.",
         ),
-        click.option(
-            "--dry-run",
-            is_flag=True,
-            envvar="STREAMPROC_DRY_RUN",
-            help="Do everything except write to the cluster.",
-        ),
-        click.option(
-            "--kubeconfig",
-            envvar="KUBECONFIG",
-            default=None,
-            help="Kubeconfig file (default: KUBECONFIG, ~/.kube/config, in-cluster).",
-        ),
-        click.option(
-            "--metrics-port",
-            envvar="STREAMPROC_METRICS_PORT",
-            type=int,
-            default=9108,
-            show_default=True,
-            help="Port for /metrics; 0 turns it off.",
-        ),
-        click.option(
-            "--metrics-host",
-            envvar="STREAMPROC_METRICS_HOST",
-            default="0.0.0.0",  # noqa: S104
-            show_default=True,
-            help="Address /metrics listens on.",
-        ),
-        click.option(
-            "--api-qps",
-            envvar="STREAMPROC_API_QPS",
-            type=float,
-            default=20.0,
-            show_default=True,
-            help="Sustained Kubernetes API requests/s per process.",
-        ),
-        click.option(
-            "--api-burst",
-            envvar="STREAMPROC_API_BURST",
-            type=int,
-            default=40,
-            show_default=True,
-            help="Requests allowed at once above --api-qps.",
-        ),
-        click.option(
-            "--events/--no-events",
-            "kube_events",
-            envvar="STREAMPROC_EVENTS",
-            default=True,
-            show_default=True,
-            help="Record Kubernetes Events on observed objects.",
-        ),
-        click.option(
-            "--api-concurrency",
-            envvar="STREAMPROC_API_CONCURRENCY",
-            type=int,
-            default=16,
-            show_default=True,
-            help="Kubernetes API requests in flight.",
-        ),
-        click.option(
-            "--pod-lookups",
-            envvar="STREAMPROC_POD_LOOKUPS",
-            type=float,
-            default=10.0,
-            show_default=True,
-            help="API lookups/s for pods not yet cached (ingest); beyond, the pod name's shape.",
-        ),
-        click.option(
-            "--partitions",
-            envvar="STREAMPROC_PARTITIONS",
-            type=int,
-            default=1,
-            show_default=True,
-            help="Partitions of the internal topics it creates.",
-        ),
-        click.option(
-            "--session-timeout",
-            envvar="STREAMPROC_SESSION_TIMEOUT",
-            type=float,
-            default=10.0,
-            show_default=True,
-            help="Consumer group session timeout (s).",
-        ),
-        click.option(
-            "--fetch-max-wait",
-            envvar="STREAMPROC_FETCH_MAX_WAIT_MS",
-            type=click.IntRange(1, 10_000),
-            default=20,
-            show_default=True,
-            help="Longest a consumer's fetch waits for records (ms). On Apache Kafka it only "
-            "sets how often an idle consumer asks; on brokers that do not wake a waiting fetch "
-            "it adds up to this much latency per stage.",
-        ),
-        click.option(
-            "--speed",
-            envvar="STREAMPROC_SPEED",
-            type=float,
-            default=1.0,
-            show_default=True,
-            help="Divide window sizes and TTLs (time-lapse).",
-        ),
-        click.option(
-            "--enable-idempotence/--no-enable-idempotence",
-            envvar="STREAMPROC_ENABLE_IDEMPOTENCE",
-            default=False,
-            show_default=True,
-            help="Idempotent producer (Apache Kafka supports it; tansu does not).",
-        ),
-        click.option(
-            "--log-level", envvar="STREAMPROC_LOG_LEVEL", default="INFO", show_default=True
-        ),
+        _log_level_option,
     ]
     for option in reversed(options):
         func = option(func)
     return _kafka_options(func)
 
 
-def _topology_path(given: Path | None) -> Path:
-    if given is not None:
-        return given
-    local = Path("topologies")
-    return local if local.exists() else topologies.default_path()
+_log_level_option = click.option(
+    "--log-level",
+    envvar="STREAMPROC_LOG_LEVEL",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    default="INFO",
+    show_default=True,
+    show_envvar=True,
+)
 
 
 def _settings(**opts: Any) -> Settings:
     topics = Topics(dead_letters=opts["dead_letter_topic"])
     if opts.get("input_topic"):
         topics = Topics(input=opts["input_topic"], dead_letters=opts["dead_letter_topic"])
-    return Settings(
+    return dataclasses.replace(
+        DEFAULTS,
         bootstrap_servers=opts["bootstrap_servers"],
         kafka_security=_kafka_security(opts),
-        topology_path=_topology_path(opts["topology_path"]),
         topics=topics,
-        dry_run=opts["dry_run"],
-        kubeconfig=opts["kubeconfig"],
-        metrics_port=opts["metrics_port"],
-        metrics_host=opts["metrics_host"],
-        partitions=opts["partitions"],
-        api_qps=opts["api_qps"],
-        api_burst=opts["api_burst"],
-        api_concurrency=opts["api_concurrency"],
-        resolver_lookups_per_s=opts["pod_lookups"],
-        kube_events=opts["kube_events"],
-        session_timeout_s=opts["session_timeout"],
-        fetch_max_wait_ms=opts["fetch_max_wait"],
-        speed=opts["speed"],
-        enable_idempotence=opts["enable_idempotence"],
+        **{name: opts[name] for name in STAGE_SETTINGS},
     )
 
 
@@ -300,27 +227,16 @@ def load_topologies(
     settings: Settings, input_topic: str | None = None
 ) -> list[topologies.Topology]:
     """Load, validate and scale topologies; a bad one stops the command with file and line."""
+    path = topologies.resolve_path(settings.topology_path)
     try:
-        loaded = topologies.load_path(settings.topology_path)
+        loaded = topologies.load_path(path)
     except topologies.TopologyError as exc:
         raise click.ClickException(f"invalid topology: {exc}") from None
+    log.info("topologies from %s: %s", path, ", ".join(t.name for t in loaded))
     result = [topologies.scaled(t, settings.speed) for t in loaded]
     if input_topic:
         result = [topologies.reading(t, input_topic) for t in result]
     return result
-
-
-def run_until_signal(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
-    """Run ``main(stop)``; SIGINT/SIGTERM set ``stop`` for a clean shutdown."""
-
-    async def wrapper() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await main(stop)
-
-    asyncio.run(wrapper())
 
 
 def _run(stages: tuple[str, ...], opts: dict[str, Any]) -> None:
@@ -337,13 +253,58 @@ def _run(stages: tuple[str, ...], opts: dict[str, Any]) -> None:
         len(loaded),
         settings.bootstrap_servers,
     )
-    run_until_signal(lambda stop: running.run_stages(settings, loaded, stages, stop))
+    stopping.run(
+        lambda stop: running.run_stages(settings, loaded, stages, stop),
+        grace_s=settings.shutdown_timeout_s,
+    )
+    log.info("stopped")
+    stopping.finish(0)
 
 
-@click.group()
+def _explain(exc: BaseException) -> str | None:
+    """One line naming the cause and the fix, for every failure a person can act on."""
+    from streamproc import kube  # noqa: PLC0415 - only needed when something failed
+
+    if isinstance(exc, kube.KubeError):
+        return kube.explain(exc)
+    if isinstance(exc, kafka.KafkaError):
+        return kafka.explain(exc)
+    if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+        return f"{exc.strerror}: another process holds the port; choose another --metrics-port"
+    return None
+
+
+class _Commands(click.Group):
+    """Known failures become one plain line (traceback with --debug); Ctrl-C is not a crash."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("streamproc: interrupted", err=True)
+            stopping.finish(130)
+        except Exception as exc:
+            line = _explain(exc)
+            if line is None or (ctx.obj or {}).get("debug"):
+                raise
+            click.echo(f"streamproc: error: {line}", err=True)
+            stopping.finish(1)
+        return None
+
+
+@click.group(cls=_Commands)
 @click.version_option(__version__)
-def main() -> None:
+@click.option(
+    "--debug",
+    is_flag=True,
+    envvar="STREAMPROC_DEBUG",
+    show_envvar=True,
+    help="Show tracebacks for failures that otherwise get one line.",
+)
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
     """Falco detections on Kafka -> per-workload windows -> expiring Retina observation."""
+    ctx.obj = {"debug": debug}
 
 
 @main.command()
@@ -377,10 +338,17 @@ def annotate(**opts: Any) -> None:
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.File("rb"))
 @_kafka_options
-@click.option("--topic", envvar="STREAMPROC_INPUT_TOPIC", default="falco", show_default=True)
+@click.option(
+    "--topic",
+    envvar="STREAMPROC_INPUT_TOPIC",
+    default=Topics().input,
+    show_default=True,
+    show_envvar=True,
+)
 def send(files: tuple[Any, ...], bootstrap_servers: str, topic: str, **opts: Any) -> None:
     """Publish JSON-lines detections (as Falcosidekick would) to the input topic."""
     settings = Settings(bootstrap_servers=bootstrap_servers, kafka_security=_kafka_security(opts))
+    kafka.connect_errors.hide = True  # a failure is explained in one line instead
 
     async def publish() -> int:
         producer = kafka.producer(settings)
@@ -397,30 +365,27 @@ def send(files: tuple[Any, ...], bootstrap_servers: str, topic: str, **opts: Any
             await producer.stop()
         return len(futures)
 
-    try:
-        count = asyncio.run(publish())
-    except kafka.KafkaError as exc:
-        raise click.ClickException(f"cannot publish to {bootstrap_servers}: {exc}") from None
+    count = asyncio.run(publish())
     click.echo(f"sent {count} detections to {topic} on {bootstrap_servers}")
 
 
 @main.command()
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 def check(paths: tuple[Path, ...]) -> None:
-    """Validate topology files or folders; exit 1 naming file, line and field on the first error."""
+    """Validate topology files or folders; exit 1 naming file, line and field of every error."""
     failed = False
-    for path in paths or (_topology_path(None),):
-        try:
-            for topology in topologies.load_path(path):
-                spec = topology.spec
-                click.echo(
-                    f"ok {topology.name}: topic={spec.source.topic} window={spec.window.size:g}s "
-                    f"threshold={spec.window.threshold} ttl={spec.action.ttl:g}s "
-                    f"annotate={','.join(f'{k}={v}' for k, v in spec.action.annotate.items())}"
-                )
-        except topologies.TopologyError as exc:
-            click.echo(f"error {exc}", err=True)
-            failed = True
+    for path in paths or (topologies.resolve_path(None),):
+        loaded, errors = topologies.check_path(path)
+        for topology in loaded:
+            spec = topology.spec
+            click.echo(
+                f"ok {topology.name}: topic={spec.source.topic} window={spec.window.size:g}s "
+                f"threshold={spec.window.threshold} ttl={spec.action.ttl:g}s "
+                f"annotate={','.join(f'{k}={v}' for k, v in spec.action.annotate.items())}"
+            )
+        for error in errors:
+            click.echo(f"error {error}", err=True)
+        failed = failed or bool(errors)
     if failed:
         sys.exit(1)
 
@@ -439,7 +404,7 @@ def check(paths: tuple[Path, ...]) -> None:
     "topology_path",
     type=click.Path(path_type=Path),
     default=None,
-    help="Topology file or folder [default: ./topologies, else the shipped one].",
+    help="Topology file or folder [default: ./topologies if present, else the shipped one].",
 )
 @click.option("--broker", default=None, help="Use this Kafka instead of the embedded broker.")
 @click.option(
@@ -450,9 +415,17 @@ def check(paths: tuple[Path, ...]) -> None:
 @click.option(
     "--metrics-port",
     type=int,
-    default=9108,
+    default=DEFAULTS.metrics_port,
     show_default=True,
     help="Port for /metrics (a free one if taken); 0 turns it off.",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="The closing summary as text or as one JSON document on stdout.",
 )
 @click.option("--log-level", default="WARNING", show_default=True)
 def lab(
@@ -462,13 +435,14 @@ def lab(
     broker: str | None,
     kubeconfig: str | None,
     metrics_port: int,
+    output: str,
     log_level: str,
 ) -> None:
     """Run the whole system on this machine: broker, cluster, pipeline and a replay."""
     from streamproc.lab import session  # noqa: PLC0415 - the lab's extra is optional
 
     logs.setup(log_level)
-    topology_path = _topology_path(topology_path)
+    topology_path = topologies.resolve_path(topology_path)
     try:
         topologies.load_path(topology_path)
     except topologies.TopologyError as exc:
@@ -480,17 +454,23 @@ def lab(
         broker=broker,
         kubeconfig=kubeconfig,
         metrics_port=metrics_port,
+        live=output == "text",
     )
     result: list[session.Summary] = []
 
     async def main(stop: asyncio.Event) -> None:
         result.append(await session.run_lab(options, stop))
 
-    run_until_signal(main)
+    stopping.run(main, grace_s=DEFAULTS.shutdown_timeout_s, name="streamproc lab")
     summary = result[0]
-    for line in summary.lines():
-        print(line)
-    sys.exit(0 if summary.clean else 1)
+    if output == "json":
+        click.echo(json.dumps(summary.as_dict(), indent=2))
+    else:
+        for line in summary.lines():
+            click.echo(line)
+    if summary.interrupted:
+        stopping.finish(130)
+    stopping.finish(0 if summary.clean else 1)
 
 
 @main.command()
@@ -516,7 +496,8 @@ def _cluster_command(kubeconfig: str | None, work: Callable[..., Coroutine[Any, 
     from streamproc.resolving import WorkloadResolver  # noqa: PLC0415
 
     async def main() -> Any:
-        client = await kube.Kube.connect(kubeconfig)
+        # a person is waiting: a few quick attempts, then the plain reason
+        client = await kube.Kube.connect(kubeconfig, attempts=3)
         try:
             return await work(client, WorkloadResolver(client, cache_size=10_000, ttl_s=60))
         finally:
@@ -526,7 +507,7 @@ def _cluster_command(kubeconfig: str | None, work: Callable[..., Coroutine[Any, 
 
 
 @main.command()
-@click.option("--kubeconfig", envvar="KUBECONFIG", default=None)
+@settings_option("kubeconfig")
 @click.option(
     "--output", "-o", type=click.Choice(["table", "json"]), default="table", show_default=True
 )
@@ -554,7 +535,7 @@ def status(kubeconfig: str | None, output: str) -> None:
 
 @main.command()
 @click.argument("target")
-@click.option("--kubeconfig", envvar="KUBECONFIG", default=None)
+@settings_option("kubeconfig")
 def release(target: str, kubeconfig: str | None) -> None:
     """End an observation early: NAMESPACE/WORKLOAD or NAMESPACE/KIND/WORKLOAD."""
     from streamproc import observing  # noqa: PLC0415

@@ -196,9 +196,16 @@ class Ingestor:
         # A batch's tallies are all sent before the first is awaited, so they share one request
         # anyway: lingering would only delay it.
         producer = kafka.producer(self.settings, linger_ms=0)
-        await producer.start()
-        await consumer.start()
-        log.info("ingest reading %s", ", ".join(self.source_topics))
+        async with kafka.started(producer, consumer):
+            log.info("ingest reading %s", ", ".join(self.source_topics))
+            await self._consume(consumer, producer, stop)
+
+    async def _consume(
+        self,
+        consumer: kafka.AIOKafkaConsumer,
+        producer: kafka.AIOKafkaProducer,
+        stop: asyncio.Event,
+    ) -> None:
         commits = CommitPoint()
         committer = kafka.Committer(consumer, STAGE)
         try:
@@ -219,8 +226,6 @@ class Ingestor:
             self._commit(committer, commits)
         finally:
             await committer.close()
-            await consumer.stop()
-            await producer.stop()
 
     async def _handle(
         self,

@@ -11,13 +11,13 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
 from streamproc import metrics
 from streamproc.settings import KafkaSecurity, Settings
@@ -36,6 +36,32 @@ __all__ = [
     "producer",
     "ssl_context",
 ]
+
+
+class _ConnectErrors(logging.Filter):
+    """Remembers why aiokafka last failed to connect, and can keep it off the terminal.
+
+    Its exceptions only say "Unable to bootstrap"; the cause (credentials refused, an untrusted
+    certificate, connection refused) is only in the line it logs. ``explain`` needs the cause
+    to tell a person what to fix; one-shot commands that explain it hide the raw line.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last = ""
+        self.hide = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Note a connect failure's cause; pass the record unless hidden."""
+        message = record.getMessage()
+        if message.startswith("Unable connect"):
+            self.last = message[:300]
+            return not self.hide
+        return True
+
+
+connect_errors = _ConnectErrors()
+logging.getLogger("aiokafka").addFilter(connect_errors)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +133,58 @@ def consumer(settings: Settings, topics: Iterable[str], group: str) -> AIOKafkaC
     )
 
 
+@contextlib.asynccontextmanager
+async def started(*clients: AIOKafkaProducer | AIOKafkaConsumer) -> AsyncIterator[None]:
+    """Start clients for a block; stop every one after, also those whose start failed.
+
+    A start that fails (the broker went away meanwhile) leaves connections and tasks behind
+    unless the client is stopped all the same.
+    """
+    try:
+        for client in clients:
+            await client.start()
+        yield
+    finally:
+        for client in reversed(clients):
+            try:
+                await client.stop()
+            except Exception as exc:
+                log.warning("stopping a Kafka client: %s", describe(exc))
+
+
+async def read_topic(
+    settings: Settings, topic: str, *, idle_ms: int = 500, limit: int = 100_000
+) -> list[ConsumerRecord]:
+    """Every record of ``topic`` from the beginning until it goes quiet, joining no group.
+
+    For reports (the lab's story): nothing is committed and no group is created. Reads until
+    a fetch stays empty for ``idle_ms`` rather than to an end offset, which brokers with a
+    wrong ListOffsets(LATEST) (tansu) would misreport.
+    """
+    consumer = AIOKafkaConsumer(
+        **connection_options(settings),
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
+    )
+    async with started(consumer):
+        await consumer.topics()  # fills the metadata that partitions_for_topic reads
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        if not partitions:
+            return []
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        found: list[ConsumerRecord] = []
+        while len(found) < limit:
+            batch = await consumer.getmany(timeout_ms=idle_ms)
+            if not batch:
+                break
+            for records in batch.values():
+                found.extend(records)
+        return found[:limit]
+
+
 async def ensure_topics(settings: Settings, specs: Iterable[TopicSpec]) -> None:
     """Create missing topics one by one (so one that exists cannot abort the others)."""
     admin = AIOKafkaAdminClient(**connection_options(settings))
@@ -123,20 +201,102 @@ async def ensure_topics(settings: Settings, specs: Iterable[TopicSpec]) -> None:
         await admin.close()
 
 
-async def wait_for_broker(settings: Settings, *, timeout_s: float = 30.0) -> None:
-    """Block until the broker answers metadata requests (a stage may start before it)."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:
-        probe = AIOKafkaAdminClient(**connection_options(settings))
+async def wait_for_broker(
+    settings: Settings, stop: asyncio.Event, *, report_every_s: float = 5.0
+) -> bool:
+    """Wait until the brokers answer, or ``stop`` is set; True when they answered.
+
+    A stage may start before Kafka does (a rollout, a broker restart, a typo in the address):
+    it retries with backoff instead of failing, says so in one line every ``report_every_s``
+    and in ``streamproc_kafka_up``, and a stop request ends the wait at once.
+    """
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    next_report = started
+    delay = 0.2
+    while not stop.is_set():
+        probe = AIOKafkaAdminClient(**connection_options(settings), request_timeout_ms=5000)
         try:
-            await probe.start()
-        except KafkaError:
-            if asyncio.get_running_loop().time() > deadline:
-                raise
-            await asyncio.sleep(0.5)
+            await _until_stopped(probe.start(), stop, timeout_s=10.0)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            metrics.kafka_up.set(0)
+            if loop.time() >= next_report:
+                log.warning(
+                    "Kafka not reachable at %s for %.0fs (%s); retrying. Check "
+                    "--bootstrap-servers / STREAMPROC_BOOTSTRAP_SERVERS and that the brokers run",
+                    settings.bootstrap_servers,
+                    loop.time() - started,
+                    describe(exc),
+                )
+                next_report = loop.time() + report_every_s
         else:
-            await probe.close()
-            return
+            metrics.kafka_up.set(1)
+            return True
+        finally:
+            with contextlib.suppress(Exception):
+                await probe.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=delay)
+        delay = min(delay * 2, 2.0)
+    return False
+
+
+async def _until_stopped(work: Awaitable[Any], stop: asyncio.Event, *, timeout_s: float) -> Any:
+    """Await ``work``, giving up when ``stop`` is set (TimeoutError) or after ``timeout_s``."""
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+    if not task.done():
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise TimeoutError("stopped" if stop.is_set() else f"no answer within {timeout_s:g}s")
+    return task.result()
+
+
+def explain(exc: KafkaError) -> str:
+    """One line for a person: what failed talking to Kafka and what to do about it."""
+    name = type(exc).__name__
+    what = describe(exc)
+    cause = connect_errors.last
+    if isinstance(exc, KafkaConnectionError) and cause:
+        if "Authentication" in cause or "Sasl" in cause:
+            name, what = "SaslAuthenticationFailed", cause
+        elif "CERTIFICATE_VERIFY_FAILED" in cause or "SSL" in cause:
+            return (
+                f"TLS with Kafka failed ({cause}); check --kafka-ssl-cafile and that the "
+                "brokers' certificate names the host in --bootstrap-servers"
+            )
+        else:
+            what = cause
+    if "Authentication" in name or "Sasl" in name:
+        return (
+            f"Kafka refused the credentials ({what}); check --kafka-sasl-username, the "
+            "password file and --kafka-sasl-mechanism"
+        )
+    if "Authorization" in name:
+        return f"Kafka refused access ({what}); grant this principal the ACLs in the README"
+    if "UnknownTopic" in name:
+        return f"a topic is missing ({what}); create it, or let streamproc create it"
+    if isinstance(exc, KafkaConnectionError) or "Connection" in name or "NodeNotReady" in name:
+        return (
+            f"cannot reach Kafka ({what}); check --bootstrap-servers / "
+            "STREAMPROC_BOOTSTRAP_SERVERS and that the brokers run"
+        )
+    if "Timeout" in name:
+        return f"Kafka did not answer in time ({what}); check the brokers and the address"
+    return f"Kafka: {what}"
+
+
+def describe(exc: BaseException) -> str:
+    """A Kafka client error as one short phrase (aiokafka repeats the class name in str())."""
+    text = str(exc)
+    name = type(exc).__name__
+    if text.startswith(f"{name}: "):
+        text = text[len(name) + 2 :]
+    return f"{name}: {text}" if text else name
 
 
 async def watch_broker(settings: Settings, stop: asyncio.Event, interval_s: float = 2.0) -> None:

@@ -11,11 +11,13 @@ rest surface as NotFound, Conflict or Forbidden for the caller to decide.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Self
 from urllib.parse import urlsplit
 from urllib.request import getproxies, proxy_bypass
@@ -63,6 +65,10 @@ class Gone(KubeError):
     """A watch's resourceVersion is too old (410): list again, then watch from there."""
 
 
+class ConfigError(KubeError):
+    """No usable credentials: no kubeconfig, a broken one, and not running in a pod."""
+
+
 class Unavailable(KubeError):
     """The API server is unreachable, overloaded or failing; worth retrying later."""
 
@@ -100,6 +106,61 @@ def _translate(status: int, reason: str, headers: Mapping[str, str] | None, what
             retry_after = float(hint)
         return Unavailable(f"{what}: HTTP {status}", status=status, retry_after=retry_after)
     return KubeError(f"{what}: HTTP {status} {reason}", status=status)
+
+
+def _kubeconfig_named(kubeconfig: str | None) -> tuple[str, bool]:
+    """The kubeconfig that applies (given, KUBECONFIG or the default) and whether it exists."""
+    named = kubeconfig or os.environ.get("KUBECONFIG") or ""
+    files = [Path(f).expanduser() for f in named.split(os.pathsep) if f]
+    if named and not any(f.is_file() for f in files):
+        raise ConfigError(
+            f"kubeconfig {named} does not exist; point --kubeconfig or KUBECONFIG at your "
+            "cluster's kubeconfig file"
+        )
+    default = Path("~/.kube/config").expanduser()
+    return named or str(default), bool(files) or default.is_file()
+
+
+async def _configuration(kubeconfig: str | None) -> client.Configuration:
+    configuration = client.Configuration()
+    where, found = _kubeconfig_named(kubeconfig)
+    if found:
+        try:
+            await config.load_kube_config(
+                config_file=kubeconfig, client_configuration=configuration
+            )
+        except (config.ConfigException, OSError, TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"kubeconfig {where} is not usable ({str(exc).splitlines()[0][:200]}); check "
+                "it with `kubectl --kubeconfig " + where + " config view`"
+            ) from None
+        return configuration
+    try:
+        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        raise ConfigError(
+            "no Kubernetes credentials: no kubeconfig (--kubeconfig, KUBECONFIG or "
+            "~/.kube/config) and not running in a pod; point --kubeconfig at your cluster's "
+            "kubeconfig"
+        ) from None
+    return configuration
+
+
+def explain(exc: KubeError) -> str:
+    """One line for a person: what failed and what to do about it."""
+    if isinstance(exc, ConfigError):
+        return str(exc)
+    if isinstance(exc, Forbidden):
+        return (
+            f"the Kubernetes API server refused: {exc}; grant streamproc's RBAC "
+            "(k8s/rbac.yaml, README 'Deploying') to the identity in your kubeconfig"
+        )
+    if isinstance(exc, Unavailable):
+        return (
+            f"cannot reach the Kubernetes API server: {exc}; check that the cluster is up and "
+            "that the kubeconfig's server address is right"
+        )
+    return f"the Kubernetes API server answered: {exc}"
 
 
 def _proxy_from_environment(configuration: client.Configuration) -> None:
@@ -156,16 +217,11 @@ class Kube:
         attempts: int = 5,
         limits: Limits | None = None,
     ) -> Self:
-        """Load credentials the standard way: KUBECONFIG / a given file, else in-cluster."""
-        configuration = client.Configuration()
-        try:
-            await config.load_kube_config(
-                config_file=kubeconfig, client_configuration=configuration
-            )
-        except (config.ConfigException, FileNotFoundError, TypeError):
-            if kubeconfig:
-                raise
-            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        """Load credentials: a given file, KUBECONFIG, ~/.kube/config, else the pod's account.
+
+        ConfigError says which was tried and what to do.
+        """
+        configuration = await _configuration(kubeconfig)
         _proxy_from_environment(configuration)
         api = client.ApiClient(configuration)
         kube = cls(api, timeout_s=timeout_s, attempts=attempts, limits=limits or Limits())

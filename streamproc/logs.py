@@ -7,8 +7,10 @@ here, about 2,700 ERROR lines in a 12-second outage. Operators need to know the 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
+import threading
 import time
 
 LIBRARIES = ("aiokafka", "faust", "mode", "kafka", "kubernetes_asyncio")
@@ -46,6 +48,23 @@ class RepeatFilter(logging.Filter):
         return True
 
 
+def _thread_died(args: threading.ExceptHookArgs) -> None:
+    """A client library's thread that ends with an error gets one line, not a traceback.
+
+    Faust runs its consumer in a thread; stopped while the broker is gone, it ends with a
+    CancelledError or a connection error that says nothing a person can act on twice.
+    """
+    name = args.thread.name if args.thread is not None else "a thread"
+    if isinstance(args.exc_value, asyncio.CancelledError | ConnectionError | OSError) or (
+        type(args.exc_value).__module__.startswith(("aiokafka", "kafka", "mode", "faust"))
+    ):
+        logging.getLogger("streamproc").warning(
+            "%s ended: %s: %s", name, type(args.exc_value).__name__, args.exc_value
+        )
+        return
+    threading.__excepthook__(args)
+
+
 def setup(level: str) -> None:
     """One line per event; libraries at WARNING and above, repeats held back."""
     logging.basicConfig(
@@ -58,3 +77,4 @@ def setup(level: str) -> None:
         handler.addFilter(repeats)
     for name in LIBRARIES:
         logging.getLogger(name).setLevel(logging.WARNING)
+    threading.excepthook = _thread_died

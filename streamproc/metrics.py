@@ -160,3 +160,37 @@ def total(name: str, **labels: str) -> float:
         for sample in family.samples
         if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
     )
+
+
+def by_label(name: str, label: str, **labels: str) -> dict[str, float]:
+    """Samples of ``name`` summed per value of ``label`` (e.g. dead letters by reason)."""
+    found: dict[str, float] = {}
+    for family in REGISTRY.collect():
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                key = sample.labels.get(label, "")
+                found[key] = found.get(key, 0.0) + sample.value
+    return found
+
+
+def quantile(histogram: str, q: float) -> float | None:
+    """A histogram's ``q``-quantile, interpolated as PromQL's ``histogram_quantile`` does.
+
+    None without observations.
+    """
+    buckets = sorted(
+        (float(le), count)
+        for le, count in by_label(f"{histogram}_bucket", "le").items()
+        if le != "+Inf"
+    )
+    observed = total(f"{histogram}_count")
+    if not observed:
+        return None
+    rank = q * observed
+    lower, below = 0.0, 0.0
+    for upper, count in buckets:
+        if count >= rank:
+            span = count - below
+            return lower + (upper - lower) * ((rank - below) / span if span else 1.0)
+        lower, below = upper, count
+    return lower

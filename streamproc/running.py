@@ -8,11 +8,13 @@ started, in reverse order, whatever happened.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import os
+import shutil
 import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from streamproc import auditing, kafka, kube
 from streamproc.annotating import Annotator
@@ -73,8 +75,8 @@ async def _start_annotate(
         client, cache_size=settings.resolver_cache_size, ttl_s=settings.resolver_cache_ttl_s
     )
     audit_producer = kafka.producer(settings)
+    cleanups.append(audit_producer.stop)  # also when its start fails: it holds connections
     await audit_producer.start()
-    cleanups.append(audit_producer.stop)
     auditor = auditing.KafkaAuditor(audit_producer, settings.topics.audit)
     cleanups.append(auditor.flush)
     expirer = Expirer(
@@ -84,10 +86,37 @@ async def _start_annotate(
     annotator = Annotator(settings, topologies, client, resolver, expirer, auditor, follower)
     running.expirer, running.annotator, running.follower = expirer, annotator, follower
     return [
-        asyncio.create_task(expirer.run(stop)),
-        asyncio.create_task(annotator.run(stop)),
-        asyncio.create_task(follower.run(stop)),
+        asyncio.create_task(expirer.run(stop), name="expirer"),
+        asyncio.create_task(annotator.run(stop), name="annotate"),
+        asyncio.create_task(follower.run(stop), name="follower"),
     ]
+
+
+SCRATCH_PREFIX = "streamproc-windows-"
+
+
+def _scratch_dir() -> tempfile.TemporaryDirectory[str]:
+    """Faust's scratch folder, named after this process; those of dead processes go first.
+
+    A stage killed with SIGKILL (a crash, an OOM kill, a test) cannot remove its own folder,
+    so the next one to start removes every folder whose process no longer runs.
+    """
+    root = Path(tempfile.gettempdir())
+    for old in root.glob(f"{SCRATCH_PREFIX}*"):
+        pid = old.name.removeprefix(SCRATCH_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    return tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def stage_topics(
@@ -107,7 +136,7 @@ def stage_topics(
     return list(dict.fromkeys(names))
 
 
-async def run_stages(  # noqa: C901 - one place that starts and stops every stage
+async def run_stages(
     settings: Settings,
     topologies: Sequence[Topology],
     stages: Sequence[str],
@@ -116,7 +145,8 @@ async def run_stages(  # noqa: C901 - one place that starts and stops every stag
 ) -> None:
     """Run the given stages until ``stop`` is set or one of them fails."""
     running = running or Running()
-    await kafka.wait_for_broker(settings)
+    if not await kafka.wait_for_broker(settings, stop):
+        return  # asked to stop before Kafka ever answered: nothing was started
     await kafka.ensure_topics(
         settings,
         [
@@ -125,7 +155,9 @@ async def run_stages(  # noqa: C901 - one place that starts and stops every stag
         ],
     )
     cleanups: list[Callable[[], Awaitable[None]]] = []
-    tasks: list[asyncio.Task[None]] = [asyncio.create_task(kafka.watch_broker(settings, stop))]
+    tasks: list[asyncio.Task[None]] = [
+        asyncio.create_task(kafka.watch_broker(settings, stop), name="kafka-watch")
+    ]
     try:
         if "ingest" in stages:
             client = await _kube_or_none(settings, required=False)
@@ -137,10 +169,11 @@ async def run_stages(  # noqa: C901 - one place that starts and stops every stag
                 ttl_s=settings.resolver_cache_ttl_s,
                 lookups_per_s=settings.resolver_lookups_per_s,
             )
-            tasks.append(asyncio.create_task(Ingestor(settings, topologies, resolver).run(stop)))
+            ingestor = Ingestor(settings, topologies, resolver)
+            tasks.append(asyncio.create_task(ingestor.run(stop), name="ingest"))
         if "windows" in stages:
             # Faust keeps table metadata on disk; state itself lives in the changelog topics.
-            scratch = tempfile.TemporaryDirectory(prefix="streamproc-windows-")
+            scratch = _scratch_dir()
 
             async def remove_scratch() -> None:
                 scratch.cleanup()
@@ -153,6 +186,7 @@ async def run_stages(  # noqa: C901 - one place that starts and stops every stag
         if "annotate" in stages:
             tasks += await _start_annotate(settings, topologies, stop, running, cleanups)
         running.ready.set()
+        log.info("running: %s", ", ".join(stages))
         stopper = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait({stopper, *tasks}, return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
@@ -161,13 +195,39 @@ async def run_stages(  # noqa: C901 - one place that starts and stops every stag
                 raise task.exception()  # type: ignore[misc]
     finally:
         stop.set()
-        for task in tasks:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(task), timeout=15)
-            if not task.done():
-                task.cancel()
-        for cleanup in reversed(cleanups):
-            try:
-                await cleanup()
-            except Exception as exc:
-                log.warning("error while stopping: %s", exc)
+        await _stop_all(tasks, cleanups, settings.shutdown_timeout_s)
+
+
+async def _stop_all(
+    tasks: Sequence[asyncio.Task[None]],
+    cleanups: Sequence[Callable[[], Awaitable[None]]],
+    budget_s: float,
+) -> None:
+    """Let the stages finish their batch and commit, then close clients, within ``budget_s``.
+
+    Most of the budget goes to the stages (a commit while the broker is slow); what is left
+    is shared by the cleanups, each bounded, so a client that cannot reach its server is
+    abandoned with a log line instead of holding up the exit.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + budget_s * 0.6
+    if tasks:
+        await asyncio.wait(tasks, timeout=max(0.1, deadline - loop.time()))
+    for task in tasks:
+        if not task.done():
+            log.warning(
+                "%s did not finish in time; its uncommitted records will be re-read",
+                task.get_name(),
+            )
+            task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    end = loop.time() + budget_s * 0.3
+    for cleanup in reversed(cleanups):
+        try:
+            await asyncio.wait_for(cleanup(), timeout=max(0.1, end - loop.time()))
+        except TimeoutError:
+            log.warning(
+                "stopping %s took too long; abandoned", getattr(cleanup, "__qualname__", cleanup)
+            )
+        except Exception as exc:
+            log.warning("error while stopping: %s", exc)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +35,7 @@ class KafkaSecurity:
     """
 
     protocol: str = "PLAINTEXT"
-    sasl_mechanism: str = "PLAIN"
+    sasl_mechanism: str = "SCRAM-SHA-512"
     sasl_username: str | None = None
     sasl_password: str | None = field(default=None, repr=False)
     #: CA bundle that signed the brokers' certificates (system store when absent).
@@ -70,50 +71,164 @@ class KafkaSecurity:
         return self.protocol.startswith("SASL_")
 
 
+def knob(default: Any, flag: str, env: str, help_text: str, **click_args: Any) -> Any:
+    """A setting an operator may tune: its default, flag, environment variable and help.
+
+    The CLI builds its options from these (``cli.settings_options``), so a default, a variable
+    name or a help text is written once, here.
+    """
+    meta = {"flag": flag, "env": env, "help": help_text, "click": click_args}
+    return field(default=default, metadata=meta)
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Runtime configuration of all stages."""
 
-    bootstrap_servers: str = "localhost:9092"
+    bootstrap_servers: str = knob(
+        "localhost:9092",
+        "--bootstrap-servers",
+        "STREAMPROC_BOOTSTRAP_SERVERS",
+        "Kafka bootstrap servers (host:port, comma-separated).",
+    )
     kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
-    topology_path: Path = Path("topologies")
+    #: a topology file or folder; None means ./topologies if present, else the shipped one.
+    topology_path: Path | None = knob(
+        None,
+        "--topology",
+        "STREAMPROC_TOPOLOGY",
+        "Topology file or folder [default: ./topologies if present, else the shipped one].",
+        type=Path,
+    )
     topics: Topics = field(default_factory=Topics)
-    dry_run: bool = False
-    kubeconfig: str | None = None
+    dry_run: bool = knob(
+        False, "--dry-run", "STREAMPROC_DRY_RUN", "Do everything except write to the cluster."
+    )
+    kubeconfig: str | None = knob(
+        None,
+        "--kubeconfig",
+        "KUBECONFIG",
+        "Kubeconfig file [default: KUBECONFIG, ~/.kube/config, else in-cluster].",
+    )
     #: partitions for the internal topics; also the Faust table partitions.
-    partitions: int = 1
+    partitions: int = knob(
+        1, "--partitions", "STREAMPROC_PARTITIONS", "Partitions of the internal topics it creates."
+    )
     #: consumer group session timeout; tansu's first join takes half of it.
-    session_timeout_s: float = 10.0
-    #: the longest the ingest stage holds detections before publishing their tallies.
-    flush_interval_s: float = 0.05
+    session_timeout_s: float = knob(
+        10.0,
+        "--session-timeout",
+        "STREAMPROC_SESSION_TIMEOUT",
+        "Consumer group session timeout (s): how soon a dead replica's partitions move.",
+    )
+    #: the longest the ingest stage waits for detections before publishing their tallies.
+    flush_interval_s: float = knob(
+        0.05,
+        "--flush-interval",
+        "STREAMPROC_FLUSH_INTERVAL",
+        "Longest ingest collects a batch before publishing its tallies (s).",
+    )
     #: how long counts for windows that already qualified may wait before being published.
-    tally_hold_s: float = 1.0
+    tally_hold_s: float = knob(
+        1.0,
+        "--tally-hold",
+        "STREAMPROC_TALLY_HOLD",
+        "How long ingest merges counts of windows that already qualified (s).",
+    )
     #: the longest a fetch waits for records. Apache Kafka answers a waiting fetch as soon as
     #: records arrive, so there it only sets how often an idle consumer asks (raise it to save
     #: requests); brokers that do not wake a parked fetch (tansu) add up to this much per hop.
-    fetch_max_wait_ms: int = 20
+    fetch_max_wait_ms: int = knob(
+        20,
+        "--fetch-max-wait",
+        "STREAMPROC_FETCH_MAX_WAIT_MS",
+        "Longest a consumer's fetch waits for records (ms). On Apache Kafka it only sets how "
+        "often an idle consumer asks; on brokers that do not wake a waiting fetch it adds up "
+        "to this much latency per stage.",
+        type="ms",
+    )
     #: most records per ingest batch.
-    batch_max_records: int = 20_000
+    batch_max_records: int = knob(
+        20_000, "--batch-size", "STREAMPROC_BATCH_SIZE", "Most records ingest reads per batch."
+    )
     #: keep a broker-side idempotent producer where the broker supports it (Apache Kafka does).
-    enable_idempotence: bool = False
+    enable_idempotence: bool = knob(
+        False,
+        "--enable-idempotence/--no-enable-idempotence",
+        "STREAMPROC_ENABLE_IDEMPOTENCE",
+        "Idempotent producer (Apache Kafka supports it; tansu does not).",
+    )
     #: bounded TTL cache of pod -> workload resolutions.
-    resolver_cache_size: int = 100_000
-    resolver_cache_ttl_s: float = 300.0
+    resolver_cache_size: int = knob(
+        100_000,
+        "--resolver-cache-size",
+        "STREAMPROC_RESOLVER_CACHE_SIZE",
+        "Pods whose workload ingest remembers.",
+    )
+    resolver_cache_ttl_s: float = knob(
+        300.0,
+        "--resolver-cache-ttl",
+        "STREAMPROC_RESOLVER_CACHE_TTL",
+        "How long ingest remembers a pod's workload (s).",
+    )
     #: API lookups per second for pods not in that cache; beyond it, the pod name's shape.
-    resolver_lookups_per_s: float = 10.0
+    resolver_lookups_per_s: float = knob(
+        10.0,
+        "--pod-lookups",
+        "STREAMPROC_POD_LOOKUPS",
+        "API lookups/s for pods not yet cached (ingest); beyond, the pod name's shape.",
+    )
     #: Kubernetes API request timeout.
-    api_timeout_s: float = 10.0
+    api_timeout_s: float = knob(
+        10.0, "--api-timeout", "STREAMPROC_API_TIMEOUT", "Kubernetes API request timeout (s)."
+    )
     #: concurrent API requests per process.
-    api_concurrency: int = 16
+    api_concurrency: int = knob(
+        16, "--api-concurrency", "STREAMPROC_API_CONCURRENCY", "Kubernetes API requests in flight."
+    )
     #: sustained Kubernetes API requests per second per process, and the burst above it.
-    api_qps: float = 20.0
-    api_burst: int = 40
+    api_qps: float = knob(
+        20.0, "--api-qps", "STREAMPROC_API_QPS", "Sustained Kubernetes API requests/s per process."
+    )
+    api_burst: int = knob(
+        40, "--api-burst", "STREAMPROC_API_BURST", "Requests allowed at once above --api-qps."
+    )
     #: record Kubernetes Events on observed objects
-    kube_events: bool = True
+    kube_events: bool = knob(
+        True,
+        "--events/--no-events",
+        "STREAMPROC_EVENTS",
+        "Record Kubernetes Events on observed objects.",
+    )
     #: how often the expirer re-lists managed pods to catch changes made elsewhere.
-    expiry_resync_s: float = 60.0
+    expiry_resync_s: float = knob(
+        60.0,
+        "--expiry-resync",
+        "STREAMPROC_EXPIRY_RESYNC",
+        "How often the expirer re-lists the pods it manages (s).",
+    )
     #: divides every window size and TTL (the lab's ``--speed``).
-    speed: float = 1.0
-    metrics_port: int = 9108
-    metrics_host: str = "0.0.0.0"  # noqa: S104 - a metrics endpoint must be scrapeable
+    speed: float = knob(
+        1.0, "--speed", "STREAMPROC_SPEED", "Divide window sizes and TTLs (time-lapse)."
+    )
+    metrics_port: int = knob(
+        9108, "--metrics-port", "STREAMPROC_METRICS_PORT", "Port for /metrics; 0 turns it off."
+    )
+    metrics_host: str = knob(
+        "0.0.0.0",  # noqa: S104 - a metrics endpoint must be scrapeable
+        "--metrics-host",
+        "STREAMPROC_METRICS_HOST",
+        "Address /metrics listens on.",
+    )
+    #: after SIGINT/SIGTERM, the longest a clean stop may take before the process just exits.
+    shutdown_timeout_s: float = knob(
+        10.0,
+        "--shutdown-timeout",
+        "STREAMPROC_SHUTDOWN_TIMEOUT",
+        "After SIGINT/SIGTERM, the longest a clean stop may take before exiting anyway (s).",
+    )
     client_id: str = "streamproc"
+
+
+#: the defaults, for code that needs one of them without a Settings at hand.
+DEFAULTS = Settings()

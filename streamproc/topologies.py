@@ -8,6 +8,7 @@ nothing". Unknown fields are refused for the same reason.
 
 from __future__ import annotations
 
+import difflib
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -295,30 +296,74 @@ def load_text(text: str, path: Path) -> Topology:
             p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-"))
         )
         field = ".".join(str(p) for p in loc)
-        raise TopologyError(path, _line_of(node, loc), field, error["msg"]) from None
+        reason = error["msg"]
+        if error["type"] == "extra_forbidden" and loc:
+            reason += _did_you_mean(str(loc[-1]))
+        raise TopologyError(path, _line_of(node, loc), field, reason) from None
 
 
-def load_path(path: Path | str) -> list[Topology]:
-    """Load a file, or every ``*.yaml``/``*.yml`` in a folder; names must be unique."""
+def _known_fields() -> set[str]:
+    """Every field name a topology may use, spelled as in YAML."""
+    models: list[type[BaseModel]] = [Topology, Metadata, Spec, Source, Match, Namespaces]
+    models += [Window, Action, Capture, CaptureOutput]
+    return {info.alias or name for model in models for name, info in model.model_fields.items()}
+
+
+def _did_you_mean(unknown: str) -> str:
+    close = difflib.get_close_matches(unknown, sorted(_known_fields()), n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_path(path: Path | str) -> tuple[list[Topology], list[TopologyError]]:
+    """Every topology in a file or folder that loads, and an error for each one that does not.
+
+    ``streamproc check`` reports them all at once; names must be unique across the folder.
+    """
     root = Path(path)
     if root.is_dir():
         files = sorted(p for p in root.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
         if not files:
-            raise TopologyError(root, None, "", "no *.yaml topology files in this folder")
+            return [], [TopologyError(root, None, "", "no *.yaml topology files in this folder")]
     elif root.is_file():
         files = [root]
     else:
-        raise TopologyError(root, None, "", "no such file or folder")
+        return [], [TopologyError(root, None, "", "no such file or folder")]
     loaded: dict[str, tuple[Path, Topology]] = {}
+    errors: list[TopologyError] = []
     for file in files:
-        topology = load_file(file)
+        try:
+            topology = load_file(file)
+        except TopologyError as exc:
+            errors.append(exc)
+            continue
         if topology.name in loaded:
             first = loaded[topology.name][0]
-            raise TopologyError(
-                file, None, "metadata.name", f"{topology.name!r} is also in {first}"
+            errors.append(
+                TopologyError(file, None, "metadata.name", f"{topology.name!r} is also in {first}")
             )
+            continue
         loaded[topology.name] = (file, topology)
-    return [t for _, t in loaded.values()]
+    return [t for _, t in loaded.values()], errors
+
+
+def load_path(path: Path | str) -> list[Topology]:
+    """Load a file, or every ``*.yaml``/``*.yml`` in a folder; the first error is raised."""
+    loaded, errors = check_path(path)
+    if errors:
+        raise errors[0]
+    return loaded
+
+
+def resolve_path(given: Path | None) -> Path:
+    """The topologies a command uses: the given path, else ./topologies, else the shipped one.
+
+    Every command falls back alike, so ``streamproc run`` outside a checkout works as
+    ``check`` and ``lab`` do (each logs which path it loaded).
+    """
+    if given is not None:
+        return given
+    local = Path("topologies")
+    return local if local.is_dir() else default_path()
 
 
 def default_path() -> Path:

@@ -110,6 +110,9 @@ class EmbeddedBroker:
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            # its own session: a Ctrl-C in the terminal reaches the lab, which stops the
+            # pipeline first and the broker last, instead of killing the broker under it
+            start_new_session=True,
             env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn"), **self.env},
         )
         deadline = time.monotonic() + timeout_s

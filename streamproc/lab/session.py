@@ -11,14 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import orjson
 
 from streamproc import conventions, kafka, metrics, running, topologies
+from streamproc.durations import format_duration
 from streamproc.lab.broker import EmbeddedBroker, free_port
 from streamproc.lab.cluster import sample_cluster
 from streamproc.lab.kubeemu import KubeEmulator
@@ -35,11 +40,25 @@ class LabOptions:
 
     duration_s: float = 60.0
     speed: float = 12.0
-    topology_path: Path = Path("topologies")
+    topology_path: Path | None = None
     broker: str | None = None
     kubeconfig: str | None = None
     metrics_port: int = 9108
     live: bool = True
+
+
+@dataclass
+class Observed:
+    """One workload the run observed, as the audit trail tells it."""
+
+    namespace: str
+    kind: str
+    name: str
+    topology: str
+    rule: str
+    pods: list[str] = field(default_factory=list)
+    #: from the first patch to the expiry it was last given (seconds)
+    lasted_s: float = 0.0
 
 
 @dataclass
@@ -48,26 +67,46 @@ class Summary:
 
     detections_in: int = 0
     dead_letters: int = 0
+    dead_letter_reasons: dict[str, int] = field(default_factory=dict)
     actions: int = 0
     pods_annotated: int = 0
+    patches: int = 0
+    api_requests: int = 0
+    latency_p50_s: float | None = None
+    latency_p99_s: float | None = None
     expired: int = 0
     still_active: int = 0
+    observed: list[Observed] = field(default_factory=list)
     leftovers: list[str] = field(default_factory=list)
     interrupted: bool = False
+    #: the run's time-lapse: a second here stands for ``speed`` seconds of a real cluster
+    speed: float = 1.0
 
     @property
     def clean(self) -> bool:
         """Every observation that ended left nothing of streamproc's behind."""
         return not self.leftovers
 
+    def as_dict(self) -> dict[str, object]:
+        """The summary as JSON (``lab --output json``)."""
+        return {**dataclasses.asdict(self), "clean": self.clean}
+
     def lines(self) -> list[str]:
-        """Human-readable summary."""
-        return [
-            "streamproc lab summary",
+        """Human-readable summary: the counts, then what they mean."""
+        reasons = ", ".join(f"{n} {r}" for r, n in sorted(self.dead_letter_reasons.items()))
+        latency = (
+            f"p50 {self.latency_p50_s * 1000:.0f} ms, p99 {(self.latency_p99_s or 0) * 1000:.0f} ms"
+            if self.latency_p50_s is not None
+            else "no patch yet"
+        )
+        out = [
+            "streamproc lab summary" + (" (interrupted)" if self.interrupted else ""),
             f"  detections in      {self.detections_in}",
             f"  dead letters       {self.dead_letters}",
             f"  actions            {self.actions}",
             f"  pods annotated     {self.pods_annotated}",
+            f"  patches            {self.patches}",
+            f"  API requests       {self.api_requests}",
             f"  expired            {self.expired}",
             f"  still active       {self.still_active}",
             "  expiry check       "
@@ -76,7 +115,73 @@ class Summary:
                 if self.clean
                 else f"FAILED: left behind on {', '.join(self.leftovers)}"
             ),
+            "",
+            "What happened:",
         ]
+        if self.dead_letters:
+            out.append(
+                f"  {self.dead_letters} dead letters are the replay's deliberately malformed "
+                f"lines ({reasons}): refused with a reason, nothing else lost."
+            )
+        out.append(
+            f"  {self.actions} actions (one per workload and window that reached the "
+            f"threshold) put {self.pods_annotated} pods under observation; {self.patches} "
+            f"patches in all, opening, extending and removing, with {self.api_requests} "
+            "API requests."
+        )
+        out.append(f"  detection to first patch: {latency} (estimated from the histogram).")
+        for o in self.observed:
+            real = format_duration(round(o.lasted_s * self.speed))
+            out.append(
+                f"  observed {o.namespace}/{o.kind}/{o.name}: {len(o.pods)} pods for "
+                f"{o.lasted_s:.0f}s ({real} at --speed {self.speed:g}), rule {o.rule!r} "
+                f"(topology {o.topology})"
+            )
+        if self.interrupted:
+            out.append(
+                "  Interrupted before the end: observations still open went away with the "
+                "emulated cluster (on a real one they expire on schedule)."
+            )
+        return out
+
+
+def story(records: list[dict[str, Any]]) -> list[Observed]:
+    """Workloads observed, from the audit trail's ``applied``/``extended`` records."""
+    found: dict[tuple[str, str, str], Observed] = {}
+    opened: dict[tuple[str, str, str], float] = {}
+    for record in records:
+        if record.get("result") not in ("applied", "extended"):
+            continue
+        key = (str(record.get("namespace")), str(record.get("kind")), str(record.get("name")))
+        entry = found.setdefault(
+            key, Observed(*key, str(record.get("topology", "")), str(record.get("rule", "")))
+        )
+        entry.pods = sorted({*entry.pods, *(str(p) for p in record.get("pods") or ())})
+        at = conventions.parse_time(str(record.get("time", ""))) or 0.0
+        until = conventions.parse_time(str(record.get("expires_at", ""))) or at
+        opened.setdefault(key, at)
+        entry.lasted_s = max(entry.lasted_s, until - opened[key])
+    return sorted(found.values(), key=lambda o: (o.namespace, o.kind, o.name))
+
+
+async def _read_audit(settings: Settings) -> list[dict[str, Any]]:
+    """The run's audit records (a report only: any failure leaves the story empty)."""
+    try:
+        records = await asyncio.wait_for(
+            kafka.read_topic(settings, settings.topics.audit, idle_ms=300), timeout=10
+        )
+    except (kafka.KafkaError, OSError, TimeoutError) as exc:
+        log.warning("could not read the audit trail for the summary: %s", exc)
+        return []
+    docs = []
+    for record in records:
+        try:
+            doc = orjson.loads(record.value or b"")
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(doc, dict):
+            docs.append(doc)
+    return docs
 
 
 @contextlib.contextmanager
@@ -143,9 +248,51 @@ async def _replay(
         await producer.stop()
 
 
+def _ready_for_replay(handles: running.Running, started: float) -> bool:
+    """Replay once the annotator has joined its group, so the first actions land at once.
+
+    A consumer group's first join on the embedded broker takes half the session timeout;
+    replaying earlier only shows actions waiting for it. Bounded: after 20 s, replay anyway.
+    """
+    if not handles.ready.is_set():
+        return False
+    joined = handles.annotator is not None and handles.annotator.joined
+    return joined or time.monotonic() - started > 20
+
+
+async def _summarise(
+    handles: running.Running,
+    emulator: KubeEmulator | None,
+    settings: Settings,
+    *,
+    read_audit: bool,
+) -> Summary:
+    """The closing summary: the counts from metrics, the story from the audit trail."""
+    active = set(handles.expirer.active) if handles.expirer else set()
+    reasons = metrics.by_label("streamproc_dead_letters_total", "reason")
+    latency = "streamproc_detection_to_annotation_seconds"
+    summary = Summary(
+        detections_in=int(metrics.total("streamproc_records_consumed_total", stage="ingest")),
+        dead_letter_reasons={r: int(n) for r, n in reasons.items() if n},
+        actions=int(metrics.total("streamproc_actions_emitted_total")),
+        patches=int(metrics.total("streamproc_patches_total", result="ok")),
+        api_requests=int(metrics.total("streamproc_api_request_duration_seconds_count")),
+        latency_p50_s=metrics.quantile(latency, 0.5),
+        latency_p99_s=metrics.quantile(latency, 0.99),
+        pods_annotated=len(handles.annotator.observed_pods) if handles.annotator else 0,
+        expired=handles.expirer.expired if handles.expirer else 0,
+        still_active=len(active),
+        leftovers=_leftovers(emulator, active),
+    )
+    summary.dead_letters = sum(summary.dead_letter_reasons.values())
+    if read_audit:  # a broker of the lab's own: its audit topic holds only this run
+        summary.observed = story(await _read_audit(settings))
+    return summary
+
+
 async def run_lab(options: LabOptions, stop: asyncio.Event) -> Summary:
     """Run the lab until ``--duration`` passes or ``stop`` is set; return the summary."""
-    loaded = topologies.load_path(options.topology_path)
+    loaded = topologies.load_path(topologies.resolve_path(options.topology_path))
     cap = max(1.0, options.duration_s / 3)
     lab_topologies = []
     for topology in loaded:
@@ -180,11 +327,12 @@ async def run_lab(options: LabOptions, stop: asyncio.Event) -> Summary:
         pipeline = asyncio.create_task(
             running.run_stages(settings, lab_topologies, running.STAGES, pipeline_stop, handles)
         )
-        deadline = time.monotonic() + options.duration_s
+        started = time.monotonic()
+        deadline = started + options.duration_s
         replay: asyncio.Task[None] | None = None
         with view.showing():
             while time.monotonic() < deadline and not stop.is_set() and not pipeline.done():
-                if replay is None and handles.ready.is_set():
+                if replay is None and _ready_for_replay(handles, started):
                     span = max(1.0, options.duration_s * 0.4)
                     topic = lab_topologies[0].spec.source.topic
                     replay = asyncio.create_task(_replay(settings, topic, span, view, stop))
@@ -197,14 +345,8 @@ async def run_lab(options: LabOptions, stop: asyncio.Event) -> Summary:
             await replay
         pipeline_stop.set()
         await pipeline
-        active = set(handles.expirer.active) if handles.expirer else set()
-        summary.detections_in = int(
-            metrics.total("streamproc_records_consumed_total", stage="ingest")
-        )
-        summary.dead_letters = int(metrics.total("streamproc_dead_letters_total"))
-        summary.actions = int(metrics.total("streamproc_actions_emitted_total"))
-        summary.pods_annotated = len(handles.annotator.observed_pods) if handles.annotator else 0
-        summary.expired = handles.expirer.expired if handles.expirer else 0
-        summary.still_active = len(active)
-        summary.leftovers = _leftovers(emulator, active)
+        interrupted = summary.interrupted
+        summary = await _summarise(handles, emulator, settings, read_audit=not options.broker)
+        summary.interrupted = interrupted
+        summary.speed = options.speed
     return summary

@@ -32,6 +32,8 @@ class View:
     """Renders the lab's state; ``refresh`` is called about twice a second."""
 
     def __init__(self, *, live: bool) -> None:
+        #: progress goes to stderr when stdout carries a machine-readable summary
+        self.stream = sys.stdout if live else sys.stderr
         self.live = live and sys.stdout.isatty()
         self.console = Console()
         self.replay_total = 0
@@ -40,6 +42,7 @@ class View:
         self._last_at = time.monotonic()
         self._rate = 0.0
         self._live: Live | None = None
+        self.phase = "starting"
 
     def intro(
         self,
@@ -50,7 +53,7 @@ class View:
         topologies: Sequence[Topology],
     ) -> None:
         """Where everything is, before it starts."""
-        out = self.console.print if self.live else print
+        out = self.console.print if self.live else self._print
         out(f"broker: {bootstrap}")
         if api_server:
             out(f"api server: {api_server} (emulated)")
@@ -62,7 +65,10 @@ class View:
                 f"topology {t.name}: window {format_duration(t.spec.window.size)}, threshold "
                 f"{t.spec.window.threshold}, ttl {format_duration(t.spec.action.ttl)}"
             )
-        sys.stdout.flush()
+        self.stream.flush()
+
+    def _print(self, line: str) -> None:
+        print(line, file=self.stream, flush=True)
 
     @contextlib.contextmanager
     def showing(self) -> Iterator[None]:
@@ -85,17 +91,17 @@ class View:
         self._rate = (values["detections"] - self._last.get("detections", 0.0)) / elapsed
         active = handles.expirer.active if handles.expirer else {}
         workloads = handles.follower.followed() if handles.follower else {}
+        self.phase = _phase(handles, values, self.replay_sent)
         if self._live is not None:
             self._live.update(self._render(values, workloads, len(active)))
         else:
             changed = {k: v for k, v in values.items() if v != self._last.get(k)}
             if changed:
                 parts = ", ".join(f"{k}={int(v)}" for k, v in values.items())
-                print(
-                    f"lab: {parts}, workloads under observation={len(workloads)}, "
+                self._print(
+                    f"lab: {self.phase}: {parts}, workloads under observation={len(workloads)}, "
                     f"pods under observation={len(active)}, "
                     f"replay={self.replay_sent}/{self.replay_total}",
-                    flush=True,
                 )
         self._last, self._last_at = values, now
 
@@ -105,7 +111,7 @@ class View:
         workloads: dict[tuple[str, str, str], tuple[float, str]],
         pods: int,
     ) -> Group:
-        counters = Table(title="streamproc lab", show_header=False)
+        counters = Table(title=f"streamproc lab: {self.phase}", show_header=False)
         counters.add_row("detections/s", f"{self._rate:,.0f}")
         for label, value in values.items():
             counters.add_row(label, f"{int(value):,}")
@@ -120,3 +126,18 @@ class View:
         for (namespace, kind, name), (until, topology) in sorted(workloads.items()):
             observed.add_row(namespace, f"{kind}/{name}", topology, f"{max(0.0, until - now):.0f}s")
         return Group(counters, observed)
+
+
+def _phase(handles: Running, values: dict[str, float], sent: int) -> str:
+    """What the run is doing now, in words, so a pause in the counters is not a mystery."""
+    if not handles.ready.is_set():
+        return "starting the stages"
+    if handles.annotator is not None and not handles.annotator.joined:
+        return "waiting for the annotator to join its consumer group"
+    if not sent:
+        return "replay starting"
+    if values["actions"] > values["patches ok"] == 0:
+        return "actions on their way to the annotator"
+    if values["actions"] == 0:
+        return "counting detections until a window reaches its threshold"
+    return "running"

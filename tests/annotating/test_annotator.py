@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -169,11 +170,15 @@ async def test_annotations_come_from_the_topology_not_the_action(
 
 
 async def test_dry_run_writes_nothing(
-    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
+    client: kube.Kube,
+    emulator: KubeEmulator,
+    cluster: ClusterBuilder,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """With --dry-run or dryRun: true, no request changes the cluster."""
+    """With --dry-run or dryRun: true, no request changes the cluster; the log says until when."""
     from streamproc.auditing import MemoryAuditor
 
+    caplog.set_level("INFO", logger="streamproc.annotate")
     auditor = MemoryAuditor()
     for annotator, _ in (make(client, dry_run=True), make(client, settings_dry_run=True)):
         annotator.auditor = auditor
@@ -182,6 +187,10 @@ async def test_dry_run_writes_nothing(
     assert sorted(auditor.records[0]["pods"]) == sorted(workload(cluster, "frontend").pods)
     assert auditor.records[0]["annotations"] == {"retina.sh": "observe"}
     assert not [r for r in emulator.requests if r.method in ("PATCH", "PUT", "POST", "DELETE")]
+    # a person reads the log: RFC 3339, not seconds since 1970
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("dry run")]
+    assert said
+    assert all(re.search(r" until \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$", m) for m in said), said
 
 
 async def test_a_stale_action_is_not_applied(

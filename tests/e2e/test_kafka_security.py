@@ -109,8 +109,9 @@ def test_send_authenticates_with_each_mechanism_over_tls(
 def test_a_wrong_password_is_refused_and_never_printed(tmp_path: Path, gate: KafkaGate) -> None:
     wrong = "not-the-password-4711"
     result = send(secure_env(tmp_path, gate, "SCRAM-SHA-512", wrong), tmp_path, [b"{}"])
-    assert result.returncode != 0
-    assert "cannot publish" in result.stderr
+    assert result.returncode == 1
+    assert result.stderr.startswith("streamproc: error: Kafka refused the credentials")
+    assert len(result.stderr.splitlines()) == 1, result.stderr
     assert wrong not in result.stdout + result.stderr
     assert not gate.authenticated
     assert gate.refused
@@ -121,7 +122,9 @@ def test_an_untrusted_broker_certificate_is_refused(tmp_path: Path, gate: KafkaG
     trustme.CA().cert_pem.write_to_path(str(tmp_path / "other-ca.pem"))
     env["STREAMPROC_KAFKA_SSL_CAFILE"] = str(tmp_path / "other-ca.pem")
     result = send(env, tmp_path, [b"{}"])
-    assert result.returncode != 0
+    assert result.returncode == 1
+    assert result.stderr.startswith("streamproc: error: TLS with Kafka failed"), result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
     assert not gate.authenticated  # TLS failed before any credentials were sent
 
 

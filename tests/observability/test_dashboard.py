@@ -5,9 +5,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
 from prometheus_client import REGISTRY
 
 import streamproc.metrics  # noqa: F401 - registers every metric
@@ -84,6 +86,8 @@ def test_alert_rules_use_only_exported_metrics_and_pass_promtool() -> None:
     """The shipped rules load in Prometheus's own checker and query real metrics."""
     used = queried_names(re.sub(r"record: \S+", "", RULES.read_text()))
     assert used <= exported_names(), sorted(used - exported_names())
+    if shutil.which("promtool") is None:
+        pytest.skip("Debian's promtool is not installed (.ci/run installs it: apt prometheus)")
     result = subprocess.run(
         ["promtool", "check", "rules", str(RULES)], capture_output=True, text=True, check=False
     )
