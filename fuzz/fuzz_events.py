@@ -22,18 +22,7 @@ TEMPLATE: dict[str, Any] = orjson.loads(
 )
 KEYS = [*TEMPLATE, *(f"output_fields.{k}" for k in TEMPLATE["output_fields"]), "extra"]
 
-REASONS = {
-    "too-large",
-    "invalid-json",
-    "not-an-object",
-    "missing-rule",
-    "invalid-priority",
-    "invalid-output-fields",
-    "invalid-tags",
-    "invalid-namespace",
-    "invalid-pod-name",
-    "too-many-fields",
-}
+REASONS = set(events.REASONS)
 
 
 def _value(fdp: atheris.FuzzedDataProvider, depth: int = 0) -> Any:

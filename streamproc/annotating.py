@@ -218,15 +218,15 @@ class Annotator:
         spec = topology.spec.action.capture
         if spec is None or not spec.priority.admits(action.priority):
             return
-        selector = captures.shared_labels(pods)
+        capture_target = captures.target(spec, action.namespace, pods)
         result = "created"
-        if not selector:
+        if not capture_target:
             result = "no-selector"  # an empty podSelector would capture the whole namespace
         else:
             body = captures.body(
                 action_id=action.id,
                 namespace=action.namespace,
-                selector=selector,
+                capture_target=capture_target,
                 capture=spec,
                 topology=topology.name,
                 rule=action.rule,
@@ -245,7 +245,7 @@ class Annotator:
             kind=action.kind,
             name=action.name,
             capture=captures.name_for(action.id),
-            selector=selector,
+            target=capture_target,
             duration_s=spec.duration,
             max_capture_size_mb=spec.max_capture_size_mb,
         )
@@ -431,11 +431,20 @@ class Annotator:
     ) -> None:
         # the batch's audit records are durable before its actions are acknowledged
         committer = kafka.Committer(consumer, STAGE, before=self.auditor.flush)
+        reader = kafka.Reader(consumer, self.settings, STAGE)
+        dead_letters = self.settings.topics.dead_letters
         try:
             while not stop.is_set():
-                batch = await consumer.getmany(timeout_ms=200, max_records=2000)
+                batch, bad = await reader.getmany(timeout_ms=200, max_records=2000)
                 metrics.consumer_lag.labels(stage=STAGE).set(kafka.batch_lag(consumer, batch))
+                if bad:
+                    # an undecodable batch cannot be applied: dead-lettered, then passed
+                    await kafka.dead_letter_batches(producer, dead_letters, bad, STAGE)
                 if not batch:
+                    if bad:
+                        committer.commit(
+                            {kafka.TopicPartition(b.topic, b.partition): b.next_offset for b in bad}
+                        )
                     continue
                 records = [r for rs in batch.values() for r in rs]
                 metrics.records_consumed.labels(stage=STAGE).inc(len(records))
@@ -446,17 +455,22 @@ class Annotator:
                     except ActionError as exc:
                         metrics.dead_letters.labels(stage=STAGE, reason="invalid-action").inc()
                         await producer.send_and_wait(
-                            self.settings.topics.dead_letters,
+                            dead_letters,
                             value=record.value,
                             key=record.key,
-                            headers=[
-                                ("streamproc.stage", STAGE.encode()),
-                                ("streamproc.reason", b"invalid-action"),
-                                ("streamproc.detail", str(exc).encode()[:1000]),
-                            ],
+                            headers=kafka.dead_letter_headers(
+                                STAGE,
+                                "invalid-action",
+                                str(exc),
+                                record.topic,
+                                record.partition,
+                                record.offset,
+                            ),
                         )
                 await self._apply_until_done(actions, stop)
-                committer.commit({tp: rs[-1].offset + 1 for tp, rs in batch.items()})
+                offsets = {tp: rs[-1].offset + 1 for tp, rs in batch.items()}
+                offsets |= {kafka.TopicPartition(b.topic, b.partition): b.next_offset for b in bad}
+                committer.commit(offsets)
         finally:
             await committer.close()
 

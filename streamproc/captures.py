@@ -1,16 +1,22 @@
-"""Retina ``Capture`` objects for a workload: bounded packet captures on a stronger condition.
+r"""Retina ``Capture`` objects for a workload: bounded packet captures on a stronger condition.
 
-Fields follow Retina's Capture CRD (microsoft/retina ``docs/05-Concepts/CRDs/Capture.md`` and
-``retina.sh_captures.yaml``): ``apiVersion: retina.sh/v1alpha1``, namespaced, with
-``spec.captureConfiguration`` (``captureOption``: duration, maxCaptureSize in MB, packetSize;
-``captureTarget``: namespaceSelector and podSelector; ``includeMetadata``) and
-``spec.outputConfiguration`` (hostPath, blobUpload, persistentVolumeClaim).
+Fields follow Retina's Capture CRD as of microsoft/retina v1.2.6
+(``deploy/standard/manifests/controller/helm/retina/crds/retina.sh_captures.yaml`` and
+``docs/05-Concepts/CRDs/Capture.md``): ``apiVersion: retina.sh/v1alpha1``, namespaced, with
+``spec.captureConfiguration`` (``captureOption``: duration matching
+``^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$``, maxCaptureSize in MB, packetSize;
+``captureTarget``; ``includeMetadata``), ``spec.outputConfiguration`` (hostPath, a *relative*
+subpath since v1.2.1; blobUpload; persistentVolumeClaim; s3Upload) and
+``spec.cleanUpAfterUpload``.
+
+The target is ``captureTarget.podNames`` by default (Retina >= v1.1): exactly the workload's
+pods, whatever labels they have. The CRD makes it exclusive with the selectors, so it stands
+alone. ``target: podSelector`` keeps the selector form for older Retina: the labels every pod
+of the workload shares, without per-pod or per-revision labels; a workload whose pods share no
+label then gets no capture (an empty selector would capture the whole namespace).
 
 The name is derived from the action id (topology, workload, window), so a replayed or repeated
 action in the same window finds the capture already there instead of starting a second one.
-The pod selector is the labels every pod of the workload shares, without per-pod or
-per-revision labels; a workload whose pods share no label gets no capture (an empty selector
-would capture the whole namespace).
 """
 
 from __future__ import annotations
@@ -53,25 +59,56 @@ def shared_labels(pods: Sequence[dict[str, Any]]) -> dict[str, str]:
     return common
 
 
+def target(capture: Capture, namespace: str, pods: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """``captureTarget`` for the workload's pods; empty when the selector form finds no label."""
+    if capture.target == "podNames":
+        names = sorted(str((p.get("metadata") or {}).get("name") or "") for p in pods)
+        return {"podNames": [n for n in names if n]}
+    selector = shared_labels(pods)
+    if not selector:
+        return {}
+    return {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+        "podSelector": {"matchLabels": selector},
+    }
+
+
 def body(
     *,
     action_id: str,
     namespace: str,
-    selector: dict[str, str],
+    capture_target: dict[str, Any],
     capture: Capture,
     topology: str,
     rule: str,
 ) -> dict[str, Any]:
     """The Capture object to create."""
-    output = {
+    out = capture.output
+    output: dict[str, Any] = {
         key: value
         for key, value in (
-            ("hostPath", capture.output.host_path),
-            ("blobUpload", capture.output.blob_upload),
-            ("persistentVolumeClaim", capture.output.persistent_volume_claim),
+            ("hostPath", out.host_path),
+            ("blobUpload", out.blob_upload),
+            ("persistentVolumeClaim", out.persistent_volume_claim),
         )
         if value
     }
+    if out.s3_upload is not None:
+        output["s3Upload"] = out.s3_upload.model_dump(by_alias=True, exclude_none=True)
+    spec: dict[str, Any] = {
+        "captureConfiguration": {
+            "captureOption": {
+                "duration": f"{int(capture.duration)}s",
+                "maxCaptureSize": capture.max_capture_size_mb,
+                "packetSize": capture.packet_size,
+            },
+            "captureTarget": capture_target,
+            "includeMetadata": True,
+        },
+        "outputConfiguration": output,
+    }
+    if capture.clean_up_after_upload:
+        spec["cleanUpAfterUpload"] = True
     return {
         "apiVersion": API_VERSION,
         "kind": "Capture",
@@ -85,21 +122,5 @@ def body(
                 conventions.ACTION_ID: action_id[:253],
             },
         },
-        "spec": {
-            "captureConfiguration": {
-                "captureOption": {
-                    "duration": f"{int(capture.duration)}s",
-                    "maxCaptureSize": capture.max_capture_size_mb,
-                    "packetSize": capture.packet_size,
-                },
-                "captureTarget": {
-                    "namespaceSelector": {
-                        "matchLabels": {"kubernetes.io/metadata.name": namespace}
-                    },
-                    "podSelector": {"matchLabels": selector},
-                },
-                "includeMetadata": True,
-            },
-            "outputConfiguration": output,
-        },
+        "spec": spec,
     }

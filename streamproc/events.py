@@ -13,6 +13,7 @@ reads fields with plain dict look-ups and allocates one small object per detecti
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -56,9 +57,33 @@ OWNER_FIELDS: tuple[tuple[str, str], ...] = (
     ("k8smeta.rs.name", "ReplicaSet"),
 )
 
+#: RFC 3339 date-time (section 5.6), as Go's time.Time marshals it in Falcosidekick's
+#: ``types.FalcoPayload.Time`` (nanoseconds, ``Z``) and Falco's json_output writes it. Windows
+#: are keyed on the Kafka record time, not this; a payload without a valid one is refused.
+_RFC3339 = re.compile(
+    r"\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])[Tt ]([01]\d|2[0-3]):[0-5]\d:([0-5]\d|60)"
+    r"(\.\d{1,9})?([Zz]|[+-]([01]\d|2[0-3]):[0-5]\d)"
+).fullmatch
+
 MAX_MESSAGE_BYTES = 1 << 20
 MAX_OUTPUT_FIELDS = 512
 _NOT_AVAILABLE = frozenset(("", "<NA>", "N/A"))
+
+
+#: every reason ``parse`` gives (a metric label and the dead letter's ``streamproc.reason``)
+REASONS = (
+    "too-large",
+    "invalid-json",
+    "not-an-object",
+    "missing-rule",
+    "invalid-priority",
+    "invalid-output-fields",
+    "invalid-tags",
+    "invalid-namespace",
+    "invalid-pod-name",
+    "too-many-fields",
+    "invalid-time",
+)
 
 
 class ParseError(ValueError):
@@ -207,9 +232,11 @@ def parse(raw: bytes) -> Detection:  # noqa: C901, PLR0912 - one flat pass is th
         _pods.known.get(pod) or _pods.check(pod, conventions.is_dns1123_subdomain)
     ):
         raise ParseError("invalid-pod-name", f"pod {pod[:80]!r} is not a DNS-1123 subdomain")
+    time = doc.get("time")
+    if type(time) is not str or _RFC3339(time) is None:
+        raise ParseError("invalid-time", f"'time' is {str(time)[:60]!r}, not RFC 3339")
     source = doc.get("source")
     uuid = doc.get("uuid")
-    time = doc.get("time")
     hostname = doc.get("hostname")
     return Detection(
         rule,
@@ -220,6 +247,6 @@ def parse(raw: bytes) -> Detection:  # noqa: C901, PLR0912 - one flat pass is th
         pod,
         () if _OWNER_KEYS.isdisjoint(fields) else _owners(fields),
         uuid if type(uuid) is str else "",
-        time if type(time) is str else "",
+        time,
         hostname if type(hostname) is str else "",
     )

@@ -163,7 +163,9 @@ class Ingestor:
                 topics.dead_letters,
                 value=record.value,
                 key=record.key,
-                headers=dead_letter_headers(STAGE, reason, detail, record),
+                headers=kafka.dead_letter_headers(
+                    STAGE, reason, detail, record.topic, record.partition, record.offset
+                ),
             )
             for record, reason, detail in dead
         ]
@@ -208,14 +210,17 @@ class Ingestor:
     ) -> None:
         commits = CommitPoint()
         committer = kafka.Committer(consumer, STAGE)
+        reader = kafka.Reader(consumer, self.settings, STAGE)
         try:
             while not stop.is_set():
-                batch = await consumer.getmany(
+                batch, bad = await reader.getmany(
                     timeout_ms=int(self.settings.flush_interval_s * 1000) or 1,
                     max_records=self.settings.batch_max_records,
                 )
                 if batch:
-                    await self._handle(consumer, producer, batch, commits)
+                    await self._handle(reader, producer, batch, commits)
+                if bad:
+                    await self._skip(reader, producer, bad, commits)
                 now = time.monotonic()
                 if self.gate.due(now):
                     await self._release(producer, now)
@@ -229,7 +234,7 @@ class Ingestor:
 
     async def _handle(
         self,
-        consumer: kafka.AIOKafkaConsumer,
+        reader: kafka.Reader,
         producer: kafka.AIOKafkaProducer,
         batch: Mapping[kafka.TopicPartition, list[kafka.ConsumerRecord]],
         commits: CommitPoint,
@@ -244,11 +249,32 @@ class Ingestor:
             metrics.stage_errors.labels(stage=STAGE, error=type(exc).__name__).inc()
             log.warning("ingest batch failed (%s); retrying from offset", exc)
             for tp, rs in batch.items():
-                consumer.seek(tp, rs[0].offset)
+                reader.seek(tp, rs[0].offset)
             await asyncio.sleep(1.0)
             return
         commits.handled(self.gate.batches, {tp: rs[-1].offset + 1 for tp, rs in batch.items()})
         self.record_metrics(result)
+
+    async def _skip(
+        self,
+        reader: kafka.Reader,
+        producer: kafka.AIOKafkaProducer,
+        bad: Sequence[kafka.BadBatch],
+        commits: CommitPoint,
+    ) -> None:
+        """Dead-letter undecodable batches, then let their offsets be committed past them."""
+        try:
+            await kafka.dead_letter_batches(producer, self.settings.topics.dead_letters, bad, STAGE)
+        except kafka.KafkaError as exc:
+            metrics.stage_errors.labels(stage=STAGE, error=type(exc).__name__).inc()
+            log.warning("dead-lettering a skipped batch failed (%s); will read it again", exc)
+            for batch in bad:
+                reader.seek(kafka.TopicPartition(batch.topic, batch.partition), batch.offset)
+            return
+        commits.handled(
+            self.gate.batches,
+            {kafka.TopicPartition(b.topic, b.partition): b.next_offset for b in bad},
+        )
 
     async def _release(self, producer: kafka.AIOKafkaProducer, now: float | None) -> None:
         """Publish the held tallies that are due (all of them when ``now`` is None)."""
@@ -454,17 +480,3 @@ def _add(tallies: dict[_Slot, Tally], route: _Route, detection: Detection, times
         tally.priority = max(tally.priority, detection.priority)
         if detection.uuid and len(tally.uuids) < UUID_SAMPLE:
             tally.uuids.append(detection.uuid)
-
-
-def dead_letter_headers(
-    stage: str, reason: str, detail: str, record: kafka.ConsumerRecord
-) -> list[tuple[str, bytes]]:
-    """Why a record was refused and where it came from, as Kafka headers on the original bytes."""
-    return [
-        ("streamproc.stage", stage.encode()),
-        ("streamproc.reason", reason.encode()),
-        ("streamproc.detail", detail.encode("utf-8", "replace")[:1000]),
-        ("streamproc.source.topic", record.topic.encode()),
-        ("streamproc.source.partition", str(record.partition).encode()),
-        ("streamproc.source.offset", str(record.offset).encode()),
-    ]

@@ -13,11 +13,20 @@ import logging
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from aiokafka.client import AIOKafkaClient
+from aiokafka.errors import (
+    CorruptRecordException,
+    KafkaConnectionError,
+    KafkaError,
+    TopicAlreadyExistsError,
+    UnsupportedCodecError,
+)
+from aiokafka.protocol.fetch import FetchRequest
+from aiokafka.record.memory_records import MemoryRecords
 
 from streamproc import metrics
 from streamproc.settings import KafkaSecurity, Settings
@@ -431,3 +440,260 @@ class Committer:
             log.warning(
                 "%s: committing offsets failed (%s); the next commit covers them", self._stage, exc
             )
+
+
+def dead_letter_headers(
+    stage: str, reason: str, detail: str, topic: str, partition: int, offset: int
+) -> list[tuple[str, bytes]]:
+    """Why a record was refused and where it came from, as Kafka headers on the original bytes.
+
+    Every stage's dead letters carry the same headers, built here.
+    """
+    return [
+        ("streamproc.stage", stage.encode()),
+        ("streamproc.reason", reason.encode()),
+        ("streamproc.detail", detail.encode("utf-8", "replace")[:1000]),
+        ("streamproc.source.topic", topic.encode()),
+        ("streamproc.source.partition", str(partition).encode()),
+        ("streamproc.source.offset", str(offset).encode()),
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class BadBatch:
+    """A record batch that cannot be decoded: skipped, reported and dead-lettered."""
+
+    topic: str
+    partition: int
+    #: the first offset of the batch a consumer would have read, and the one after it
+    offset: int
+    next_offset: int
+    #: ``unsupported-codec``, ``corrupt-batch`` (CRC mismatch) or ``undecodable-batch``
+    reason: str
+    detail: str
+    #: the batch as the broker holds it, for whoever investigates (empty when too large)
+    raw: bytes
+
+    def headers(self, stage: str) -> list[tuple[str, bytes]]:
+        """Dead-letter headers, with where the skipped range ends."""
+        return [
+            *dead_letter_headers(
+                stage, self.reason, self.detail, self.topic, self.partition, self.offset
+            ),
+            ("streamproc.source.next-offset", str(self.next_offset).encode()),
+        ]
+
+
+#: what a batch that cannot be decoded raises from getmany: aiokafka's own errors, and the
+#: codec libraries' (zlib, gzip, cramjam), which are not KafkaErrors.
+_DECODE_ERRORS = (UnsupportedCodecError, CorruptRecordException)
+_MAX_DEAD_LETTER_BYTES = 1 << 20
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, UnsupportedCodecError):
+        return "unsupported-codec"
+    if isinstance(exc, CorruptRecordException):
+        return "corrupt-batch"
+    return "undecodable-batch"
+
+
+async def dead_letter_batches(
+    producer: AIOKafkaProducer, topic: str, bad: Iterable[BadBatch], stage: str
+) -> None:
+    """Publish skipped batches to the dead-letter topic and wait until the broker has them."""
+    futures = []
+    for batch in bad:
+        metrics.dead_letters.labels(stage=stage, reason=batch.reason).inc()
+        futures.append(await producer.send(topic, value=batch.raw, headers=batch.headers(stage)))
+    await asyncio.gather(*futures)
+
+
+class Reader:
+    """A stage's ``getmany``: a record batch that cannot be decoded is skipped, not a loop.
+
+    aiokafka decodes a fetched batch lazily while ``getmany`` hands out records, and raises on
+    one it cannot decompress (a corrupt or unknown codec payload). It then fails on every call
+    at the same position, and the records it had already taken from the same fetch, from that
+    partition and others, are lost from that call. A stage that crashed on it would crash
+    again on restart: every observation would stop.
+
+    Policy: on such an error every assigned partition goes back to the offset after the last
+    record this reader returned (or the committed one), so nothing read before is lost. The
+    failing batch is then found by reading the partitions' raw batches (headers need no
+    decoding), the good records before it are returned, and the consumer moves to the offset
+    after it. The caller dead-letters each :class:`BadBatch` (topic, partition, offsets, the
+    raw bytes) and commits past it; an ERROR is logged once per partition and
+    ``streamproc_batches_skipped_total{stage,reason}`` counts every one.
+    """
+
+    def __init__(self, consumer: AIOKafkaConsumer, settings: Settings, stage: str) -> None:
+        self._consumer = consumer
+        self._settings = settings
+        self._stage = stage
+        self._next: dict[TopicPartition, int] = {}
+        self._reported: set[TopicPartition] = set()
+
+    async def getmany(
+        self, *, timeout_ms: int, max_records: int
+    ) -> tuple[dict[TopicPartition, list[ConsumerRecord]], list[BadBatch]]:
+        """Records by partition, and the undecodable batches skipped to get past them."""
+        try:
+            batch = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        except _DECODE_ERRORS as exc:
+            return await self._recover(exc)
+        except KafkaError:
+            raise
+        except Exception as exc:
+            # the codec libraries' own errors (zlib.error, gzip's BadGzipFile, cramjam's) share
+            # no base class; recovery re-raises unless the raw batches show one to blame
+            return await self._recover(exc)
+        self.handled(batch)
+        return batch, []
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        """Read ``tp`` again from ``offset`` (a batch the stage could not finish)."""
+        self._consumer.seek(tp, offset)
+        self._next[tp] = offset
+
+    def handled(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        """Remember the next offset of each partition a batch came from."""
+        for tp, records in batch.items():
+            if records:
+                self._next[tp] = records[-1].offset + 1
+
+    async def _recover(
+        self, exc: BaseException
+    ) -> tuple[dict[TopicPartition, list[ConsumerRecord]], list[BadBatch]]:
+        starts = await self._rewind()
+        found: dict[TopicPartition, list[ConsumerRecord]] = {}
+        bad: list[BadBatch] = []
+        async with _RawFetcher(self._settings) as raw:
+            for tp, start in starts.items():
+                located = await raw.first_bad(tp, start)
+                if located is None:
+                    continue
+                batch, good = located
+                if good:
+                    found[tp] = await self._take(tp, good)
+                self._consumer.seek(tp, batch.next_offset)
+                self._next[tp] = batch.next_offset
+                bad.append(batch)
+                metrics.batches_skipped.labels(stage=self._stage, reason=batch.reason).inc()
+                level = logging.WARNING if tp in self._reported else logging.ERROR
+                self._reported.add(tp)
+                log.log(
+                    level,
+                    "%s: skipped an undecodable record batch in %s[%d], offsets %d-%d (%s: %s); "
+                    "dead-lettered with its raw bytes",
+                    self._stage,
+                    tp.topic,
+                    tp.partition,
+                    batch.offset,
+                    batch.next_offset - 1,
+                    batch.reason,
+                    batch.detail,
+                )
+        if not bad:
+            raise exc  # not a batch we can point at: the caller's error handling decides
+        return found, bad
+
+    async def _rewind(self) -> dict[TopicPartition, int]:
+        """Every assigned partition back to the offset after the last record handed out."""
+        starts: dict[TopicPartition, int] = {}
+        for tp in self._consumer.assignment():
+            start = self._next.get(tp)
+            if start is None:
+                start = await self._consumer.committed(tp)
+            if start is None:  # a new group starts at the earliest offset
+                start = (await self._consumer.beginning_offsets([tp]))[tp]
+            self._consumer.seek(tp, start)
+            starts[tp] = start
+        return starts
+
+    async def _take(self, tp: TopicPartition, count: int) -> list[ConsumerRecord]:
+        """The ``count`` good records before a bad batch (aiokafka stops before decoding it)."""
+        taken: list[ConsumerRecord] = []
+        for _ in range(count + 10):  # bounded: each call returns at least one record
+            got = await self._consumer.getmany(tp, timeout_ms=1000, max_records=count - len(taken))
+            taken += got.get(tp, [])
+            if len(taken) >= count:
+                break
+        return taken
+
+
+def _decodable_count(batch: Any, start: int) -> int:
+    """Records a consumer would get from ``batch`` (from ``start``); raises if it cannot."""
+    if not batch.validate_crc():
+        raise CorruptRecordException("CRC mismatch")
+    return 0 if batch.is_control_batch else sum(r.offset >= start for r in batch)
+
+
+class _RawFetcher:
+    """Reads raw record batches with a client of its own, for :class:`Reader`'s recovery."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._client = AIOKafkaClient(**connection_options(settings))
+
+    async def __aenter__(self) -> Self:
+        await self._client.bootstrap()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self._client.close()
+
+    async def _fetch(self, tp: TopicPartition, offset: int) -> bytes:
+        await self._client.force_metadata_update()
+        node = self._client.cluster.leader_for_partition(tp)
+        if node is None or node < 0:
+            return b""
+        request = FetchRequest(
+            # Apache Kafka answers at once when data is there; tansu answers an empty
+            # response to a fetch that may not wait at all
+            max_wait_time=500,
+            min_bytes=1,
+            max_bytes=8 << 20,
+            isolation_level=0,
+            topics=[(tp.topic, [(tp.partition, offset, 8 << 20)])],
+        )
+        response: Any = await self._client.send(node, request)
+        for _topic, partitions in response.topics:
+            for _partition, error_code, _high, *data in partitions:
+                return bytes(data[-1] or b"") if error_code == 0 else b""
+        return b""
+
+    async def first_bad(self, tp: TopicPartition, start: int) -> tuple[BadBatch, int] | None:
+        """The first batch from ``start`` that cannot be decoded, with the good records before.
+
+        None when every batch decodes.
+        """
+        offset, good = start, 0
+        for _ in range(64):  # bounded: a bad batch is within the fetch that failed
+            data = await self._fetch(tp, offset)
+            records = MemoryRecords(data) if data else None
+            position, moved = 0, False
+            while records is not None and records.has_next():
+                batch: Any = records.next_batch()
+                if batch is None or not hasattr(batch, "next_offset"):
+                    break  # a partial batch at the end, or a pre-v2 message set
+                # a batch is its 12-byte offset+length prefix and ``length`` bytes more
+                size = 12 + int.from_bytes(data[position + 8 : position + 12], "big")
+                raw, position = data[position : position + size], position + size
+                try:
+                    count = _decodable_count(batch, start)
+                except Exception as exc:  # the codec libraries raise many kinds
+                    return BadBatch(
+                        topic=tp.topic,
+                        partition=tp.partition,
+                        offset=max(batch.base_offset, start),
+                        next_offset=batch.next_offset,
+                        reason=_reason(exc),
+                        detail=f"{type(exc).__name__}: {exc}"[:300],
+                        raw=raw if len(raw) <= _MAX_DEAD_LETTER_BYTES else b"",
+                    ), good
+                good += count
+                offset, moved = batch.next_offset, True
+            if not moved:
+                return None
+        return None
+        return None

@@ -51,6 +51,12 @@ resolver_over_budget = Counter(
     "streamproc_resolver_lookups_over_budget_total",
     "Pods resolved by name shape because the pod-lookup budget was spent (a flood of new pods)",
 )
+batches_skipped = Counter(
+    "streamproc_batches_skipped_total",
+    "Kafka record batches no client could decode (corrupt, unknown codec), skipped and "
+    "dead-lettered",
+    ["stage", "reason"],
+)
 tallies_published = Counter(
     "streamproc_tallies_published_total",
     "Pre-aggregated tallies the ingest stage published",

@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from streamproc import conventions, durations, events
 
@@ -134,12 +141,64 @@ class Window(_Strict):
         return value
 
 
+#: Retina's operator joins a Capture's ``outputConfiguration.hostPath`` under its
+#: ``capture.hostPathBaseDir`` (default ``/var/log/retina/captures``) and refuses an absolute
+#: path or one with ``..`` (microsoft/retina v1.2.1, PR #2335; ``docs/02-Installation/03-Config.md``
+#: and the Capture CRD's field description in ``retina.sh_captures.yaml``).
+DEFAULT_CAPTURE_SUBPATH = "streamproc"
+_WINDOWS_ABSOLUTE = re.compile(r"[A-Za-z]:[\\/]|[\\/]")
+
+
+def _relative_subpath(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not value:
+        raise ValueError("hostPath must not be empty")
+    if _WINDOWS_ABSOLUTE.match(value):
+        raise ValueError(
+            f"{value!r} is absolute: since Retina v1.2.1 hostPath is a relative subpath that "
+            "its operator joins under capture.hostPathBaseDir (default /var/log/retina/"
+            f"captures), and an absolute one is refused; use e.g. {DEFAULT_CAPTURE_SUBPATH!r}"
+        )
+    if ".." in re.split(r"[\\/]", value):
+        raise ValueError(
+            f"{value!r} contains '..': Retina's operator refuses it (hostPath stays under "
+            "capture.hostPathBaseDir)"
+        )
+    return value
+
+
+class S3Upload(_Strict):
+    """Retina's ``outputConfiguration.s3Upload``: an S3-compatible bucket and its Secret."""
+
+    bucket: Annotated[str, Field(min_length=1)]
+    secret_name: Annotated[str, Field(min_length=1, alias="secretName")]
+    region: str | None = None
+    endpoint: str | None = None
+    path: str | None = None
+
+    @field_validator("secret_name")
+    @classmethod
+    def _secret(cls, value: str) -> str:
+        if not conventions.is_dns1123_subdomain(value):
+            raise ValueError(f"{value!r} is not a valid Secret name")
+        return value
+
+
 class CaptureOutput(_Strict):
     """Where Retina stores the capture (Retina's ``spec.outputConfiguration``)."""
 
     host_path: str | None = Field(default=None, alias="hostPath")
     blob_upload: str | None = Field(default=None, alias="blobUpload")
     persistent_volume_claim: str | None = Field(default=None, alias="persistentVolumeClaim")
+    s3_upload: S3Upload | None = Field(default=None, alias="s3Upload")
+
+    _host_path = field_validator("host_path")(_relative_subpath)
+
+    @property
+    def uploads(self) -> bool:
+        """Whether the capture goes to remote storage (what cleanUpAfterUpload needs)."""
+        return self.blob_upload is not None or self.s3_upload is not None
 
 
 class Capture(_Strict):
@@ -149,7 +208,12 @@ class Capture(_Strict):
     duration: Seconds = 60.0
     max_capture_size_mb: Annotated[int, Field(ge=1, le=10_000, alias="maxCaptureSizeMB")] = 100
     packet_size: Annotated[int, Field(ge=64, le=65_535, alias="packetSize")] = 1500
-    output: CaptureOutput = CaptureOutput(hostPath="/mnt/retina/captures")
+    #: ``podNames`` (Retina >= v1.1: exactly the workload's pods by name) or ``podSelector``
+    #: (older Retina: the labels the pods share; no capture when they share none)
+    target: Literal["podNames", "podSelector"] = "podNames"
+    output: CaptureOutput = CaptureOutput(hostPath=DEFAULT_CAPTURE_SUBPATH)
+    #: delete the capture's jobs, Secrets and the Capture once the upload succeeded
+    clean_up_after_upload: bool = Field(default=False, alias="cleanUpAfterUpload")
 
     _parse_priority = field_validator("priority", mode="before")(
         lambda v: parse_priority(v) if isinstance(v, str) else v
@@ -162,6 +226,12 @@ class Capture(_Strict):
         if value > 3600:
             raise ValueError("a capture lasts at most 1h")
         return value
+
+    @model_validator(mode="after")
+    def _upload_to_clean_up(self) -> Capture:
+        if self.clean_up_after_upload and not self.output.uploads:
+            raise ValueError("cleanUpAfterUpload needs output.blobUpload or output.s3Upload")
+        return self
 
 
 class Action(_Strict):
@@ -305,7 +375,7 @@ def load_text(text: str, path: Path) -> Topology:
 def _known_fields() -> set[str]:
     """Every field name a topology may use, spelled as in YAML."""
     models: list[type[BaseModel]] = [Topology, Metadata, Spec, Source, Match, Namespaces]
-    models += [Window, Action, Capture, CaptureOutput]
+    models += [Window, Action, Capture, CaptureOutput, S3Upload]
     return {info.alias or name for model in models for name, info in model.model_fields.items()}
 
 

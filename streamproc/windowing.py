@@ -174,14 +174,13 @@ def build_app(  # noqa: C901 - the agent and timer are closures over the app
 
     async def dead_letter(event: Any, reason: str, detail: str) -> None:
         metrics.dead_letters.labels(stage=STAGE, reason=reason).inc()
+        message = event.message
         await dead_letters.send(
             key=event.key,
             value=event.value,
-            headers=[
-                ("streamproc.stage", STAGE.encode()),
-                ("streamproc.reason", reason.encode()),
-                ("streamproc.detail", detail.encode()[:1000]),
-            ],
+            headers=kafka.dead_letter_headers(
+                STAGE, reason, detail, message.topic, message.partition, message.offset
+            ),
         )
 
     @app.agent(tallies, name="windows")

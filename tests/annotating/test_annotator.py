@@ -347,7 +347,7 @@ async def test_every_outcome_is_audited_with_who_what_and_when(
 async def test_a_critical_window_creates_one_bounded_retina_capture(
     client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
 ) -> None:
-    """Priority >= Critical: one Capture per window, selecting exactly the workload's pods."""
+    """Priority >= Critical: one Capture per window, selecting the workload's pods' labels."""
     from dataclasses import replace
 
     from streamproc import captures
@@ -365,7 +365,8 @@ async def test_a_critical_window_creates_one_bounded_retina_capture(
                         "priority": ">=Critical",
                         "duration": "90s",
                         "maxCaptureSizeMB": 50,
-                        "output": {"hostPath": "/mnt/captures"},
+                        "target": "podSelector",
+                        "output": {"hostPath": "captures"},
                     },
                 },
             },
@@ -387,7 +388,7 @@ async def test_a_critical_window_creates_one_bounded_retina_capture(
     assert config["captureTarget"]["podSelector"] == {
         "matchLabels": {"app.kubernetes.io/name": "frontend"}
     }
-    assert capture["spec"]["outputConfiguration"] == {"hostPath": "/mnt/captures"}
+    assert capture["spec"]["outputConfiguration"] == {"hostPath": "captures"}
     # a replay of the same window's action does not start a second capture
     before = metrics.value("streamproc_patches_total", {"op": "capture", "result": "exists"})
     pods = [emulator.get("Pod", "shop", p) or {} for p in frontend.pods]
@@ -493,3 +494,29 @@ async def test_a_new_deployments_replicaset_is_read_beside_the_pod_list(
     )
     await annotator.handle([made_up])
     assert not [r for r in emulator.requests if "/replicasets/flood-1" in r.path]
+
+
+async def test_a_capture_targets_the_workloads_pods_by_name_by_default(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
+) -> None:
+    """Retina >= v1.1's podNames: exactly the workload's pods, stored under a relative subpath."""
+    from dataclasses import replace
+
+    with_capture = Topology.model_validate(
+        {
+            "apiVersion": "streamproc/v1",
+            "kind": "Topology",
+            "metadata": {"name": "retina-observe"},
+            "spec": {"window": {"size": "10s"}, "action": {"ttl": 600, "capture": {}}},
+        }
+    )
+    annotator, _ = make(client)
+    annotator.topologies = {with_capture.name: with_capture}
+    frontend = workload(cluster, "frontend")
+    critical = replace(action_for(frontend, window_start=int(time.time()) - 5), priority=5)
+    assert await annotator.apply(critical) == "applied"
+    [capture] = emulator.list("Capture", "shop")
+    assert capture["spec"]["captureConfiguration"]["captureTarget"] == {
+        "podNames": sorted(frontend.pods)
+    }
+    assert capture["spec"]["outputConfiguration"] == {"hostPath": "streamproc"}
