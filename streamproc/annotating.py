@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -33,10 +34,18 @@ _BACKOFF_MAX_S = 8.0
 
 
 class Scheduler(Protocol):
-    """Where the annotator hands expiries (the expirer)."""
+    """Where the annotator hands expiries (the expirer), and what it knows is observed."""
 
-    def schedule(self, namespace: str, pod: str, until: float, topology: str) -> None:
-        """Remember when a pod's observation ends."""
+    def schedule(
+        self, namespace: str, pod: str, until: float, topology: str, node: str = ""
+    ) -> None:
+        """Remember when a pod's observation ends (and on which node the pod runs)."""
+
+    def observed_on(self, node: str) -> int:
+        """Pods under observation on ``node``."""
+
+    def observing_pod(self, namespace: str, pod: str) -> bool:
+        """Whether the pod is under observation now."""
 
 
 def _target(action: Action, topology: Topology) -> WorkloadRef:
@@ -89,6 +98,8 @@ class Annotator:
         self._in_flight = asyncio.Semaphore(settings.api_concurrency)
         #: pods this annotator opened or extended an observation on (the lab reports it).
         self.observed_pods: set[tuple[str, str]] = set()
+        #: node slots taken by patches in flight (see ``_within_node_budget``)
+        self._reserved: Counter[str] = Counter()
         self._consumer: kafka.AIOKafkaConsumer | None = None
 
     @property
@@ -134,7 +145,7 @@ class Annotator:
                 )
         return result
 
-    async def _apply(  # noqa: C901 - guard clauses in a row, one per outcome
+    async def _apply(  # noqa: C901, PLR0912 - guard clauses in a row, one per outcome
         self, action: Action, listing: list[kube.Json] | None
     ) -> tuple[str, list[str], float]:
         topology = self.topologies.get(action.topology)
@@ -161,12 +172,18 @@ class Annotator:
         pods = await self.resolver.pods_of(target, listing)
         if not pods:
             return "no-pods", [], 0.0
-        # Every pod gets its answer before the action's outcome is decided: no patch is left
-        # running unobserved when another pod's patch fails.
-        outcomes = await asyncio.gather(
-            *(self._observe_pod(pod, topology, action, until) for pod in pods),
-            return_exceptions=True,
-        )
+        pods, reserved = self._within_node_budget(pods, topology, action)
+        if not pods:
+            return "refused-node-budget", [], 0.0
+        try:
+            # Every pod gets its answer before the action's outcome is decided: no patch is
+            # left running unobserved when another pod's patch fails.
+            outcomes = await asyncio.gather(
+                *(self._observe_pod(pod, topology, action, until) for pod in pods),
+                return_exceptions=True,
+            )
+        finally:
+            self._reserved.subtract(reserved)
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
@@ -250,6 +267,60 @@ class Annotator:
             max_capture_size_mb=spec.max_capture_size_mb,
         )
 
+    def _within_node_budget(
+        self, pods: list[kube.Json], topology: Topology, action: Action
+    ) -> tuple[list[kube.Json], Counter[str]]:
+        """The pods that may be observed, and the node slots reserved for them meanwhile.
+
+        Retina's agent keeps the IPs of observed pods in an eBPF map of ``filterMapMaxEntries``
+        per node and fails past it, so a pod not yet observed is refused on a node that
+        already has ``--node-budget`` observed pods. Pods already observed (an extension) are
+        always kept. Slots are reserved before the first await, so workloads applied
+        concurrently cannot overshoot the budget together.
+        """
+        budget = self.settings.node_budget
+        reserved: Counter[str] = Counter()
+        if budget <= 0:
+            return pods, reserved
+        keep, refused = [], []
+        for pod in pods:
+            meta = pod.get("metadata") or {}
+            node = str((pod.get("spec") or {}).get("nodeName") or "")
+            namespace, name = str(meta.get("namespace") or ""), str(meta.get("name"))
+            if not node or self.scheduler.observing_pod(namespace, name):
+                keep.append(pod)
+            elif self.scheduler.observed_on(node) + self._reserved[node] >= budget:
+                refused.append((name, node))
+            else:
+                self._reserved[node] += 1
+                reserved[node] += 1
+                keep.append(pod)
+        if refused:
+            metrics.pods_refused.labels(topology=topology.name, reason="node-budget").inc(
+                len(refused)
+            )
+            log.warning(
+                "%s: %d pods not observed, their node already has %d observed pods "
+                "(--node-budget; Retina's filter map holds filterMapMaxEntries per node): %s",
+                action.id,
+                len(refused),
+                budget,
+                ", ".join(f"{name} on {node}" for name, node in refused),
+            )
+            self.auditor.record(
+                result="refused-node-budget",
+                action=action.id,
+                topology=topology.name,
+                rule=action.rule,
+                namespace=action.namespace,
+                kind=action.kind,
+                name=action.name,
+                pods=[name for name, _ in refused],
+                nodes=sorted({node for _, node in refused}),
+                node_budget=budget,
+            )
+        return keep, reserved
+
     def _over_cap(self, target: WorkloadRef, topology: Topology) -> bool:
         if self.follower is None:
             return False
@@ -324,7 +395,8 @@ class Annotator:
                 f"rule {action.rule!r})",
             )
             self.observed_pods.add((namespace, name))
-            self.scheduler.schedule(namespace, name, until, topology.name)
+            node = str((pod.get("spec") or {}).get("nodeName") or "")
+            self.scheduler.schedule(namespace, name, until, topology.name, node)
             return "opened" if opened else "extended"
         return "conflict"
 

@@ -508,10 +508,11 @@ def _cluster_command(kubeconfig: str | None, work: Callable[..., Coroutine[Any, 
 
 @main.command()
 @settings_option("kubeconfig")
+@settings_option("node_budget")
 @click.option(
     "--output", "-o", type=click.Choice(["table", "json"]), default="table", show_default=True
 )
-def status(kubeconfig: str | None, output: str) -> None:
+def status(kubeconfig: str | None, node_budget: int, output: str) -> None:
     """Show what is under observation now, read from the cluster."""
     from rich.console import Console  # noqa: PLC0415
     from rich.table import Table  # noqa: PLC0415
@@ -531,6 +532,11 @@ def status(kubeconfig: str | None, output: str) -> None:
     Console(width=160).print(table)
     if not found:
         click.echo("nothing is under observation")
+        return
+    busiest = list(observing.per_node(found).items())[:5]
+    if busiest:
+        load = ", ".join(f"{node} {n}" for node, n in busiest)
+        click.echo(f"observed pods per node (busiest; --node-budget {node_budget}): {load}")
 
 
 @main.command()

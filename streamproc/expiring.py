@@ -16,6 +16,7 @@ import contextlib
 import heapq
 import logging
 import time
+from collections import Counter
 
 from streamproc import auditing, conventions, kube, metrics, patches
 
@@ -43,10 +44,19 @@ class Expirer:
         self._wake = asyncio.Event()
         self._gauge_stale = False
         self.expired = 0
+        #: the node of each observed pod, and how many observed pods each node has
+        self._nodes: dict[tuple[str, str], str] = {}
+        self._per_node: Counter[str] = Counter()
 
-    def schedule(self, namespace: str, pod: str, until: float, topology: str) -> None:
+    def schedule(
+        self, namespace: str, pod: str, until: float, topology: str, node: str = ""
+    ) -> None:
         """Remember when a pod's observation ends (a later time replaces an earlier one)."""
         key = (namespace, pod)
+        if node and self._nodes.get(key) != node:
+            self._forget_node(key)
+            self._nodes[key] = node
+            self._per_node[node] += 1
         known = self._due.get(key)
         if known is not None and known[0] >= until:
             return
@@ -54,6 +64,21 @@ class Expirer:
         heapq.heappush(self._heap, (until, namespace, pod))
         self._gauge_stale = True  # published by the run loop, once per turn
         self._wake.set()
+
+    def observed_on(self, node: str) -> int:
+        """Pods under observation on ``node`` (Retina's filter map holds their IPs)."""
+        return self._per_node.get(node, 0)
+
+    def observing_pod(self, namespace: str, pod: str) -> bool:
+        """Whether the pod is under observation now."""
+        return (namespace, pod) in self._due
+
+    def _forget_node(self, key: tuple[str, str]) -> None:
+        node = self._nodes.pop(key, None)
+        if node is not None:
+            self._per_node[node] -= 1
+            if self._per_node[node] <= 0:
+                del self._per_node[node]
 
     @property
     def active(self) -> dict[tuple[str, str], tuple[float, str]]:
@@ -84,8 +109,11 @@ class Expirer:
             meta = pod.get("metadata") or {}
             until = patches.expires_at(pod)
             topology = (meta.get("annotations") or {}).get(conventions.TOPOLOGY, "unknown")
+            node = str((pod.get("spec") or {}).get("nodeName") or "")
             # A managed pod without a readable expiry is ended now rather than kept forever.
-            self.schedule(meta.get("namespace", ""), meta.get("name", ""), until or 0.0, topology)
+            self.schedule(
+                meta.get("namespace", ""), meta.get("name", ""), until or 0.0, topology, node
+            )
 
     async def run(self, stop: asyncio.Event) -> None:
         """Expire on time until ``stop``; resync at start and periodically."""
@@ -173,4 +201,5 @@ class Expirer:
                 log.info("observation of %s/%s expired", namespace, pod)
             break
         self._due.pop(key, None)
+        self._forget_node(key)
         self._gauge_stale = True

@@ -45,8 +45,12 @@ class Follower:
         topologies: Sequence[Topology],
         scheduler: Scheduler,
         auditor: auditing.Auditor | None = None,
+        *,
+        node_budget: int = 0,
     ) -> None:
         self._kube = client
+        #: observed pods per node at most (``Settings.node_budget``); 0: no limit
+        self._node_budget = node_budget
         self._resolver = resolver
         self._topologies = {t.name: t for t in topologies}
         self._scheduler = scheduler
@@ -169,6 +173,22 @@ class Follower:
         if patch is None:
             return
         name = str(meta.get("name"))
+        node = str((pod.get("spec") or {}).get("nodeName") or "")
+        if node and self._node_budget and self._scheduler.observed_on(node) >= self._node_budget:
+            # Retina's filter map on that node is as full as the operator allows
+            metrics.pods_refused.labels(topology=followed.topology, reason="node-budget").inc()
+            self._auditor.record(
+                result="refused-node-budget",
+                topology=followed.topology,
+                rule=followed.rule,
+                namespace=ref.namespace,
+                kind=ref.kind,
+                name=ref.name,
+                pods=[name],
+                nodes=[node],
+                node_budget=self._node_budget,
+            )
+            return
         try:
             await self._kube.patch_pod_metadata(
                 ref.namespace,
@@ -187,7 +207,7 @@ class Follower:
             f"{conventions.format_time(followed.until)} (topology {followed.topology})",
         )
         self.followed_pods += 1
-        self._scheduler.schedule(ref.namespace, name, followed.until, followed.topology)
+        self._scheduler.schedule(ref.namespace, name, followed.until, followed.topology, node)
         self._auditor.record(
             result="followed",
             topology=followed.topology,

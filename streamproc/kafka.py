@@ -229,6 +229,8 @@ async def wait_for_broker(
             await _until_stopped(probe.start(), stop, timeout_s=10.0)
         except (KafkaError, OSError, TimeoutError) as exc:
             metrics.kafka_up.set(0)
+            if isinstance(exc, KafkaError) and refused(exc):
+                raise  # credentials or a certificate: waiting will not change the answer
             if loop.time() >= next_report:
                 log.warning(
                     "Kafka not reachable at %s for %.0fs (%s); retrying. Check "
@@ -263,6 +265,12 @@ async def _until_stopped(work: Awaitable[Any], stop: asyncio.Event, *, timeout_s
         await asyncio.gather(task, return_exceptions=True)
         raise TimeoutError("stopped" if stop.is_set() else f"no answer within {timeout_s:g}s")
     return task.result()
+
+
+def refused(exc: KafkaError) -> bool:
+    """Whether Kafka refused who we are (credentials, certificate), rather than being away."""
+    cause = f"{type(exc).__name__} {connect_errors.last}"
+    return any(word in cause for word in ("Authentication", "Sasl", "CERTIFICATE_VERIFY_FAILED"))
 
 
 def explain(exc: KafkaError) -> str:

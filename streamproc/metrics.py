@@ -57,6 +57,12 @@ batches_skipped = Counter(
     "dead-lettered",
     ["stage", "reason"],
 )
+pods_refused = Counter(
+    "streamproc_pods_refused_total",
+    "Pods not put under observation, by topology and reason (node-budget: the node already "
+    "has --node-budget observed pods)",
+    ["topology", "reason"],
+)
 tallies_published = Counter(
     "streamproc_tallies_published_total",
     "Pre-aggregated tallies the ingest stage published",

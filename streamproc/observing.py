@@ -24,6 +24,8 @@ class Observation:
     rule: str
     expires_at: float
     pods: list[str] = field(default_factory=list)
+    #: the node each pod runs on (Retina's per-node filter map holds their IPs)
+    nodes: list[str] = field(default_factory=list)
 
     @property
     def expires_in(self) -> float:
@@ -61,6 +63,7 @@ async def current(client: kube.Kube, resolver: WorkloadResolver) -> list[Observa
             ),
         )
         entry.pods.append(str(meta.get("name", "")))
+        entry.nodes.append(str((pod.get("spec") or {}).get("nodeName") or ""))
         entry.expires_at = max(entry.expires_at, until)
     selector = f"{conventions.OBSERVED_LABEL}=true"
     for namespace in await client.list_observed_namespaces(selector):
@@ -108,3 +111,13 @@ async def release(
                 continue
             released.append(pod_name)
     return released
+
+
+def per_node(found: list[Observation]) -> dict[str, int]:
+    """Observed pods per node, busiest first (what Retina's filter map on each node holds)."""
+    counts: dict[str, int] = {}
+    for observation in found:
+        for node in observation.nodes:
+            if node:
+                counts[node] = counts.get(node, 0) + 1
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))

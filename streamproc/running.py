@@ -82,7 +82,9 @@ async def _start_annotate(
     expirer = Expirer(
         client, resync_s=settings.expiry_resync_s, dry_run=settings.dry_run, auditor=auditor
     )
-    follower = Follower(client, resolver, topologies, expirer, auditor)
+    follower = Follower(
+        client, resolver, topologies, expirer, auditor, node_budget=settings.node_budget
+    )
     annotator = Annotator(settings, topologies, client, resolver, expirer, auditor, follower)
     running.expirer, running.annotator, running.follower = expirer, annotator, follower
     return [

@@ -200,6 +200,15 @@ class Settings:
         "STREAMPROC_EVENTS",
         "Record Kubernetes Events on observed objects.",
     )
+    #: observed pods per node at most: Retina's agent keeps the IPs of observed pods in an eBPF
+    #: map of ``filterMapMaxEntries`` per node (default 255) and fails past it.
+    node_budget: int = knob(
+        200,
+        "--node-budget",
+        "STREAMPROC_NODE_BUDGET",
+        "Observed pods per node at most; keep it below Retina's filterMapMaxEntries "
+        "(default 255). 0 turns the check off.",
+    )
     #: how often the expirer re-lists managed pods to catch changes made elsewhere.
     expiry_resync_s: float = knob(
         60.0,

@@ -92,8 +92,9 @@ def make(
     dry_run: bool = False,
     scope: str = "workload",
     settings_dry_run: bool = False,
+    node_budget: int = 200,
 ) -> tuple[Annotator, Expirer]:
-    settings = Settings(dry_run=settings_dry_run)
+    settings = Settings(dry_run=settings_dry_run, node_budget=node_budget)
     resolver = WorkloadResolver(client, cache_size=100, ttl_s=60)
     expirer = Expirer(client, resync_s=60)
     return Annotator(settings, [topology(ttl, dry_run, scope)], client, resolver, expirer), expirer
@@ -520,3 +521,58 @@ async def test_a_capture_targets_the_workloads_pods_by_name_by_default(
         "podNames": sorted(frontend.pods)
     }
     assert capture["spec"]["outputConfiguration"] == {"hostPath": "streamproc"}
+
+
+async def test_pods_beyond_the_node_budget_are_refused_audited_and_counted(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
+) -> None:
+    """Retina's per-node filter map: a node at --node-budget takes no new observed pod, while
+    pods on other nodes and extensions of pods already observed go ahead.
+    """
+    from streamproc.auditing import MemoryAuditor
+
+    annotator, expirer = make(client, node_budget=1)
+    annotator.auditor = auditor = MemoryAuditor()
+    exporter = workload(cluster, "node-exporter")  # a DaemonSet: one pod on each node
+    nodes = {
+        p: (emulator.get("Pod", exporter.namespace, p) or {})["spec"]["nodeName"]
+        for p in exporter.pods
+    }
+    assert sorted(nodes.values()) == ["node-a", "node-b"]
+    assert await annotator.apply(action_for(exporter)) == "applied"
+    assert expirer.observed_on("node-a") == expirer.observed_on("node-b") == 1
+    before = metrics.value(
+        "streamproc_pods_refused_total", {"topology": "retina-observe", "reason": "node-budget"}
+    )
+    other = next(
+        w for w in cluster.workloads if w.kind == "Deployment" and w.namespace != "kube-system"
+    )
+    assert await annotator.apply(action_for(other)) == "refused-node-budget"
+    assert not (annotated(emulator) & set(other.pods))
+    refused = [r for r in auditor.records if r["result"] == "refused-node-budget"]
+    assert set(refused[0]["pods"]) == set(other.pods)
+    assert refused[0]["node_budget"] == 1
+    assert metrics.value(
+        "streamproc_pods_refused_total", {"topology": "retina-observe", "reason": "node-budget"}
+    ) == before + len(other.pods)
+    # the already observed DaemonSet is extended whatever the budget
+    later = action_for(exporter, window_start=int(time.time()) // 10 * 10 + 10)
+    assert await annotator.apply(later) == "extended"
+
+
+async def test_concurrent_workloads_cannot_overshoot_the_node_budget_together(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
+) -> None:
+    """Slots are reserved before the patches go out: one batch, budget 1, one pod per node."""
+    annotator, expirer = make(client, node_budget=1)
+    batch = [action_for(w) for w in cluster.workloads if w.namespace != "kube-system"]
+    await annotator.handle(batch)
+    for node in ("node-a", "node-b"):
+        assert expirer.observed_on(node) <= 1, node
+    per_node: dict[str, int] = {}
+    for pod in emulator.list("Pod"):
+        if (pod["metadata"].get("annotations") or {}).get("retina.sh") == "observe":
+            node = pod["spec"]["nodeName"]
+            per_node[node] = per_node.get(node, 0) + 1
+    assert per_node
+    assert all(n <= 1 for n in per_node.values()), per_node

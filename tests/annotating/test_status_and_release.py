@@ -52,10 +52,15 @@ async def test_status_lists_workloads_and_release_removes_exactly_one(
     assert table.returncode == 0, table.stderr
     assert "Deployment/frontend" in table.stdout
     assert "StatefulSet/redis" in table.stdout
+    # Retina's per-node budget: how many observed pods each node carries
+    frontend_pods = len(workload(cluster, "frontend").pods)
+    assert "observed pods per node (busiest; --node-budget 200): node-a " in table.stdout
     listed = json.loads(cli(kubeconfig, "status", "--output", "json").stdout)
     by_name = {o["workload"]: o for o in listed}
     assert sorted(by_name["frontend"]["pods"]) == sorted(workload(cluster, "frontend").pods)
     assert by_name["redis"]["topology"] == "retina-observe"
+    assert len(by_name["frontend"]["nodes"]) == frontend_pods
+    assert set(by_name["frontend"]["nodes"]) <= {"node-a", "node-b"}
     assert 0 < by_name["redis"]["expires_in_s"] <= 600
 
     released = cli(kubeconfig, "release", "shop/StatefulSet/redis")

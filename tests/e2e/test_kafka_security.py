@@ -117,6 +117,26 @@ def test_a_wrong_password_is_refused_and_never_printed(tmp_path: Path, gate: Kaf
     assert gate.refused
 
 
+def test_a_stage_refused_its_credentials_stops_with_one_line_instead_of_waiting(
+    tmp_path: Path, gate: KafkaGate
+) -> None:
+    """Refused credentials are not an outage: `run` says so once and exits 1, no retry loop."""
+    env = secure_env(tmp_path, gate, "SCRAM-SHA-512", "not-the-password")
+    result = subprocess.run(
+        [sys.executable, "-m", "streamproc", "run", "--metrics-port", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("streamproc: error: Kafka refused the credentials"), result.stderr
+    assert "Traceback" not in result.stderr
+    assert "not reachable" not in result.stderr
+
+
 def test_an_untrusted_broker_certificate_is_refused(tmp_path: Path, gate: KafkaGate) -> None:
     env = secure_env(tmp_path, gate, "SCRAM-SHA-512", PASSWORD)
     trustme.CA().cert_pem.write_to_path(str(tmp_path / "other-ca.pem"))
