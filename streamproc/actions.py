@@ -9,11 +9,13 @@ action recognisable on the pods it already touched.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import ClassVar, Literal
 
 import orjson
+from pydantic import ConfigDict
 
-from streamproc import conventions
+from streamproc import records
+from streamproc.workloads import Kind, ResolvedBy
 
 
 class ActionError(ValueError):
@@ -24,24 +26,26 @@ class ActionError(ValueError):
 class Action:
     """Open or extend the observation of one workload."""
 
-    id: str
-    topology: str
-    namespace: str
-    kind: str
-    name: str
-    resolved_by: str
-    pod: str
-    window_start: int
-    window_end: int
+    __pydantic_config__: ClassVar[ConfigDict] = ConfigDict(extra="forbid")
+
+    id: records.Text
+    topology: records.Label
+    namespace: records.Label
+    kind: Kind
+    name: records.Subdomain
+    resolved_by: ResolvedBy
+    pod: records.OptionalSubdomain
+    window_start: records.Epoch
+    window_end: records.Epoch
     ttl: float
-    annotations: dict[str, str]
-    scope: str
-    rule: str
-    priority: int
-    count: int
-    first_append_ms: int
+    annotations: dict[records.AnnotationKey, str]
+    scope: Literal["workload", "pod", "namespace"]
+    rule: records.Text
+    priority: records.Priority
+    count: records.Count
+    first_append_ms: records.Epoch
     dry_run: bool = False
-    uuids: list[str] = field(default_factory=list)
+    uuids: records.Uuids = field(default_factory=list)
 
     @property
     def expires_at(self) -> float:
@@ -56,15 +60,12 @@ class Action:
     def decode(cls, raw: bytes) -> Action:
         """Parse and check an action; anything on the topic is untrusted until it passes here."""
         try:
-            doc: Any = orjson.loads(raw)
-            action = cls(**doc)
-        except (orjson.JSONDecodeError, TypeError) as exc:
+            action = _decode(raw)
+        except ValueError as exc:
             raise ActionError(f"not an action: {exc}") from None
-        if not conventions.is_dns1123_label(action.namespace):
-            raise ActionError(f"namespace {action.namespace[:80]!r} is not DNS-1123")
-        for name in (action.name, action.pod):
-            if not conventions.is_dns1123_subdomain(name):
-                raise ActionError(f"name {name[:80]!r} is not a DNS-1123 subdomain")
-        if not all(conventions.is_annotation_key(k) for k in action.annotations):
-            raise ActionError("an annotation key is not a valid Kubernetes key")
+        if action.window_end < action.window_start or not 0 < action.ttl <= 366 * 86_400:
+            raise ActionError("window_end before window_start, or ttl not in (0, 366 days]")
         return action
+
+
+_decode = records.decoder(Action)

@@ -52,7 +52,7 @@ def _target(action: Action, topology: Topology) -> WorkloadRef:
     """What the action observes: the whole workload, or only the pod that fired (scope: pod)."""
     if topology.spec.action.scope == "pod" or action.kind == "Pod":
         return WorkloadRef(action.namespace, "Pod", action.pod, "api")
-    return WorkloadRef(action.namespace, action.kind, action.name, "api")  # type: ignore[arg-type]
+    return WorkloadRef(action.namespace, action.kind, action.name, "api")
 
 
 class Follows(Protocol):
@@ -114,6 +114,9 @@ class Annotator:
         """
         touched: list[str] = []
         until = 0.0
+        # audited only once the outcome is known: an error not listed below (a cancellation at
+        # shutdown, a bug) propagates as itself, unaudited, and the batch is read again
+        result = ""
         topology = self.topologies.get(action.topology)
         try:
             result, touched, until = await self._apply(action, listing)

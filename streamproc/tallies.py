@@ -9,11 +9,13 @@ workload becomes a handful of tallies.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import ClassVar
 
 import orjson
+from pydantic import ConfigDict
 
-from streamproc.workloads import WorkloadRef
+from streamproc import records
+from streamproc.workloads import Kind, ResolvedBy, WorkloadRef
 
 UUID_SAMPLE = 5
 
@@ -26,18 +28,20 @@ class TallyError(ValueError):
 class Tally:
     """Detections of one workload in one window, as counted by one ingest batch."""
 
-    topology: str
-    namespace: str
-    kind: str
-    name: str
-    resolved_by: str
-    window_start: int
-    count: int
-    first_append_ms: int
-    rule: str
-    priority: int
-    pod: str
-    uuids: list[str] = field(default_factory=list)
+    __pydantic_config__: ClassVar[ConfigDict] = ConfigDict(extra="forbid")
+
+    topology: records.Label
+    namespace: records.Label
+    kind: Kind
+    name: records.Subdomain
+    resolved_by: ResolvedBy
+    window_start: records.Epoch
+    count: records.Count
+    first_append_ms: records.Epoch
+    rule: records.Text
+    priority: records.Priority
+    pod: records.OptionalSubdomain
+    uuids: records.Uuids = field(default_factory=list)
 
     @property
     def workload_key(self) -> str:
@@ -50,15 +54,14 @@ class Tally:
 
     @classmethod
     def decode(cls, raw: bytes) -> Tally:
-        """Parse JSON bytes; TallyError if the record is not a tally."""
+        """Parse and check a tally; anything on the topic is untrusted until it passes here."""
         try:
-            doc: Any = orjson.loads(raw)
-            tally = cls(**doc)
-        except (orjson.JSONDecodeError, TypeError) as exc:
+            return _decode(raw)
+        except ValueError as exc:
             raise TallyError(f"not a tally: {exc}") from None
-        if not isinstance(tally.count, int) or tally.count < 1:
-            raise TallyError("tally count must be a positive integer")
-        return tally
+
+
+_decode = records.decoder(Tally)
 
 
 def start_tally(
