@@ -55,6 +55,86 @@ def _target(action: Action, topology: Topology) -> WorkloadRef:
     return WorkloadRef(action.namespace, action.kind, action.name, "api")
 
 
+class NodeBudget:
+    """Retina's per-node filter map as a budget of observed pods per node (``--node-budget``).
+
+    Retina's agent keeps the IPs of observed pods in an eBPF map of ``filterMapMaxEntries``
+    per node and fails past it, so a pod not yet observed is refused on a node that already
+    has ``limit`` observed pods; pods already observed (an extension) are always admitted.
+    Slots are reserved when admitted, before any await, and released once the patches are
+    done (the scheduler counts them by then), so workloads applied concurrently, by the
+    annotator and the follower alike, cannot overshoot the budget together. 0: no limit.
+    """
+
+    def __init__(self, scheduler: Scheduler, limit: int) -> None:
+        self._scheduler = scheduler
+        self.limit = limit
+        self._reserved: Counter[str] = Counter()
+
+    def admit(
+        self, pods: Sequence[kube.Json]
+    ) -> tuple[list[kube.Json], list[tuple[str, str]], Counter[str]]:
+        """Pods that may be observed, (pod, node) of those refused, and the slots reserved."""
+        reserved: Counter[str] = Counter()
+        if self.limit <= 0:
+            return list(pods), [], reserved
+        keep, refused = [], []
+        for pod in pods:
+            meta = pod.get("metadata") or {}
+            node = str((pod.get("spec") or {}).get("nodeName") or "")
+            namespace, name = str(meta.get("namespace") or ""), str(meta.get("name"))
+            if not node or self._scheduler.observing_pod(namespace, name):
+                keep.append(pod)
+            elif self._scheduler.observed_on(node) + self._reserved[node] >= self.limit:
+                refused.append((name, node))
+            else:
+                self._reserved[node] += 1
+                reserved[node] += 1
+                keep.append(pod)
+        return keep, refused, reserved
+
+    def release(self, reserved: Counter[str]) -> None:
+        """Give back the slots of :meth:`admit` once the patches are done."""
+        self._reserved.subtract(reserved)
+
+    def report(
+        self,
+        auditor: auditing.Auditor,
+        refused: Sequence[tuple[str, str]],
+        *,
+        topology: str,
+        rule: str,
+        namespace: str,
+        kind: str,
+        name: str,
+        action: str | None = None,
+    ) -> None:
+        """Say which pods were refused: a log line, the metric and an audit record."""
+        metrics.pods_refused.labels(topology=topology, reason="node-budget").inc(len(refused))
+        log.warning(
+            "%s/%s/%s: %d pods not observed, their node already has %d observed pods "
+            "(--node-budget; Retina's filter map holds filterMapMaxEntries per node): %s",
+            namespace,
+            kind,
+            name,
+            len(refused),
+            self.limit,
+            ", ".join(f"{pod} on {node}" for pod, node in refused),
+        )
+        auditor.record(
+            result="refused-node-budget",
+            **({"action": action} if action else {}),
+            topology=topology,
+            rule=rule,
+            namespace=namespace,
+            kind=kind,
+            name=name,
+            pods=[pod for pod, _ in refused],
+            nodes=sorted({node for _, node in refused}),
+            node_budget=self.limit,
+        )
+
+
 class Follows(Protocol):
     """Who keeps new pods of an observed workload observed (the follower)."""
 
@@ -87,6 +167,7 @@ class Annotator:
         scheduler: Scheduler,
         auditor: auditing.Auditor | None = None,
         follower: Follows | None = None,
+        budget: NodeBudget | None = None,
     ) -> None:
         self.settings = settings
         self.topologies = {t.name: t for t in topologies}
@@ -98,8 +179,8 @@ class Annotator:
         self._in_flight = asyncio.Semaphore(settings.api_concurrency)
         #: pods this annotator opened or extended an observation on (the lab reports it).
         self.observed_pods: set[tuple[str, str]] = set()
-        #: node slots taken by patches in flight (see ``_within_node_budget``)
-        self._reserved: Counter[str] = Counter()
+        #: shared with the follower where both run (``running``)
+        self.budget = budget or NodeBudget(scheduler, settings.node_budget)
         self._consumer: kafka.AIOKafkaConsumer | None = None
 
     @property
@@ -175,7 +256,18 @@ class Annotator:
         pods = await self.resolver.pods_of(target, listing)
         if not pods:
             return "no-pods", [], 0.0
-        pods, reserved = self._within_node_budget(pods, topology, action)
+        pods, refused, reserved = self.budget.admit(pods)
+        if refused:
+            self.budget.report(
+                self.auditor,
+                refused,
+                topology=topology.name,
+                rule=action.rule,
+                namespace=action.namespace,
+                kind=action.kind,
+                name=action.name,
+                action=action.id,
+            )
         if not pods:
             return "refused-node-budget", [], 0.0
         try:
@@ -186,7 +278,7 @@ class Annotator:
                 return_exceptions=True,
             )
         finally:
-            self._reserved.subtract(reserved)
+            self.budget.release(reserved)
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
@@ -269,60 +361,6 @@ class Annotator:
             duration_s=spec.duration,
             max_capture_size_mb=spec.max_capture_size_mb,
         )
-
-    def _within_node_budget(
-        self, pods: list[kube.Json], topology: Topology, action: Action
-    ) -> tuple[list[kube.Json], Counter[str]]:
-        """The pods that may be observed, and the node slots reserved for them meanwhile.
-
-        Retina's agent keeps the IPs of observed pods in an eBPF map of ``filterMapMaxEntries``
-        per node and fails past it, so a pod not yet observed is refused on a node that
-        already has ``--node-budget`` observed pods. Pods already observed (an extension) are
-        always kept. Slots are reserved before the first await, so workloads applied
-        concurrently cannot overshoot the budget together.
-        """
-        budget = self.settings.node_budget
-        reserved: Counter[str] = Counter()
-        if budget <= 0:
-            return pods, reserved
-        keep, refused = [], []
-        for pod in pods:
-            meta = pod.get("metadata") or {}
-            node = str((pod.get("spec") or {}).get("nodeName") or "")
-            namespace, name = str(meta.get("namespace") or ""), str(meta.get("name"))
-            if not node or self.scheduler.observing_pod(namespace, name):
-                keep.append(pod)
-            elif self.scheduler.observed_on(node) + self._reserved[node] >= budget:
-                refused.append((name, node))
-            else:
-                self._reserved[node] += 1
-                reserved[node] += 1
-                keep.append(pod)
-        if refused:
-            metrics.pods_refused.labels(topology=topology.name, reason="node-budget").inc(
-                len(refused)
-            )
-            log.warning(
-                "%s: %d pods not observed, their node already has %d observed pods "
-                "(--node-budget; Retina's filter map holds filterMapMaxEntries per node): %s",
-                action.id,
-                len(refused),
-                budget,
-                ", ".join(f"{name} on {node}" for name, node in refused),
-            )
-            self.auditor.record(
-                result="refused-node-budget",
-                action=action.id,
-                topology=topology.name,
-                rule=action.rule,
-                namespace=action.namespace,
-                kind=action.kind,
-                name=action.name,
-                pods=[name for name, _ in refused],
-                nodes=sorted({node for _, node in refused}),
-                node_budget=budget,
-            )
-        return keep, reserved
 
     def _over_cap(self, target: WorkloadRef, topology: Topology) -> bool:
         if self.follower is None:

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from streamproc import auditing, conventions, kube, metrics, patches
-from streamproc.annotating import Scheduler
+from streamproc.annotating import NodeBudget, Scheduler
 from streamproc.resolving import WorkloadResolver
 from streamproc.topologies import Topology
 
@@ -46,11 +46,11 @@ class Follower:
         scheduler: Scheduler,
         auditor: auditing.Auditor | None = None,
         *,
-        node_budget: int = 0,
+        budget: NodeBudget | None = None,
     ) -> None:
         self._kube = client
-        #: observed pods per node at most (``Settings.node_budget``); 0: no limit
-        self._node_budget = node_budget
+        #: Retina's per-node budget, shared with the annotator (none: no limit)
+        self._budget = budget or NodeBudget(scheduler, 0)
         self._resolver = resolver
         self._topologies = {t.name: t for t in topologies}
         self._scheduler = scheduler
@@ -174,20 +174,18 @@ class Follower:
             return
         name = str(meta.get("name"))
         node = str((pod.get("spec") or {}).get("nodeName") or "")
-        if node and self._node_budget and self._scheduler.observed_on(node) >= self._node_budget:
-            # Retina's filter map on that node is as full as the operator allows
-            metrics.pods_refused.labels(topology=followed.topology, reason="node-budget").inc()
-            self._auditor.record(
-                result="refused-node-budget",
+        admitted, refused, reserved = self._budget.admit([pod])
+        if refused:
+            self._budget.report(
+                self._auditor,
+                refused,
                 topology=followed.topology,
                 rule=followed.rule,
                 namespace=ref.namespace,
                 kind=ref.kind,
                 name=ref.name,
-                pods=[name],
-                nodes=[node],
-                node_budget=self._node_budget,
             )
+        if not admitted:
             return
         try:
             await self._kube.patch_pod_metadata(
@@ -199,6 +197,8 @@ class Follower:
             )
         except (kube.NotFound, kube.Conflict):
             return  # gone, or changed: the next event for it brings the current version
+        finally:
+            self._budget.release(reserved)
         metrics.patches.labels(op="follow", result="ok").inc()
         self._kube.post_event(
             pod,

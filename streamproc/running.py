@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from streamproc import auditing, kafka, kube
-from streamproc.annotating import Annotator
+from streamproc.annotating import Annotator, NodeBudget
 from streamproc.expiring import Expirer
 from streamproc.following import Follower
 from streamproc.ingesting import Ingestor
@@ -82,10 +82,11 @@ async def _start_annotate(
     expirer = Expirer(
         client, resync_s=settings.expiry_resync_s, dry_run=settings.dry_run, auditor=auditor
     )
-    follower = Follower(
-        client, resolver, topologies, expirer, auditor, node_budget=settings.node_budget
+    budget = NodeBudget(expirer, settings.node_budget)  # one per process: both patch pods
+    follower = Follower(client, resolver, topologies, expirer, auditor, budget=budget)
+    annotator = Annotator(
+        settings, topologies, client, resolver, expirer, auditor, follower, budget=budget
     )
-    annotator = Annotator(settings, topologies, client, resolver, expirer, auditor, follower)
     running.expirer, running.annotator, running.follower = expirer, annotator, follower
     return [
         asyncio.create_task(expirer.run(stop), name="expirer"),

@@ -196,3 +196,43 @@ async def test_no_events_writes_no_event_objects(
         await quiet.close()
     assert observed(emulator, "redis-0")
     assert emulator.list("Event") == []
+
+
+async def test_a_new_pod_on_a_node_at_its_budget_is_not_observed_and_says_so(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
+) -> None:
+    """The follower shares the annotator's node budget: Retina's filter map cannot overflow."""
+    from streamproc.annotating import NodeBudget
+
+    annotator, expirer = make(client, node_budget=1)
+    auditor = MemoryAuditor()
+    budget = NodeBudget(expirer, 1)
+    annotator.budget = budget
+    follower = Follower(
+        client,
+        WorkloadResolver(client, cache_size=100, ttl_s=60),
+        [topology()],
+        expirer,
+        auditor,
+        budget=budget,
+    )
+    annotator.follower = follower
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(follower.run(stop)), asyncio.create_task(expirer.run(stop))]
+    try:
+        frontend = workload(cluster, "frontend")
+        assert await annotator.apply(action_for(frontend)) == "applied"
+        full = {n for n in ("node-a", "node-b") if expirer.observed_on(n) >= 1}
+        assert "node-b" in full  # the sample's frontend has a pod there
+        new_frontend_pod(emulator, "frontend-ngq2cd9wfp-budget")  # lands on node-b
+        await async_wait_for(
+            lambda: any(r["result"] == "refused-node-budget" for r in auditor.records),
+            what="the follower to refuse the pod",
+        )
+        assert not observed(emulator, "frontend-ngq2cd9wfp-budget")
+        refused = next(r for r in auditor.records if r["result"] == "refused-node-budget")
+        assert refused["pods"] == ["frontend-ngq2cd9wfp-budget"]
+        assert refused["nodes"] == ["node-b"]
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)

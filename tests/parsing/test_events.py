@@ -11,6 +11,7 @@ from streamproc import events
 from streamproc.events import ParseError
 from streamproc.lab import samples
 from tests.conftest import FIXTURES
+from tests.strategies import json_values
 
 
 def test_a_falcosidekick_payload_yields_rule_priority_and_pod() -> None:
@@ -99,24 +100,6 @@ def test_arbitrary_bytes_either_parse_or_raise_parse_error(raw: bytes) -> None:
         events.parse(raw)
     except ParseError as exc:
         assert exc.reason
-
-
-json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**63), 2**63 - 1)
-    | st.floats(allow_nan=False)
-    | st.text(max_size=20)
-    | st.just([])
-    | st.just({}),
-    # non-empty containers, so every expansion draws from ``children`` (hypothesis warns about
-    # a recursion whose draws happened not to use it, and warnings fail the suite)
-    lambda children: (
-        st.lists(children, min_size=1, max_size=4)
-        | st.dictionaries(st.text(max_size=10), children, min_size=1, max_size=4)
-    ),
-    max_leaves=20,
-)
 
 
 @settings(max_examples=300, deadline=None)

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from streamproc.actions import Action, ActionError
 from streamproc.tallies import Tally, TallyError, start_tally
 from streamproc.workloads import WorkloadRef
+from tests.strategies import json_values
 
 TALLY = start_tally(
     "retina-observe",
@@ -120,22 +121,6 @@ def test_anything_that_is_not_an_object_of_the_right_shape_is_refused(raw: bytes
         Tally.decode(raw)
     with pytest.raises(ActionError):
         Action.decode(raw)
-
-
-json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**63), 2**63 - 1)
-    | st.floats(allow_nan=False)
-    | st.text(max_size=20)
-    | st.just([])
-    | st.just({}),
-    lambda children: (
-        st.lists(children, min_size=1, max_size=3)
-        | st.dictionaries(st.text(max_size=8), children, min_size=1, max_size=3)
-    ),
-    max_leaves=10,
-)
 
 
 @settings(max_examples=300, deadline=None)
