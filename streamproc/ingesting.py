@@ -217,9 +217,10 @@ class Ingestor:
                     timeout_ms=int(self.settings.flush_interval_s * 1000) or 1,
                     max_records=self.settings.batch_max_records,
                 )
-                if batch:
-                    await self._handle(reader, producer, batch, commits)
-                if bad:
+                handled = not batch or await self._handle(reader, producer, batch, commits)
+                if bad and handled:
+                    # only past records that were handled: after a failed batch the reader
+                    # went back before them, and reading again finds the bad batch again
                     await self._skip(reader, producer, bad, commits)
                 now = time.monotonic()
                 if self.gate.due(now):
@@ -238,7 +239,8 @@ class Ingestor:
         producer: kafka.AIOKafkaProducer,
         batch: Mapping[kafka.TopicPartition, list[kafka.ConsumerRecord]],
         commits: CommitPoint,
-    ) -> None:
+    ) -> bool:
+        """Publish one batch's tallies and dead letters; False when it must be read again."""
         records = [r for rs in batch.values() for r in rs]
         metrics.records_consumed.labels(stage=STAGE).inc(len(records))
         try:
@@ -251,9 +253,10 @@ class Ingestor:
             for tp, rs in batch.items():
                 reader.seek(tp, rs[0].offset)
             await asyncio.sleep(1.0)
-            return
+            return False
         commits.handled(self.gate.batches, {tp: rs[-1].offset + 1 for tp, rs in batch.items()})
         self.record_metrics(result)
+        return True
 
     async def _skip(
         self,

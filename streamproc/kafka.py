@@ -220,8 +220,8 @@ async def wait_for_broker(
     and in ``streamproc_kafka_up``, and a stop request ends the wait at once.
     """
     loop = asyncio.get_running_loop()
-    started = loop.time()
-    next_report = started
+    began = loop.time()
+    next_report = began
     delay = 0.2
     while not stop.is_set():
         probe = AIOKafkaAdminClient(**connection_options(settings), request_timeout_ms=5000)
@@ -236,7 +236,7 @@ async def wait_for_broker(
                     "Kafka not reachable at %s for %.0fs (%s); retrying. Check "
                     "--bootstrap-servers / STREAMPROC_BOOTSTRAP_SERVERS and that the brokers run",
                     settings.bootstrap_servers,
-                    loop.time() - started,
+                    loop.time() - began,
                     describe(exc),
                 )
                 next_report = loop.time() + report_every_s
