@@ -529,7 +529,7 @@ class Annotator:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume actions until ``stop``; commit after each batch is applied."""
         consumer = kafka.consumer(
-            self.settings, [self.settings.topics.actions], "streamproc-annotate"
+            self.settings, [self.settings.topics.actions], self.settings.groups.annotate
         )
         producer = kafka.producer(self.settings)
         async with kafka.started(producer, consumer):

@@ -474,6 +474,57 @@ def lab(
 
 
 @main.command()
+@_kafka_options
+@settings_option("topology_path")
+@settings_option("kubeconfig")
+@settings_option("node_budget")
+@settings_option("partitions")
+@click.option(
+    "--output", "-o", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+def doctor(output: str, **opts: Any) -> None:
+    """Check that Kafka, the cluster and Retina are ready; read only; exit 1 on a failure."""
+    from streamproc import diagnosing  # noqa: PLC0415 - only this command needs it
+
+    logs.setup("ERROR")  # the report says it all; library chatter would only interleave
+    kafka.connect_errors.hide = True
+    settings = dataclasses.replace(
+        DEFAULTS,
+        bootstrap_servers=opts["bootstrap_servers"],
+        kafka_security=_kafka_security(opts),
+        topology_path=opts["topology_path"],
+        kubeconfig=opts["kubeconfig"],
+        node_budget=opts["node_budget"],
+        partitions=opts["partitions"],
+    )
+    result: list[list[Any]] = []
+
+    async def main(stop: asyncio.Event) -> None:
+        work = asyncio.ensure_future(diagnosing.diagnose(settings, settings.topology_path))
+        stopper = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({work, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if work.done():
+            result.append(work.result())
+        else:
+            work.cancel()
+            await asyncio.gather(work, return_exceptions=True)
+
+    stopping.run(main, grace_s=DEFAULTS.shutdown_timeout_s, name="streamproc doctor")
+    if not result:
+        click.echo("streamproc: interrupted", err=True)
+        stopping.finish(130)
+    found = result[0]
+    if output == "json":
+        doc = {"checks": [c.as_dict() for c in found], "summary": diagnosing.summary(found)}
+        click.echo(json.dumps(doc, indent=2, ensure_ascii=False))
+    else:
+        for line in diagnosing.lines(found):
+            click.echo(line)
+    sys.exit(1 if any(c.status == "fail" for c in found) else 0)
+
+
+@main.command()
 @click.option(
     "--span",
     type=float,

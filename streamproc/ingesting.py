@@ -194,7 +194,7 @@ class Ingestor:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; survive broker outages by retrying the same batch."""
-        consumer = kafka.consumer(self.settings, self.source_topics, "streamproc-ingest")
+        consumer = kafka.consumer(self.settings, self.source_topics, self.settings.groups.ingest)
         # A batch's tallies are all sent before the first is awaited, so they share one request
         # anyway: lingering would only delay it.
         producer = kafka.producer(self.settings, linger_ms=0)

@@ -705,3 +705,109 @@ class _RawFetcher:
                 return None
         return None
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSurvey:
+    """One topic as ``streamproc doctor`` sees it."""
+
+    name: str
+    #: partition -> records written since the survey's ``since`` time
+    recent: dict[int, int]
+    #: partition -> end offset (the next offset to be written)
+    ends: dict[int, int]
+
+    @property
+    def partitions(self) -> int:
+        """How many partitions it has."""
+        return len(self.ends)
+
+
+@dataclass(frozen=True, slots=True)
+class Survey:
+    """What the brokers hold for streamproc: its topics, and how far behind its groups are."""
+
+    #: the topics that exist, by name (a missing one is absent)
+    topics: dict[str, TopicSurvey]
+    #: group -> records not yet consumed over its topics; None: the group never committed
+    lag: dict[str, int | None]
+
+
+async def survey(
+    settings: Settings, topics: Iterable[str], groups: dict[str, list[str]], *, since_ms: int
+) -> Survey:
+    """Read, never write: which topics exist, recent records per partition, groups' lag.
+
+    Topics are listed (a Metadata request for all topics, which creates none even where
+    auto-creation is on), offsets read without joining any group, and committed offsets
+    fetched for explicit partitions. Raises KafkaError when the brokers cannot be reached.
+    """
+    admin = AIOKafkaAdminClient(**connection_options(settings), request_timeout_ms=5000)
+    reader = AIOKafkaConsumer(
+        **connection_options(settings),
+        group_id=None,
+        enable_auto_commit=False,
+        request_timeout_ms=10_000,
+    )
+    try:
+        await asyncio.wait_for(admin.start(), timeout=15)
+        existing = set(await admin.list_topics())
+        wanted = [t for t in dict.fromkeys(topics) if t in existing]
+        await asyncio.wait_for(reader.start(), timeout=15)
+        await reader.topics()  # fills the metadata partitions_for_topic reads
+        partitions = [
+            TopicPartition(topic, p)
+            for topic in wanted
+            for p in sorted(reader.partitions_for_topic(topic) or ())
+        ]
+        ends = await _end_offsets(reader, partitions)
+        starts = (
+            await reader.offsets_for_times(dict.fromkeys(partitions, since_ms))
+            if partitions
+            else {}
+        )
+        found = {}
+        for topic in wanted:
+            own = [tp for tp in partitions if tp.topic == topic]
+            recent = {}
+            for tp in own:
+                start = starts.get(tp)
+                recent[tp.partition] = max(0, ends[tp] - start.offset) if start else 0
+            found[topic] = TopicSurvey(topic, recent, {tp.partition: ends[tp] for tp in own})
+        lag: dict[str, int | None] = {}
+        for group, read in groups.items():
+            own = [tp for tp in partitions if tp.topic in read]
+            committed = (
+                await admin.list_consumer_group_offsets(group, partitions=own) if own else {}
+            )
+            offsets = {tp: meta.offset for tp, meta in committed.items() if meta.offset >= 0}
+            lag[group] = sum(max(0, ends[tp] - offsets[tp]) for tp in offsets) if offsets else None
+        return Survey(found, lag)
+    finally:
+        for client in (reader, admin):
+            with contextlib.suppress(Exception):
+                await (client.stop() if isinstance(client, AIOKafkaConsumer) else client.close())
+
+
+async def _end_offsets(
+    reader: AIOKafkaConsumer, partitions: list[TopicPartition]
+) -> dict[TopicPartition, int]:
+    """End offsets, also where ListOffsets(LATEST) answers short (tansu counts batches).
+
+    A fetch's high watermark is right on every broker, so one bounded fetch round from the
+    listed end corrects it: on Apache Kafka that fetch is empty; where the listed end was
+    short it returns records, which are only looked at, never committed.
+    """
+    if not partitions:
+        return {}
+    ends = dict(await reader.end_offsets(partitions))
+    reader.assign(partitions)
+    for tp in partitions:
+        reader.seek(tp, ends[tp])
+    for _ in range(3):
+        await reader.getmany(timeout_ms=500, max_records=1)
+        if all(reader.highwater(tp) is not None for tp in partitions):
+            break
+    for tp in partitions:
+        ends[tp] = max(ends[tp], reader.highwater(tp) or 0)
+    return ends

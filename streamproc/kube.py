@@ -198,6 +198,8 @@ class Kube:
         self._apps = client.AppsV1Api(api)
         self._batch = client.BatchV1Api(api)
         self._custom = client.CustomObjectsApi(api)
+        self._authorization = client.AuthorizationV1Api(api)
+        self._version = client.VersionApi(api)
         self._timeout = timeout_s
         self._attempts = attempts
         # Leaky bucket: ``burst`` requests at once, ``qps`` sustained; shared by every caller of
@@ -520,6 +522,106 @@ class Kube:
                 label_selector=label_selector,
                 _preload_content=False,
                 _request_timeout=self._timeout,
+            ),
+        )
+        return list(doc.get("items") or [])
+
+    # ---- reads for ``streamproc doctor`` (never a write) ---------------------------------------
+    @property
+    def server(self) -> str:
+        """The API server's address, as the kubeconfig names it."""
+        return str(self._api.configuration.host)
+
+    async def server_version(self) -> Json:
+        """``/version``: the cheapest request that proves the API server answers."""
+        return await self._call(
+            "get",
+            "version",
+            lambda: self._version.get_code(_preload_content=False, _request_timeout=self._timeout),
+        )
+
+    async def can_i(self, group: str, resource: str, verb: str) -> tuple[bool, str]:
+        """Whether the identity in use may ``verb`` ``resource`` in every namespace, and why not.
+
+        A SelfSubjectAccessReview: the API server answers for its own authorizers (RBAC,
+        webhooks), which reading the Roles could not.
+        """
+        body: Any = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SelfSubjectAccessReview",
+            "spec": {"resourceAttributes": {"group": group, "resource": resource, "verb": verb}},
+        }
+        doc = await self._call(
+            "create",
+            f"access review {verb} {resource}",
+            lambda: self._authorization.create_self_subject_access_review(
+                body, _preload_content=False, _request_timeout=self._timeout
+            ),
+        )
+        status = doc.get("status") or {}
+        return status.get("allowed") is True, str(status.get("reason") or "")
+
+    async def list_daemonsets(self) -> list[Json]:
+        """Every DaemonSet in the cluster (Retina's agent is one, wherever it was installed)."""
+        doc = await self._call(
+            "list",
+            "daemonsets",
+            lambda: self._apps.list_daemon_set_for_all_namespaces(
+                _preload_content=False, _request_timeout=self._timeout
+            ),
+        )
+        return list(doc.get("items") or [])
+
+    async def list_deployments(self, namespace: str) -> list[Json]:
+        """The Deployments of one namespace."""
+        doc = await self._call(
+            "list",
+            f"deployments in {namespace}",
+            lambda: self._apps.list_namespaced_deployment(
+                namespace, _preload_content=False, _request_timeout=self._timeout
+            ),
+        )
+        return list(doc.get("items") or [])
+
+    async def get_config_map(self, namespace: str, name: str) -> Json:
+        """One ConfigMap."""
+        return await self._call(
+            "get",
+            f"configmap {namespace}/{name}",
+            lambda: self._core.read_namespaced_config_map(
+                name, namespace, _preload_content=False, _request_timeout=self._timeout
+            ),
+        )
+
+    async def served_resources(self, group: str, version: str) -> set[str] | None:
+        """The resources discovery lists for ``group/version``; None when it is not served.
+
+        Discovery is open to every authenticated identity, so this tells whether a CRD is
+        installed without the right to read CustomResourceDefinitions.
+        """
+        try:
+            doc = await self._call(
+                "get",
+                f"discovery {group}/{version}",
+                lambda: self._api.call_api(
+                    f"/apis/{group}/{version}",
+                    "GET",
+                    auth_settings=["BearerToken"],
+                    _preload_content=False,
+                    _request_timeout=self._timeout,
+                ),
+            )
+        except NotFound:
+            return None
+        return {str(r.get("name")) for r in doc.get("resources") or () if isinstance(r, dict)}
+
+    async def list_cluster_objects(self, group: str, version: str, plural: str) -> list[Json]:
+        """Cluster-scoped custom objects (Retina's MetricsConfigurations)."""
+        doc = await self._call(
+            "list",
+            f"{plural}.{group}",
+            lambda: self._custom.list_cluster_custom_object(
+                group, version, plural, _preload_content=False, _request_timeout=self._timeout
             ),
         )
         return list(doc.get("items") or [])

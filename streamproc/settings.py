@@ -21,6 +21,15 @@ class Topics:
     audit: str = "streamproc.audit"
 
 
+@dataclass(frozen=True, slots=True)
+class Groups:
+    """Consumer group of each stage (the windows stage's is its Faust app id)."""
+
+    ingest: str = "streamproc-ingest"
+    windows: str = "streamproc-windows"
+    annotate: str = "streamproc-annotate"
+
+
 #: Kafka's security.protocol values, as Apache Kafka, aiokafka and Faust name them.
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 #: SASL mechanisms Falcosidekick offers too (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512).
@@ -101,6 +110,7 @@ class Settings:
         type=Path,
     )
     topics: Topics = field(default_factory=Topics)
+    groups: Groups = field(default_factory=Groups)
     dry_run: bool = knob(
         False, "--dry-run", "STREAMPROC_DRY_RUN", "Do everything except write to the cluster."
     )

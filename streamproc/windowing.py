@@ -31,7 +31,6 @@ from streamproc.tallies import Tally, TallyError
 from streamproc.topologies import Topology
 
 log = logging.getLogger("streamproc.windows")
-APP_ID = "streamproc-windows"
 STAGE = "windows"
 
 
@@ -129,7 +128,7 @@ def build_app(  # noqa: C901 - the agent and timer are closures over the app
 ) -> faust.App:
     """The windows stage as a Faust app (not started); ``datadir`` is Faust's scratch folder."""
     app = _App(
-        APP_ID,
+        settings.groups.windows,  # a Faust app's id is its consumer group
         broker=faust_broker_url(settings.bootstrap_servers),
         broker_credentials=faust_credentials(settings.kafka_security),
         store="memory://",

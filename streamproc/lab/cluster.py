@@ -12,9 +12,27 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+import yaml
+
 Json = dict[str, Any]
 _SAFE = "bcdfghjklmnpqrstvwxz2456789"
 NODES = ("node-a", "node-b")
+RETINA_VERSION = "v1.2.6"
+#: the agent's config.yaml as Retina's chart renders it with the settings streamproc needs
+#: (``--set enableAnnotations=true --set enablePodLevel=true``; the rest are chart defaults)
+RETINA_CONFIG: Json = {
+    "apiServer": {"host": "0.0.0.0", "port": 10093},  # noqa: S104 - Retina's chart default
+    "logLevel": "info",
+    "enabledPlugin": ["dropreason", "packetforward", "linuxutil", "dns", "packetparser"],
+    "metricsIntervalDuration": "10s",
+    "enableTelemetry": False,
+    "enablePodLevel": True,
+    "remoteContext": False,
+    "enableAnnotations": True,
+    "bypassLookupIPOfInterest": False,
+    "dataAggregationLevel": "low",
+    "filterMapMaxEntries": 255,
+}
 
 
 @dataclass(frozen=True)
@@ -204,6 +222,82 @@ class ClusterBuilder:
         self.objects.append(pod(namespace, name, {"run": name}, None, NODES[1], image))
         return self._remember(SampleWorkload(namespace, "Pod", name, (name,), (image,)))
 
+    def retina(
+        self,
+        version: str = RETINA_VERSION,
+        config: Json | None = None,
+        *,
+        env: dict[str, str] | None = None,
+        operator: bool = True,
+        namespace: str = "kube-system",
+    ) -> None:
+        """Retina's standard control plane, as its Helm chart installs it.
+
+        From microsoft/retina v1.2.6, ``deploy/standard/manifests/controller/helm/retina/
+        templates/``: the agent DaemonSet mounting the ``retina-config`` ConfigMap, and the
+        operator. ``config`` changes keys of the agent's ``config.yaml`` (None removes one).
+        """
+        self.namespace(namespace)
+        labels = {"k8s-app": "retina", "app.kubernetes.io/name": "retina"}
+        settings = {**RETINA_CONFIG, **(config or {})}
+        self.objects.append(
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": "retina-config", "namespace": namespace, "labels": labels},
+                "data": {
+                    "config.yaml": yaml.safe_dump(
+                        {k: v for k, v in settings.items() if v is not None}, sort_keys=False
+                    )
+                },
+            }
+        )
+        container: Json = {
+            "name": "retina",
+            "image": f"ghcr.io/microsoft/retina/retina-agent:{version}",
+            "env": [{"name": k, "value": v} for k, v in (env or {}).items()],
+        }
+        self.objects.append(
+            {
+                "apiVersion": "apps/v1",
+                "kind": "DaemonSet",
+                "metadata": _meta("retina-agent", namespace, labels, "uid-retina-agent", None),
+                "spec": {
+                    "selector": {"matchLabels": {"app.kubernetes.io/name": "retina"}},
+                    "template": {
+                        "metadata": {"labels": labels},
+                        "spec": {
+                            "hostNetwork": True,
+                            "containers": [container],
+                            "volumes": [{"name": "config", "configMap": {"name": "retina-config"}}],
+                        },
+                    },
+                },
+            }
+        )
+        if operator:
+            image = f"ghcr.io/microsoft/retina/retina-operator:{version}"
+            self.objects.append(
+                {
+                    "apiVersion": "apps/v1",
+                    "kind": "Deployment",
+                    "metadata": _meta(
+                        "retina-operator",
+                        namespace,
+                        {"control-plane": "retina-operator"},
+                        "uid-retina-operator",
+                        None,
+                    ),
+                    "spec": {
+                        "replicas": 1,
+                        "selector": {"matchLabels": {"control-plane": "retina-operator"}},
+                        "template": {
+                            "spec": {"containers": [{"name": "retina-operator", "image": image}]}
+                        },
+                    },
+                }
+            )
+
     def _remember(self, workload: SampleWorkload) -> SampleWorkload:
         self.workloads.append(workload)
         return workload
@@ -221,4 +315,5 @@ def sample_cluster(seed: int = 7) -> ClusterBuilder:
     b.cronjob("batch", "report", "ghcr.io/example/report:0.7.3")
     b.bare_pod("default", "debug-shell", "busybox:1.36")
     b.deployment("kube-system", "coredns", 2, "registry.k8s.io/coredns/coredns:v1.11.3")
+    b.retina()
     return b

@@ -6,8 +6,12 @@ client in-process would test the mock. This serves the subset of the API that st
 reaches it through an ordinary kubeconfig:
 
 - discovery (``/api``, ``/apis``, ``/api/v1``, ``/apis/{group}/{version}``, ``/version``);
-- pods, namespaces, events, deployments, replicasets, statefulsets, daemonsets, jobs, cronjobs:
-  list (``labelSelector``, ``fieldSelector`` on name/namespace), get, create, put, delete;
+- pods, namespaces, events, configmaps, deployments, replicasets, statefulsets, daemonsets, jobs,
+  cronjobs, and Retina's captures and metricsconfigurations: list (``labelSelector``,
+  ``fieldSelector`` on name/namespace), get, create, put, delete;
+- RBAC as a set of denied (group, resource, verb): such requests get 403, and
+  SelfSubjectAccessReviews answer from the same set; a CRD can be uninstalled (its resources
+  leave discovery and answer 404), to play clusters that lack Retina's;
 - patch: JSON merge patch (RFC 7386, null deletes), strategic merge (as merge for maps) and JSON
   patch (RFC 6902);
 - ``resourceVersion`` on every object, 409 when a write names a stale one, 404 for missing
@@ -47,6 +51,7 @@ RESOURCES: dict[tuple[str, str, str], tuple[str, bool]] = {
     ("", "v1", "pods"): ("Pod", True),
     ("", "v1", "namespaces"): ("Namespace", False),
     ("", "v1", "events"): ("Event", True),
+    ("", "v1", "configmaps"): ("ConfigMap", True),
     ("apps", "v1", "deployments"): ("Deployment", True),
     ("apps", "v1", "replicasets"): ("ReplicaSet", True),
     ("apps", "v1", "statefulsets"): ("StatefulSet", True),
@@ -54,6 +59,7 @@ RESOURCES: dict[tuple[str, str, str], tuple[str, bool]] = {
     ("batch", "v1", "jobs"): ("Job", True),
     ("batch", "v1", "cronjobs"): ("CronJob", True),
     ("retina.sh", "v1alpha1", "captures"): ("Capture", True),
+    ("retina.sh", "v1alpha1", "metricsconfigurations"): ("MetricsConfiguration", False),
 }
 _PLURAL_OF = {kind: key for key, (kind, _) in RESOURCES.items()}
 _HISTORY = 10_000
@@ -158,6 +164,17 @@ def _labels_match(labels: dict[str, str], reqs: list[tuple[str, str, set[str]]])
     return True
 
 
+def _verb(method: str, named: bool, watch: str) -> str:
+    """The RBAC verb the API server would authorise a request as."""
+    if method == "GET":
+        if named:
+            return "get"
+        return "watch" if watch.lower() in ("true", "1") else "list"
+    return {"POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}.get(
+        method, method.lower()
+    )
+
+
 def _fields_match(obj: Json, selector: str) -> bool:
     meta = obj.get("metadata", {})
     for term in filter(None, (t.strip() for t in selector.split(","))):
@@ -190,6 +207,10 @@ class KubeEmulator:
         self.requests: list[LoggedRequest] = []
         self.url = ""
         self._serving: tuple[threading.Thread, asyncio.Event] | None = None
+        #: (group, resource, verb) the identity may not do: 403, and SSARs say so
+        self.denied: set[tuple[str, str, str]] = set()
+        #: (group, plural) of custom resources whose CRD is not installed
+        self.uninstalled: set[tuple[str, str]] = set()
 
     # ---- state ---------------------------------------------------------------------------
     def _bump(self) -> str:
@@ -310,6 +331,8 @@ class KubeEmulator:
             return web.json_response({"major": "1", "minor": "31", "gitVersion": "v1.31.0-emu"})
         if parts == ["api"]:
             return web.json_response({"kind": "APIVersions", "versions": ["v1"]})
+        if parts == ["apis", "authorization.k8s.io", "v1", "selfsubjectaccessreviews"]:
+            return await self._access_review(request)
         if parts == ["apis"]:
             return web.json_response(self._group_list())
         if parts[:1] == ["api"]:
@@ -319,14 +342,20 @@ class KubeEmulator:
         else:
             return _status(404, "NotFound", f"no route {request.path}")
         if not rest:
-            return web.json_response(self._resource_list(group, version))
+            listing = self._resource_list(group, version)
+            if not listing["resources"]:
+                return _status(404, "NotFound", f"the server could not find {request.path}")
+            return web.json_response(listing)
         namespace = ""
         if rest[0] == "namespaces" and len(rest) >= 3:
             namespace, rest = rest[1], rest[2:]
         plural, name = rest[0], rest[1] if len(rest) > 1 else ""
         gvr = (group, version, plural)
-        if gvr not in RESOURCES or len(rest) > 2:
+        if gvr not in RESOURCES or len(rest) > 2 or (group, plural) in self.uninstalled:
             return _status(404, "NotFound", f"the server could not find {request.path}")
+        verb = _verb(request.method, bool(name), request.query.get("watch", ""))
+        if (group, plural, verb) in self.denied:
+            return _status(403, "Forbidden", f'cannot {verb} resource "{plural}" (emulated RBAC)')
         kind, namespaced = RESOURCES[gvr]
         if not namespaced and namespace:
             return _status(404, "NotFound", f"{plural} is not namespaced")
@@ -334,8 +363,20 @@ class KubeEmulator:
             return await self._item(request, gvr, kind, namespace, name)
         return await self._collection(request, gvr, kind, namespace)
 
+    async def _access_review(self, request: web.Request) -> web.StreamResponse:
+        if request.method != "POST":
+            return _status(405, "MethodNotAllowed", request.method)
+        review = orjson.loads(await request.read())
+        attributes = (review.get("spec") or {}).get("resourceAttributes") or {}
+        wanted = (attributes.get("group", ""), attributes.get("resource", ""), attributes["verb"])
+        allowed = wanted not in self.denied
+        review["status"] = {"allowed": allowed}
+        if not allowed:
+            review["status"]["reason"] = "denied by the emulator's RBAC"
+        return web.json_response(review, status=201)
+
     def _group_list(self) -> Json:
-        groups = sorted({(g, v) for g, v, _ in RESOURCES if g})
+        groups = sorted({(g, v) for g, v, p in RESOURCES if g and (g, p) not in self.uninstalled})
         return {
             "kind": "APIGroupList",
             "apiVersion": "v1",
@@ -364,7 +405,7 @@ class KubeEmulator:
                     "verbs": verbs,
                 }
                 for (g, v, plural), (kind, namespaced) in RESOURCES.items()
-                if (g, v) == (group, version)
+                if (g, v) == (group, version) and (g, plural) not in self.uninstalled
             ],
         }
 

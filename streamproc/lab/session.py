@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from streamproc import conventions, kafka, metrics, running, topologies
+from streamproc import conventions, diagnosing, kafka, metrics, running, topologies
 from streamproc.durations import format_duration
 from streamproc.lab.broker import EmbeddedBroker, free_port
 from streamproc.lab.cluster import sample_cluster
@@ -81,6 +81,8 @@ class Summary:
     interrupted: bool = False
     #: the run's time-lapse: a second here stands for ``speed`` seconds of a real cluster
     speed: float = 1.0
+    #: ``streamproc doctor`` on the lab's broker and cluster, run as the stages started
+    doctor: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
@@ -115,6 +117,7 @@ class Summary:
                 if self.clean
                 else f"FAILED: left behind on {', '.join(self.leftovers)}"
             ),
+            "  doctor             " + self._doctor_line(),
             "",
             "What happened:",
         ]
@@ -143,6 +146,17 @@ class Summary:
                 "emulated cluster (on a real one they expire on schedule)."
             )
         return out
+
+    def _doctor_line(self) -> str:
+        if not self.doctor:
+            return "not run"
+        counts = {
+            s: sum(1 for c in self.doctor if c["status"] == s) for s in ("ok", "warn", "fail")
+        }
+        failed = [f"{c['area']} {c['name']}" for c in self.doctor if c["status"] == "fail"]
+        return f"{counts['ok']} passed, {counts['warn']} warnings, {counts['fail']} failed" + (
+            f" ({', '.join(failed)})" if failed else ""
+        )
 
 
 def story(records: list[dict[str, Any]]) -> list[Observed]:
@@ -248,6 +262,17 @@ async def _replay(
         await producer.stop()
 
 
+def _show_doctor(task: asyncio.Task[list[diagnosing.Check]], view: View, summary: Summary) -> None:
+    if task.cancelled():
+        return
+    if task.exception() is not None:
+        log.warning("doctor could not finish: %s", task.exception())
+        return
+    found = task.result()
+    summary.doctor = [c.as_dict() for c in found]
+    view.report(["streamproc doctor:", *diagnosing.lines(found)])
+
+
 def _ready_for_replay(handles: running.Running, started: float) -> bool:
     """Replay once the annotator has joined its group, so the first actions land at once.
 
@@ -290,17 +315,21 @@ async def _summarise(
     return summary
 
 
-async def run_lab(options: LabOptions, stop: asyncio.Event) -> Summary:
-    """Run the lab until ``--duration`` passes or ``stop`` is set; return the summary."""
+def _lab_topologies(options: LabOptions, cap: float) -> list[topologies.Topology]:
+    """The topologies time-lapsed by ``--speed``, each TTL capped so observations also end."""
     loaded = topologies.load_path(topologies.resolve_path(options.topology_path))
-    cap = max(1.0, options.duration_s / 3)
-    lab_topologies = []
+    found = []
     for topology in loaded:
         t = topologies.scaled(topology, options.speed)
         action = t.spec.action.model_copy(update={"ttl": min(t.spec.action.ttl, cap)})
-        lab_topologies.append(
-            t.model_copy(update={"spec": t.spec.model_copy(update={"action": action})})
-        )
+        found.append(t.model_copy(update={"spec": t.spec.model_copy(update={"action": action})}))
+    return found
+
+
+async def run_lab(options: LabOptions, stop: asyncio.Event) -> Summary:
+    """Run the lab until ``--duration`` passes or ``stop`` is set; return the summary."""
+    cap = max(1.0, options.duration_s / 3)
+    lab_topologies = _lab_topologies(options, cap)
     summary = Summary()
     with (
         tempfile.TemporaryDirectory(prefix="streamproc-lab-") as tmp,
@@ -330,8 +359,15 @@ async def run_lab(options: LabOptions, stop: asyncio.Event) -> Summary:
         started = time.monotonic()
         deadline = started + options.duration_s
         replay: asyncio.Task[None] | None = None
+        doctor: asyncio.Task[list[diagnosing.Check]] | None = None
         with view.showing():
             while time.monotonic() < deadline and not stop.is_set() and not pipeline.done():
+                if doctor is None and handles.ready.is_set():
+                    # once the stages created their topics: what a user's first check would say
+                    doctor = asyncio.create_task(
+                        diagnosing.diagnose(settings, options.topology_path)
+                    )
+                    doctor.add_done_callback(lambda t: _show_doctor(t, view, summary))
                 if replay is None and _ready_for_replay(handles, started):
                     span = max(1.0, options.duration_s * 0.4)
                     topic = lab_topologies[0].spec.source.topic
@@ -341,6 +377,10 @@ async def run_lab(options: LabOptions, stop: asyncio.Event) -> Summary:
                     await asyncio.wait_for(stop.wait(), timeout=0.5)
         summary.interrupted = stop.is_set()
         stop.set()
+        if doctor is not None and not doctor.done():
+            doctor.cancel()
+            await asyncio.gather(doctor, return_exceptions=True)
+        checked = summary.doctor
         if replay is not None:
             await replay
         pipeline_stop.set()
@@ -349,4 +389,5 @@ async def run_lab(options: LabOptions, stop: asyncio.Event) -> Summary:
         summary = await _summarise(handles, emulator, settings, read_audit=not options.broker)
         summary.interrupted = interrupted
         summary.speed = options.speed
+        summary.doctor = checked
     return summary

@@ -67,6 +67,15 @@ class View:
             )
         self.stream.flush()
 
+    def report(self, lines: Sequence[str]) -> None:
+        """Print a block of lines (``doctor``'s report) above the live view."""
+        for line in lines:
+            if self._live is not None:
+                self._live.console.print(line, markup=False, highlight=False)
+            else:
+                self._print(line)
+        self.stream.flush()
+
     def _print(self, line: str) -> None:
         print(line, file=self.stream, flush=True)
 

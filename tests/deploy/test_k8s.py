@@ -15,7 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from streamproc import kube
+from streamproc import kube, permissions
 from streamproc.annotating import Annotator
 from streamproc.expiring import Expirer
 from streamproc.following import Follower
@@ -205,7 +205,34 @@ async def test_rbac_covers_every_request_each_stage_makes(
         assert needed, account
         missing = {n for n in needed if not _allowed(rules, *n)}
         assert not missing, f"{account} lacks {sorted(missing)}"
+        listed = _listed(account.removeprefix("streamproc-"))
+        assert needed <= listed, f"permissions.py lacks {sorted(needed - listed)}"
     assert not _rules_for(rendered, "streamproc-windows")
+
+
+def _listed(stage: str) -> set[tuple[str, str, str]]:
+    return {(p.group, p.resource, p.verb) for p in permissions.STAGES[stage]}
+
+
+@pytest.mark.parametrize("stage", sorted(permissions.STAGES))
+def test_the_rbac_grants_exactly_what_the_code_lists(
+    rendered: list[dict[str, Any]], stage: str
+) -> None:
+    """k8s/rbac.yaml and streamproc/permissions.py name the same permissions, no more."""
+    granted = {
+        (group, resource, verb)
+        for rule in _rules_for(rendered, f"streamproc-{stage}")
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    assert granted == _listed(stage)
+
+
+def test_the_readme_rbac_table_is_the_code_list() -> None:
+    """The README's RBAC section is rendered from permissions.py (regenerate it if this fails)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert permissions.markdown() in readme, "paste `python -m streamproc.permissions` into README"
 
 
 def test_the_sasl_ssl_overlay_gives_each_stage_its_own_secret_as_files(

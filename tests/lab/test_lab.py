@@ -57,6 +57,8 @@ def test_the_lab_runs_end_to_end_and_cleans_up_after_itself(tmp_path: Path) -> N
     assert summary_value(output, "expired") == annotated
     assert summary_value(output, "still active") == 0
     assert "ok: every expired observation was removed" in output
+    assert "✔ annotations: enableAnnotations: true" in output  # doctor's report, shown
+    assert re.search(r"^  doctor\s+\d+ passed, 0 warnings, 0 failed$", output, re.MULTILINE)
     broker = re.search(r"^broker: (\S+)$", output, re.MULTILINE)
     assert broker
     assert not listening(broker[1])
@@ -105,6 +107,10 @@ def test_the_lab_summary_as_json(tmp_path: Path) -> None:
     observed = {(o["namespace"], o["kind"], o["name"]) for o in summary["observed"]}
     assert ("payments", "Deployment", "api") in observed
     assert summary["expired"] == summary["pods_annotated"] >= 3
+    # doctor ran as the stages started, against the lab's own broker and cluster: all ready
+    doctor = summary["doctor"]
+    assert {c["area"] for c in doctor} == {"Topologies", "Kafka", "Kubernetes", "Retina"}
+    assert [c for c in doctor if c["status"] != "ok"] == []
 
 
 def test_ctrl_c_midway_stops_everything_cleanly(tmp_path: Path) -> None:

@@ -1,0 +1,81 @@
+"""The Kubernetes permissions each stage uses: one list for the code, the RBAC, the docs and doctor.
+
+``k8s/rbac.yaml`` grants exactly these (a test compares them), the README's RBAC table is
+rendered from them (a test compares that too), a test measures the requests each stage really
+makes at the emulated API server and finds each one here, and ``streamproc doctor`` asks the
+API server about every one with a SelfSubjectAccessReview. A permission a stage starts to use
+is added here once, and every one of those places follows or fails.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Permission:
+    """One (API group, resource, verb) a stage needs, and why."""
+
+    group: str
+    resource: str
+    verb: str
+    why: str
+    #: a topology feature that needs it (``capture``, ``namespace scope``); None: always needed
+    feature: str | None = None
+
+    @property
+    def label(self) -> str:
+        """As ``kubectl auth can-i`` names it: ``patch pods``, ``create captures.retina.sh``."""
+        resource = f"{self.resource}.{self.group}" if self.group else self.resource
+        return f"{self.verb} {resource}"
+
+
+_RESOLVE = (
+    Permission("", "pods", "get", "find the workload that owns a detected pod"),
+    Permission("apps", "replicasets", "get", "follow a ReplicaSet to its Deployment"),
+    Permission("batch", "jobs", "get", "follow a Job to its CronJob"),
+)
+
+#: stage -> what it needs; the windows stage talks only to Kafka.
+STAGES: dict[str, tuple[Permission, ...]] = {
+    "ingest": _RESOLVE,
+    "windows": (),
+    "annotate": (
+        *_RESOLVE,
+        Permission("", "pods", "list", "find a workload's pods; the expirer's resync"),
+        Permission("", "pods", "watch", "follow pods that start during an observation"),
+        Permission("", "pods", "patch", "write and remove the Retina annotation"),
+        Permission("", "events", "create", "record ObservationStarted/Expired Events"),
+        Permission("retina.sh", "captures", "create", "start a Retina packet capture", "capture"),
+        Permission("", "namespaces", "get", "observe a whole namespace", "namespace scope"),
+        Permission("", "namespaces", "list", "resync observed namespaces", "namespace scope"),
+        Permission("", "namespaces", "patch", "annotate a namespace", "namespace scope"),
+    ),
+}
+
+
+def rules(stage: str) -> list[dict[str, list[str]]]:
+    """A stage's permissions as RBAC rules, one per (group, resource), verbs in order."""
+    grouped: dict[tuple[str, str], list[str]] = {}
+    for p in STAGES[stage]:
+        grouped.setdefault((p.group, p.resource), []).append(p.verb)
+    return [
+        {"apiGroups": [group], "resources": [resource], "verbs": verbs}
+        for (group, resource), verbs in grouped.items()
+    ]
+
+
+def markdown() -> str:
+    """The README's RBAC table (``python -m streamproc.permissions`` prints it)."""
+    lines = ["| stage | permission | why |", "|---|---|---|"]
+    for stage, needed in STAGES.items():
+        if not needed:
+            lines.append(f"| {stage} | none (Kafka only; no token mounted) | |")
+        for p in needed:
+            when = f" (topologies with {p.feature})" if p.feature else ""
+            lines.append(f"| {stage} | `{p.label}` | {p.why}{when} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown())  # noqa: T201 - the README's table, for pasting
