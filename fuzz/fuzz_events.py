@@ -12,6 +12,7 @@ from typing import Any
 
 import atheris
 import orjson
+from values import json_value
 
 with atheris.instrument_imports():
     from streamproc import events
@@ -23,26 +24,6 @@ TEMPLATE: dict[str, Any] = orjson.loads(
 KEYS = [*TEMPLATE, *(f"output_fields.{k}" for k in TEMPLATE["output_fields"]), "extra"]
 
 REASONS = set(events.REASONS)
-
-
-def _value(fdp: atheris.FuzzedDataProvider, depth: int = 0) -> Any:
-    kind = fdp.ConsumeIntInRange(0, 7)
-    if kind == 0:
-        return None
-    if kind == 1:
-        return fdp.ConsumeBool()
-    if kind == 2:
-        return fdp.ConsumeInt(8)
-    if kind == 3:
-        return fdp.ConsumeRegularFloat()
-    if kind == 4 or depth > 3:
-        return fdp.ConsumeUnicodeNoSurrogates(fdp.ConsumeIntInRange(0, 80))
-    if kind == 5:
-        return [_value(fdp, depth + 1) for _ in range(fdp.ConsumeIntInRange(0, 4))]
-    if kind == 6:
-        keys = [fdp.ConsumeUnicodeNoSurrogates(8) for _ in range(fdp.ConsumeIntInRange(0, 4))]
-        return {k: _value(fdp, depth + 1) for k in keys}
-    return "<NA>"
 
 
 def _mutated(fdp: atheris.FuzzedDataProvider) -> bytes:
@@ -58,7 +39,7 @@ def _mutated(fdp: atheris.FuzzedDataProvider) -> bytes:
         if fdp.ConsumeIntInRange(0, 5) == 0:
             target.pop(name, None)
         else:
-            target[name] = _value(fdp)
+            target[name] = json_value(fdp)
     return orjson.dumps(doc)
 
 

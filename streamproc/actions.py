@@ -1,15 +1,17 @@
 """Actions: what the windows stage emits, exactly one per workload per window that qualifies.
 
-An action carries everything the annotator needs and nothing it must look up elsewhere: the
-workload, the annotations to write (from the topology, never from the detection), when the
-observation expires, and a deterministic ``id`` (topology/workload/window) that makes a replayed
-action recognisable on the pods it already touched.
+An action names the workload, the window that qualified and the detection that made it qualify,
+with a deterministic ``id`` (topology/workload/window) that makes a replayed action recognisable
+on the pods it already touched. What to write and for how long (annotations, TTL, scope, dry run)
+the annotator takes from its *own* topology, never from a record: a forged action can choose
+nothing. Fields older versions wrote (``ttl``, ``annotations``, ``scope``, ``dry_run``) are
+ignored rather than refused, so actions in flight survive a rolling upgrade.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import orjson
 from pydantic import ConfigDict
@@ -26,7 +28,7 @@ class ActionError(ValueError):
 class Action:
     """Open or extend the observation of one workload."""
 
-    __pydantic_config__: ClassVar[ConfigDict] = ConfigDict(extra="forbid")
+    __pydantic_config__: ClassVar[ConfigDict] = ConfigDict(extra="ignore")
 
     id: records.Text
     topology: records.Label
@@ -37,20 +39,11 @@ class Action:
     pod: records.OptionalSubdomain
     window_start: records.Epoch
     window_end: records.Epoch
-    ttl: float
-    annotations: dict[records.AnnotationKey, str]
-    scope: Literal["workload", "pod", "namespace"]
     rule: records.Text
     priority: records.Priority
     count: records.Count
     first_append_ms: records.Epoch
-    dry_run: bool = False
     uuids: records.Uuids = field(default_factory=list)
-
-    @property
-    def expires_at(self) -> float:
-        """The observation lasts ``ttl`` after the end of the window that qualified."""
-        return self.window_end + self.ttl
 
     def encode(self) -> bytes:
         """JSON bytes for Kafka."""
@@ -63,8 +56,8 @@ class Action:
             action = _decode(raw)
         except ValueError as exc:
             raise ActionError(f"not an action: {exc}") from None
-        if action.window_end < action.window_start or not 0 < action.ttl <= 366 * 86_400:
-            raise ActionError("window_end before window_start, or ttl not in (0, 366 days]")
+        if action.window_end < action.window_start:
+            raise ActionError("window_end before window_start")
         return action
 
 

@@ -176,7 +176,7 @@ class Annotator:
         self.scheduler = scheduler
         self.auditor = auditor or auditing.NullAuditor()
         self.follower = follower
-        self._in_flight = asyncio.Semaphore(settings.api_concurrency)
+        self._in_flight = asyncio.Semaphore(settings.actions_in_flight)
         #: pods this annotator opened or extended an observation on (the lab reports it).
         self.observed_pods: set[tuple[str, str]] = set()
         #: shared with the follower where both run (``running``)

@@ -42,20 +42,6 @@ class NullAuditor:
         """Nothing to wait for."""
 
 
-class MemoryAuditor:
-    """Keeps records in a list (tests)."""
-
-    def __init__(self) -> None:
-        self.records: list[dict[str, Any]] = []
-
-    def record(self, **fields: Any) -> None:
-        """Append the record."""
-        self.records.append({"time": conventions.format_time(time.time()), **fields})
-
-    async def flush(self) -> None:
-        """Nothing to wait for."""
-
-
 class KafkaAuditor:
     """Produces records to the audit topic through a started aiokafka producer."""
 

@@ -17,8 +17,9 @@ import heapq
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 
-from streamproc import auditing, conventions, kube, metrics, patches
+from streamproc import auditing, conventions, kube, metrics, patches, releasing
 
 log = logging.getLogger("streamproc.expire")
 _RETRY_S = 2.0
@@ -34,7 +35,10 @@ class Expirer:
         resync_s: float,
         dry_run: bool = False,
         auditor: auditing.Auditor | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        #: what "now" is (tests move it forward instead of waiting for a TTL to pass)
+        self.clock = clock
         self._kube = client
         self._auditor = auditor or auditing.NullAuditor()
         self._resync_s = resync_s
@@ -63,6 +67,10 @@ class Expirer:
         self._due[key] = (until, topology)
         heapq.heappush(self._heap, (until, namespace, pod))
         self._gauge_stale = True  # published by the run loop, once per turn
+        self._wake.set()
+
+    def wake(self) -> None:
+        """Look at the schedule now (after ``clock`` moved, or anything else changed)."""
         self._wake.set()
 
     def observed_on(self, node: str) -> int:
@@ -119,7 +127,7 @@ class Expirer:
         """Expire on time until ``stop``; resync at start and periodically."""
         next_resync = 0.0
         while not stop.is_set():
-            now = time.time()
+            now = self.clock()
             if now >= next_resync:
                 try:
                     await self.resync()
@@ -128,7 +136,7 @@ class Expirer:
                     metrics.stage_errors.labels(stage="expire", error=type(exc).__name__).inc()
                     log.warning("expiry resync failed: %s", exc)
                     next_resync = now + _RETRY_S
-            while self._heap and self._heap[0][0] <= time.time() and not stop.is_set():
+            while self._heap and self._heap[0][0] <= self.clock() and not stop.is_set():
                 until, namespace, pod = heapq.heappop(self._heap)
                 known = self._due.get((namespace, pod))
                 if known is None or known[0] != until:
@@ -138,7 +146,7 @@ class Expirer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._auditor.flush()), timeout=2.0)
             self._publish_gauge()
-            wait = min(next_resync, self._heap[0][0] if self._heap else next_resync) - time.time()
+            wait = min(next_resync, self._heap[0][0] if self._heap else next_resync) - self.clock()
             self._wake.clear()
             stop_task = asyncio.ensure_future(stop.wait())
             wake_task = asyncio.ensure_future(self._wake.wait())
@@ -150,56 +158,49 @@ class Expirer:
 
     async def _expire(self, namespace: str, pod: str, topology: str) -> None:
         key = (namespace, pod)
-        for _attempt in range(3):
-            try:
-                current = await self._kube.get_observable(namespace, pod)
-                until = patches.expires_at(current)
-                if until is not None and until > time.time():
-                    self._due.pop(key, None)
-                    self.schedule(namespace, pod, until, topology)  # extended meanwhile
-                    return
-                patch = patches.release(current)
-                removed = sorted(k for k, v in patch.annotations.items() if v is None)
-                if not self._dry_run and (patch.annotations or patch.labels):
-                    await self._kube.patch_pod_metadata(
-                        namespace,
-                        pod,
-                        annotations=patch.annotations,
-                        labels=patch.labels,
-                        resource_version=patch.resource_version,
-                    )
-                metrics.patches.labels(op="release", result="ok").inc()
-                if not self._dry_run:
-                    self._kube.post_event(
-                        current, "ObservationExpired", f"removed {', '.join(removed)}"
-                    )
-            except kube.Conflict:
-                metrics.patches.labels(op="release", result="conflict").inc()
-                continue
-            except kube.NotFound:
-                metrics.patches.labels(op="release", result="not-found").inc()
-            except kube.KubeError as exc:
-                metrics.patches.labels(op="release", result="error").inc()
-                log.warning("expiry of %s/%s failed (%s); will retry", namespace, pod, exc)
-                retry_at = time.time() + _RETRY_S
-                heapq.heappush(self._heap, (retry_at, namespace, pod))
-                self._due[key] = (retry_at, topology)
-                return
-            else:
-                self.expired += 1
-                metrics.observations_expired.labels(topology=topology).inc()
-                self._auditor.record(
-                    result="expired",
-                    topology=topology,
-                    namespace=namespace,
-                    kind="Pod",
-                    name=pod,
-                    pods=[pod],
-                    removed=removed,
-                    dry_run=self._dry_run,
+        try:
+            done = await releasing.release(
+                self._kube, namespace, pod, extended_after=self.clock(), dry_run=self._dry_run
+            )
+        except kube.Conflict:
+            self._retry_later(key, topology, "kept changing (409)")
+            return
+        except kube.KubeError as exc:
+            metrics.patches.labels(op="release", result="error").inc()
+            self._retry_later(key, topology, str(exc))
+            return
+        if done.outcome == "extended" and done.until is not None:
+            self._due.pop(key, None)
+            self.schedule(namespace, pod, done.until, topology)  # extended meanwhile
+            return
+        if done.outcome == "gone":
+            metrics.patches.labels(op="release", result="not-found").inc()
+        else:
+            metrics.patches.labels(op="release", result="ok").inc()
+            if not self._dry_run:
+                self._kube.post_event(
+                    done.current, "ObservationExpired", f"removed {', '.join(done.removed)}"
                 )
-                log.info("observation of %s/%s expired", namespace, pod)
-            break
+            self.expired += 1
+            metrics.observations_expired.labels(topology=topology).inc()
+            self._auditor.record(
+                result="expired",
+                topology=topology,
+                namespace=namespace,
+                kind="Pod",
+                name=pod,
+                pods=[pod],
+                removed=list(done.removed),
+                dry_run=self._dry_run,
+            )
+            log.info("observation of %s/%s expired", namespace, pod)
         self._due.pop(key, None)
         self._forget_node(key)
         self._gauge_stale = True
+
+    def _retry_later(self, key: tuple[str, str], topology: str, why: str) -> None:
+        namespace, pod = key
+        log.warning("expiry of %s/%s failed (%s); will retry", namespace, pod, why)
+        retry_at = self.clock() + _RETRY_S
+        heapq.heappush(self._heap, (retry_at, namespace, pod))
+        self._due[key] = (retry_at, topology)

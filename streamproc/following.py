@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from streamproc import auditing, conventions, kube, metrics, patches
@@ -47,7 +47,10 @@ class Follower:
         auditor: auditing.Auditor | None = None,
         *,
         budget: NodeBudget | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        #: what "now" is (tests move it forward instead of waiting for a TTL to pass)
+        self.clock = clock
         self._kube = client
         #: Retina's per-node budget, shared with the annotator (none: no limit)
         self._budget = budget or NodeBudget(scheduler, 0)
@@ -57,6 +60,8 @@ class Follower:
         self._auditor = auditor or auditing.NullAuditor()
         self._followed: dict[tuple[str, str, str], _Followed] = {}
         self.followed_pods = 0
+        #: the resourceVersion of the last pod list or watch event handled
+        self.resource_version = ""
 
     def follow(
         self,
@@ -77,12 +82,12 @@ class Follower:
 
     def followed(self) -> dict[tuple[str, str, str], tuple[float, str]]:
         """Unexpired observations: (namespace, kind, name) -> (until, topology)."""
-        now = time.time()
+        now = self.clock()
         return {k: (f.until, f.topology) for k, f in self._followed.items() if f.until > now}
 
     def observing(self, topology: str) -> set[tuple[str, str, str]]:
         """Workloads under an unexpired observation of ``topology``."""
-        now = time.time()
+        now = self.clock()
         return {k for k, f in self._followed.items() if f.topology == topology and f.until > now}
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -115,10 +120,12 @@ class Follower:
                 await self._remember(pod)
             for pod in pods:
                 await self._consider(pod)
+            self.resource_version = version
         async for kind, obj in self._kube.watch_pods(version, timeout_s=_WATCH_S):
             version = (obj.get("metadata") or {}).get("resourceVersion") or version
             if kind in ("ADDED", "MODIFIED"):
                 await self._consider(obj)
+            self.resource_version = version
         return version
 
     async def _remember(self, pod: kube.Json) -> None:
@@ -127,7 +134,7 @@ class Follower:
         if (meta.get("labels") or {}).get(conventions.OBSERVED_LABEL) != "true":
             return
         until = patches.expires_at(pod)
-        if until is None or until <= time.time():
+        if until is None or until <= self.clock():
             return
         annotations = meta.get("annotations") or {}
         ref = await self._resolver.workload_of(pod)
@@ -153,7 +160,7 @@ class Follower:
         ref = await self._resolver.workload_of(pod)
         key = (ref.namespace, ref.kind, ref.name)
         followed = self._followed.get(key)
-        now = time.time()
+        now = self.clock()
         if followed is None:
             return
         if followed.until <= now:

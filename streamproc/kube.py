@@ -36,6 +36,7 @@ from tenacity import (
 )
 
 from streamproc import metrics
+from streamproc.settings import DEFAULTS, Settings
 
 Json = dict[str, Any]
 MERGE_PATCH = "application/merge-patch+json"
@@ -178,13 +179,23 @@ def _proxy_from_environment(configuration: client.Configuration) -> None:
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """How hard streamproc may press the API server (the defaults are gentle, like a controller)."""
+    """How hard streamproc may press the API server; the defaults are the settings' own."""
 
-    qps: float = 20.0
-    burst: int = 40
-    concurrency: int = 16
+    qps: float = DEFAULTS.api_qps
+    burst: int = DEFAULTS.api_burst
+    concurrency: int = DEFAULTS.api_concurrency
     #: record Kubernetes Events (one more request per pod and change)
-    events: bool = True
+    events: bool = DEFAULTS.kube_events
+
+    @classmethod
+    def of(cls, settings: Settings) -> Limits:
+        """The limits an operator set (``--api-qps``, ``--api-burst``, ...)."""
+        return cls(
+            qps=settings.api_qps,
+            burst=settings.api_burst,
+            concurrency=settings.api_concurrency,
+            events=settings.kube_events,
+        )
 
 
 class Kube:
@@ -215,7 +226,7 @@ class Kube:
         cls,
         kubeconfig: str | None = None,
         *,
-        timeout_s: float = 10.0,
+        timeout_s: float = DEFAULTS.api_timeout_s,
         attempts: int = 5,
         limits: Limits | None = None,
     ) -> Self:
@@ -410,7 +421,7 @@ class Kube:
                 body = (await response.read()).decode("utf-8", "replace")[:300]
                 raise _translate(response.status, body, response.headers, "watch pods")
             async with response:
-                async for line in _lines(response):
+                async for line in lines_of(response.content.iter_any()):
                     event = orjson.loads(line)
                     kind, obj = event.get("type", ""), event.get("object") or {}
                     if kind == "ERROR":
@@ -627,14 +638,27 @@ class Kube:
         return list(doc.get("items") or [])
 
 
-async def _lines(response: Any) -> AsyncIterator[bytes]:
-    buffer = b""
-    async for chunk in response.content.iter_any():
-        buffer += chunk
-        while b"\n" in buffer:
-            line, buffer = buffer.split(b"\n", 1)
+async def lines_of(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The non-blank lines of a watch stream, however the network cut it into chunks.
+
+    Linear in the stream's size: each byte is searched once and each line joined once (a
+    buffer grown with ``+=`` and split from the front is quadratic in a long event's size).
+    """
+    pending: list[bytes] = []
+    async for chunk in chunks:
+        start = 0
+        while (end := chunk.find(b"\n", start)) >= 0:
+            pending.append(chunk[start:end])
+            line = b"".join(pending)
+            pending.clear()
             if line.strip():
                 yield line
+            start = end + 1
+        if start < len(chunk):
+            pending.append(chunk[start:])
+    line = b"".join(pending)
+    if line.strip():
+        yield line
 
 
 def controller_of(obj: Json) -> tuple[str, str] | None:

@@ -158,12 +158,6 @@ def serve(port: int, host: str = "0.0.0.0") -> None:  # noqa: S104 - scraped fro
         start_http_server(port, addr=host)
 
 
-def value(name: str, labels: dict[str, str] | None = None) -> float:
-    """Current value of one sample, 0 when absent: for tests and the lab summary."""
-    found = REGISTRY.get_sample_value(name, labels or {})
-    return found if found is not None else 0.0
-
-
 def total(name: str, **labels: str) -> float:
     """Sum of every sample of ``name`` whose labels include ``labels`` (any other labels)."""
     return sum(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 
-from streamproc import conventions, kube, patches
+from streamproc import conventions, kube, patches, releasing
 from streamproc.resolving import WorkloadResolver
 
 
@@ -97,19 +97,9 @@ async def release(
             else [(namespace, pod) for pod in observation.pods]
         )
         for target_namespace, pod_name in targets:
-            try:
-                pod = await client.get_observable(target_namespace, pod_name)
-                patch = patches.release(pod)
-                await client.patch_pod_metadata(
-                    target_namespace,
-                    pod_name,
-                    annotations=patch.annotations,
-                    labels=patch.labels,
-                    resource_version=patch.resource_version,
-                )
-            except kube.NotFound:
-                continue
-            released.append(pod_name)
+            done = await releasing.release(client, target_namespace, pod_name)
+            if done.outcome == "released":
+                released.append(pod_name)
     return released
 
 

@@ -42,14 +42,8 @@ class Running:
 
 async def _kube_or_none(settings: Settings, *, required: bool) -> kube.Kube | None:
     try:
-        limits = kube.Limits(
-            qps=settings.api_qps,
-            burst=settings.api_burst,
-            concurrency=settings.api_concurrency,
-            events=settings.kube_events,
-        )
         return await kube.Kube.connect(
-            settings.kubeconfig, timeout_s=settings.api_timeout_s, limits=limits
+            settings.kubeconfig, timeout_s=settings.api_timeout_s, limits=kube.Limits.of(settings)
         )
     except Exception as exc:
         if required:

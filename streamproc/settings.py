@@ -194,7 +194,17 @@ class Settings:
     )
     #: concurrent API requests per process.
     api_concurrency: int = knob(
-        16, "--api-concurrency", "STREAMPROC_API_CONCURRENCY", "Kubernetes API requests in flight."
+        16,
+        "--api-concurrency",
+        "STREAMPROC_API_CONCURRENCY",
+        "Kubernetes API requests in flight per process.",
+    )
+    #: workloads the annotator works on at once (each is a few requests; those are capped apart)
+    actions_in_flight: int = knob(
+        16,
+        "--actions-in-flight",
+        "STREAMPROC_ACTIONS_IN_FLIGHT",
+        "Workloads the annotator applies actions to at once (requests: --api-concurrency).",
     )
     #: sustained Kubernetes API requests per second per process, and the burst above it.
     api_qps: float = knob(

@@ -100,14 +100,10 @@ def action_for(topology: Topology, tally: Tally, count: int) -> Action:
         pod=tally.pod,
         window_start=tally.window_start // 1000,
         window_end=(tally.window_start + size_ms) // 1000,
-        ttl=topology.spec.action.ttl,
-        annotations=dict(topology.spec.action.annotate),
-        scope=topology.spec.action.scope,
         rule=tally.rule,
         priority=tally.priority,
         count=count,
         first_append_ms=tally.first_append_ms,
-        dry_run=topology.spec.dry_run,
         uuids=tally.uuids,
     )
 

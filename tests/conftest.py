@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
 import pytest
 
+from streamproc import kube
+from streamproc.actions import Action
+from streamproc.annotating import Annotator
+from streamproc.expiring import Expirer
 from streamproc.lab.broker import BrokerUnavailable, EmbeddedBroker
-from streamproc.lab.cluster import ClusterBuilder, sample_cluster
+from streamproc.lab.cluster import ClusterBuilder, SampleWorkload, sample_cluster
 from streamproc.lab.kubeemu import KubeEmulator
+from streamproc.resolving import WorkloadResolver
+from streamproc.settings import Settings
+from streamproc.topologies import Topology
 
 FIXTURES = Path(__file__).parent / "fixtures"
 T = TypeVar("T")
@@ -89,3 +96,99 @@ def broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
         yield instance
     finally:
         instance.stop()
+
+
+# ---- shared by the annotator, follower, status and RBAC tests ------------------------------
+
+
+def topology(ttl: float = 600, dry_run: bool = False, scope: str = "workload") -> Topology:
+    return Topology.model_validate(
+        {
+            "apiVersion": "streamproc/v1",
+            "kind": "Topology",
+            "metadata": {"name": "retina-observe"},
+            "spec": {
+                "window": {"size": "10s"},
+                "action": {"ttl": ttl, "scope": scope},
+                "dryRun": dry_run,
+            },
+        }
+    )
+
+
+def action_for(
+    workload: SampleWorkload,
+    *,
+    window_start: int | None = None,
+) -> Action:
+    start = window_start if window_start is not None else int(time.time()) // 10 * 10
+    return Action(
+        id=f"retina-observe/{workload.namespace}/{workload.kind}/{workload.name}/{start * 1000}",
+        topology="retina-observe",
+        namespace=workload.namespace,
+        kind=workload.kind,
+        name=workload.name,
+        resolved_by="api",
+        pod=workload.pods[0],
+        window_start=start,
+        window_end=start + 10,
+        rule="Read sensitive file untrusted",
+        priority=4,
+        count=1,
+        first_append_ms=int(time.time() * 1000),
+    )
+
+
+def annotated(emulator: KubeEmulator) -> set[str]:
+    return {
+        p["metadata"]["name"]
+        for p in emulator.list("Pod")
+        if (p["metadata"].get("annotations") or {}).get("retina.sh") == "observe"
+    }
+
+
+def workload(cluster: ClusterBuilder, name: str) -> SampleWorkload:
+    return next(w for w in cluster.workloads if w.name == name)
+
+
+@pytest.fixture
+async def client(kubeconfig: Path) -> AsyncIterator[kube.Kube]:
+    connection = await kube.Kube.connect(str(kubeconfig), timeout_s=2.0, attempts=3)
+    yield connection
+    await connection.close()
+
+
+class Clock:
+    """Real time plus an offset a test moves forward: a TTL passes at once, on the test's cue."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+
+def make(
+    client: kube.Kube,
+    *,
+    ttl: float = 600,
+    dry_run: bool = False,
+    scope: str = "workload",
+    settings_dry_run: bool = False,
+    node_budget: int = 200,
+) -> tuple[Annotator, Expirer]:
+    settings = Settings(dry_run=settings_dry_run, node_budget=node_budget)
+    resolver = WorkloadResolver(client, cache_size=100, ttl_s=60)
+    expirer = Expirer(client, resync_s=60, clock=Clock())
+    return Annotator(settings, [topology(ttl, dry_run, scope)], client, resolver, expirer), expirer
+
+
+def time_passes(expirer: Expirer, seconds: float) -> None:
+    """Move the expirer's clock (made by ``make``) forward and let it look at its schedule."""
+    clock = expirer.clock
+    assert isinstance(clock, Clock)
+    clock.advance(seconds)
+    expirer.wake()

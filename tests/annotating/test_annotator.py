@@ -6,98 +6,18 @@ import asyncio
 import dataclasses
 import re
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 
+import orjson
 import pytest
 
-from streamproc import conventions, kube, metrics
+from streamproc import conventions, kube, testing
 from streamproc.actions import Action
-from streamproc.annotating import Annotator
 from streamproc.expiring import Expirer
-from streamproc.lab.cluster import ClusterBuilder, SampleWorkload
+from streamproc.lab.cluster import ClusterBuilder
 from streamproc.lab.kubeemu import Fault, KubeEmulator
 from streamproc.resolving import WorkloadResolver
-from streamproc.settings import Settings
 from streamproc.topologies import Topology
-from tests.conftest import async_wait_for
-
-
-def topology(ttl: float = 600, dry_run: bool = False, scope: str = "workload") -> Topology:
-    return Topology.model_validate(
-        {
-            "apiVersion": "streamproc/v1",
-            "kind": "Topology",
-            "metadata": {"name": "retina-observe"},
-            "spec": {
-                "window": {"size": "10s"},
-                "action": {"ttl": ttl, "scope": scope},
-                "dryRun": dry_run,
-            },
-        }
-    )
-
-
-def action_for(
-    workload: SampleWorkload,
-    *,
-    ttl: float = 600,
-    window_start: int | None = None,
-    annotations: dict[str, str] | None = None,
-) -> Action:
-    start = window_start if window_start is not None else int(time.time()) // 10 * 10
-    return Action(
-        id=f"retina-observe/{workload.namespace}/{workload.kind}/{workload.name}/{start * 1000}",
-        topology="retina-observe",
-        namespace=workload.namespace,
-        kind=workload.kind,
-        name=workload.name,
-        resolved_by="api",
-        pod=workload.pods[0],
-        window_start=start,
-        window_end=start + 10,
-        ttl=ttl,
-        annotations=annotations or {"retina.sh": "observe"},
-        scope="workload",
-        rule="Read sensitive file untrusted",
-        priority=4,
-        count=1,
-        first_append_ms=int(time.time() * 1000),
-    )
-
-
-def annotated(emulator: KubeEmulator) -> set[str]:
-    return {
-        p["metadata"]["name"]
-        for p in emulator.list("Pod")
-        if (p["metadata"].get("annotations") or {}).get("retina.sh") == "observe"
-    }
-
-
-def workload(cluster: ClusterBuilder, name: str) -> SampleWorkload:
-    return next(w for w in cluster.workloads if w.name == name)
-
-
-@pytest.fixture
-async def client(kubeconfig: Path) -> AsyncIterator[kube.Kube]:
-    connection = await kube.Kube.connect(str(kubeconfig), timeout_s=2.0, attempts=3)
-    yield connection
-    await connection.close()
-
-
-def make(
-    client: kube.Kube,
-    *,
-    ttl: float = 600,
-    dry_run: bool = False,
-    scope: str = "workload",
-    settings_dry_run: bool = False,
-    node_budget: int = 200,
-) -> tuple[Annotator, Expirer]:
-    settings = Settings(dry_run=settings_dry_run, node_budget=node_budget)
-    resolver = WorkloadResolver(client, cache_size=100, ttl_s=60)
-    expirer = Expirer(client, resync_s=60)
-    return Annotator(settings, [topology(ttl, dry_run, scope)], client, resolver, expirer), expirer
+from tests.conftest import action_for, annotated, async_wait_for, make, time_passes, workload
 
 
 async def test_a_deployment_action_annotates_exactly_its_pods(
@@ -106,7 +26,7 @@ async def test_a_deployment_action_annotates_exactly_its_pods(
     """All pods of the Deployment get retina.sh: observe plus bookkeeping; no other pod does."""
     annotator, _ = make(client)
     frontend = workload(cluster, "frontend")
-    before = metrics.value("streamproc_detection_to_annotation_seconds_count")
+    before = testing.metric("streamproc_detection_to_annotation_seconds_count")
     assert await annotator.apply(action_for(frontend)) == "applied"
     assert annotated(emulator) == set(frontend.pods)
     pod = emulator.get("Pod", "shop", frontend.pods[0]) or {}
@@ -115,7 +35,7 @@ async def test_a_deployment_action_annotates_exactly_its_pods(
     assert meta["annotations"][conventions.TOPOLOGY] == "retina-observe"
     assert meta["annotations"][conventions.OWNED_KEYS] == "retina.sh"
     assert conventions.parse_time(meta["annotations"][conventions.EXPIRES_AT]) > time.time()
-    assert metrics.value("streamproc_detection_to_annotation_seconds_count") == before + 1
+    assert testing.metric("streamproc_detection_to_annotation_seconds_count") == before + 1
 
 
 @pytest.mark.parametrize("name", ["redis", "node-exporter", "report", "debug-shell"])
@@ -161,13 +81,23 @@ async def test_a_later_window_extends_the_expiry(
 async def test_annotations_come_from_the_topology_not_the_action(
     client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
 ) -> None:
-    """A forged action asking for another annotation still writes only the topology's."""
+    """A forged action asking for another annotation, TTL and scope writes only the topology's."""
     annotator, _ = make(client)
     redis = workload(cluster, "redis")
-    await annotator.apply(action_for(redis, annotations={"evil.example/run": "yes"}))
+    forged = {
+        **dataclasses.asdict(action_for(redis)),
+        "annotations": {"evil.example/run": "yes"},
+        "ttl": 366 * 86_400,
+        "scope": "namespace",
+    }
+    await annotator.apply(Action.decode(orjson.dumps(forged)))
     meta = (emulator.get("Pod", "shop", redis.pods[0]) or {})["metadata"]
     assert "evil.example/run" not in meta["annotations"]
     assert meta["annotations"]["retina.sh"] == "observe"
+    until = conventions.parse_time(meta["annotations"][conventions.EXPIRES_AT]) or 0
+    assert until <= time.time() + 600  # the topology's TTL
+    namespace = (emulator.get("Namespace", "", "shop") or {})["metadata"]
+    assert "retina.sh" not in (namespace.get("annotations") or {})
 
 
 async def test_dry_run_writes_nothing(
@@ -177,10 +107,9 @@ async def test_dry_run_writes_nothing(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """With --dry-run or dryRun: true, no request changes the cluster; the log says until when."""
-    from streamproc.auditing import MemoryAuditor
 
     caplog.set_level("INFO", logger="streamproc.annotate")
-    auditor = MemoryAuditor()
+    auditor = testing.MemoryAuditor()
     for annotator, _ in (make(client, dry_run=True), make(client, settings_dry_run=True)):
         annotator.auditor = auditor
         assert await annotator.apply(action_for(workload(cluster, "frontend"))) == "dry-run"
@@ -199,7 +128,7 @@ async def test_a_stale_action_is_not_applied(
 ) -> None:
     """An action whose observation would already have ended writes nothing."""
     annotator, _ = make(client, ttl=5)
-    old = action_for(workload(cluster, "frontend"), ttl=5, window_start=int(time.time()) - 100)
+    old = action_for(workload(cluster, "frontend"), window_start=int(time.time()) - 100)
     assert await annotator.apply(old) == "expired-before-apply"
     assert not annotated(emulator)
 
@@ -216,12 +145,12 @@ async def test_expiry_removes_only_what_streamproc_added(
         owner_set,
         {"metadata": {"annotations": {"retina.sh": "observe", "team": "x"}}},
     )
-    annotator, expirer = make(client, ttl=1)
-    now = int(time.time())
-    await annotator.apply(action_for(frontend, ttl=1, window_start=now - 10 + 1))
+    annotator, expirer = make(client, ttl=60)
+    await annotator.apply(action_for(frontend))
     stop = asyncio.Event()
     task = asyncio.create_task(expirer.run(stop))
     try:
+        time_passes(expirer, 3600)
         await async_wait_for(
             lambda: (
                 not [
@@ -245,11 +174,11 @@ async def test_a_restarted_expirer_expires_from_the_pods_own_annotations(
     client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
 ) -> None:
     """Expiry state lives on the pods: a fresh expirer finds and ends the observation."""
-    annotator, _ = make(client, ttl=2)
+    annotator, _ = make(client, ttl=60)
     redis = workload(cluster, "redis")
-    await annotator.apply(action_for(redis, ttl=2, window_start=int(time.time()) - 9))
+    await annotator.apply(action_for(redis))
     assert annotated(emulator) == set(redis.pods)
-    fresh = Expirer(client, resync_s=60)
+    fresh = Expirer(client, resync_s=60, clock=lambda: time.time() + 3600)  # an hour later
     stop = asyncio.Event()
     task = asyncio.create_task(fresh.run(stop))
     try:
@@ -290,12 +219,12 @@ async def test_forbidden_is_reported_once_and_not_retried_forever(
     """403 on patch: the action ends as 'forbidden' (counted), the batch is not retried."""
     emulator.faults.append(Fault(method="PATCH", path="/pods/", status=403, times=1000))
     annotator, _ = make(client)
-    before = metrics.value("streamproc_actions_handled_total", {"result": "forbidden"})
+    before = testing.metric("streamproc_actions_handled_total", result="forbidden")
     stop = asyncio.Event()
     await asyncio.wait_for(
         annotator._apply_until_done([action_for(workload(cluster, "frontend"))], stop), 10
     )
-    assert metrics.value("streamproc_actions_handled_total", {"result": "forbidden"}) == before + 1
+    assert testing.metric("streamproc_actions_handled_total", result="forbidden") == before + 1
     # one refused patch per pod of the workload, none retried
     assert sum(1 for r in emulator.requests if r.status == 403) == len(
         workload(cluster, "frontend").pods
@@ -306,22 +235,22 @@ async def test_every_outcome_is_audited_with_who_what_and_when(
     client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
 ) -> None:
     """Opening, extending, a dry run and the expiry each leave an audit record."""
-    from streamproc.auditing import MemoryAuditor
 
-    auditor = MemoryAuditor()
-    annotator, expirer = make(client, ttl=2)
+    auditor = testing.MemoryAuditor()
+    annotator, expirer = make(client, ttl=60)
     annotator.auditor = auditor
     expirer._auditor = auditor
     redis = workload(cluster, "redis")
     start = int(time.time()) - 10
-    await annotator.apply(action_for(redis, ttl=2, window_start=start))
-    await annotator.apply(action_for(redis, ttl=2, window_start=start + 1))
+    await annotator.apply(action_for(redis, window_start=start))
+    await annotator.apply(action_for(redis, window_start=start + 1))
     dry, _ = make(client, dry_run=True)
     dry.auditor = auditor
     await dry.apply(action_for(workload(cluster, "frontend")))
     stop = asyncio.Event()
     task = asyncio.create_task(expirer.run(stop))
     try:
+        time_passes(expirer, 3600)
         await async_wait_for(
             lambda: sum(r["result"] == "expired" for r in auditor.records) == 2,
             timeout=15,
@@ -391,24 +320,19 @@ async def test_a_critical_window_creates_one_bounded_retina_capture(
     }
     assert capture["spec"]["outputConfiguration"] == {"hostPath": "captures"}
     # a replay of the same window's action does not start a second capture
-    before = metrics.value("streamproc_patches_total", {"op": "capture", "result": "exists"})
+    before = testing.metric("streamproc_patches_total", op="capture", result="exists")
     pods = [emulator.get("Pod", "shop", p) or {} for p in frontend.pods]
     await annotator._capture(critical, with_capture, pods)
     assert len(emulator.list("Capture", "shop")) == 1
-    assert (
-        metrics.value("streamproc_patches_total", {"op": "capture", "result": "exists"})
-        == before + 1
-    )
+    assert testing.metric("streamproc_patches_total", op="capture", result="exists") == before + 1
 
 
 async def test_namespace_scope_annotates_the_namespace_and_expires_it(
     client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
 ) -> None:
     """scope: namespace marks the Namespace object (not its pods) and ends it on time."""
-    annotator, _ = make(client, ttl=2, scope="namespace")
-    result = await annotator.apply(
-        action_for(workload(cluster, "redis"), ttl=2, window_start=int(time.time()) - 9)
-    )
+    annotator, _ = make(client, ttl=60, scope="namespace")
+    result = await annotator.apply(action_for(workload(cluster, "redis")))
     assert result == "applied"
     shop = (emulator.get("Namespace", "", "shop") or {})["metadata"]
     assert shop["annotations"]["retina.sh"] == "observe"
@@ -418,7 +342,8 @@ async def test_namespace_scope_annotates_the_namespace_and_expires_it(
 
     found = await observing.current(client, WorkloadResolver(client, cache_size=10, ttl_s=60))
     assert [(o.kind, o.workload) for o in found] == [("Namespace", "shop")]
-    fresh = Expirer(client, resync_s=60)  # a restarted expirer finds it through the label
+    # a restarted expirer, an hour later, finds it through the label
+    fresh = Expirer(client, resync_s=60, clock=lambda: time.time() + 3600)
     stop = asyncio.Event()
     task = asyncio.create_task(fresh.run(stop))
     try:
@@ -529,10 +454,9 @@ async def test_pods_beyond_the_node_budget_are_refused_audited_and_counted(
     """Retina's per-node filter map: a node at --node-budget takes no new observed pod, while
     pods on other nodes and extensions of pods already observed go ahead.
     """
-    from streamproc.auditing import MemoryAuditor
 
     annotator, expirer = make(client, node_budget=1)
-    annotator.auditor = auditor = MemoryAuditor()
+    annotator.auditor = auditor = testing.MemoryAuditor()
     exporter = workload(cluster, "node-exporter")  # a DaemonSet: one pod on each node
     nodes = {
         p: (emulator.get("Pod", exporter.namespace, p) or {})["spec"]["nodeName"]
@@ -541,8 +465,8 @@ async def test_pods_beyond_the_node_budget_are_refused_audited_and_counted(
     assert sorted(nodes.values()) == ["node-a", "node-b"]
     assert await annotator.apply(action_for(exporter)) == "applied"
     assert expirer.observed_on("node-a") == expirer.observed_on("node-b") == 1
-    before = metrics.value(
-        "streamproc_pods_refused_total", {"topology": "retina-observe", "reason": "node-budget"}
+    before = testing.metric(
+        "streamproc_pods_refused_total", topology="retina-observe", reason="node-budget"
     )
     other = next(
         w for w in cluster.workloads if w.kind == "Deployment" and w.namespace != "kube-system"
@@ -552,8 +476,8 @@ async def test_pods_beyond_the_node_budget_are_refused_audited_and_counted(
     refused = [r for r in auditor.records if r["result"] == "refused-node-budget"]
     assert set(refused[0]["pods"]) == set(other.pods)
     assert refused[0]["node_budget"] == 1
-    assert metrics.value(
-        "streamproc_pods_refused_total", {"topology": "retina-observe", "reason": "node-budget"}
+    assert testing.metric(
+        "streamproc_pods_refused_total", topology="retina-observe", reason="node-budget"
     ) == before + len(other.pods)
     # the already observed DaemonSet is extended whatever the budget
     later = action_for(exporter, window_start=int(time.time()) // 10 * 10 + 10)

@@ -4,26 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
-
 from streamproc import conventions, kube
-from streamproc.auditing import MemoryAuditor
 from streamproc.following import Follower
 from streamproc.lab.cluster import ClusterBuilder, pod
 from streamproc.lab.kubeemu import KubeEmulator
 from streamproc.resolving import WorkloadResolver
-from tests.annotating.test_annotator import action_for, make, topology, workload
-from tests.conftest import async_wait_for
-
-
-@pytest.fixture
-async def client(kubeconfig: Path) -> AsyncIterator[kube.Kube]:
-    connection = await kube.Kube.connect(str(kubeconfig), timeout_s=2.0, attempts=3)
-    yield connection
-    await connection.close()
+from streamproc.testing import MemoryAuditor
+from tests.conftest import action_for, async_wait_for, make, time_passes, topology, workload
 
 
 def new_frontend_pod(emulator: KubeEmulator, name: str) -> None:
@@ -47,24 +36,22 @@ async def test_a_pod_created_during_the_observation_is_annotated_then_released(
     client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
 ) -> None:
     """Scale-up during an observation: the new pod is observed and expires with the others."""
-    annotator, expirer = make(client, ttl=4)
+    annotator, expirer = make(client, ttl=60)
     auditor = MemoryAuditor()
     follower = Follower(
         client,
         WorkloadResolver(client, cache_size=100, ttl_s=60),
-        [topology(ttl=4)],
+        [topology(ttl=60)],
         expirer,
         auditor,
+        clock=expirer.clock,  # the same "now": the observation ends for both at once
     )
     annotator.follower = follower
     stop = asyncio.Event()
     tasks = [asyncio.create_task(follower.run(stop)), asyncio.create_task(expirer.run(stop))]
     try:
         frontend = workload(cluster, "frontend")
-        assert (
-            await annotator.apply(action_for(frontend, ttl=4, window_start=int(time.time()) - 9))
-            == "applied"
-        )
+        assert await annotator.apply(action_for(frontend)) == "applied"
         new_frontend_pod(emulator, "frontend-ngq2cd9wfp-zzzzz")
         await async_wait_for(
             lambda: observed(emulator, "frontend-ngq2cd9wfp-zzzzz"),
@@ -72,6 +59,7 @@ async def test_a_pod_created_during_the_observation_is_annotated_then_released(
             what="the new pod to be observed",
         )
         assert auditor.records[-1]["result"] == "followed"
+        time_passes(expirer, 3600)
         await async_wait_for(
             lambda: (
                 not any(
@@ -83,8 +71,17 @@ async def test_a_pod_created_during_the_observation_is_annotated_then_released(
             what="every observation, the followed pod's included, to expire",
         )
         new_frontend_pod(emulator, "frontend-ngq2cd9wfp-yyyyy")
-        await asyncio.sleep(1.0)  # a pod created after the end must stay untouched
-        assert not observed(emulator, "frontend-ngq2cd9wfp-yyyyy")
+        created = int(
+            (emulator.get("Pod", "shop", "frontend-ngq2cd9wfp-yyyyy") or {})["metadata"][
+                "resourceVersion"
+            ]
+        )
+        await async_wait_for(
+            lambda: int(follower.resource_version or 0) >= created,
+            timeout=10,
+            what="the follower to handle the pod created after the end",
+        )
+        assert not observed(emulator, "frontend-ngq2cd9wfp-yyyyy")  # seen, and left alone
     finally:
         stop.set()
         await asyncio.gather(*tasks)
@@ -96,7 +93,7 @@ async def test_a_restarted_follower_resumes_from_the_pods_marks(
     """A fresh follower rebuilds what it follows from the pods and still covers new pods."""
     annotator, expirer = make(client, ttl=60)
     await annotator.apply(
-        action_for(workload(cluster, "frontend"), ttl=60, window_start=int(time.time()) - 9)
+        action_for(workload(cluster, "frontend"), window_start=int(time.time()) - 9)
     )
     fresh = Follower(
         client, WorkloadResolver(client, cache_size=100, ttl_s=60), [topology(ttl=60)], expirer
@@ -104,7 +101,7 @@ async def test_a_restarted_follower_resumes_from_the_pods_marks(
     stop = asyncio.Event()
     task = asyncio.create_task(fresh.run(stop))
     try:
-        await asyncio.sleep(0.5)
+        await async_wait_for(lambda: bool(fresh.resource_version), timeout=10, what="its listing")
         new_frontend_pod(emulator, "frontend-ngq2cd9wfp-xxxxx")
         await async_wait_for(
             lambda: observed(emulator, "frontend-ngq2cd9wfp-xxxxx"),
@@ -157,12 +154,13 @@ async def test_kubernetes_events_record_start_and_expiry_on_each_pod(
     client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
 ) -> None:
     """kubectl describe shows ObservationStarted and ObservationExpired from streamproc."""
-    annotator, expirer = make(client, ttl=2)
+    annotator, expirer = make(client, ttl=60)
     redis = workload(cluster, "redis")
-    await annotator.apply(action_for(redis, ttl=2, window_start=int(time.time()) - 9))
+    await annotator.apply(action_for(redis))
     stop = asyncio.Event()
     task = asyncio.create_task(expirer.run(stop))
     try:
+        time_passes(expirer, 3600)
 
         def reasons() -> list[tuple[str, str]]:
             return sorted(

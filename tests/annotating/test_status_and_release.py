@@ -11,8 +11,8 @@ from pathlib import Path
 
 from streamproc import conventions, kube
 from streamproc.lab.cluster import ClusterBuilder
-from streamproc.lab.kubeemu import KubeEmulator
-from tests.annotating.test_annotator import action_for, make, workload
+from streamproc.lab.kubeemu import Fault, KubeEmulator
+from tests.conftest import action_for, make, workload
 
 
 def cli(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -72,3 +72,23 @@ async def test_status_lists_workloads_and_release_removes_exactly_one(
     missing = cli(kubeconfig, "release", "shop/redis")
     assert missing.returncode != 0
     assert "not under observation" in missing.stderr
+
+
+async def test_release_rereads_and_retries_when_a_pod_changed_under_it(
+    kubeconfig: Path, emulator: KubeEmulator, cluster: ClusterBuilder
+) -> None:
+    """A 409 (another replica extended the pod meanwhile) is re-read and retried, as expiry is."""
+    client = await kube.Kube.connect(str(kubeconfig))
+    try:
+        annotator, _ = make(client)
+        frontend = workload(cluster, "frontend")
+        await annotator.apply(action_for(frontend, window_start=int(time.time()) - 5))
+    finally:
+        await client.close()
+    emulator.faults.append(Fault(method="PATCH", path=f"/pods/{frontend.pods[0]}$", status=409))
+
+    released = cli(kubeconfig, "release", "shop/frontend")
+
+    assert released.returncode == 0, released.stderr
+    assert marked(emulator) == set()
+    assert emulator.faults[0].times == 0  # the 409 was met, and retried past

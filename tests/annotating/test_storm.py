@@ -12,7 +12,7 @@ from streamproc.lab.cluster import ClusterBuilder
 from streamproc.lab.kubeemu import KubeEmulator
 from streamproc.resolving import WorkloadResolver
 from streamproc.settings import Settings
-from tests.annotating.test_annotator import action_for, topology
+from tests.conftest import action_for, topology
 
 
 async def test_5000_actions_over_2000_pods_stay_within_the_rate_limit(tmp_path: Path) -> None:

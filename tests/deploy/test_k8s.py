@@ -24,7 +24,7 @@ from streamproc.lab.kubeemu import KubeEmulator
 from streamproc.resolving import WorkloadResolver
 from streamproc.settings import Settings
 from streamproc.topologies import Topology
-from tests.annotating.test_annotator import action_for, workload
+from tests.conftest import Clock, action_for, time_passes, workload
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBECTL = shutil.which("kubectl")
@@ -164,10 +164,10 @@ async def test_rbac_covers_every_request_each_stage_makes(
                 "apiVersion": "streamproc/v1",
                 "kind": "Topology",
                 "metadata": {"name": "retina-observe"},
-                "spec": {"window": {"size": "10s"}, "action": {"ttl": 1}},
+                "spec": {"window": {"size": "10s"}, "action": {"ttl": 60}},
             }
         )
-        expirer = Expirer(client, resync_s=60)
+        expirer = Expirer(client, resync_s=60, clock=Clock())
         annotator = Annotator(
             Settings(),
             [topology],
@@ -176,15 +176,18 @@ async def test_rbac_covers_every_request_each_stage_makes(
             expirer,
         )
         for name in ("frontend", "report"):
-            await annotator.apply(
-                action_for(workload(cluster, name), ttl=1, window_start=int(time.time()) - 9)
-            )
+            await annotator.apply(action_for(workload(cluster, name)))
         stop = asyncio.Event()
         follower = Follower(
-            client, WorkloadResolver(client, cache_size=100, ttl_s=60), [topology], expirer
+            client,
+            WorkloadResolver(client, cache_size=100, ttl_s=60),
+            [topology],
+            expirer,
+            clock=expirer.clock,
         )
         task = asyncio.create_task(expirer.run(stop))
         watching = asyncio.create_task(follower.run(stop))
+        time_passes(expirer, 3600)
         deadline = time.monotonic() + 15
         while expirer.expired < 4 and time.monotonic() < deadline:
             await asyncio.sleep(0.1)

@@ -178,14 +178,6 @@ def topology_file(tmp_path: Path, window: str, ttl: str) -> Path:
     return path
 
 
-def annotated(emulator: KubeEmulator) -> set[str]:
-    return {
-        p["metadata"]["name"]
-        for p in emulator.list("Pod")
-        if (p["metadata"].get("annotations") or {}).get("retina.sh") == "observe"
-    }
-
-
 def patch_count(emulator: KubeEmulator, pods: tuple[str, ...]) -> int:
     return sum(
         1

@@ -26,8 +26,8 @@ from streamproc.lab import samples
 from streamproc.lab.broker import EmbeddedBroker
 from streamproc.lab.cluster import ClusterBuilder, SampleWorkload
 from streamproc.lab.kubeemu import KubeEmulator
-from tests.conftest import wait_for
-from tests.e2e.conftest import Pipeline, annotated, consume_all, topology_file
+from tests.conftest import annotated, wait_for
+from tests.e2e.conftest import Pipeline, consume_all, topology_file
 
 pytestmark = pytest.mark.e2e
 CODECS = ("gzip", "snappy", "lz4", "zstd")

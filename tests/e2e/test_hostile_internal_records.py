@@ -19,8 +19,8 @@ from streamproc.lab import samples
 from streamproc.lab.broker import EmbeddedBroker
 from streamproc.lab.cluster import ClusterBuilder
 from streamproc.lab.kubeemu import KubeEmulator
-from tests.conftest import wait_for
-from tests.e2e.conftest import Pipeline, annotated, consume_all, produce, topology_file
+from tests.conftest import annotated, wait_for
+from tests.e2e.conftest import Pipeline, consume_all, produce, topology_file
 
 pytestmark = pytest.mark.e2e
 
@@ -48,14 +48,10 @@ ACTION = {
     "pod": "frontend-x",
     "window_start": 0,
     "window_end": 60,
-    "ttl": 900.0,
-    "annotations": {"retina.sh": "observe"},
-    "scope": "workload",
     "rule": "r",
     "priority": 4,
     "count": 1,
     "first_append_ms": 0,
-    "dry_run": False,
     "uuids": [],
 }
 # complete records with one wrong type each: what used to stop a stage, and again on restart

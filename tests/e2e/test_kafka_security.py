@@ -25,8 +25,8 @@ from streamproc.lab import samples
 from streamproc.lab.broker import EmbeddedBroker, free_port
 from streamproc.lab.cluster import ClusterBuilder
 from streamproc.lab.kubeemu import KubeEmulator
-from tests.conftest import wait_for
-from tests.e2e.conftest import Pipeline, annotated, topology_file
+from tests.conftest import annotated, wait_for
+from tests.e2e.conftest import Pipeline, topology_file
 from tests.kafka_gate import KafkaGate
 
 pytestmark = pytest.mark.e2e

@@ -19,8 +19,8 @@ from streamproc.lab import samples
 from streamproc.lab.broker import EmbeddedBroker, free_port
 from streamproc.lab.cluster import ClusterBuilder
 from streamproc.lab.kubeemu import KubeEmulator
-from tests.conftest import wait_for
-from tests.e2e.conftest import Pipeline, annotated, produce, topology_file
+from tests.conftest import annotated, wait_for
+from tests.e2e.conftest import Pipeline, produce, topology_file
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,7 +10,7 @@ import pytest
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config, watch
 
-from streamproc import kube, metrics
+from streamproc import kube, testing
 from streamproc.lab.kubeemu import Fault, KubeEmulator
 
 
@@ -178,7 +178,7 @@ async def test_the_client_side_rate_limit_holds_at_the_server(
     kubeconfig: Path, emulator: KubeEmulator
 ) -> None:
     """120 concurrent requests at qps=40, burst=10: the server never sees more than the budget."""
-    before = metrics.value("streamproc_api_rate_limit_waits_total")
+    before = testing.metric("streamproc_api_rate_limit_waits_total")
     limited = await kube.Kube.connect(
         str(kubeconfig), limits=kube.Limits(qps=40, burst=10, concurrency=8)
     )
@@ -192,7 +192,7 @@ async def test_the_client_side_rate_limit_holds_at_the_server(
     # requests of slack: the server stamps responses, not arrivals).
     assert max(sum(1 for t in times if start <= t < start + 2) for start in times) <= 10 + 80 + 5
     assert times[-1] - times[0] >= (120 - 10) / 40 * 0.9
-    assert metrics.value("streamproc_api_rate_limit_waits_total") > before
+    assert testing.metric("streamproc_api_rate_limit_waits_total") > before
 
 
 async def test_a_slow_response_past_the_timeout_is_retried(

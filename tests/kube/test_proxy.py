@@ -112,3 +112,18 @@ async def test_no_proxy_sends_the_api_server_directly(
         )
     assert pods
     assert proxy.requests == []
+
+
+async def test_a_netrc_entry_for_the_api_server_is_not_consulted(
+    kubeconfig: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client's own session (trust_env) would read ~/.netrc per request and, finding the
+    API server there next to the token's Authorization header, fail every request; the
+    session streamproc swaps in reads neither. This fails if the swap stops taking effect
+    (kubernetes_asyncio is pinned to the versions it was tested with)."""
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password secret\n", encoding="utf-8")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    pods = await pods_with_environment(kubeconfig, monkeypatch)
+    assert pods

@@ -15,7 +15,11 @@ pytest.importorskip("atheris", reason="atheris is in the test extra; .ci/run ins
 
 @pytest.mark.parametrize(
     ("fuzzer", "corpus", "runs"),
-    [("fuzz_events.py", "events", 20_000), ("fuzz_topologies.py", "topologies", 300)],
+    [
+        ("fuzz_events.py", "events", 20_000),
+        ("fuzz_topologies.py", "topologies", 300),
+        ("fuzz_records.py", "records", 20_000),
+    ],
 )
 def test_the_fuzzer_runs_clean(tmp_path: Path, fuzzer: str, corpus: str, runs: int) -> None:
     """libFuzzer exits 0 after its runs; an escaping exception would exit 1 with the input."""

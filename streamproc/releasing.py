@@ -1,0 +1,75 @@
+"""Ending an observation on one object: read, compute the release patch, write it, retry on 409.
+
+The expirer (on schedule) and ``streamproc release`` (by hand) both end observations; both
+race the annotator of another replica extending the same pod. The patch names the
+resourceVersion it was computed from, so a concurrent change is refused with 409 rather than
+overwritten; this re-reads and recomputes, a bounded number of times, in one place for both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from streamproc import kube, metrics, patches
+
+Json = kube.Json
+#: re-reads after a 409 before giving up (the caller retries later or reports it)
+ATTEMPTS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """What a release found and did."""
+
+    outcome: Literal["released", "extended", "gone"]
+    #: the object as last read ({} when it was gone)
+    current: Json
+    #: the annotation keys it removed
+    removed: tuple[str, ...] = ()
+    #: for ``extended``: the expiry someone set meanwhile
+    until: float | None = None
+
+
+async def release(
+    client: kube.Kube,
+    namespace: str,
+    name: str,
+    *,
+    extended_after: float | None = None,
+    dry_run: bool = False,
+) -> Release:
+    """Remove what streamproc added to a pod (or, with no namespace, a Namespace object).
+
+    ``extended_after``: leave it if its expiry is later than this (the expirer's case, with
+    its "now": an annotator extended it meanwhile). Conflict is raised only after
+    ``ATTEMPTS`` 409s; other API errors are the caller's to handle.
+    """
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            current = await client.get_observable(namespace, name)
+        except kube.NotFound:
+            return Release("gone", {})
+        until = patches.expires_at(current)
+        if extended_after is not None and until is not None and until > extended_after:
+            return Release("extended", current, until=until)
+        patch = patches.release(current)
+        removed = tuple(sorted(k for k, v in patch.annotations.items() if v is None))
+        if not dry_run and (patch.annotations or patch.labels):
+            try:
+                await client.patch_pod_metadata(
+                    namespace,
+                    name,
+                    annotations=patch.annotations,
+                    labels=patch.labels,
+                    resource_version=patch.resource_version,
+                )
+            except kube.Conflict:
+                metrics.patches.labels(op="release", result="conflict").inc()
+                if attempt == ATTEMPTS:
+                    raise
+                continue
+            except kube.NotFound:
+                return Release("gone", current)
+        return Release("released", current, removed)
+    raise AssertionError("unreachable")  # pragma: no cover
