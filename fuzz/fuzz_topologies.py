@@ -11,6 +11,7 @@ from typing import Any
 
 import atheris
 import yaml
+from values import json_value
 
 with atheris.instrument_imports():
     from streamproc import topologies
@@ -33,23 +34,6 @@ def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
 PATHS = [p for p in _paths(TEMPLATE) if p]
 
 
-def _value(fdp: atheris.FuzzedDataProvider) -> Any:
-    kind = fdp.ConsumeIntInRange(0, 6)
-    if kind == 0:
-        return None
-    if kind == 1:
-        return fdp.ConsumeBool()
-    if kind == 2:
-        return fdp.ConsumeInt(8)
-    if kind == 3:
-        return fdp.ConsumeRegularFloat()
-    if kind == 4:
-        return [fdp.ConsumeUnicodeNoSurrogates(12) for _ in range(fdp.ConsumeIntInRange(0, 3))]
-    if kind == 5:
-        return {fdp.ConsumeUnicodeNoSurrogates(8): fdp.ConsumeUnicodeNoSurrogates(12)}
-    return fdp.ConsumeUnicodeNoSurrogates(fdp.ConsumeIntInRange(0, 40))
-
-
 def _mutated(fdp: atheris.FuzzedDataProvider) -> str:
     doc = yaml.safe_load(yaml.safe_dump(TEMPLATE))
     for _ in range(fdp.ConsumeIntInRange(1, 3)):
@@ -61,7 +45,7 @@ def _mutated(fdp: atheris.FuzzedDataProvider) -> str:
             except (KeyError, IndexError, TypeError):
                 return yaml.safe_dump(doc)
         try:
-            parent[path[-1]] = _value(fdp)
+            parent[path[-1]] = json_value(fdp)
         except (IndexError, TypeError):
             return yaml.safe_dump(doc)
     return yaml.safe_dump(doc)
