@@ -133,7 +133,7 @@ def consumer(settings: Settings, topics: Iterable[str], group: str) -> AIOKafkaC
         auto_offset_reset="earliest",
         session_timeout_ms=session_ms,
         heartbeat_interval_ms=max(500, session_ms // 5),
-        rebalance_timeout_ms=max(session_ms, 10_000),
+        rebalance_timeout_ms=int(settings.rebalance_timeout_s * 1000),
         max_partition_fetch_bytes=8 << 20,
         fetch_max_bytes=32 << 20,
         # Bounded long-poll: Apache Kafka answers as soon as data arrives anyway; brokers that

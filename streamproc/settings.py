@@ -258,6 +258,15 @@ class Settings:
     )
     client_id: str = "streamproc"
 
+    @property
+    def rebalance_timeout_s(self) -> float:
+        """How long a group waits for members to rejoin in a rebalance, for every stage alike.
+
+        Tied to the session timeout: a replica that died is noticed within that, and the
+        survivors' rejoin should not wait a minute longer (Faust's own default is 60 s).
+        """
+        return max(self.session_timeout_s, 10.0)
+
 
 #: the defaults, for code that needs one of them without a Settings at hand.
 DEFAULTS = Settings()

@@ -133,6 +133,7 @@ def build_app(  # noqa: C901 - the agent and timer are closures over the app
         topic_replication_factor=1,
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=max(0.5, settings.session_timeout_s / 5),
+        broker_rebalance_timeout=settings.rebalance_timeout_s,
         broker_commit_interval=0.5,
         producer_enable_idempotence=settings.enable_idempotence,
         producer_acks=-1,

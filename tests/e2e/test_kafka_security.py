@@ -8,6 +8,7 @@ must get through it, or no annotation would ever appear.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import ssl
@@ -183,3 +184,34 @@ def test_the_whole_pipeline_runs_over_sasl_ssl(
     assert len(gate.authenticated) >= 4  # one connection per client at the very least
     assert not gate.refused
     assert PASSWORD not in pipeline.log.read_text()
+
+
+def test_doctor_checks_kafka_over_sasl_ssl_and_names_refused_credentials(
+    tmp_path: Path, gate: KafkaGate, kubeconfig: Path
+) -> None:
+    """doctor uses the same TLS and SASL as the stages: ✔ brokers with the right password,
+    ✘ brokers with the cause and fix (never the password) with a wrong one."""
+
+    def doctor(password: str) -> dict[str, dict[str, str]]:
+        env = {
+            **secure_env(tmp_path, gate, "SCRAM-SHA-512", password),
+            "KUBECONFIG": str(kubeconfig),
+        }
+        result = subprocess.run(
+            [sys.executable, "-m", "streamproc", "doctor", "-o", "json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert password not in result.stdout + result.stderr
+        return {c["name"]: c for c in json.loads(result.stdout)["checks"] if c["area"] == "Kafka"}
+
+    good = doctor(PASSWORD)
+    assert good["brokers"]["status"] == "ok"
+    assert "SASL_SSL" in good["brokers"]["detail"]
+    bad = doctor("not-the-password-4711")
+    assert list(bad) == ["brokers"]
+    assert bad["brokers"]["status"] == "fail"
+    assert "refused the credentials" in bad["brokers"]["fix"]

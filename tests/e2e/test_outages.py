@@ -13,10 +13,9 @@ from streamproc.lab import samples
 from streamproc.lab.broker import EmbeddedBroker
 from streamproc.lab.cluster import ClusterBuilder, SampleWorkload
 from streamproc.lab.kubeemu import KubeEmulator
-from tests.conftest import wait_for
+from tests.conftest import annotated, wait_for
 from tests.e2e.conftest import (
     Pipeline,
-    annotated,
     consume_all,
     patch_count,
     produce,

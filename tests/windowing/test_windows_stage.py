@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from streamproc.settings import Settings
 from streamproc.tallies import start_tally
 from streamproc.topologies import Topology
-from streamproc.windowing import action_for, decide
+from streamproc.windowing import action_for, build_app, decide
 from streamproc.workloads import WorkloadRef
 
 TOPOLOGY = Topology.model_validate(
@@ -84,3 +86,10 @@ def test_the_action_names_the_window_and_is_the_same_when_replayed() -> None:
 def test_the_action_carries_nothing_the_annotator_takes_from_its_own_topology(field: str) -> None:
     """What to write and for how long is the annotator's topology's, so the record lacks it."""
     assert field not in {f.name for f in dataclasses.fields(action_for(TOPOLOGY, TALLY, 3))}
+
+
+def test_every_stage_waits_the_same_rebalance_timeout(tmp_path: Path) -> None:
+    """Faust's (default 60 s) follows the session timeout, as the aiokafka stages' does."""
+    settings = Settings(session_timeout_s=6.0)
+    app = build_app(settings, [TOPOLOGY], str(tmp_path))
+    assert app.conf.broker_rebalance_timeout == settings.rebalance_timeout_s == 10
