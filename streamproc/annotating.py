@@ -411,13 +411,7 @@ class Annotator:
                     ", ".join(patch.foreign),
                 )
             try:
-                await self.kube.patch_pod_metadata(
-                    namespace,
-                    name,
-                    annotations=patch.annotations,
-                    labels=patch.labels,
-                    resource_version=patch.resource_version,
-                )
+                await self.kube.write_patch(namespace, name, patch)
             except kube.Conflict:
                 metrics.patches.labels(op="observe", result="conflict").inc()
                 pod = await self.kube.get_observable(namespace, name)

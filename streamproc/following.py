@@ -195,13 +195,7 @@ class Follower:
         if not admitted:
             return
         try:
-            await self._kube.patch_pod_metadata(
-                ref.namespace,
-                name,
-                annotations=patch.annotations,
-                labels=patch.labels,
-                resource_version=patch.resource_version,
-            )
+            await self._kube.write_patch(ref.namespace, name, patch)
         except (kube.NotFound, kube.Conflict):
             return  # gone, or changed: the next event for it brings the current version
         finally:

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Protocol, Self
 from urllib.parse import urlsplit
 from urllib.request import getproxies, proxy_bypass
 
@@ -40,6 +40,22 @@ from streamproc.settings import DEFAULTS, Settings
 
 Json = dict[str, Any]
 MERGE_PATCH = "application/merge-patch+json"
+
+
+class MetadataPatch(Protocol):
+    """A merge patch of an object's metadata (``patches.Patch`` is one); None values delete."""
+
+    @property
+    def annotations(self) -> Mapping[str, str | None]:
+        """Annotations to set or (None) remove."""
+
+    @property
+    def labels(self) -> Mapping[str, str | None]:
+        """Labels to set or (None) remove."""
+
+    @property
+    def resource_version(self) -> str | None:
+        """The version it was computed from; the write is refused (409) if it moved on."""
 
 
 class KubeError(Exception):
@@ -510,6 +526,16 @@ class Kube:
             "patch",
             f"pod {namespace}/{name}",
             lambda: self._core.patch_namespaced_pod(name, namespace, body, **kwargs),
+        )
+
+    async def write_patch(self, namespace: str, name: str, patch: MetadataPatch) -> Json:
+        """Write a computed patch, guarded by the resourceVersion it was computed from."""
+        return await self.patch_pod_metadata(
+            namespace,
+            name,
+            annotations=patch.annotations,
+            labels=patch.labels,
+            resource_version=patch.resource_version,
         )
 
     async def get_observable(self, namespace: str, name: str) -> Json:

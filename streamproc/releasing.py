@@ -57,13 +57,7 @@ async def release(
         removed = tuple(sorted(k for k, v in patch.annotations.items() if v is None))
         if not dry_run and (patch.annotations or patch.labels):
             try:
-                await client.patch_pod_metadata(
-                    namespace,
-                    name,
-                    annotations=patch.annotations,
-                    labels=patch.labels,
-                    resource_version=patch.resource_version,
-                )
+                await client.write_patch(namespace, name, patch)
             except kube.Conflict:
                 metrics.patches.labels(op="release", result="conflict").inc()
                 if attempt == ATTEMPTS:
