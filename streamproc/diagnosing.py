@@ -215,12 +215,12 @@ async def cluster_checks(settings: Settings, loaded: Sequence[Topology]) -> list
             settings.kubeconfig, timeout_s=min(settings.api_timeout_s, 10.0), attempts=2
         )
     except kube.KubeError as exc:
-        return [checks.fail(area, "credentials", str(exc), kube.explain(exc))]
+        return [checks.fail(area, "credentials", "no usable credentials", kube.explain(exc))]
     try:
         try:
             version = await client.server_version()
         except kube.KubeError as exc:
-            return [checks.fail(area, "API server", f"{client.server}: {exc}", kube.explain(exc))]
+            return [checks.fail(area, "API server", f"{client.server} failed", kube.explain(exc))]
         found = [
             checks.ok(
                 area, "API server", f"{client.server} answers ({version.get('gitVersion', '?')})"
