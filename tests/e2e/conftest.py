@@ -16,8 +16,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
+from streamproc import kafka
 from streamproc.lab.broker import EmbeddedBroker, free_port
 from streamproc.lab.kubeemu import KubeEmulator
+from streamproc.settings import Settings
 from tests.conftest import wait_for
 
 TOPOLOGY = """\
@@ -149,6 +151,13 @@ def consume_all(
     Read until idle rather than to the end offset: tansu answers ListOffsets(LATEST) wrongly.
     """
     return asyncio.run(_consume(bootstrap, topic, idle_s))
+
+
+def group_lag(bootstrap: str, group: str, topic: str) -> int | None:
+    """Records on ``topic`` past ``group``'s committed offsets (None: it never committed)."""
+    settings = Settings(bootstrap_servers=bootstrap)
+    found = asyncio.run(kafka.survey(settings, [topic], {group: [topic]}, since_ms=0))
+    return found.lag[group]
 
 
 @pytest.fixture
