@@ -26,7 +26,7 @@ _RETRY_S = 2.0
 
 
 class Expirer:
-    """A schedule of (expires_at, namespace, pod), fed by the annotator and by the cluster."""
+    """A schedule of (expires_at, object), fed by the annotator and by the cluster."""
 
     def __init__(
         self,
@@ -43,20 +43,17 @@ class Expirer:
         self._auditor = auditor or auditing.NullAuditor()
         self._resync_s = resync_s
         self._dry_run = dry_run
-        self._heap: list[tuple[float, str, str]] = []
-        self._due: dict[tuple[str, str], tuple[float, str]] = {}
+        self._heap: list[tuple[float, kube.ObjectRef]] = []
+        self._due: dict[kube.ObjectRef, tuple[float, str]] = {}
         self._wake = asyncio.Event()
         self._gauge_stale = False
         self.expired = 0
         #: the node of each observed pod, and how many observed pods each node has
-        self._nodes: dict[tuple[str, str], str] = {}
+        self._nodes: dict[kube.ObjectRef, str] = {}
         self._per_node: Counter[str] = Counter()
 
-    def schedule(
-        self, namespace: str, pod: str, until: float, topology: str, node: str = ""
-    ) -> None:
-        """Remember when a pod's observation ends (a later time replaces an earlier one)."""
-        key = (namespace, pod)
+    def schedule(self, key: kube.ObjectRef, until: float, topology: str, node: str = "") -> None:
+        """Remember when an observation ends (a later time replaces an earlier one)."""
         if node and self._nodes.get(key) != node:
             self._forget_node(key)
             self._nodes[key] = node
@@ -65,7 +62,7 @@ class Expirer:
         if known is not None and known[0] >= until:
             return
         self._due[key] = (until, topology)
-        heapq.heappush(self._heap, (until, namespace, pod))
+        heapq.heappush(self._heap, (until, key))
         self._gauge_stale = True  # published by the run loop, once per turn
         self._wake.set()
 
@@ -77,11 +74,11 @@ class Expirer:
         """Pods under observation on ``node`` (Retina's filter map holds their IPs)."""
         return self._per_node.get(node, 0)
 
-    def observing_pod(self, namespace: str, pod: str) -> bool:
-        """Whether the pod is under observation now."""
-        return (namespace, pod) in self._due
+    def observing(self, ref: kube.ObjectRef) -> bool:
+        """Whether the pod (or Namespace object) is under observation now."""
+        return ref in self._due
 
-    def _forget_node(self, key: tuple[str, str]) -> None:
+    def _forget_node(self, key: kube.ObjectRef) -> None:
         node = self._nodes.pop(key, None)
         if node is not None:
             self._per_node[node] -= 1
@@ -89,8 +86,8 @@ class Expirer:
                 del self._per_node[node]
 
     @property
-    def active(self) -> dict[tuple[str, str], tuple[float, str]]:
-        """Pods under observation now, with their expiry and topology."""
+    def active(self) -> dict[kube.ObjectRef, tuple[float, str]]:
+        """Pods (and Namespace objects) under observation now, with expiry and topology."""
         return dict(self._due)
 
     def _publish_gauge(self) -> None:
@@ -111,17 +108,16 @@ class Expirer:
         """Schedule every managed pod from its own annotations."""
         selector = f"{conventions.OBSERVED_LABEL}=true"
         pods = await self._kube.list_pods(None, label_selector=selector)
-        # Namespace objects observed with ``scope: namespace`` are keyed ("", name).
-        pods += await self._kube.list_observed_namespaces(selector)
-        for pod in pods:
-            meta = pod.get("metadata") or {}
-            until = patches.expires_at(pod)
-            topology = (meta.get("annotations") or {}).get(conventions.TOPOLOGY, "unknown")
-            node = str((pod.get("spec") or {}).get("nodeName") or "")
+        # list items carry no kind: say which are Namespace objects (``scope: namespace``)
+        namespaces = await self._kube.list_observed_namespaces(selector)
+        found = [(kube.ObjectRef.of(p), p) for p in pods]
+        found += [(kube.ObjectRef.namespace_object(_name(n)), n) for n in namespaces]
+        for ref, obj in found:
+            until = patches.expires_at(obj)
+            annotations = (obj.get("metadata") or {}).get("annotations") or {}
+            node = str((obj.get("spec") or {}).get("nodeName") or "")
             # A managed pod without a readable expiry is ended now rather than kept forever.
-            self.schedule(
-                meta.get("namespace", ""), meta.get("name", ""), until or 0.0, topology, node
-            )
+            self.schedule(ref, until or 0.0, annotations.get(conventions.TOPOLOGY, "unknown"), node)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Expire on time until ``stop``; resync at start and periodically."""
@@ -137,11 +133,11 @@ class Expirer:
                     log.warning("expiry resync failed: %s", exc)
                     next_resync = now + _RETRY_S
             while self._heap and self._heap[0][0] <= self.clock() and not stop.is_set():
-                until, namespace, pod = heapq.heappop(self._heap)
-                known = self._due.get((namespace, pod))
+                until, ref = heapq.heappop(self._heap)
+                known = self._due.get(ref)
                 if known is None or known[0] != until:
                     continue  # superseded by a later schedule
-                await self._expire(namespace, pod, known[1])
+                await self._expire(ref, known[1])
             # bounded, and shielded so a slow broker only delays the records, never an expiry
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._auditor.flush()), timeout=2.0)
@@ -156,11 +152,10 @@ class Expirer:
             stop_task.cancel()
             wake_task.cancel()
 
-    async def _expire(self, namespace: str, pod: str, topology: str) -> None:
-        key = (namespace, pod)
+    async def _expire(self, key: kube.ObjectRef, topology: str) -> None:
         try:
             done = await releasing.release(
-                self._kube, namespace, pod, extended_after=self.clock(), dry_run=self._dry_run
+                self._kube, key, extended_after=self.clock(), dry_run=self._dry_run
             )
         except kube.Conflict:
             self._retry_later(key, topology, "kept changing (409)")
@@ -171,7 +166,7 @@ class Expirer:
             return
         if done.outcome == "extended" and done.until is not None:
             self._due.pop(key, None)
-            self.schedule(namespace, pod, done.until, topology)  # extended meanwhile
+            self.schedule(key, done.until, topology)  # extended meanwhile
             return
         if done.outcome == "gone":
             metrics.patches.labels(op="release", result="not-found").inc()
@@ -186,21 +181,24 @@ class Expirer:
             self._auditor.record(
                 result="expired",
                 topology=topology,
-                namespace=namespace,
-                kind="Pod",
-                name=pod,
-                pods=[pod],
+                namespace=key.namespace,
+                kind=key.kind,
+                name=key.name,
+                pods=[key.name] if key.kind == "Pod" else [],
                 removed=list(done.removed),
                 dry_run=self._dry_run,
             )
-            log.info("observation of %s/%s expired", namespace, pod)
+            log.info("observation of %s expired", key)
         self._due.pop(key, None)
         self._forget_node(key)
         self._gauge_stale = True
 
-    def _retry_later(self, key: tuple[str, str], topology: str, why: str) -> None:
-        namespace, pod = key
-        log.warning("expiry of %s/%s failed (%s); will retry", namespace, pod, why)
+    def _retry_later(self, key: kube.ObjectRef, topology: str, why: str) -> None:
+        log.warning("expiry of %s failed (%s); will retry", key, why)
         retry_at = self.clock() + _RETRY_S
-        heapq.heappush(self._heap, (retry_at, namespace, pod))
+        heapq.heappush(self._heap, (retry_at, key))
         self._due[key] = (retry_at, topology)
+
+
+def _name(obj: kube.Json) -> str:
+    return str((obj.get("metadata") or {}).get("name") or "")

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from streamproc import auditing, conventions, kube, metrics, patches
-from streamproc.annotating import NodeBudget, Scheduler
+from streamproc.node_budget import NodeBudget, Scheduler
 from streamproc.resolving import WorkloadResolver
 from streamproc.topologies import Topology
 
@@ -179,23 +179,15 @@ class Follower:
         )
         if patch is None:
             return
-        name = str(meta.get("name"))
+        target = kube.ObjectRef.of(pod)
         node = str((pod.get("spec") or {}).get("nodeName") or "")
-        admitted, refused, reserved = self._budget.admit([pod])
-        if refused:
-            self._budget.report(
-                self._auditor,
-                refused,
-                topology=followed.topology,
-                rule=followed.rule,
-                namespace=ref.namespace,
-                kind=ref.kind,
-                name=ref.name,
-            )
+        admitted, reserved = self._budget.admit(
+            [pod], self._auditor, ref, topology=followed.topology, rule=followed.rule
+        )
         if not admitted:
             return
         try:
-            await self._kube.write_patch(ref.namespace, name, patch)
+            await self._kube.write_patch(target, patch)
         except (kube.NotFound, kube.Conflict):
             return  # gone, or changed: the next event for it brings the current version
         finally:
@@ -208,7 +200,7 @@ class Follower:
             f"{conventions.format_time(followed.until)} (topology {followed.topology})",
         )
         self.followed_pods += 1
-        self._scheduler.schedule(ref.namespace, name, followed.until, followed.topology, node)
+        self._scheduler.schedule(target, followed.until, followed.topology, node)
         self._auditor.record(
             result="followed",
             topology=followed.topology,
@@ -216,7 +208,7 @@ class Follower:
             namespace=ref.namespace,
             kind=ref.kind,
             name=ref.name,
-            pods=[name],
+            pods=[target.name],
             annotations=dict(topology.spec.action.annotate),
             expires_at=conventions.format_time(followed.until),
         )

@@ -1,7 +1,7 @@
 """Stage 1, ingest: raw detections in, compact per-workload tallies out.
 
-Measured on a 2-core machine, a Faust agent pays ~120 us per event, a plain aiokafka consumer
-with orjson ~4 us. So every raw detection stops here: it is parsed, validated (or dead-lettered
+A Faust agent costs far more per event than a plain aiokafka consumer with orjson (figures in
+docs/measurements.md), so every raw detection stops here: it is parsed, validated (or dead-lettered
 with its reason), matched against the topologies, tied to its workload, and counted into a tally
 per topology x workload x window. One ``getmany`` batch is one unit of work: its tallies and dead
 letters are produced and acknowledged by the broker before the batch's offsets are committed, so
@@ -309,8 +309,8 @@ class TallyGate:
     interval, which is what keeps the Faust stage far below its per-event limit.
 
     Each held count leaves on its own schedule, not all at once: 500 workloads' counts released
-    together are 500 tallies the Faust stage must work through (measured: ~150 ms) before it
-    sees a new workload's first tally queued behind them. Offsets of a batch whose counts are
+    together are 500 tallies the Faust stage must work through before it sees a new workload's
+    first tally queued behind them (docs/measurements.md). Offsets of a batch whose counts are
     held are committed only once they left (``oldest_held_batch``), so counts stay
     at-least-once.
 
@@ -321,8 +321,8 @@ class TallyGate:
     finds its window, already marked as acted on).
     """
 
-    #: held tallies per second the Faust stage can absorb beside urgent ones (measured: a few
-    #: thousand tallies a second on two shared cores, less under a flood's first tallies).
+    #: held tallies per second the Faust stage can absorb beside urgent ones, kept well below
+    #: its measured rate (docs/measurements.md)
     HELD_PER_S = 1000
 
     def __init__(self, topologies: Sequence[Topology], hold_s: float) -> None:

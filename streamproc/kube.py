@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol, Self
+from typing import Any, Literal, NamedTuple, Protocol, Self
 from urllib.parse import urlsplit
 from urllib.request import getproxies, proxy_bypass
 
@@ -40,6 +40,43 @@ from streamproc.settings import DEFAULTS, Settings
 
 Json = dict[str, Any]
 MERGE_PATCH = "application/merge-patch+json"
+
+
+class ObjectRef(NamedTuple):
+    """What carries Retina's observation: a pod, or the Namespace object (``scope: namespace``).
+
+    Retina honours ``retina.sh: observe`` on both (docs/03-Metrics/annotations.md, v1.2.6), so
+    every write, read, schedule and release names which one it means.
+    """
+
+    kind: Literal["Pod", "Namespace"]
+    #: the pod's namespace; for a Namespace object, its own name
+    namespace: str
+    name: str
+
+    @classmethod
+    def pod(cls, namespace: str, name: str) -> ObjectRef:
+        """A pod."""
+        return cls("Pod", namespace, name)
+
+    @classmethod
+    def namespace_object(cls, name: str) -> ObjectRef:
+        """The Namespace object called ``name``."""
+        return cls("Namespace", name, name)
+
+    @classmethod
+    def of(cls, obj: Json) -> ObjectRef:
+        """The reference of an object the API server returned (a pod unless it says Namespace)."""
+        meta = obj.get("metadata") or {}
+        name = str(meta.get("name") or "")
+        if obj.get("kind") == "Namespace":
+            return cls.namespace_object(name)
+        return cls.pod(str(meta.get("namespace") or ""), name)
+
+    def __str__(self) -> str:
+        if self.kind == "Namespace":
+            return f"namespace {self.name}"
+        return f"pod {self.namespace}/{self.name}"
 
 
 class MetadataPatch(Protocol):
@@ -491,10 +528,9 @@ class Kube:
             "get", f"{kind} {namespace}/{name}", lambda: call(name, namespace, **kwargs)
         )
 
-    async def patch_pod_metadata(
+    async def patch_metadata(
         self,
-        namespace: str,
-        name: str,
+        ref: ObjectRef,
         *,
         annotations: Mapping[str, str | None],
         labels: Mapping[str, str | None],
@@ -503,9 +539,7 @@ class Kube:
         """JSON merge patch (RFC 7386) of metadata: only given keys change, None deletes.
 
         With ``resource_version`` the API server refuses (409) if the object changed since it
-        was read, so a removal never races an extension written by another replica. An empty
-        ``namespace`` means the Namespace object ``name`` (``scope: namespace``), which Retina
-        honours like a pod's annotation.
+        was read, so a removal never races an extension written by another replica.
         """
         metadata: Json = {"annotations": dict(annotations), "labels": dict(labels)}
         if resource_version is not None:
@@ -516,37 +550,34 @@ class Kube:
             "_preload_content": False,
             "_request_timeout": self._timeout,
         }
-        if not namespace:
+        if ref.kind == "Namespace":
             return await self._call(
-                "patch",
-                f"namespace {name}",
-                lambda: self._core.patch_namespace(name, body, **kwargs),
+                "patch", str(ref), lambda: self._core.patch_namespace(ref.name, body, **kwargs)
             )
         return await self._call(
             "patch",
-            f"pod {namespace}/{name}",
-            lambda: self._core.patch_namespaced_pod(name, namespace, body, **kwargs),
+            str(ref),
+            lambda: self._core.patch_namespaced_pod(ref.name, ref.namespace, body, **kwargs),
         )
 
-    async def write_patch(self, namespace: str, name: str, patch: MetadataPatch) -> Json:
+    async def write_patch(self, ref: ObjectRef, patch: MetadataPatch) -> Json:
         """Write a computed patch, guarded by the resourceVersion it was computed from."""
-        return await self.patch_pod_metadata(
-            namespace,
-            name,
+        return await self.patch_metadata(
+            ref,
             annotations=patch.annotations,
             labels=patch.labels,
             resource_version=patch.resource_version,
         )
 
-    async def get_observable(self, namespace: str, name: str) -> Json:
-        """A pod, or with an empty ``namespace`` the Namespace object ``name``."""
-        if namespace:
-            return await self.get_pod(namespace, name)
+    async def get_observable(self, ref: ObjectRef) -> Json:
+        """The pod or Namespace object as it is now."""
+        if ref.kind == "Pod":
+            return await self.get_pod(ref.namespace, ref.name)
         return await self._call(
             "get",
-            f"namespace {name}",
+            str(ref),
             lambda: self._core.read_namespace(
-                name, _preload_content=False, _request_timeout=self._timeout
+                ref.name, _preload_content=False, _request_timeout=self._timeout
             ),
         )
 

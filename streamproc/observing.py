@@ -92,14 +92,14 @@ async def release(
         if kind is not None and observation.kind != kind:
             continue
         targets = (
-            [("", name)]
+            [kube.ObjectRef.namespace_object(name)]
             if observation.kind == "Namespace"
-            else [(namespace, pod) for pod in observation.pods]
+            else [kube.ObjectRef.pod(namespace, pod) for pod in observation.pods]
         )
-        for target_namespace, pod_name in targets:
-            done = await releasing.release(client, target_namespace, pod_name)
+        for ref in targets:
+            done = await releasing.release(client, ref)
             if done.outcome == "released":
-                released.append(pod_name)
+                released.append(ref.name)
     return released
 
 

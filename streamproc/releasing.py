@@ -33,13 +33,12 @@ class Release:
 
 async def release(
     client: kube.Kube,
-    namespace: str,
-    name: str,
+    ref: kube.ObjectRef,
     *,
     extended_after: float | None = None,
     dry_run: bool = False,
 ) -> Release:
-    """Remove what streamproc added to a pod (or, with no namespace, a Namespace object).
+    """Remove what streamproc added to a pod or a Namespace object.
 
     ``extended_after``: leave it if its expiry is later than this (the expirer's case, with
     its "now": an annotator extended it meanwhile). Conflict is raised only after
@@ -47,7 +46,7 @@ async def release(
     """
     for attempt in range(1, ATTEMPTS + 1):
         try:
-            current = await client.get_observable(namespace, name)
+            current = await client.get_observable(ref)
         except kube.NotFound:
             return Release("gone", {})
         until = patches.expires_at(current)
@@ -57,7 +56,7 @@ async def release(
         removed = tuple(sorted(k for k, v in patch.annotations.items() if v is None))
         if not dry_run and (patch.annotations or patch.labels):
             try:
-                await client.write_patch(namespace, name, patch)
+                await client.write_patch(ref, patch)
             except kube.Conflict:
                 metrics.patches.labels(op="release", result="conflict").inc()
                 if attempt == ATTEMPTS:

@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from streamproc import auditing, kafka, kube
-from streamproc.annotating import Annotator, NodeBudget
+from streamproc.annotating import AnnotateStage
+from streamproc.applying import Annotator
 from streamproc.expiring import Expirer
 from streamproc.following import Follower
 from streamproc.ingesting import Ingestor
+from streamproc.node_budget import NodeBudget
 from streamproc.resolving import WorkloadResolver
 from streamproc.settings import Settings
 from streamproc.topologies import Topology
@@ -35,7 +37,7 @@ class Running:
     """Handles on what a run started, for the lab's live view and summary."""
 
     expirer: Expirer | None = None
-    annotator: Annotator | None = None
+    annotate: AnnotateStage | None = None
     follower: Follower | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -81,10 +83,11 @@ async def _start_annotate(
     annotator = Annotator(
         settings, topologies, client, resolver, expirer, auditor, follower, budget=budget
     )
-    running.expirer, running.annotator, running.follower = expirer, annotator, follower
+    stage = AnnotateStage(settings, annotator)
+    running.expirer, running.annotate, running.follower = expirer, stage, follower
     return [
         asyncio.create_task(expirer.run(stop), name="expirer"),
-        asyncio.create_task(annotator.run(stop), name="annotate"),
+        asyncio.create_task(stage.run(stop), name="annotate"),
         asyncio.create_task(follower.run(stop), name="follower"),
     ]
 

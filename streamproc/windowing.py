@@ -39,7 +39,7 @@ class _ConsumerThread(faust_kafka.AIOKafkaConsumerThread):
 
     Faust hard-codes ``fetch_max_wait_ms=1500``. Apache Kafka answers a waiting fetch as soon as
     data arrives, so the value costs nothing there; brokers that do not wake a parked fetch (the
-    embedded tansu, measured: ~700 ms median delivery) would add up to 1.5 s to every action.
+    embedded tansu; docs/measurements.md) would add up to 1.5 s to every action.
     A short wait bounds that for every broker, at the price of a few idle fetches a second.
     """
 

@@ -6,13 +6,13 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
 from streamproc import kube
 from streamproc.actions import Action
-from streamproc.annotating import Annotator
+from streamproc.applying import Annotator
 from streamproc.expiring import Expirer
 from streamproc.lab.broker import BrokerUnavailable, EmbeddedBroker
 from streamproc.lab.cluster import ClusterBuilder, SampleWorkload, sample_cluster
@@ -101,15 +101,23 @@ def broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
 # ---- shared by the annotator, follower, status and RBAC tests ------------------------------
 
 
-def topology(ttl: float = 600, dry_run: bool = False, scope: str = "workload") -> Topology:
+def topology(
+    ttl: float | str = 600,
+    dry_run: bool = False,
+    scope: str = "workload",
+    *,
+    name: str = "retina-observe",
+    **action: Any,
+) -> Topology:
+    """A topology with a 10 s window; ``action`` adds fields (``capture``, ``maxObservations``)."""
     return Topology.model_validate(
         {
             "apiVersion": "streamproc/v1",
             "kind": "Topology",
-            "metadata": {"name": "retina-observe"},
+            "metadata": {"name": name},
             "spec": {
                 "window": {"size": "10s"},
-                "action": {"ttl": ttl, "scope": scope},
+                "action": {"ttl": ttl, "scope": scope, **action},
                 "dryRun": dry_run,
             },
         }

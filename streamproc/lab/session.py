@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from streamproc import conventions, diagnosing, kafka, metrics, running, topologies
+from streamproc import conventions, diagnosing, kafka, kube, metrics, running, topologies
 from streamproc.durations import format_duration
 from streamproc.lab.broker import EmbeddedBroker, free_port
 from streamproc.lab.cluster import sample_cluster
@@ -218,7 +218,7 @@ def _infrastructure(
         yield bootstrap, kubeconfig, emulator
 
 
-def _leftovers(emulator: KubeEmulator | None, active: set[tuple[str, str]]) -> list[str]:
+def _leftovers(emulator: KubeEmulator | None, active: set[kube.ObjectRef]) -> list[str]:
     """Pods that still carry streamproc's marks although their observation is over."""
     if emulator is None:
         return []
@@ -232,7 +232,7 @@ def _leftovers(emulator: KubeEmulator | None, active: set[tuple[str, str]]) -> l
         expires = conventions.parse_time(
             (meta.get("annotations") or {}).get(conventions.EXPIRES_AT, "")
         )
-        still_running = (meta["namespace"], meta["name"]) in active and (expires or 0) > now
+        still_running = kube.ObjectRef.of(pod) in active and (expires or 0) > now
         if marks and not still_running:
             found.append(f"{meta['namespace']}/{meta['name']}")
     return found
@@ -281,7 +281,7 @@ def _ready_for_replay(handles: running.Running, started: float) -> bool:
     """
     if not handles.ready.is_set():
         return False
-    joined = handles.annotator is not None and handles.annotator.joined
+    joined = handles.annotate is not None and handles.annotate.joined
     return joined or time.monotonic() - started > 20
 
 
@@ -304,7 +304,7 @@ async def _summarise(
         api_requests=int(metrics.total("streamproc_api_request_duration_seconds_count")),
         latency_p50_s=metrics.quantile(latency, 0.5),
         latency_p99_s=metrics.quantile(latency, 0.99),
-        pods_annotated=len(handles.annotator.observed_pods) if handles.annotator else 0,
+        pods_annotated=len(handles.annotate.annotator.observed_pods) if handles.annotate else 0,
         expired=handles.expirer.expired if handles.expirer else 0,
         still_active=len(active),
         leftovers=_leftovers(emulator, active),

@@ -141,7 +141,7 @@ def _phase(handles: Running, values: dict[str, float], sent: int) -> str:
     """What the run is doing now, in words, so a pause in the counters is not a mystery."""
     if not handles.ready.is_set():
         return "starting the stages"
-    if handles.annotator is not None and not handles.annotator.joined:
+    if handles.annotate is not None and not handles.annotate.joined:
         return "waiting for the annotator to join its consumer group"
     if not sent:
         return "replay starting"

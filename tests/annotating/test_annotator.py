@@ -10,14 +10,22 @@ import time
 import orjson
 import pytest
 
-from streamproc import conventions, kube, testing
+from streamproc import capturing, conventions, kube, testing
 from streamproc.actions import Action
+from streamproc.annotating import AnnotateStage
 from streamproc.expiring import Expirer
 from streamproc.lab.cluster import ClusterBuilder
 from streamproc.lab.kubeemu import Fault, KubeEmulator
 from streamproc.resolving import WorkloadResolver
-from streamproc.topologies import Topology
-from tests.conftest import action_for, annotated, async_wait_for, make, time_passes, workload
+from tests.conftest import (
+    action_for,
+    annotated,
+    async_wait_for,
+    make,
+    time_passes,
+    topology,
+    workload,
+)
 
 
 async def test_a_deployment_action_annotates_exactly_its_pods(
@@ -198,7 +206,9 @@ async def test_an_unavailable_api_keeps_the_batch_and_applies_it_later(
     annotator, _ = make(client)
     emulator.faults.append(Fault(method="GET", path="/namespaces/shop/pods$", status=503, times=4))
     stop = asyncio.Event()
-    await annotator._apply_until_done([action_for(workload(cluster, "frontend"))], stop)
+    await AnnotateStage(annotator.settings, annotator).apply_until_done(
+        [action_for(workload(cluster, "frontend"))], stop
+    )
     assert annotated(emulator) == set(workload(cluster, "frontend").pods)
 
 
@@ -222,7 +232,10 @@ async def test_forbidden_is_reported_once_and_not_retried_forever(
     before = testing.metric("streamproc_actions_handled_total", result="forbidden")
     stop = asyncio.Event()
     await asyncio.wait_for(
-        annotator._apply_until_done([action_for(workload(cluster, "frontend"))], stop), 10
+        AnnotateStage(annotator.settings, annotator).apply_until_done(
+            [action_for(workload(cluster, "frontend"))], stop
+        ),
+        10,
     )
     assert testing.metric("streamproc_actions_handled_total", result="forbidden") == before + 1
     # one refused patch per pod of the workload, none retried
@@ -282,24 +295,13 @@ async def test_a_critical_window_creates_one_bounded_retina_capture(
 
     from streamproc import captures
 
-    with_capture = Topology.model_validate(
-        {
-            "apiVersion": "streamproc/v1",
-            "kind": "Topology",
-            "metadata": {"name": "retina-observe"},
-            "spec": {
-                "window": {"size": "10s"},
-                "action": {
-                    "ttl": 600,
-                    "capture": {
-                        "priority": ">=Critical",
-                        "duration": "90s",
-                        "maxCaptureSizeMB": 50,
-                        "target": "podSelector",
-                        "output": {"hostPath": "captures"},
-                    },
-                },
-            },
+    with_capture = topology(
+        capture={
+            "priority": ">=Critical",
+            "duration": "90s",
+            "maxCaptureSizeMB": 50,
+            "target": "podSelector",
+            "output": {"hostPath": "captures"},
         }
     )
     annotator, _ = make(client)
@@ -322,7 +324,7 @@ async def test_a_critical_window_creates_one_bounded_retina_capture(
     # a replay of the same window's action does not start a second capture
     before = testing.metric("streamproc_patches_total", op="capture", result="exists")
     pods = [emulator.get("Pod", "shop", p) or {} for p in frontend.pods]
-    await annotator._capture(critical, with_capture, pods)
+    await capturing.capture(client, annotator.auditor, critical, with_capture, pods)
     assert len(emulator.list("Capture", "shop")) == 1
     assert testing.metric("streamproc_patches_total", op="capture", result="exists") == before + 1
 
@@ -428,14 +430,7 @@ async def test_a_capture_targets_the_workloads_pods_by_name_by_default(
     """Retina >= v1.1's podNames: exactly the workload's pods, stored under a relative subpath."""
     from dataclasses import replace
 
-    with_capture = Topology.model_validate(
-        {
-            "apiVersion": "streamproc/v1",
-            "kind": "Topology",
-            "metadata": {"name": "retina-observe"},
-            "spec": {"window": {"size": "10s"}, "action": {"ttl": 600, "capture": {}}},
-        }
-    )
+    with_capture = topology(capture={})
     annotator, _ = make(client)
     annotator.topologies = {with_capture.name: with_capture}
     frontend = workload(cluster, "frontend")

@@ -118,16 +118,7 @@ async def test_beyond_max_observations_new_workloads_are_refused(
     client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
 ) -> None:
     """With maxObservations: 1, a second workload is refused and nothing is written on it."""
-    from streamproc.topologies import Topology
-
-    capped = Topology.model_validate(
-        {
-            "apiVersion": "streamproc/v1",
-            "kind": "Topology",
-            "metadata": {"name": "retina-observe"},
-            "spec": {"window": {"size": "10s"}, "action": {"ttl": 600, "maxObservations": 1}},
-        }
-    )
+    capped = topology(maxObservations=1)
     annotator, expirer = make(client)
     annotator.topologies = {capped.name: capped}
     annotator.follower = Follower(
@@ -200,7 +191,7 @@ async def test_a_new_pod_on_a_node_at_its_budget_is_not_observed_and_says_so(
     client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
 ) -> None:
     """The follower shares the annotator's node budget: Retina's filter map cannot overflow."""
-    from streamproc.annotating import NodeBudget
+    from streamproc.node_budget import NodeBudget
 
     annotator, expirer = make(client, node_budget=1)
     auditor = MemoryAuditor()

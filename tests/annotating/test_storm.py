@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
-from streamproc import conventions, kube
-from streamproc.annotating import Annotator
+from streamproc import conventions, kube, testing
+from streamproc.applying import Annotator
 from streamproc.expiring import Expirer
 from streamproc.lab.cluster import ClusterBuilder
 from streamproc.lab.kubeemu import KubeEmulator
@@ -25,6 +26,9 @@ async def test_5000_actions_over_2000_pods_stay_within_the_rate_limit(tmp_path: 
     qps, burst, concurrency = 400, 50, 32
     with emulator.serve():
         kubeconfig = emulator.write_kubeconfig(tmp_path / "kubeconfig")
+        # the limiter's own clock, from before the first request to after the last event posted
+        waited = testing.metric("streamproc_api_rate_limit_waits_total")
+        began = asyncio.get_running_loop().time()
         client = await kube.Kube.connect(
             str(kubeconfig), limits=kube.Limits(qps=qps, burst=burst, concurrency=concurrency)
         )
@@ -44,6 +48,8 @@ async def test_5000_actions_over_2000_pods_stay_within_the_rate_limit(tmp_path: 
             await annotator.handle(actions)
         finally:
             await client.close()
+        span = asyncio.get_running_loop().time() - began
+        waits = testing.metric("streamproc_api_rate_limit_waits_total") - waited
         times = sorted(r.at for r in emulator.requests)
         patches = [r for r in emulator.requests if r.method == "PATCH"]
         conflicts = [r for r in patches if r.status == 409]
@@ -64,5 +70,7 @@ async def test_5000_actions_over_2000_pods_stay_within_the_rate_limit(tmp_path: 
         for i, start_t in enumerate(times)
     )
     assert peak <= window * qps + burst + concurrency, f"{peak} requests in {window:.0f} seconds"
-    sustained = (len(times) - burst) / (times[-1] - times[0])
-    assert sustained <= qps * 1.05, f"{sustained:.0f} requests/s sustained"
+    # Over the whole run, on the clock the limiter itself keeps: an exact bound, no slack for
+    # the server's scheduling (every request the server saw was sent within ``span``).
+    assert len(times) <= burst + qps * span, f"{len(times)} requests in {span:.2f} s"
+    assert waits > 0  # the limit was reached, so the bound above was tested

@@ -16,15 +16,14 @@ import pytest
 import yaml
 
 from streamproc import kube, permissions
-from streamproc.annotating import Annotator
+from streamproc.applying import Annotator
 from streamproc.expiring import Expirer
 from streamproc.following import Follower
 from streamproc.lab.cluster import ClusterBuilder
 from streamproc.lab.kubeemu import KubeEmulator
 from streamproc.resolving import WorkloadResolver
 from streamproc.settings import Settings
-from streamproc.topologies import Topology
-from tests.conftest import Clock, action_for, time_passes, workload
+from tests.conftest import Clock, action_for, time_passes, topology, workload
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBECTL = shutil.which("kubectl")
@@ -159,18 +158,11 @@ async def test_rbac_covers_every_request_each_stage_makes(
             await resolver.resolve(w.namespace, w.pods[0])
         ingest_requests = list(emulator.requests)
 
-        topology = Topology.model_validate(
-            {
-                "apiVersion": "streamproc/v1",
-                "kind": "Topology",
-                "metadata": {"name": "retina-observe"},
-                "spec": {"window": {"size": "10s"}, "action": {"ttl": 60}},
-            }
-        )
+        observe = topology(ttl=60)
         expirer = Expirer(client, resync_s=60, clock=Clock())
         annotator = Annotator(
             Settings(),
-            [topology],
+            [observe],
             client,
             WorkloadResolver(client, cache_size=100, ttl_s=60),
             expirer,
@@ -181,7 +173,7 @@ async def test_rbac_covers_every_request_each_stage_makes(
         follower = Follower(
             client,
             WorkloadResolver(client, cache_size=100, ttl_s=60),
-            [topology],
+            [observe],
             expirer,
             clock=expirer.clock,
         )

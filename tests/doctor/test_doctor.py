@@ -23,19 +23,11 @@ from streamproc.lab.broker import EmbeddedBroker, free_port
 from streamproc.lab.cluster import ClusterBuilder, sample_cluster
 from streamproc.lab.kubeemu import KubeEmulator
 from streamproc.settings import Settings
+from tests.conftest import topology
 
 ROOT = Path(__file__).resolve().parents[2]
 PLAIN = topologies.load_path(ROOT / "topologies")
-CAPTURING = [
-    topologies.Topology.model_validate(
-        {
-            "apiVersion": "streamproc/v1",
-            "kind": "Topology",
-            "metadata": {"name": "capturing"},
-            "spec": {"action": {"ttl": "10m", "capture": {"duration": "30s"}}},
-        }
-    )
-]
+CAPTURING = [topology("10m", name="capturing", capture={"duration": "30s"})]
 
 
 @contextlib.contextmanager

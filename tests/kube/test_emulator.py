@@ -40,8 +40,10 @@ async def test_label_selectors_filter_lists(api: kube.Kube) -> None:
 async def test_merge_patch_adds_and_null_deletes(api: kube.Kube, emulator: KubeEmulator) -> None:
     """RFC 7386: given keys are set, null removes, other keys stay."""
     pod = emulator.list("Pod", "shop")[0]["metadata"]["name"]
-    await api.patch_pod_metadata("shop", pod, annotations={"a": "1", "b": "2"}, labels={"x": "y"})
-    await api.patch_pod_metadata("shop", pod, annotations={"a": None}, labels={})
+    await api.patch_metadata(
+        kube.ObjectRef.pod("shop", pod), annotations={"a": "1", "b": "2"}, labels={"x": "y"}
+    )
+    await api.patch_metadata(kube.ObjectRef.pod("shop", pod), annotations={"a": None}, labels={})
     meta = (await api.get_pod("shop", pod))["metadata"]
     assert meta["annotations"] == {"b": "2"}
     assert meta["labels"]["x"] == "y"
@@ -54,10 +56,15 @@ async def test_a_stale_resource_version_is_a_conflict(
     """A write naming an old resourceVersion gets 409 and changes nothing."""
     pod = emulator.list("Pod", "shop")[0]
     name, old_version = pod["metadata"]["name"], pod["metadata"]["resourceVersion"]
-    await api.patch_pod_metadata("shop", name, annotations={"first": "1"}, labels={})
+    await api.patch_metadata(
+        kube.ObjectRef.pod("shop", name), annotations={"first": "1"}, labels={}
+    )
     with pytest.raises(kube.Conflict):
-        await api.patch_pod_metadata(
-            "shop", name, annotations={"second": "2"}, labels={}, resource_version=old_version
+        await api.patch_metadata(
+            kube.ObjectRef.pod("shop", name),
+            annotations={"second": "2"},
+            labels={},
+            resource_version=old_version,
         )
     assert "second" not in (emulator.get("Pod", "shop", name) or {})["metadata"]["annotations"]
 
@@ -72,7 +79,7 @@ async def test_faults_fail_before_any_state_change(api: kube.Kube, emulator: Kub
     """A 500 burst is retried by the client; the failed attempts changed nothing."""
     pod = emulator.list("Pod", "shop")[0]["metadata"]["name"]
     emulator.faults.append(Fault(method="PATCH", path=f"/pods/{pod}$", status=500, times=2))
-    await api.patch_pod_metadata("shop", pod, annotations={"k": "v"}, labels={})
+    await api.patch_metadata(kube.ObjectRef.pod("shop", pod), annotations={"k": "v"}, labels={})
     patches = [r for r in emulator.requests if r.method == "PATCH" and r.path.endswith(pod)]
     assert [r.status for r in patches] == [500, 500, 200]
     assert (emulator.get("Pod", "shop", pod) or {})["metadata"]["annotations"] == {"k": "v"}
