@@ -45,58 +45,49 @@ class AnnotateStage:
         producer = kafka.producer(self._settings)
         async with kafka.started(producer, consumer):
             self._consumer = consumer
-            await self._consume(consumer, producer, stop)
+            # the batch's audit records are durable before its actions are acknowledged
+            committer = kafka.Committer(consumer, STAGE, before=self.annotator.auditor.flush)
+            try:
+                await self._consume(
+                    kafka.Reader(consumer, self._settings, STAGE), committer, producer, stop
+                )
+            finally:
+                await committer.close()
 
     async def _consume(
         self,
-        consumer: kafka.AIOKafkaConsumer,
+        reader: kafka.Reader,
+        committer: kafka.Committer,
         producer: kafka.AIOKafkaProducer,
         stop: asyncio.Event,
     ) -> None:
-        # the batch's audit records are durable before its actions are acknowledged
-        committer = kafka.Committer(consumer, STAGE, before=self.annotator.auditor.flush)
-        reader = kafka.Reader(consumer, self._settings, STAGE)
         dead_letters = self._settings.topics.dead_letters
-        try:
-            while not stop.is_set():
-                batch, bad = await reader.getmany(timeout_ms=200, max_records=2000)
-                metrics.consumer_lag.labels(stage=STAGE).set(kafka.batch_lag(consumer, batch))
+        while not stop.is_set():
+            batch, bad = await reader.getmany(timeout_ms=200, max_records=2000)
+            metrics.consumer_lag.labels(stage=STAGE).set(kafka.batch_lag(reader.consumer, batch))
+            if bad:
+                # an undecodable batch cannot be applied: dead-lettered, then passed
+                await kafka.dead_letter_batches(producer, dead_letters, bad, STAGE)
+            if not batch:
                 if bad:
-                    # an undecodable batch cannot be applied: dead-lettered, then passed
-                    await kafka.dead_letter_batches(producer, dead_letters, bad, STAGE)
-                if not batch:
-                    if bad:
-                        committer.commit(
-                            {kafka.TopicPartition(b.topic, b.partition): b.next_offset for b in bad}
-                        )
-                    continue
-                records = [r for rs in batch.values() for r in rs]
-                metrics.records_consumed.labels(stage=STAGE).inc(len(records))
-                actions: list[Action] = []
-                for record in records:
-                    try:
-                        actions.append(Action.decode(record.value or b""))
-                    except ActionError as exc:
-                        metrics.dead_letters.labels(stage=STAGE, reason="invalid-action").inc()
-                        await producer.send_and_wait(
-                            dead_letters,
-                            value=record.value,
-                            key=record.key,
-                            headers=kafka.dead_letter_headers(
-                                STAGE,
-                                "invalid-action",
-                                str(exc),
-                                record.topic,
-                                record.partition,
-                                record.offset,
-                            ),
-                        )
-                await self.apply_until_done(actions, stop)
-                offsets = {tp: rs[-1].offset + 1 for tp, rs in batch.items()}
-                offsets |= {kafka.TopicPartition(b.topic, b.partition): b.next_offset for b in bad}
-                committer.commit(offsets)
-        finally:
-            await committer.close()
+                    committer.commit(
+                        {kafka.TopicPartition(b.topic, b.partition): b.next_offset for b in bad}
+                    )
+                continue
+            records = [r for rs in batch.values() for r in rs]
+            metrics.records_consumed.labels(stage=STAGE).inc(len(records))
+            actions: list[Action] = []
+            for record in records:
+                try:
+                    actions.append(Action.decode(record.value or b""))
+                except ActionError as exc:
+                    await kafka.dead_letter_record(
+                        producer, dead_letters, record, STAGE, "invalid-action", str(exc)
+                    )
+            await self.apply_until_done(actions, stop)
+            offsets = {tp: rs[-1].offset + 1 for tp, rs in batch.items()}
+            offsets |= {kafka.TopicPartition(b.topic, b.partition): b.next_offset for b in bad}
+            committer.commit(offsets)
 
     async def apply_until_done(self, actions: list[Action], stop: asyncio.Event) -> None:
         """Apply a batch, retrying while the API server is away (backoff up to 8 s) or ``stop``."""

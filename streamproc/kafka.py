@@ -517,6 +517,26 @@ async def dead_letter_batches(
     await asyncio.gather(*futures)
 
 
+async def dead_letter_record(
+    producer: AIOKafkaProducer,
+    topic: str,
+    record: ConsumerRecord[bytes, bytes],
+    stage: str,
+    reason: str,
+    detail: str,
+) -> None:
+    """Publish one refused record, as it was, with the reason headers; wait for the broker."""
+    metrics.dead_letters.labels(stage=stage, reason=reason).inc()
+    await producer.send_and_wait(
+        topic,
+        value=record.value,
+        key=record.key,
+        headers=dead_letter_headers(
+            stage, reason, detail, record.topic, record.partition, record.offset
+        ),
+    )
+
+
 class Reader:
     """A stage's ``getmany``: a record batch that cannot be decoded is skipped, not a loop.
 
@@ -536,7 +556,7 @@ class Reader:
     """
 
     def __init__(self, consumer: AIOKafkaConsumer, settings: Settings, stage: str) -> None:
-        self._consumer = consumer
+        self.consumer = consumer
         self._settings = settings
         self._stage = stage
         self._next: dict[TopicPartition, int] = {}
@@ -547,7 +567,7 @@ class Reader:
     ) -> tuple[dict[TopicPartition, list[ConsumerRecord]], list[BadBatch]]:
         """Records by partition, and the undecodable batches skipped to get past them."""
         try:
-            batch = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+            batch = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
         except _DECODE_ERRORS as exc:
             return await self._recover(exc)
         except KafkaError:
@@ -561,7 +581,7 @@ class Reader:
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
         """Read ``tp`` again from ``offset`` (a batch the stage could not finish)."""
-        self._consumer.seek(tp, offset)
+        self.consumer.seek(tp, offset)
         self._next[tp] = offset
 
     def handled(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
@@ -584,7 +604,7 @@ class Reader:
                 batch, good = located
                 if good:
                     found[tp] = await self._take(tp, good)
-                self._consumer.seek(tp, batch.next_offset)
+                self.consumer.seek(tp, batch.next_offset)
                 self._next[tp] = batch.next_offset
                 bad.append(batch)
                 metrics.batches_skipped.labels(stage=self._stage, reason=batch.reason).inc()
@@ -609,13 +629,13 @@ class Reader:
     async def _rewind(self) -> dict[TopicPartition, int]:
         """Every assigned partition back to the offset after the last record handed out."""
         starts: dict[TopicPartition, int] = {}
-        for tp in self._consumer.assignment():
+        for tp in self.consumer.assignment():
             start = self._next.get(tp)
             if start is None:
-                start = await self._consumer.committed(tp)
+                start = await self.consumer.committed(tp)
             if start is None:  # a new group starts at the earliest offset
-                start = (await self._consumer.beginning_offsets([tp]))[tp]
-            self._consumer.seek(tp, start)
+                start = (await self.consumer.beginning_offsets([tp]))[tp]
+            self.consumer.seek(tp, start)
             starts[tp] = start
         return starts
 
@@ -623,7 +643,7 @@ class Reader:
         """The ``count`` good records before a bad batch (aiokafka stops before decoding it)."""
         taken: list[ConsumerRecord] = []
         for _ in range(count + 10):  # bounded: each call returns at least one record
-            got = await self._consumer.getmany(tp, timeout_ms=1000, max_records=count - len(taken))
+            got = await self.consumer.getmany(tp, timeout_ms=1000, max_records=count - len(taken))
             taken += got.get(tp, [])
             if len(taken) >= count:
                 break
