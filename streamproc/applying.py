@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from streamproc import auditing, capturing, conventions, kube, metrics, patches
@@ -24,6 +24,8 @@ from streamproc.topologies import Topology
 from streamproc.workloads import WorkloadRef
 
 log = logging.getLogger("streamproc.annotate")
+#: per-pod outcomes after which the pod is under observation
+_OBSERVED = ("opened", "extended", "not-due", "unchanged")
 
 
 def _target(action: Action, topology: Topology) -> WorkloadRef:
@@ -66,7 +68,11 @@ class Annotator:
         auditor: auditing.Auditor | None = None,
         follower: Follows | None = None,
         budget: NodeBudget | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        #: what "now" is (tests and the extension benchmark move it instead of waiting)
+        self.clock = clock
         self.settings = settings
         self.topologies = {t.name: t for t in topologies}
         self.kube = client
@@ -163,22 +169,31 @@ class Annotator:
             )
         finally:
             self.budget.release(reserved)
+        done: list[tuple[str, float]] = []
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
-        results = [str(o) for o in outcomes]
+            done.append(outcome)
+        results = [r for r, _ in done]
         names = [str((p.get("metadata") or {}).get("name")) for p in pods]
         touched = [n for n, r in zip(names, results, strict=True) if r in ("opened", "extended")]
-        if "unchanged" in results or touched:
-            self._follow(target, until, topology, action)
+        # the workload is observed as long as its longest-observed pod (what new pods get)
+        lasting = max((u for r, u in done if r in _OBSERVED), default=0.0)
+        if lasting:
+            self._follow(target, lasting, topology, action)
         if touched:
             metrics.detection_to_annotation.observe(
                 max(0.0, time.time() - action.first_append_ms / 1000)
             )
+        if touched or "not-due" in results:
+            # a window strong enough for a capture gets one, due extension or not
             await capturing.capture(self.kube, self.auditor, action, topology, pods)
+        if touched:
             return ("applied" if "opened" in results else "extended"), touched, until
+        if "not-due" in results:
+            return "extension-not-due", [], lasting
         if "unchanged" in results:
-            return "already-applied", [], until
+            return "already-applied", [], lasting
         return "no-pods", [], 0.0
 
     async def _observe_namespace(
@@ -186,16 +201,17 @@ class Annotator:
     ) -> tuple[str, list[str], float]:
         """scope: namespace: the Namespace object itself, which Retina honours like a pod."""
         ref = kube.ObjectRef.namespace_object(action.namespace)
-        outcome = await self._observe_pod(
+        outcome, lasting = await self._observe_pod(
             await self.kube.get_observable(ref), topology, action, until
         )
         if outcome in ("opened", "extended"):
             return ("applied" if outcome == "opened" else "extended"), [action.namespace], until
-        return ("already-applied" if outcome == "unchanged" else "no-pods"), [], until
+        kept = {"not-due": "extension-not-due", "unchanged": "already-applied"}
+        return kept.get(outcome, "no-pods"), [], lasting
 
     def _until(self, action: Action, topology: Topology) -> tuple[float, str]:
         """When the observation would end, or why nothing is written at all."""
-        now = time.time()
+        now = self.clock()
         ttl = topology.spec.action.ttl
         until = min(action.window_end + ttl, now + ttl)
         if until <= now:
@@ -232,14 +248,25 @@ class Annotator:
                 action_id=action.id,
             )
 
+    def _extend_within(self, topology: Topology) -> float:
+        """How much observation left makes an extension due (lazy extension).
+
+        A share of the TTL (``--extend-below``), but at least two windows: a workload that keeps
+        offending qualifies again within about one window, and finds its observation still on.
+        """
+        spec = topology.spec
+        return max(spec.action.ttl * self.settings.extend_below, 2 * spec.window.size)
+
     async def _observe_pod(
         self, pod: kube.Json, topology: Topology, action: Action, until: float
-    ) -> str:
+    ) -> tuple[str, float]:
+        """Open or extend one pod's observation: the outcome, and when it now ends."""
         ref = kube.ObjectRef.of(pod)
+        annotate = topology.spec.action.annotate
         for _attempt in range(3):
             patch = patches.observe(
                 pod,
-                annotations=topology.spec.action.annotate,
+                annotations=annotate,
                 until=until,
                 topology=topology.name,
                 rule=action.rule,
@@ -247,8 +274,15 @@ class Annotator:
             )
             if patch is None:
                 metrics.patches.labels(op="observe", result="unchanged").inc()
-                self.scheduler.schedule(ref, patches.expires_at(pod) or until, topology.name)
-                return "unchanged"
+                lasting = patches.expires_at(pod) or until
+                self.scheduler.schedule(ref, lasting, topology.name)
+                return "unchanged", lasting
+            if patches.lasts(pod, annotate, beyond=self.clock() + self._extend_within(topology)):
+                # still observed for long enough: no write until an extension is due
+                metrics.patches.labels(op="observe", result="not-due").inc()
+                lasting = patches.expires_at(pod) or until
+                self.scheduler.schedule(ref, lasting, topology.name)
+                return "not-due", lasting
             if patch.foreign:
                 log.warning(
                     "%s: %s set by someone else to another value; left alone",
@@ -263,7 +297,7 @@ class Annotator:
                 continue
             except kube.NotFound:
                 metrics.patches.labels(op="observe", result="not-found").inc()
-                return "not-found"
+                return "not-found", 0.0
             metrics.patches.labels(op="observe", result="ok").inc()
             current = (pod.get("metadata") or {}).get("annotations") or {}
             opened = conventions.EXPIRES_AT not in current
@@ -277,8 +311,8 @@ class Annotator:
             self.observed_pods.add((ref.namespace, ref.name))
             node = str((pod.get("spec") or {}).get("nodeName") or "")
             self.scheduler.schedule(ref, until, topology.name, node)
-            return "opened" if opened else "extended"
-        return "conflict"
+            return ("opened" if opened else "extended"), until
+        return "conflict", 0.0
 
     async def handle(self, actions: Sequence[Action]) -> None:
         """Apply a batch: workloads concurrently, each workload's actions in order.

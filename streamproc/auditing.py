@@ -1,11 +1,11 @@
 """The audit trail: one JSON record per action outcome and per expiry, on ``streamproc.audit``.
 
 Who (topology, rule, a sample of detection uuids), what (object, pods, annotations), when, and
-the result: applied, extended, already-applied, dry-run, expired-before-apply, no-pods,
-forbidden, failed, expired. Records are produced without waiting on each one; the annotator
-flushes them before it commits a batch of actions (so a crash replays the batch rather than
-losing its records) and the expirer after each round. An audit that cannot be written is
-counted and logged, never a reason to hold back an observation.
+the result (the README lists them all: applied, extended, extension-not-due, expired, ...).
+Records are produced without waiting on each one; the annotator flushes them before it commits
+a batch of actions (so a crash replays the batch rather than losing its records) and the expirer
+after each round. An audit that cannot be written is counted and logged, never a reason to hold
+back an observation.
 """
 
 from __future__ import annotations

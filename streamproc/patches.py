@@ -47,6 +47,21 @@ def expires_at(pod: Mapping[str, Any]) -> float | None:
     return conventions.parse_time(value) if value else None
 
 
+def lasts(pod: Mapping[str, Any], annotations: Mapping[str, str], *, beyond: float) -> bool:
+    """Whether the pod's observation is intact and lasts until ``beyond`` or later.
+
+    Intact: the observed label and the topology's annotations are there as written.
+    """
+    current, labels, _ = _meta(pod)
+    previous = expires_at(pod)
+    return (
+        previous is not None
+        and previous >= beyond
+        and labels.get(conventions.OBSERVED_LABEL) == "true"
+        and all(current.get(k) == v for k, v in annotations.items())
+    )
+
+
 def observe(
     pod: Mapping[str, Any],
     *,
@@ -57,14 +72,9 @@ def observe(
     action_id: str,
 ) -> Patch | None:
     """Open or extend an observation; None when the pod already carries this or a later one."""
-    current, labels, version = _meta(pod)
+    current, _, version = _meta(pod)
     previous = expires_at(pod)
-    if current.get(conventions.ACTION_ID) == action_id or (
-        previous is not None
-        and previous >= until
-        and labels.get(conventions.OBSERVED_LABEL) == "true"
-        and all(current.get(k) == v for k, v in annotations.items())
-    ):
+    if current.get(conventions.ACTION_ID) == action_id or lasts(pod, annotations, beyond=until):
         return None
     owned = owned_keys(current)
     changes: dict[str, str | None] = {}

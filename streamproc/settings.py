@@ -229,6 +229,16 @@ class Settings:
         "Observed pods per node at most; keep it below Retina's filterMapMaxEntries "
         "(default 255). 0 turns the check off.",
     )
+    #: lazy extension: a qualifying window extends an observation only once less than this
+    #: share of its TTL is left (and never less than two windows' worth, so it cannot lapse
+    #: while detections go on); 1 extends on every qualifying window.
+    extend_below: float = knob(
+        0.5,
+        "--extend-below",
+        "STREAMPROC_EXTEND_BELOW",
+        "Extend an observation only once less than this share of its TTL is left "
+        "(at least two windows' worth); 1 extends on every qualifying window.",
+    )
     #: how often the expirer re-lists managed pods to catch changes made elsewhere.
     expiry_resync_s: float = knob(
         60.0,

@@ -187,11 +187,19 @@ def make(
     scope: str = "workload",
     settings_dry_run: bool = False,
     node_budget: int = 200,
+    extend_below: float = 0.5,
 ) -> tuple[Annotator, Expirer]:
-    settings = Settings(dry_run=settings_dry_run, node_budget=node_budget)
+    """An annotator and its expirer on one test clock (``time_passes`` moves both)."""
+    settings = Settings(
+        dry_run=settings_dry_run, node_budget=node_budget, extend_below=extend_below
+    )
     resolver = WorkloadResolver(client, cache_size=100, ttl_s=60)
-    expirer = Expirer(client, resync_s=60, clock=Clock())
-    return Annotator(settings, [topology(ttl, dry_run, scope)], client, resolver, expirer), expirer
+    clock = Clock()
+    expirer = Expirer(client, resync_s=60, clock=clock)
+    annotator = Annotator(
+        settings, [topology(ttl, dry_run, scope)], client, resolver, expirer, clock=clock
+    )
+    return annotator, expirer
 
 
 def time_passes(expirer: Expirer, seconds: float) -> None:

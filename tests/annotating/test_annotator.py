@@ -72,8 +72,8 @@ async def test_a_replayed_action_writes_nothing(
 async def test_a_later_window_extends_the_expiry(
     client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
 ) -> None:
-    """A qualifying window after the first moves expires-at later."""
-    annotator, _ = make(client)
+    """With --extend-below 1, every qualifying window after the first moves expires-at later."""
+    annotator, _ = make(client, extend_below=1.0)
     frontend = workload(cluster, "frontend")
     start = int(time.time()) // 10 * 10 - 20
     await annotator.apply(action_for(frontend, window_start=start))
@@ -84,6 +84,38 @@ async def test_a_later_window_extends_the_expiry(
         conventions.parse_time(second[conventions.EXPIRES_AT])
         == conventions.parse_time(first[conventions.EXPIRES_AT]) + 10
     )
+
+
+async def test_an_extension_is_written_only_once_less_than_half_the_ttl_is_left(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
+) -> None:
+    """Lazy extension: windows while plenty is left write nothing; past half the TTL, one
+    window extends it, and the observation never lapsed in between.
+    """
+    annotator, expirer = make(client, ttl=600)
+    frontend = workload(cluster, "frontend")
+
+    def window_now() -> int:
+        return int(annotator.clock()) // 10 * 10 - 10
+
+    def expiry() -> float:
+        pod = emulator.get("Pod", "shop", frontend.pods[0]) or {}
+        return conventions.parse_time(pod["metadata"]["annotations"][conventions.EXPIRES_AT])
+
+    assert await annotator.apply(action_for(frontend, window_start=window_now())) == "applied"
+    opened = expiry()
+    writes = sum(1 for r in emulator.requests if r.method == "PATCH")
+    for _ in range(29):  # 290 s of windows: more than half the TTL is always left
+        time_passes(expirer, 10)
+        result = await annotator.apply(action_for(frontend, window_start=window_now()))
+        assert result == "extension-not-due"
+    assert sum(1 for r in emulator.requests if r.method == "PATCH") == writes
+    assert expiry() == opened
+    time_passes(expirer, 20)  # now less than half of the 600 s is left
+    assert await annotator.apply(action_for(frontend, window_start=window_now())) == "extended"
+    assert expiry() > opened
+    assert annotated(emulator) == set(frontend.pods)
+    assert testing.metric("streamproc_patches_total", op="observe", result="not-due") >= 29 * 3
 
 
 async def test_annotations_come_from_the_topology_not_the_action(
@@ -250,7 +282,7 @@ async def test_every_outcome_is_audited_with_who_what_and_when(
     """Opening, extending, a dry run and the expiry each leave an audit record."""
 
     auditor = testing.MemoryAuditor()
-    annotator, expirer = make(client, ttl=60)
+    annotator, expirer = make(client, ttl=60, extend_below=1.0)
     annotator.auditor = auditor
     expirer._auditor = auditor
     redis = workload(cluster, "redis")
@@ -450,7 +482,7 @@ async def test_pods_beyond_the_node_budget_are_refused_audited_and_counted(
     pods on other nodes and extensions of pods already observed go ahead.
     """
 
-    annotator, expirer = make(client, node_budget=1)
+    annotator, expirer = make(client, node_budget=1, extend_below=1.0)
     annotator.auditor = auditor = testing.MemoryAuditor()
     exporter = workload(cluster, "node-exporter")  # a DaemonSet: one pod on each node
     nodes = {

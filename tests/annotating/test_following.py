@@ -119,7 +119,7 @@ async def test_beyond_max_observations_new_workloads_are_refused(
 ) -> None:
     """With maxObservations: 1, a second workload is refused and nothing is written on it."""
     capped = topology(maxObservations=1)
-    annotator, expirer = make(client)
+    annotator, expirer = make(client, extend_below=1.0)
     annotator.topologies = {capped.name: capped}
     annotator.follower = Follower(
         client, WorkloadResolver(client, cache_size=100, ttl_s=60), [capped], expirer

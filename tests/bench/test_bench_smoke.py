@@ -84,3 +84,19 @@ def test_the_flood_benchmark_reports_latency_memory_and_api_use_against_their_ba
     assert rows["latency p50 after the flood (ms)"]["baseline"] > 0
     assert rows["API lookups of made-up pods"]["baseline"] == 500
     assert rows["workloads under observation"]["value"] == 1 + 3 + 3
+
+
+def test_the_extension_benchmark_reports_writes_per_pod_before_after_and_ideal(
+    results: Path,
+) -> None:
+    """Small run: lazy extension writes fewer times than extending on every window, never
+    fewer than the ideal, and no pod went unobserved while its workload offended.
+    """
+    out = run_bench("extension.py", "--workloads", "3", "--hours", "0.5", "--ttl", "600")
+    assert "lazy extension" in out
+    rows = {r["name"]: r for r in json.loads((results / "extension.json").read_text())["rows"]}
+    eager = rows["writes per pod per hour, extend on every window (before)"]["value"]
+    lazy = rows["writes per pod per hour, lazy extension (--extend-below 0.5)"]["value"]
+    ideal = rows["ideal: 1 apply + 1 per TTL offended + 1 expiry"]["value"]
+    assert ideal <= lazy < eager
+    assert rows["pod-windows unobserved while offending (lazy / before)"]["value"] == 0

@@ -53,7 +53,7 @@ SEED = int(os.environ.get("STREAMPROC_CRASH_SEED", "11"))
 STAGES = ("ingest", "windows", "annotate")
 WINDOW_MS, TTL = 3000, "30s"
 RATE = 40  # records per second
-HANDLED = ("applied", "extended", "already-applied", "expired-before-apply")
+HANDLED = ("applied", "extended", "extension-not-due", "already-applied", "expired-before-apply")
 
 
 class Traffic(threading.Thread):
