@@ -15,6 +15,7 @@ import logging
 from streamproc import kafka, kube, metrics
 from streamproc.actions import Action, ActionError
 from streamproc.applying import Annotator
+from streamproc.ownership import Ownership
 from streamproc.settings import Settings
 
 log = logging.getLogger("streamproc.annotate")
@@ -27,9 +28,13 @@ _BACKOFF_MAX_S = 8.0
 class AnnotateStage:
     """The actions topic's consumer: decode, apply through the annotator, commit."""
 
-    def __init__(self, settings: Settings, annotator: Annotator) -> None:
+    def __init__(
+        self, settings: Settings, annotator: Annotator, ownership: Ownership | None = None
+    ) -> None:
         self._settings = settings
         self.annotator = annotator
+        #: told the partitions this replica holds after each rebalance
+        self.ownership = ownership
         self._consumer: kafka.AIOKafkaConsumer | None = None
 
     @property
@@ -40,7 +45,10 @@ class AnnotateStage:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume actions until ``stop``; commit after each batch is applied."""
         consumer = kafka.consumer(
-            self._settings, [self._settings.topics.actions], self._settings.groups.annotate
+            self._settings,
+            [self._settings.topics.actions],
+            self._settings.groups.annotate,
+            on_assignment=self._assigned if self.ownership else None,
         )
         producer = kafka.producer(self._settings)
         async with kafka.started(producer, consumer):
@@ -88,6 +96,13 @@ class AnnotateStage:
             offsets = {tp: rs[-1].offset + 1 for tp, rs in batch.items()}
             offsets |= {kafka.TopicPartition(b.topic, b.partition): b.next_offset for b in bad}
             committer.commit(offsets)
+
+    def _assigned(self, partitions: set[int], total: int) -> None:
+        assert self.ownership is not None
+        log.info("annotate owns partitions %s of %d", sorted(partitions) or "none", total)
+        self.ownership.assign(partitions, total)
+        # this replica's share of the API budget follows its share of the work
+        self.annotator.kube.share_limits(self.ownership.share)
 
     async def apply_until_done(self, actions: list[Action], stop: asyncio.Event) -> None:
         """Apply a batch, retrying while the API server is away (backoff up to 8 s) or ``stop``."""

@@ -6,7 +6,9 @@ manages and schedules each, so a restarted annotator still removes what it appli
 every ``expiry_resync_s`` to pick up extensions written by another replica. Before removing, it
 re-reads the pod and removes with a ``resourceVersion`` precondition, so an extension that lands
 in between wins (409, re-read, reschedule) instead of being erased. While the API server is
-unreachable, due expiries wait and are applied when it answers again.
+unreachable, due expiries wait and are applied when it answers again. With several annotate
+replicas each expires only the pods of the workloads it owns (``ownership``), so every pod is
+released, and its Event and audit record written, once.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from streamproc import auditing, conventions, kube, metrics, patches, releasing
+from streamproc.ownership import Ownership
 
 log = logging.getLogger("streamproc.expire")
 _RETRY_S = 2.0
@@ -36,7 +39,12 @@ class Expirer:
         dry_run: bool = False,
         auditor: auditing.Auditor | None = None,
         clock: Callable[[], float] = time.time,
+        ownership: Ownership | None = None,
     ) -> None:
+        #: which pods are this replica's to expire (all of them in a single process)
+        self.ownership = ownership or Ownership.everything()
+        self.ownership.on_change(self._reassigned)
+        self._resync_now = False
         #: what "now" is (tests move it forward instead of waiting for a TTL to pass)
         self.clock = clock
         self._kube = client
@@ -64,6 +72,11 @@ class Expirer:
         self._due[key] = (until, topology)
         heapq.heappush(self._heap, (until, key))
         self._gauge_stale = True  # published by the run loop, once per turn
+        self._wake.set()
+
+    def _reassigned(self) -> None:
+        """Partitions moved: forget the schedule and rebuild it from the pods now owned."""
+        self._resync_now = True
         self._wake.set()
 
     def wake(self) -> None:
@@ -113,6 +126,8 @@ class Expirer:
         found = [(kube.ObjectRef.of(p), p) for p in pods]
         found += [(kube.ObjectRef.namespace_object(_name(n)), n) for n in namespaces]
         for ref, obj in found:
+            if not self.ownership.owns(obj):
+                continue  # another annotate replica's: it expires it
             until = patches.expires_at(obj)
             annotations = (obj.get("metadata") or {}).get("annotations") or {}
             node = str((obj.get("spec") or {}).get("nodeName") or "")
@@ -124,6 +139,10 @@ class Expirer:
         next_resync = 0.0
         while not stop.is_set():
             now = self.clock()
+            if self._resync_now:
+                self._resync_now = False
+                self._forget_all()
+                next_resync = now
             if now >= next_resync:
                 try:
                     await self.resync()
@@ -155,7 +174,11 @@ class Expirer:
     async def _expire(self, key: kube.ObjectRef, topology: str) -> None:
         try:
             done = await releasing.release(
-                self._kube, key, extended_after=self.clock(), dry_run=self._dry_run
+                self._kube,
+                key,
+                extended_after=self.clock(),
+                dry_run=self._dry_run,
+                owned=self.ownership.owns,
             )
         except kube.Conflict:
             self._retry_later(key, topology, "kept changing (409)")
@@ -168,7 +191,9 @@ class Expirer:
             self._due.pop(key, None)
             self.schedule(key, done.until, topology)  # extended meanwhile
             return
-        if done.outcome == "gone":
+        if done.outcome == "elsewhere":
+            pass  # the partitions moved meanwhile: the new owner expires it
+        elif done.outcome == "gone":
             metrics.patches.labels(op="release", result="not-found").inc()
         else:
             metrics.patches.labels(op="release", result="ok").inc()
@@ -191,6 +216,13 @@ class Expirer:
             log.info("observation of %s expired", key)
         self._due.pop(key, None)
         self._forget_node(key)
+        self._gauge_stale = True
+
+    def _forget_all(self) -> None:
+        self._heap.clear()
+        self._due.clear()
+        self._nodes.clear()
+        self._per_node.clear()
         self._gauge_stale = True
 
     def _retry_later(self, key: kube.ObjectRef, topology: str, why: str) -> None:

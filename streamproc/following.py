@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from streamproc import auditing, conventions, kube, metrics, patches
 from streamproc.node_budget import NodeBudget, Scheduler
+from streamproc.ownership import Ownership, key_of
 from streamproc.resolving import WorkloadResolver
 from streamproc.topologies import Topology
 
@@ -48,7 +49,16 @@ class Follower:
         *,
         budget: NodeBudget | None = None,
         clock: Callable[[], float] = time.time,
+        ownership: Ownership | None = None,
     ) -> None:
+        #: which workloads are this replica's to follow (all of them in a single process)
+        self.ownership = ownership or Ownership.everything()
+        self.ownership.on_change(self._reassigned)
+        self._relist = asyncio.Event()
+        #: every observed workload in the cluster, whoever owns it: (until, topology), from the
+        #: pods' marks as listed and watched (what ``maxObservations`` counts)
+        self._everywhere: dict[tuple[str, str, str], tuple[float, str]] = {}
+        self._prune_at = 1000
         #: what "now" is (tests move it forward instead of waiting for a TTL to pass)
         self.clock = clock
         self._kube = client
@@ -86,23 +96,43 @@ class Follower:
         return {k: (f.until, f.topology) for k, f in self._followed.items() if f.until > now}
 
     def observing(self, topology: str) -> set[tuple[str, str, str]]:
-        """Workloads under an unexpired observation of ``topology``."""
+        """Workloads under an unexpired observation of ``topology``, in the whole cluster.
+
+        Those this replica follows, and those the pods' marks show for other replicas (as of
+        the last watch event: a few workloads admitted at once by two replicas can overshoot
+        ``maxObservations`` by that much).
+        """
         now = self.clock()
-        return {k for k, f in self._followed.items() if f.topology == topology and f.until > now}
+        mine = {k for k, f in self._followed.items() if f.topology == topology and f.until > now}
+        return mine | {k for k, (u, t) in self._everywhere.items() if t == topology and u > now}
+
+    def _reassigned(self) -> None:
+        """Partitions moved: list again and follow exactly the workloads now owned."""
+        self._relist.set()
 
     async def run(self, stop: asyncio.Event) -> None:
         """List, then watch, until ``stop``; list again after a 410 or a broken stream."""
         version: str | None = None
         while not stop.is_set():
+            if self._relist.is_set():
+                self._relist.clear()
+                self._followed.clear()
+                version = None
             watch = asyncio.create_task(self._list_and_watch(version))
             stopper = asyncio.create_task(stop.wait())
-            done, _ = await asyncio.wait({watch, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            relist = asyncio.create_task(self._relist.wait())
+            done, _ = await asyncio.wait(
+                {watch, stopper, relist}, return_when=asyncio.FIRST_COMPLETED
+            )
             stopper.cancel()
+            relist.cancel()
             if watch not in done:
                 watch.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watch
-                return
+                if stop.is_set():
+                    return
+                continue
             try:
                 version = watch.result()
             except kube.Gone:
@@ -124,17 +154,38 @@ class Follower:
         async for kind, obj in self._kube.watch_pods(version, timeout_s=_WATCH_S):
             version = (obj.get("metadata") or {}).get("resourceVersion") or version
             if kind in ("ADDED", "MODIFIED"):
+                self._note(obj)
                 await self._consider(obj)
             self.resource_version = version
         return version
+
+    def _note(self, pod: kube.Json) -> None:
+        """Count a marked pod's workload as observed, whichever replica owns it."""
+        meta = pod.get("metadata") or {}
+        if (meta.get("labels") or {}).get(conventions.OBSERVED_LABEL) != "true":
+            return
+        until = patches.expires_at(pod)
+        action_id = str((meta.get("annotations") or {}).get(conventions.ACTION_ID) or "")
+        parts = key_of(action_id).split("/")  # topology/namespace/Kind/name
+        if until is None or len(parts) != 4:
+            return
+        key = (parts[1], parts[2], parts[3])
+        known = self._everywhere.get(key)
+        if known is None or known[0] < until:
+            self._everywhere[key] = (until, parts[0])
+        if len(self._everywhere) > self._prune_at:  # ended observations go, now and then
+            now = self.clock()
+            self._everywhere = {k: v for k, v in self._everywhere.items() if v[0] > now}
+            self._prune_at = 2 * len(self._everywhere) + 1000
 
     async def _remember(self, pod: kube.Json) -> None:
         """Rebuild what is followed from a pod that carries streamproc's marks."""
         meta = pod.get("metadata") or {}
         if (meta.get("labels") or {}).get(conventions.OBSERVED_LABEL) != "true":
             return
+        self._note(pod)
         until = patches.expires_at(pod)
-        if until is None or until <= self.clock():
+        if until is None or until <= self.clock() or not self.ownership.owns(pod):
             return
         annotations = meta.get("annotations") or {}
         ref = await self._resolver.workload_of(pod)

@@ -15,7 +15,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Self
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import (
+    AIOKafkaConsumer,
+    AIOKafkaProducer,
+    ConsumerRebalanceListener,
+    ConsumerRecord,
+    TopicPartition,
+)
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import (
@@ -25,6 +31,7 @@ from aiokafka.errors import (
     TopicAlreadyExistsError,
     UnsupportedCodecError,
 )
+from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.record.memory_records import MemoryRecords
 
@@ -122,11 +129,55 @@ def producer(settings: Settings, *, linger_ms: int = 5) -> AIOKafkaProducer:
     )
 
 
-def consumer(settings: Settings, topics: Iterable[str], group: str) -> AIOKafkaConsumer:
-    """A group consumer with manual commits, starting from the earliest offset for new groups."""
+def partition_of(key: bytes, partitions: int) -> int:
+    """The partition a keyed record goes to, as the producers' default partitioner puts it.
+
+    aiokafka's (and so Faust's) default: murmur2 as in the Java client.
+    """
+    return int(DefaultPartitioner()(key, list(range(partitions)), []))
+
+
+class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Tells ``on_change`` which partitions of ``topic`` this member holds, and of how many.
+
+    Revoked partitions are given up at once, before the group hands them to another member,
+    so two members never both act as a partition's owner.
+    """
+
+    def __init__(
+        self, consumer: AIOKafkaConsumer, topic: str, on_change: Callable[[set[int], int], None]
+    ) -> None:
+        self._consumer, self._topic, self._on_change = consumer, topic, on_change
+        self._held: set[int] = set()
+
+    def _total(self) -> int:
+        return len(self._consumer.partitions_for_topic(self._topic) or ())
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        self._held -= {tp.partition for tp in revoked if tp.topic == self._topic}
+        self._on_change(set(self._held), self._total())
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        self._held = {tp.partition for tp in assigned if tp.topic == self._topic}
+        self._on_change(set(self._held), self._total())
+
+
+def consumer(
+    settings: Settings,
+    topics: Iterable[str],
+    group: str,
+    *,
+    on_assignment: Callable[[set[int], int], None] | None = None,
+) -> AIOKafkaConsumer:
+    """A group consumer with manual commits, starting from the earliest offset for new groups.
+
+    ``on_assignment`` hears the partitions of the first topic this member holds after each
+    rebalance (and the topic's partition count).
+    """
+    topics = list(topics)
     session_ms = int(settings.session_timeout_s * 1000)
-    return AIOKafkaConsumer(
-        *topics,
+    created = AIOKafkaConsumer(
+        *([] if on_assignment else topics),
         **connection_options(settings),
         group_id=group,
         enable_auto_commit=False,
@@ -140,6 +191,9 @@ def consumer(settings: Settings, topics: Iterable[str], group: str) -> AIOKafkaC
         # do not wake a parked fetch (tansu) would otherwise add up to the full wait per hop.
         fetch_max_wait_ms=settings.fetch_max_wait_ms,
     )
+    if on_assignment is not None:
+        created.subscribe(topics, listener=_Assignment(created, topics[0], on_assignment))
+    return created
 
 
 @contextlib.asynccontextmanager

@@ -268,11 +268,21 @@ class Kube:
         self._attempts = attempts
         # Leaky bucket: ``burst`` requests at once, ``qps`` sustained; shared by every caller of
         # this connection (apply and expiry alike), retries included.
+        self._limits = limits
         self._limiter = AsyncLimiter(limits.burst, limits.burst / limits.qps)
         self._in_flight = asyncio.Semaphore(limits.concurrency)
         self._events: set[asyncio.Future[None]] = set()
         self._post_events = limits.events
         self._connector_session: aiohttp.ClientSession | None = None
+
+    def share_limits(self, share: float) -> None:
+        """Take ``share`` of the configured request rate and burst; never below 5 %.
+
+        Annotate replicas split the one budget an operator set by the partitions each owns.
+        """
+        share = min(1.0, max(share, 0.05))
+        burst = max(1, round(self._limits.burst * share))
+        self._limiter = AsyncLimiter(burst, burst / (self._limits.qps * share))
 
     @classmethod
     async def connect(

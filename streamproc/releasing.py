@@ -8,6 +8,7 @@ overwritten; this re-reads and recomputes, a bounded number of times, in one pla
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -22,7 +23,8 @@ ATTEMPTS = 3
 class Release:
     """What a release found and did."""
 
-    outcome: Literal["released", "extended", "gone"]
+    #: ``elsewhere``: the object is another replica's to release now (``owned`` said no)
+    outcome: Literal["released", "extended", "gone", "elsewhere"]
     #: the object as last read ({} when it was gone)
     current: Json
     #: the annotation keys it removed
@@ -37,18 +39,22 @@ async def release(
     *,
     extended_after: float | None = None,
     dry_run: bool = False,
+    owned: Callable[[Json], bool] | None = None,
 ) -> Release:
     """Remove what streamproc added to a pod or a Namespace object.
 
     ``extended_after``: leave it if its expiry is later than this (the expirer's case, with
-    its "now": an annotator extended it meanwhile). Conflict is raised only after
-    ``ATTEMPTS`` 409s; other API errors are the caller's to handle.
+    its "now": an annotator extended it meanwhile). ``owned``: leave it unless this says the
+    object as read now is the caller's (annotate replicas each expire their own). Conflict is
+    raised only after ``ATTEMPTS`` 409s; other API errors are the caller's to handle.
     """
     for attempt in range(1, ATTEMPTS + 1):
         try:
             current = await client.get_observable(ref)
         except kube.NotFound:
             return Release("gone", {})
+        if owned is not None and not owned(current):
+            return Release("elsewhere", current)
         until = patches.expires_at(current)
         if extended_after is not None and until is not None and until > extended_after:
             return Release("extended", current, until=until)

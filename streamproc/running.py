@@ -23,6 +23,7 @@ from streamproc.expiring import Expirer
 from streamproc.following import Follower
 from streamproc.ingesting import Ingestor
 from streamproc.node_budget import NodeBudget
+from streamproc.ownership import Ownership
 from streamproc.resolving import WorkloadResolver
 from streamproc.settings import Settings
 from streamproc.topologies import Topology
@@ -75,15 +76,23 @@ async def _start_annotate(
     await audit_producer.start()
     auditor = auditing.KafkaAuditor(audit_producer, settings.topics.audit)
     cleanups.append(auditor.flush)
+    # what this replica expires and follows: the workloads of the action partitions it holds
+    ownership = Ownership(kafka.partition_of)
     expirer = Expirer(
-        client, resync_s=settings.expiry_resync_s, dry_run=settings.dry_run, auditor=auditor
+        client,
+        resync_s=settings.expiry_resync_s,
+        dry_run=settings.dry_run,
+        auditor=auditor,
+        ownership=ownership,
     )
     budget = NodeBudget(expirer, settings.node_budget)  # one per process: both patch pods
-    follower = Follower(client, resolver, topologies, expirer, auditor, budget=budget)
+    follower = Follower(
+        client, resolver, topologies, expirer, auditor, budget=budget, ownership=ownership
+    )
     annotator = Annotator(
         settings, topologies, client, resolver, expirer, auditor, follower, budget=budget
     )
-    stage = AnnotateStage(settings, annotator)
+    stage = AnnotateStage(settings, annotator, ownership)
     running.expirer, running.annotate, running.follower = expirer, stage, follower
     return [
         asyncio.create_task(expirer.run(stop), name="expirer"),
