@@ -1,30 +1,43 @@
-"""Memory: resident size of the ingest and windows processes with many live workloads.
+"""Memory: resident size of the ingest and windows processes with many live workloads, and of
+the cluster cache (list+watch of pods, ReplicaSets, Jobs) that ingest and annotate keep.
 
     python bench/memory.py [--workloads 100000] [--windows 10] [--window-seconds 3]
+                           [--cached-pods 100000]
 
 Runs ``streamproc ingest`` and ``streamproc windows`` as separate processes (as deployed) on
 their own broker, records each one's resident memory idle (the baseline, same run), then after
 one window in which ``--workloads`` distinct workloads each fire, then at the end of each of
 ``--windows`` further windows of steady load over the same workloads. Targets (issue #4):
 <= 250 MB with 100,000 live workloads, no growth across 10 windows (expired windows are dropped).
+
+The cache part serves ``--cached-pods`` pods (two per Deployment, each with its ReplicaSet) from
+the emulated API server and runs a ``ClusterCache`` in a child process: its resident size before
+the first list is the baseline, then after every resource is listed and watched; the objects the
+cache keeps are also sized one by one (``sys.getsizeof``, shared strings once).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import random
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import compact_event, create_topic, load_topic, report, topology_yaml
+from streamproc import kube
+from streamproc.cluster_cache import ClusterCache
 from streamproc.lab.broker import EmbeddedBroker, free_port
+from streamproc.lab.cluster import ClusterBuilder
+from streamproc.lab.kubeemu import KubeEmulator
 
 
 def rss_mb(pid: int) -> float:
@@ -32,12 +45,88 @@ def rss_mb(pid: int) -> float:
     return int(status.split("VmRSS:")[1].split()[0]) / 1024
 
 
+def deep_size(root: object) -> int:
+    """Bytes of ``root`` and everything it holds, each object once (interned strings shared)."""
+    seen: set[int] = set()
+    stack = [root]
+    total = 0
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        total += sys.getsizeof(obj)
+        if isinstance(obj, Mapping):  # dicts, and the shared empty marks
+            stack.extend(obj.keys())
+            stack.extend(obj.values())
+        elif isinstance(obj, (tuple, list, set, frozenset)):
+            stack.extend(obj)
+    return total
+
+
+async def cache_child(kubeconfig: str) -> None:
+    """In a child process: RSS before and after the cache's first full list, and its kept size."""
+    client = await kube.Kube.connect(kubeconfig, timeout_s=120.0)
+    cache = ClusterCache(client)
+    before = rss_mb(os.getpid())
+    stop = asyncio.Event()
+    task = asyncio.create_task(cache.run(stop))
+    started = time.perf_counter()
+    await cache.synced()
+    synced_s = time.perf_counter() - started
+    gc.collect()
+    after = rss_mb(os.getpid())
+    kept = deep_size((cache._pods, cache._controllers))  # noqa: SLF001 - sizing its stores
+    stop.set()
+    await task
+    await client.close()
+    print(f"{before} {after} {kept} {len(cache)} {synced_s}")  # to the parent
+
+
+def cache_rows(pods: int, tmp: Path) -> tuple[list[dict[str, object]], dict[str, object]]:
+    builder = ClusterBuilder(seed=3)
+    for i in range(pods // 2):
+        builder.deployment(f"ns-{i % 100}", f"app-{i}", 2, "registry.example/app:1.0")
+    emulator = KubeEmulator()
+    for obj in builder.objects:
+        emulator.create(obj)
+    with emulator.serve():
+        kubeconfig = emulator.write_kubeconfig(tmp / "cache-kubeconfig")
+        out = subprocess.run(
+            [sys.executable, __file__, "--cache-child", str(kubeconfig)],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=600,
+        ).stdout.split()
+    before, after, kept, count, synced_s = (float(v) for v in out[-5:])
+    rows: list[dict[str, object]] = [
+        {
+            "name": f"cluster cache: RSS with {int(count):,} cached pods",
+            "value": after,
+            "baseline": before,
+            "unit": "MB (baseline: before the first list)",
+        },
+        {
+            "name": "cluster cache: kept per pod",
+            "value": kept / count,
+            "unit": "bytes (its ReplicaSet's entry included)",
+        },
+    ]
+    return rows, {"cached_pods": int(count), "cache_synced_s": round(synced_s, 2)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workloads", type=int, default=100_000)
     parser.add_argument("--windows", type=int, default=10)
     parser.add_argument("--window-seconds", type=int, default=3)
+    parser.add_argument("--cached-pods", type=int, default=100_000)
+    parser.add_argument("--cache-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.cache_child:
+        asyncio.run(cache_child(args.cache_child))
+        return
     rng = random.Random(4)
     pods = [(f"ns-{i % 100}", f"app-{i}-7d4b9c8f5x-x2x7k") for i in range(args.workloads)]
     with tempfile.TemporaryDirectory() as tmp_dir, EmbeddedBroker().running() as broker:
@@ -97,6 +186,7 @@ def main() -> None:
             for process in stages.values():
                 process.terminate()
                 process.wait(30)
+        cached, cache_extra = cache_rows(args.cached_pods, Path(tmp))
     rows = []
     for stage in ("ingest", "windows"):
         rows.append(
@@ -115,6 +205,7 @@ def main() -> None:
                 "unit": "MB (baseline: after the first)",
             }
         )
+    rows += cached
     report(
         "memory",
         rows,
@@ -124,6 +215,7 @@ def main() -> None:
             "window_seconds": args.window_seconds,
             "per_window": per_window,
             "target": "<= 250 MB, no growth across windows",
+            **cache_extra,
         },
     )
 

@@ -9,10 +9,9 @@ not dropped (at-least-once; patches are idempotent).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
-from streamproc import kafka, kube, metrics
+from streamproc import kafka, kube, metrics, stopping
 from streamproc.actions import Action, ActionError
 from streamproc.applying import Annotator
 from streamproc.ownership import Ownership
@@ -115,8 +114,7 @@ class AnnotateStage:
                 log.warning(
                     "API unavailable (%s); batch kept uncommitted, retrying in %.0fs", exc, delay
                 )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=delay)
+                await stopping.pause(stop, delay)
                 if stop.is_set():
                     raise
                 delay = min(delay * 2, _BACKOFF_MAX_S)

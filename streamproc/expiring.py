@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from streamproc import auditing, conventions, kube, metrics, patches, releasing
+from streamproc.cluster_cache import ClusterCache
 from streamproc.ownership import Ownership
 
 log = logging.getLogger("streamproc.expire")
@@ -40,7 +41,10 @@ class Expirer:
         auditor: auditing.Auditor | None = None,
         clock: Callable[[], float] = time.time,
         ownership: Ownership | None = None,
+        cache: ClusterCache | None = None,
     ) -> None:
+        #: the pods as listed and watched: a resync reads the marked ones there, not the API
+        self._cache = cache
         #: which pods are this replica's to expire (all of them in a single process)
         self.ownership = ownership or Ownership.everything()
         self.ownership.on_change(self._reassigned)
@@ -120,7 +124,10 @@ class Expirer:
     async def resync(self) -> None:
         """Schedule every managed pod from its own annotations."""
         selector = f"{conventions.OBSERVED_LABEL}=true"
-        pods = await self._kube.list_pods(None, label_selector=selector)
+        if self._cache is not None and self._cache.pods_synced:
+            pods = [info.object() for info in self._cache.marked()]
+        else:
+            pods = await self._kube.list_pods(None, label_selector=selector)
         # list items carry no kind: say which are Namespace objects (``scope: namespace``)
         namespaces = await self._kube.list_observed_namespaces(selector)
         found = [(kube.ObjectRef.of(p), p) for p in pods]

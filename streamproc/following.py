@@ -1,11 +1,11 @@
 """Following workloads under observation: pods they create meanwhile get the observation too.
 
 A rollout, a rescheduled pod or a scale-up creates pods the annotator never saw. The follower
-watches pods in all namespaces (resuming from the last resourceVersion, using bookmarks, and
-listing again after a 410) and, while a workload's observation lasts, writes the same
-observation on every new pod of that workload; the expirer then ends it with the others. The
-set of followed workloads is rebuilt from the pods' own marks when the follower starts, so it
-survives restarts like the expiry does.
+reads the pod events of the process's ``ClusterCache`` (one list and watch of all pods, shared
+with the resolver) and, while a workload's observation lasts, writes the same observation on
+every new pod of that workload; the expirer then ends it with the others. The set of followed
+workloads is rebuilt from the pods' own marks in the cache after every full list, so it survives
+restarts like the expiry does, and a start costs no request per pod.
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from streamproc import auditing, conventions, kube, metrics, patches
+from streamproc import auditing, conventions, kube, metrics, patches, stopping
+from streamproc.cluster_cache import ClusterCache
 from streamproc.node_budget import NodeBudget, Scheduler
 from streamproc.ownership import Ownership, key_of
 from streamproc.resolving import WorkloadResolver
 from streamproc.topologies import Topology
 
 log = logging.getLogger("streamproc.follow")
-_WATCH_S = 60
 _RETRY_S = 2.0
 
 
@@ -50,7 +50,15 @@ class Follower:
         budget: NodeBudget | None = None,
         clock: Callable[[], float] = time.time,
         ownership: Ownership | None = None,
+        cache: ClusterCache | None = None,
     ) -> None:
+        #: the pods as listed and watched; one of its own (run with the follower) if not given
+        self.cache = cache or ClusterCache(client)
+        self._runs_cache = cache is None
+        if resolver.cache is None:  # resolve owners from the same copy, not one GET each
+            resolver.cache = self.cache
+        self._events: asyncio.Queue[tuple[str, kube.Json]] = asyncio.Queue()
+        self.cache.subscribe(lambda kind, pod: self._events.put_nowait((kind, pod)))
         #: which workloads are this replica's to follow (all of them in a single process)
         self.ownership = ownership or Ownership.everything()
         self.ownership.on_change(self._reassigned)
@@ -111,53 +119,61 @@ class Follower:
         self._relist.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """List, then watch, until ``stop``; list again after a 410 or a broken stream."""
-        version: str | None = None
-        while not stop.is_set():
-            if self._relist.is_set():
-                self._relist.clear()
-                self._followed.clear()
-                version = None
-            watch = asyncio.create_task(self._list_and_watch(version))
-            stopper = asyncio.create_task(stop.wait())
-            relist = asyncio.create_task(self._relist.wait())
-            done, _ = await asyncio.wait(
-                {watch, stopper, relist}, return_when=asyncio.FIRST_COMPLETED
-            )
-            stopper.cancel()
-            relist.cancel()
-            if watch not in done:
-                watch.cancel()
+        """Follow the cache's pod events until ``stop``; rebuild after every full list."""
+        cache = asyncio.create_task(self.cache.run(stop)) if self._runs_cache else None
+        try:
+            while not stop.is_set():
+                event = asyncio.create_task(self._events.get())
+                stopper = asyncio.create_task(stop.wait())
+                relist = asyncio.create_task(self._relist.wait())
+                await asyncio.wait({event, stopper, relist}, return_when=asyncio.FIRST_COMPLETED)
+                stopper.cancel()
+                relist.cancel()
+                if not event.done():
+                    event.cancel()
+                try:
+                    if self._relist.is_set():
+                        self._relist.clear()
+                        self._followed.clear()
+                        await self._rebuild()
+                    if event.done() and not event.cancelled():
+                        await self._handle(*event.result())
+                except kube.KubeError as exc:
+                    metrics.stage_errors.labels(stage="follow", error=type(exc).__name__).inc()
+                    log.warning("following interrupted (%s); looking again", exc)
+                    await stopping.pause(stop, _RETRY_S)
+                    self._relist.set()  # a pod may have been missed: go through them all
+        finally:
+            if cache is not None:
+                cache.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await watch
-                if stop.is_set():
-                    return
-                continue
-            try:
-                version = watch.result()
-            except kube.Gone:
-                version = None
-            except kube.KubeError as exc:
-                metrics.stage_errors.labels(stage="follow", error=type(exc).__name__).inc()
-                log.warning("pod watch interrupted (%s); resuming", exc)
-                await _sleep_or_stop(stop, _RETRY_S)
+                    await cache
 
-    async def _list_and_watch(self, version: str | None) -> str | None:
-        """One watch request (listing first when there is no version); the last version seen."""
-        if version is None:
-            pods, version = await self._kube.list_pods_versioned()
-            for pod in pods:
-                await self._remember(pod)
-            for pod in pods:
-                await self._consider(pod)
-            self.resource_version = version
-        async for kind, obj in self._kube.watch_pods(version, timeout_s=_WATCH_S):
-            version = (obj.get("metadata") or {}).get("resourceVersion") or version
-            if kind in ("ADDED", "MODIFIED"):
-                self._note(obj)
-                await self._consider(obj)
-            self.resource_version = version
-        return version
+    async def _handle(self, kind: str, pod: kube.Json) -> None:
+        if kind == "LISTED":
+            self._followed.clear()
+            await self._rebuild()
+        elif kind in ("ADDED", "MODIFIED"):
+            self._note(pod)
+            await self._consider(pod)
+        version = (pod.get("metadata") or {}).get("resourceVersion")
+        self.resource_version = str(version or self.cache.resource_versions.get("pods", ""))
+
+    async def _rebuild(self) -> None:
+        """What is followed, from the marked pods in the cache; then the pods that lack it."""
+        for info in self.cache.marked():
+            await self._remember(info.object())
+        if not self._followed:
+            return
+        for info in self.cache.pods():
+            if info.marked:
+                continue
+            ref = await self._resolver.workload_of(info.object())
+            if (ref.namespace, ref.kind, ref.name) in self._followed:
+                try:  # a new pod of a followed workload: read it whole to patch it
+                    await self._consider(await self._kube.get_pod(info.namespace, info.name))
+                except kube.NotFound:
+                    continue
 
     def _note(self, pod: kube.Json) -> None:
         """Count a marked pod's workload as observed, whichever replica owns it."""
@@ -263,8 +279,3 @@ class Follower:
             annotations=dict(topology.spec.action.annotate),
             expires_at=conventions.format_time(followed.until),
         )
-
-
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=seconds)

@@ -35,7 +35,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.record.memory_records import MemoryRecords
 
-from streamproc import metrics
+from streamproc import metrics, stopping
 from streamproc.settings import KafkaSecurity, Settings
 
 log = logging.getLogger("streamproc.kafka")
@@ -300,8 +300,7 @@ async def wait_for_broker(
         finally:
             with contextlib.suppress(Exception):
                 await probe.close()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=delay)
+        await stopping.pause(stop, delay)
         delay = min(delay * 2, 2.0)
     return False
 
@@ -405,8 +404,7 @@ async def watch_broker(settings: Settings, stop: asyncio.Event, interval_s: floa
                     metrics.kafka_up.set(1)
                     log.warning("Kafka reachable again after %.1fs", lasted)
                     down_since = None
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=interval_s)
+            await stopping.pause(stop, interval_s)
     finally:
         if started:
             await admin.close()

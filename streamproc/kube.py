@@ -449,30 +449,39 @@ class Kube:
             )
         return list(doc.get("items") or [])
 
-    async def list_pods_versioned(
-        self, label_selector: str | None = None
+    def _lister(self, resource: str) -> Callable[..., Awaitable[Any]]:
+        """The all-namespaces list call of a watchable resource."""
+        calls: dict[str, Callable[..., Awaitable[Any]]] = {
+            "pods": self._core.list_pod_for_all_namespaces,
+            "replicasets": self._apps.list_replica_set_for_all_namespaces,
+            "jobs": self._batch.list_job_for_all_namespaces,
+        }
+        return calls[resource]
+
+    async def list_versioned(
+        self, resource: str = "pods", label_selector: str | None = None
     ) -> tuple[list[Json], str]:
-        """All pods, and the list's resourceVersion to start a watch from."""
+        """All objects of ``resource`` (pods, replicasets, jobs), and the list's resourceVersion."""
         kwargs: dict[str, Any] = {"_preload_content": False, "_request_timeout": self._timeout}
         if label_selector:
             kwargs["label_selector"] = label_selector
-        doc = await self._call(
-            "list", "pods", lambda: self._core.list_pod_for_all_namespaces(**kwargs)
-        )
+        call = self._lister(resource)
+        doc = await self._call("list", resource, lambda: call(**kwargs))
         return list(doc.get("items") or []), str((doc.get("metadata") or {}).get("resourceVersion"))
 
-    async def watch_pods(
-        self, resource_version: str, *, timeout_s: int = 60
+    async def watch(
+        self, resource: str, resource_version: str, *, timeout_s: int = 60
     ) -> AsyncIterator[tuple[str, Json]]:
-        """Pod events in all namespaces after ``resource_version``, bookmarks included.
+        """Events of ``resource`` in all namespaces after ``resource_version``, bookmarks included.
 
         Ends after ``timeout_s`` (the server closes the stream); raises Gone when the version is
         too old, Unavailable when the stream breaks.
         """
+        what = f"watch {resource}"
         await self._throttle()
         try:
             # with _preload_content=False the call returns the raw aiohttp response
-            response: Any = await self._core.list_pod_for_all_namespaces(
+            response: Any = await self._lister(resource)(
                 watch=True,
                 resource_version=resource_version,
                 allow_watch_bookmarks=True,
@@ -482,20 +491,20 @@ class Kube:
             )
             if response.status >= 400:
                 body = (await response.read()).decode("utf-8", "replace")[:300]
-                raise _translate(response.status, body, response.headers, "watch pods")
+                raise _translate(response.status, body, response.headers, what)
             async with response:
                 async for line in lines_of(response.content.iter_any()):
                     event = orjson.loads(line)
                     kind, obj = event.get("type", ""), event.get("object") or {}
                     if kind == "ERROR":
                         if obj.get("code") == 410:
-                            raise Gone("watch pods: resourceVersion too old", status=410)
-                        raise Unavailable(f"watch pods: {obj.get('message', obj)}")
+                            raise Gone(f"{what}: resourceVersion too old", status=410)
+                        raise Unavailable(f"{what}: {obj.get('message', obj)}")
                     yield kind, obj
         except ApiException as exc:
-            raise _translate(exc.status or 0, str(exc.reason), exc.headers, "watch pods") from None
+            raise _translate(exc.status or 0, str(exc.reason), exc.headers, what) from None
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise Unavailable(f"watch pods: {type(exc).__name__}: {exc}") from None
+            raise Unavailable(f"{what}: {type(exc).__name__}: {exc}") from None
 
     async def create_capture(self, namespace: str, body: Json) -> Json:
         """Create a Retina Capture (``retina.sh/v1alpha1``); Conflict if it already exists."""

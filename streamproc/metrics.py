@@ -47,6 +47,15 @@ workload_resolutions = Counter(
     "Pod-to-workload resolutions by method (cache hits not counted)",
     ["method"],
 )
+resolver_unknown_pods = Counter(
+    "streamproc_resolver_unknown_pods_total",
+    "Detections of pods the synced cluster cache does not know, resolved by name shape without "
+    "an API call",
+)
+cached_pods = Gauge(
+    "streamproc_cluster_cache_pods",
+    "Pods in this process's cluster cache (list+watch)",
+)
 resolver_over_budget = Counter(
     "streamproc_resolver_lookups_over_budget_total",
     "Pods resolved by name shape because the pod-lookup budget was spent (a flood of new pods)",

@@ -32,8 +32,14 @@ class Permission:
 
 _RESOLVE = (
     Permission("", "pods", "get", "find the workload that owns a detected pod"),
+    Permission("", "pods", "list", "the cluster cache's list of pods; a workload's pods"),
+    Permission("", "pods", "watch", "keep the cluster cache current; follow new pods"),
     Permission("apps", "replicasets", "get", "follow a ReplicaSet to its Deployment"),
+    Permission("apps", "replicasets", "list", "the cluster cache's ReplicaSets"),
+    Permission("apps", "replicasets", "watch", "keep the cluster cache's ReplicaSets current"),
     Permission("batch", "jobs", "get", "follow a Job to its CronJob"),
+    Permission("batch", "jobs", "list", "the cluster cache's Jobs"),
+    Permission("batch", "jobs", "watch", "keep the cluster cache's Jobs current"),
 )
 
 #: stage -> what it needs; the windows stage talks only to Kafka.
@@ -42,8 +48,6 @@ STAGES: dict[str, tuple[Permission, ...]] = {
     "windows": (),
     "annotate": (
         *_RESOLVE,
-        Permission("", "pods", "list", "find a workload's pods; the expirer's resync"),
-        Permission("", "pods", "watch", "follow pods that start during an observation"),
         Permission("", "pods", "patch", "write and remove the Retina annotation"),
         Permission("", "events", "create", "record ObservationStarted/Expired Events"),
         Permission("retina.sh", "captures", "create", "start a Retina packet capture", "capture"),

@@ -4,6 +4,14 @@ Rules live in ``workloads``; this adds the API reads and two bounded TTL caches,
 detections from one pod costs one lookup, not one per detection. When the API cannot answer,
 resolution falls back to the pod name's shape and remembers that only briefly.
 
+With a ``ClusterCache`` (list+watch of pods, ReplicaSets and Jobs) resolution costs no request:
+a pod the synced cache knows is resolved from its ownerReferences and its controller's, a DaemonSet
+pod included; a pod it does not know (made up, or created a moment ago and not yet watched) is
+counted (``streamproc_resolver_unknown_pods_total``) and resolved by its name's shape, remembered
+only briefly so that the next detection finds it in the cache. Only a controller the cache has not
+seen yet costs a GET. Without the cache (no list/watch permission, or before its first list) the
+GETs below are used.
+
 Lookups of pods not in the cache have their own budget (``lookups_per_s``): anyone who can write
 to the input topic can invent pod names, and a flood of 50,000 made-up pods would otherwise
 become 50,000 GETs, queued behind the API rate limit with every real detection waiting behind
@@ -18,6 +26,7 @@ from aiolimiter import AsyncLimiter
 from cachetools import TTLCache
 
 from streamproc import kube, metrics, workloads
+from streamproc.cluster_cache import ClusterCache
 from streamproc.events import Detection
 from streamproc.workloads import WorkloadRef
 
@@ -36,8 +45,11 @@ class WorkloadResolver:
         cache_size: int,
         ttl_s: float,
         lookups_per_s: float | None = None,
+        cache: ClusterCache | None = None,
     ) -> None:
         self._kube = client
+        #: the cluster as last listed and watched, when this process keeps one
+        self.cache = cache
         # A burst of LOOKUP_BURST_S seconds' worth: a restarted ingest meets every live pod of
         # its backlog at once, and a real pod guessed by its name (a DaemonSet's pod reads like
         # a bare one) would have its observation go to a workload that does not exist.
@@ -64,30 +76,62 @@ class WorkloadResolver:
             if found is not None:
                 return found
         key = (namespace, pod)
+        cached = self.known_pod(namespace, pod)
+        if cached is not None:
+            return cached
         return self._pods.get(key) or self._fallbacks.get(key)
 
+    def known_pod(self, namespace: str, pod: str) -> WorkloadRef | None:
+        """The workload of a pod the cluster cache knows, controller included; else None.
+
+        Never a request: None also when the cache is not synced or lacks the pod's controller.
+        """
+        if self.cache is None or not self.cache.pods_synced:
+            return None
+        info = self.cache.pod(namespace, pod)
+        if info is None:
+            return None
+        grand = None
+        if info.owner is not None and workloads.parent_kind(info.owner[0]) is not None:
+            known, grand = self.cache.controller(namespace, *info.owner)
+            if not known:
+                return None  # a controller not seen yet: ``resolve`` reads it
+        return workloads.from_owner_chain(namespace, pod, info.owner, grand)
+
     async def resolve(self, namespace: str, pod: str) -> WorkloadRef:
-        """Resolve through the API (ownerReferences), else by name shape; cache the answer."""
+        """Resolve through the cache or the API (ownerReferences), else by name shape."""
         key = (namespace, pod)
-        cached = self._pods.get(key) or self._fallbacks.get(key)
+        cached = self.known_pod(namespace, pod) or self._pods.get(key) or self._fallbacks.get(key)
         if cached is not None:
             return cached
         # Remembered for the whole TTL unless the API failed (then retried sooner). Without the
         # API, or over the lookup budget (a flood's pods come back again and again), or for a
         # pod that does not exist (made up, or gone), the name's shape is all there is.
         lasting = True
-        if self._kube is None or not await self._within_budget():
-            ref = workloads.from_name_shape(namespace, pod)
-        else:
-            try:
-                ref = await self.workload_of(await self._kube.get_pod(namespace, pod))
-            except kube.NotFound:
+        try:
+            if self.cache is not None and self.cache.pods_synced:
+                ref, lasting = await self._resolve_cached(namespace, pod)
+            elif self._kube is None or not await self._within_budget():
                 ref = workloads.from_name_shape(namespace, pod)
-            except kube.KubeError:
-                ref, lasting = workloads.from_name_shape(namespace, pod), False
+            else:
+                ref = await self.workload_of(await self._kube.get_pod(namespace, pod))
+        except kube.NotFound:
+            ref = workloads.from_name_shape(namespace, pod)
+        except kube.KubeError:
+            ref, lasting = workloads.from_name_shape(namespace, pod), False
         (self._pods if lasting else self._fallbacks)[key] = ref
         metrics.workload_resolutions.labels(method=ref.resolved_by).inc()
         return ref
+
+    async def _resolve_cached(self, namespace: str, pod: str) -> tuple[WorkloadRef, bool]:
+        """With a synced cache: (workload, lasting); never a request for the pod itself."""
+        assert self.cache is not None
+        info = self.cache.pod(namespace, pod)
+        if info is not None:  # known, its controller not seen yet: one GET, remembered
+            return await self._workload(namespace, pod, info.owner), True
+        # not in the cluster as last watched (made up, or too new): the name's shape, briefly
+        metrics.resolver_unknown_pods.inc()
+        return workloads.from_name_shape(namespace, pod), False
 
     async def _within_budget(self) -> bool:
         """Take one lookup from the budget if there is one left now; never waits for one."""
@@ -103,7 +147,11 @@ class WorkloadResolver:
         """The workload of a pod object read from the API."""
         meta = pod.get("metadata") or {}
         namespace, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
-        owner = kube.controller_of(pod)
+        return await self._workload(namespace, name, kube.controller_of(pod))
+
+    async def _workload(
+        self, namespace: str, name: str, owner: tuple[str, str] | None
+    ) -> WorkloadRef:
         grand = None
         if owner is not None and workloads.parent_kind(owner[0]) is not None:
             grand = await self._controller(namespace, *owner)
@@ -119,6 +167,10 @@ class WorkloadResolver:
         key = (namespace, kind, name)
         if key in self._controllers:
             return self._controllers[key]
+        if self.cache is not None and self.cache.controllers_synced:
+            known, found = self.cache.controller(namespace, kind, name)
+            if known or guessed:  # a guess the cache does not know is wrong: no GET for it
+                return found
         if self._kube is None:
             return None
         try:

@@ -19,6 +19,7 @@ from pathlib import Path
 from streamproc import auditing, kafka, kube
 from streamproc.annotating import AnnotateStage
 from streamproc.applying import Annotator
+from streamproc.cluster_cache import ClusterCache
 from streamproc.expiring import Expirer
 from streamproc.following import Follower
 from streamproc.ingesting import Ingestor
@@ -38,6 +39,8 @@ class Running:
     """Handles on what a run started, for the lab's live view and summary."""
 
     expirer: Expirer | None = None
+    #: the process's copy of the cluster's pods, shared by the stages that read pods
+    cache: ClusterCache | None = None
     annotate: AnnotateStage | None = None
     follower: Follower | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -57,6 +60,16 @@ async def _kube_or_none(settings: Settings, *, required: bool) -> kube.Kube | No
         return None
 
 
+def _cache_of(
+    client: kube.Kube, running: Running, stop: asyncio.Event, tasks: list[asyncio.Task[None]]
+) -> ClusterCache:
+    """The process's cluster cache: made and started by the first stage that needs it."""
+    if running.cache is None:
+        running.cache = ClusterCache(client)
+        tasks.append(asyncio.create_task(running.cache.run(stop), name="cluster-cache"))
+    return running.cache
+
+
 async def _start_annotate(
     settings: Settings,
     topologies: Sequence[Topology],
@@ -68,8 +81,13 @@ async def _start_annotate(
     client = await _kube_or_none(settings, required=True)
     assert client is not None
     cleanups.append(client.close)
+    tasks: list[asyncio.Task[None]] = []
+    cache = _cache_of(client, running, stop, tasks)
     resolver = WorkloadResolver(
-        client, cache_size=settings.resolver_cache_size, ttl_s=settings.resolver_cache_ttl_s
+        client,
+        cache_size=settings.resolver_cache_size,
+        ttl_s=settings.resolver_cache_ttl_s,
+        cache=cache,
     )
     audit_producer = kafka.producer(settings)
     cleanups.append(audit_producer.stop)  # also when its start fails: it holds connections
@@ -84,10 +102,18 @@ async def _start_annotate(
         dry_run=settings.dry_run,
         auditor=auditor,
         ownership=ownership,
+        cache=cache,
     )
     budget = NodeBudget(expirer, settings.node_budget)  # one per process: both patch pods
     follower = Follower(
-        client, resolver, topologies, expirer, auditor, budget=budget, ownership=ownership
+        client,
+        resolver,
+        topologies,
+        expirer,
+        auditor,
+        budget=budget,
+        ownership=ownership,
+        cache=cache,
     )
     annotator = Annotator(
         settings, topologies, client, resolver, expirer, auditor, follower, budget=budget
@@ -95,6 +121,7 @@ async def _start_annotate(
     stage = AnnotateStage(settings, annotator, ownership)
     running.expirer, running.annotate, running.follower = expirer, stage, follower
     return [
+        *tasks,
         asyncio.create_task(expirer.run(stop), name="expirer"),
         asyncio.create_task(stage.run(stop), name="annotate"),
         asyncio.create_task(follower.run(stop), name="follower"),
@@ -177,6 +204,7 @@ async def run_stages(
                 cache_size=settings.resolver_cache_size,
                 ttl_s=settings.resolver_cache_ttl_s,
                 lookups_per_s=settings.resolver_lookups_per_s,
+                cache=_cache_of(client, running, stop, tasks) if client else None,
             )
             ingestor = Ingestor(settings, topologies, resolver)
             tasks.append(asyncio.create_task(ingestor.run(stop), name="ingest"))

@@ -151,3 +151,9 @@ def finish(code: int, *, grace_s: float = 5.0) -> None:
         _flush()
         os._exit(code)
     sys.exit(code)
+
+
+async def pause(stop: asyncio.Event, seconds: float) -> None:
+    """Wait ``seconds``, or less if ``stop`` is set meanwhile: a delay that never delays a stop."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)

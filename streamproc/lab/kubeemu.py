@@ -202,6 +202,8 @@ class KubeEmulator:
         self._rv = 1
         self._history: list[tuple[int, str, tuple[str, str, str], Json, Json | None]] = []
         self._watchers: set[asyncio.Queue[None]] = set()
+        #: bumped by ``compact``: open watches end with 410 Gone, as after an etcd compaction
+        self._compactions = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self.faults: list[Fault] = []
         self.requests: list[LoggedRequest] = []
@@ -233,6 +235,19 @@ class KubeEmulator:
         if self._loop is not None:
             for queue in list(self._watchers):
                 self._loop.call_soon_threadsafe(queue.put_nowait, None)
+
+    def compact(self) -> None:
+        """Forget the event history, as an etcd compaction does: watches end with 410 Gone.
+
+        Resuming from an older resourceVersion gets 410 too, so clients must list again.
+        """
+        with self._lock:
+            self._history.clear()
+            self._compactions += 1
+            self._bump()
+            if self._loop is not None:
+                for queue in list(self._watchers):
+                    self._loop.call_soon_threadsafe(queue.put_nowait, None)
 
     def create(self, obj: Json) -> Json:
         """Store a new object (as the API server would on POST); returns the stored copy."""
@@ -544,17 +559,18 @@ class KubeEmulator:
         async def send(kind: str, obj: Json) -> None:
             await response.write(orjson.dumps({"type": kind, "object": obj}) + b"\n")
 
+        gone = {
+            "kind": "Status",
+            "code": 410,
+            "reason": "Expired",
+            "message": "too old resource version",
+        }
         try:
             with self._lock:
+                generation = self._compactions
                 if since and since != "0":
                     oldest = self._history[0][0] if self._history else self._rv
                     if int(since) < oldest - 1:
-                        gone = {
-                            "kind": "Status",
-                            "code": 410,
-                            "reason": "Expired",
-                            "message": "too old resource version",
-                        }
                         await send("ERROR", gone)
                         return response
                     cursor = int(since)
@@ -567,8 +583,12 @@ class KubeEmulator:
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
                 with self._lock:
+                    compacted = self._compactions != generation
                     pending = [h for h in self._history if h[0] > cursor and h[2] == gvr]
                     cursor = self._rv
+                if compacted:
+                    await send("ERROR", gone)
+                    return response
                 for _rv, kind, _gvr, obj, old in pending:
                     now_in, was_in = visible(obj), visible(old)
                     if kind == "DELETED" and was_in:

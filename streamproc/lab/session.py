@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from streamproc import conventions, diagnosing, kafka, kube, metrics, running, topologies
+from streamproc import conventions, diagnosing, kafka, kube, metrics, running, stopping, topologies
 from streamproc.durations import format_duration
 from streamproc.lab.broker import EmbeddedBroker, free_port
 from streamproc.lab.cluster import sample_cluster
@@ -251,8 +251,7 @@ async def _replay(
         for item in schedule:
             delay = item.at - (time.monotonic() - started)
             if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=delay)
+                await stopping.pause(stop, delay)
             if stop.is_set():
                 break
             pending.append(await producer.send(topic, stamp(item.value, time.time())))
@@ -373,8 +372,7 @@ async def run_lab(options: LabOptions, stop: asyncio.Event) -> Summary:
                     topic = lab_topologies[0].spec.source.topic
                     replay = asyncio.create_task(_replay(settings, topic, span, view, stop))
                 view.refresh(handles)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=0.5)
+                await stopping.pause(stop, 0.5)
         summary.interrupted = stop.is_set()
         stop.set()
         if doctor is not None and not doctor.done():

@@ -209,6 +209,8 @@ async def test_a_new_pod_on_a_node_at_its_budget_is_not_observed_and_says_so(
     stop = asyncio.Event()
     tasks = [asyncio.create_task(follower.run(stop)), asyncio.create_task(expirer.run(stop))]
     try:
+        # started first: its first list then finds nothing to follow, and hears of the new pod
+        await async_wait_for(lambda: bool(follower.resource_version), what="the follower's list")
         frontend = workload(cluster, "frontend")
         assert await annotator.apply(action_for(frontend)) == "applied"
         full = {n for n in ("node-a", "node-b") if expirer.observed_on(n) >= 1}
@@ -225,3 +227,79 @@ async def test_a_new_pod_on_a_node_at_its_budget_is_not_observed_and_says_so(
     finally:
         stop.set()
         await asyncio.gather(*tasks)
+
+
+async def test_a_follower_over_10000_pods_starts_without_a_request_per_pod(
+    tmp_path: Path,
+) -> None:
+    """Three lists and the watches, then the marks of the observed pods: no GET per pod."""
+    builder = ClusterBuilder(seed=11)
+    deployments = [builder.deployment(f"ns-{i % 50}", f"app-{i}", 2, "x") for i in range(5000)]
+    emulator = KubeEmulator()
+    for obj in builder.objects:
+        emulator.create(obj)
+    with emulator.serve():
+        kubeconfig = emulator.write_kubeconfig(tmp_path / "kubeconfig")
+        client = await kube.Kube.connect(str(kubeconfig), timeout_s=10.0, attempts=1)
+        try:
+            annotator, expirer = make(client, ttl=600)
+            observed_now = deployments[:20]
+            for deployment in observed_now:
+                assert await annotator.apply(action_for(deployment)) == "applied"
+            before = len(emulator.requests)
+            follower = Follower(
+                client,
+                WorkloadResolver(client, cache_size=100, ttl_s=60),
+                [topology(ttl=600)],
+                expirer,
+            )
+            stop = asyncio.Event()
+            task = asyncio.create_task(follower.run(stop))
+            try:
+                await async_wait_for(
+                    lambda: bool(follower.resource_version), timeout=60, what="its start"
+                )
+                assert len(follower.cache) == 10_000
+                assert {k[2] for k in follower.followed()} == {d.name for d in observed_now}
+                made = emulator.requests[before:]
+                reads = [r.path for r in made if r.method == "GET" and "watch=" not in r.query]
+                assert sorted(reads) == [
+                    "/api/v1/pods",
+                    "/apis/apps/v1/replicasets",
+                    "/apis/batch/v1/jobs",
+                ]
+            finally:
+                stop.set()
+                await task
+        finally:
+            await client.close()
+
+
+async def test_after_a_410_the_follower_finds_the_pods_it_missed(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
+) -> None:
+    """A pod created while the watch was gone is found in the new list and observed."""
+    annotator, expirer = make(client, ttl=60)
+    follower = Follower(
+        client, WorkloadResolver(client, cache_size=100, ttl_s=60), [topology(ttl=60)], expirer
+    )
+    annotator.follower = follower
+    stop = asyncio.Event()
+    task = asyncio.create_task(follower.run(stop))
+    try:
+        await async_wait_for(lambda: bool(follower.resource_version), timeout=10, what="a list")
+        assert await annotator.apply(action_for(workload(cluster, "frontend"))) == "applied"
+        heard: list[str] = []
+        follower.cache.subscribe(lambda kind, _pod: heard.append(kind))
+        emulator.compact()
+        new_frontend_pod(emulator, "frontend-ngq2cd9wfp-wwwww")
+        await async_wait_for(
+            lambda: observed(emulator, "frontend-ngq2cd9wfp-wwwww"),
+            timeout=20,
+            what="the pod created across the 410 to be observed",
+        )
+        assert "LISTED" in heard  # found by the new list, not by the watch that ended
+        assert follower.followed_pods == 1
+    finally:
+        stop.set()
+        await task
