@@ -130,7 +130,7 @@ def main() -> None:
     rng = random.Random(4)
     pods = [(f"ns-{i % 100}", f"app-{i}-7d4b9c8f5x-x2x7k") for i in range(args.workloads)]
     with tempfile.TemporaryDirectory() as tmp_dir, EmbeddedBroker().running() as broker:
-        tmp = os.environ.get("BENCH_WORKDIR", tmp_dir)
+        tmp = os.environ.get("BENCH_WORKDIR") or tmp_dir  # empty: the temporary folder
         folder = Path(tmp) / "topologies"
         folder.mkdir(exist_ok=True)
         (folder / "bench.yaml").write_text(
