@@ -206,9 +206,7 @@ class ClusterCache:
     async def _list_and_watch(self, resource: str, version: str | None) -> str | None:
         """One watch request (listing first when there is no version); the last version seen."""
         if version is None:
-            items, version = await self._kube.list_versioned(resource)
-            self._replace(resource, items)
-            self.resource_versions[resource] = version
+            version = await self._list(resource)
         async for kind, obj in self._kube.watch(resource, version, timeout_s=_WATCH_S):
             version = (obj.get("metadata") or {}).get("resourceVersion") or version
             if kind in ("ADDED", "MODIFIED", "DELETED"):
@@ -216,23 +214,32 @@ class ClusterCache:
             self.resource_versions[resource] = version
         return version
 
-    def _replace(self, resource: str, items: list[kube.Json]) -> None:
+    async def _list(self, resource: str) -> str:
+        """Replace the copy of ``resource`` with a new list, each page reduced as it comes."""
+        pods: dict[tuple[str, str], PodInfo] = {}
+        controllers: dict[tuple[str, str, str], tuple[str, str] | None] = {}
+        kind = _CONTROLLER_KIND.get(resource, "")
+        version = ""
+        async for items, page_version in self._kube.list_pages(resource):
+            version = page_version
+            if resource == "pods":
+                pods.update(((i.namespace, i.name), i) for i in map(PodInfo.of, items))
+            else:
+                controllers.update((_controller_key(kind, o), _controller_of(o)) for o in items)
         if resource == "pods":
-            self._pods = {}
-            self._marked = {}
-            for pod in items:
-                self._put_pod(PodInfo.of(pod))
-            metrics.cached_pods.set(len(self._pods))
+            self._pods = pods
+            self._marked = {k: i for k, i in pods.items() if i.marked}
+            metrics.cached_pods.set(len(pods))
         else:
-            kind = _CONTROLLER_KIND[resource]
-            self._controllers = {k: v for k, v in self._controllers.items() if k[1] != kind} | {
-                _controller_key(kind, obj): _controller_of(obj) for obj in items
-            }
+            others = {k: v for k, v in self._controllers.items() if k[1] != kind}
+            self._controllers = others | controllers
+        self.resource_versions[resource] = version
         self._listed.add(resource)
         self._forbidden.discard(resource)
         # subscribers hear of a list of pods once the owners are there to resolve them with
         if not self._check_synced() and resource == "pods" and self._synced.is_set():
             self._tell("LISTED", {})
+        return version
 
     def _check_synced(self) -> bool:
         """Mark the cache synced when every resource is listed (or forbidden); True if now."""

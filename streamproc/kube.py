@@ -11,6 +11,7 @@ rest surface as NotFound, Conflict or Forbidden for the caller to decide.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import socket
 import time
@@ -175,13 +176,18 @@ def _kubeconfig_named(kubeconfig: str | None) -> tuple[str, bool]:
     return named or str(default), bool(files) or default.is_file()
 
 
-async def _configuration(kubeconfig: str | None) -> client.Configuration:
+async def _configuration(kubeconfig: str | None, context: str | None) -> client.Configuration:
     configuration = client.Configuration()
     where, found = _kubeconfig_named(kubeconfig)
+    if context and not found:
+        raise ConfigError(
+            f"kubeconfig context {context!r} asked for, but there is no kubeconfig ({where}); "
+            "point --kubeconfig at the file that holds each cluster's context"
+        )
     if found:
         try:
             await config.load_kube_config(
-                config_file=kubeconfig, client_configuration=configuration
+                config_file=kubeconfig, client_configuration=configuration, context=context
             )
         except (config.ConfigException, OSError, TypeError, ValueError) as exc:
             raise ConfigError(
@@ -292,12 +298,14 @@ class Kube:
         timeout_s: float = DEFAULTS.api_timeout_s,
         attempts: int = 5,
         limits: Limits | None = None,
+        context: str | None = None,
     ) -> Self:
         """Load credentials: a given file, KUBECONFIG, ~/.kube/config, else the pod's account.
 
-        ConfigError says which was tried and what to do.
+        ``context`` picks a kubeconfig context other than the current one (another cluster of a
+        fleet). ConfigError says which was tried and what to do.
         """
-        configuration = await _configuration(kubeconfig)
+        configuration = await _configuration(kubeconfig, context)
         _proxy_from_environment(configuration)
         api = client.ApiClient(configuration)
         kube = cls(api, timeout_s=timeout_s, attempts=attempts, limits=limits or Limits())
@@ -458,16 +466,31 @@ class Kube:
         }
         return calls[resource]
 
-    async def list_versioned(
-        self, resource: str = "pods", label_selector: str | None = None
-    ) -> tuple[list[Json], str]:
-        """All objects of ``resource`` (pods, replicasets, jobs), and the list's resourceVersion."""
-        kwargs: dict[str, Any] = {"_preload_content": False, "_request_timeout": self._timeout}
-        if label_selector:
-            kwargs["label_selector"] = label_selector
+    async def list_pages(
+        self, resource: str = "pods", *, page_size: int = 500
+    ) -> AsyncIterator[tuple[list[Json], str]]:
+        """Pages of all pods, replicasets or jobs, each with the list's resourceVersion.
+
+        Paged as client-go's informers list (``limit``/``continue``): a large cluster's list is
+        never held whole, so listing costs one page of memory, not every object. The watch
+        starts from the version once the last page is read.
+        """
         call = self._lister(resource)
-        doc = await self._call("list", resource, lambda: call(**kwargs))
-        return list(doc.get("items") or []), str((doc.get("metadata") or {}).get("resourceVersion"))
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {
+                "_preload_content": False,
+                "_request_timeout": self._timeout,
+                "limit": page_size,
+            }
+            if token:
+                kwargs["_continue"] = token
+            doc = await self._call("list", resource, functools.partial(call, **kwargs))
+            meta = doc.get("metadata") or {}
+            yield list(doc.get("items") or []), str(meta.get("resourceVersion"))
+            token = meta.get("continue")
+            if not token:
+                return
 
     async def watch(
         self, resource: str, resource_version: str, *, timeout_s: int = 60

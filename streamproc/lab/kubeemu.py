@@ -16,6 +16,7 @@ reaches it through an ordinary kubeconfig:
   patch (RFC 6902);
 - ``resourceVersion`` on every object, 409 when a write names a stale one, 404 for missing
   objects;
+- paged lists (``limit``, ``continue``; every page carries the first page's resourceVersion)
 - watch with label filtering, resume from a ``resourceVersion``, ``410 Gone`` when too old,
   bookmarks and ``timeoutSeconds``;
 - faults injected per request that fail *before* any state changes (status, ``Retry-After``,
@@ -446,13 +447,24 @@ class KubeEmulator:
             if request.query.get("watch", "").lower() in ("true", "1"):
                 return await self._watch(request, gvr, namespace)
             group, version, _ = gvr
+            # paging as the API server does: ``limit``, then ``continue`` with the token of the
+            # page before; every page reports the first page's resourceVersion (a snapshot)
+            limit = int(request.query.get("limit") or 0)
+            token = request.query.get("continue", "")
+            snapshot, _, offset = token.partition(":") if token else ("", "", "0")
             with self._lock:
+                items = self._matching(gvr, namespace, request)
+                start = int(offset or 0)
+                page = items[start : start + limit] if limit else items
+                meta = {"resourceVersion": snapshot or str(self._rv)}
+                if limit and start + limit < len(items):
+                    meta["continue"] = f"{meta['resourceVersion']}:{start + limit}"
                 body = orjson.dumps(
                     {
                         "kind": f"{kind}List",
                         "apiVersion": f"{group}/{version}" if group else version,
-                        "metadata": {"resourceVersion": str(self._rv)},
-                        "items": self._matching(gvr, namespace, request),
+                        "metadata": meta,
+                        "items": page,
                     }
                 )
             return web.Response(body=body, content_type="application/json")
