@@ -44,6 +44,8 @@ class Action:
     count: records.Count
     first_append_ms: records.Epoch
     uuids: records.Uuids = field(default_factory=list)
+    #: the cluster whose annotators act on it ("" for a single cluster)
+    cluster: records.OptionalLabel = ""
 
     def encode(self) -> bytes:
         """JSON bytes for Kafka."""

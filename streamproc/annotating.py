@@ -45,8 +45,8 @@ class AnnotateStage:
         """Consume actions until ``stop``; commit after each batch is applied."""
         consumer = kafka.consumer(
             self._settings,
-            [self._settings.topics.actions],
-            self._settings.groups.annotate,
+            [self._settings.actions_topic],
+            self._settings.annotate_group,
             on_assignment=self._assigned if self.ownership else None,
         )
         producer = kafka.producer(self._settings)
@@ -86,11 +86,25 @@ class AnnotateStage:
             actions: list[Action] = []
             for record in records:
                 try:
-                    actions.append(Action.decode(record.value or b""))
+                    action = Action.decode(record.value or b"")
                 except ActionError as exc:
                     await kafka.dead_letter_record(
                         producer, dead_letters, record, STAGE, "invalid-action", str(exc)
                     )
+                    continue
+                if action.cluster != self._settings.cluster:
+                    # another cluster's action on this cluster's topic: never applied here
+                    await kafka.dead_letter_record(
+                        producer,
+                        dead_letters,
+                        record,
+                        STAGE,
+                        "other-cluster",
+                        f"for cluster {action.cluster or '(none)'!r}, this is "
+                        f"{self._settings.cluster or '(none)'!r}",
+                    )
+                    continue
+                actions.append(action)
             await self.apply_until_done(actions, stop)
             offsets = {tp: rs[-1].offset + 1 for tp, rs in batch.items()}
             offsets |= {kafka.TopicPartition(b.topic, b.partition): b.next_offset for b in bad}

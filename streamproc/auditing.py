@@ -45,14 +45,16 @@ class NullAuditor:
 class KafkaAuditor:
     """Produces records to the audit topic through a started aiokafka producer."""
 
-    def __init__(self, producer: Any, topic: str) -> None:
+    def __init__(self, producer: Any, topic: str, *, cluster: str = "") -> None:
         self._producer = producer
         self._topic = topic
+        #: every record names its cluster when many share one Kafka (and so one audit topic)
+        self._cluster = {"cluster": cluster} if cluster else {}
         self._pending: set[asyncio.Task[Any]] = set()
 
     def record(self, **fields: Any) -> None:
         """Queue the record for sending; failures are counted, not raised."""
-        doc = {"time": conventions.format_time(time.time()), **fields}
+        doc = {"time": conventions.format_time(time.time()), **self._cluster, **fields}
         key = f"{fields.get('namespace', '')}/{fields.get('kind', '')}/{fields.get('name', '')}"
         task = asyncio.ensure_future(
             self._producer.send(self._topic, value=orjson.dumps(doc), key=key.encode())

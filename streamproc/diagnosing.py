@@ -79,12 +79,12 @@ async def kafka_checks(settings: Settings, loaded: Sequence[Topology]) -> list[C
     area = "Kafka"
     sources = list(dict.fromkeys(t.spec.source.topic for t in loaded))
     names = settings.topics
-    internal = [names.tallies, names.actions, names.audit, names.dead_letters]
+    internal = [names.tallies, settings.actions_topic, names.audit, names.dead_letters]
     groups = settings.groups
     reads = {
         groups.ingest: sources,
         groups.windows: [names.tallies],
-        groups.annotate: [names.actions],
+        settings.annotate_group: [settings.actions_topic],
     }
     try:
         found = await kafka.survey(

@@ -5,7 +5,10 @@ Two producers write the same JSON shape: Falcosidekick's Kafka output (its ``typ
 ``hostname``) and Falco's own ``json_output`` (the same keys, without ``uuid``; ``tags`` and
 ``hostname`` only when enabled). Kubernetes context lives in ``output_fields``: ``k8s.ns.name`` and
 ``k8s.pod.name`` from the container plugin, and owner names from the k8smeta plugin. Falco writes
-``null`` or ``<NA>`` for a field it could not resolve.
+``null`` or ``<NA>`` for a field it could not resolve. A fleet names each detection's cluster in
+``output_fields`` too: Falcosidekick's ``customfields`` (``CUSTOMFIELDS=cluster:prod-eu``) sets
+``output_fields[key] = value`` on every event it forwards (falcosecurity/falcosidekick
+``handlers.go``, ``config.go``, 2.34.1).
 
 This module does no I/O. It is on the hot path (every raw detection passes through ``parse``), so it
 reads fields with plain dict look-ups and allocates one small object per detection.
@@ -20,6 +23,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from streamproc import conventions
+from streamproc.settings import DEFAULTS
 
 #: Falco's priority names, most severe first (falcosecurity/falco ``falco_common.h``).
 PRIORITIES = (
@@ -109,6 +113,9 @@ class Detection(NamedTuple):
     namespace: str | None
     pod: str | None
     owners: tuple[tuple[str, str], ...]
+    #: the cluster it came from: its cluster field (Falcosidekick ``customfields``), else the
+    #: local cluster's name ("" in a single-cluster deployment)
+    cluster: str
     uuid: str
     time: str
     hostname: str
@@ -150,6 +157,7 @@ class _Memo:
 
 _namespaces = _Memo()
 _pods = _Memo()
+_clusters = _Memo()
 _tag_lists = _Memo()
 _OWNER_KEYS = frozenset(field for field, _ in OWNER_FIELDS)
 
@@ -184,8 +192,14 @@ def _owners(fields: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     )
 
 
-def parse(raw: bytes) -> Detection:  # noqa: C901, PLR0912 - one flat pass is the fast path
-    """Decode and validate one detection; raise ParseError with a reason code otherwise."""
+def parse(  # noqa: C901, PLR0912, PLR0915 - one flat pass is the fast path
+    raw: bytes, *, cluster_field: str = DEFAULTS.cluster_field, local_cluster: str = ""
+) -> Detection:
+    """Decode and validate one detection; raise ParseError with a reason code otherwise.
+
+    ``cluster_field`` is the ``output_fields`` key naming the cluster; a detection without it
+    belongs to ``local_cluster``.
+    """
     if len(raw) > MAX_MESSAGE_BYTES:
         raise ParseError("too-large", f"{len(raw)} bytes > {MAX_MESSAGE_BYTES}")
     try:
@@ -232,6 +246,12 @@ def parse(raw: bytes) -> Detection:  # noqa: C901, PLR0912 - one flat pass is th
         _pods.known.get(pod) or _pods.check(pod, conventions.is_dns1123_subdomain)
     ):
         raise ParseError("invalid-pod-name", f"pod {pod[:80]!r} is not a DNS-1123 subdomain")
+    cluster = fields.get(cluster_field, local_cluster) if fields else local_cluster
+    if cluster is not local_cluster and not (
+        cluster.__class__ is str
+        and (_clusters.known.get(cluster) or _clusters.check(cluster, conventions.is_dns1123_label))
+    ):
+        raise ParseError("invalid-cluster", f"cluster {str(cluster)[:80]!r} is not DNS-1123")
     time = doc.get("time")
     if type(time) is not str or _RFC3339(time) is None:
         raise ParseError("invalid-time", f"'time' is {str(time)[:60]!r}, not RFC 3339")
@@ -246,6 +266,7 @@ def parse(raw: bytes) -> Detection:  # noqa: C901, PLR0912 - one flat pass is th
         namespace,
         pod,
         () if _OWNER_KEYS.isdisjoint(fields) else _owners(fields),
+        cluster,
         uuid if type(uuid) is str else "",
         time,
         hostname if type(hostname) is str else "",

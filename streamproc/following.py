@@ -23,6 +23,7 @@ from streamproc.node_budget import NodeBudget, Scheduler
 from streamproc.ownership import Ownership, key_of
 from streamproc.resolving import WorkloadResolver
 from streamproc.topologies import Topology
+from streamproc.workloads import cluster_of
 
 log = logging.getLogger("streamproc.follow")
 _RETRY_S = 2.0
@@ -182,7 +183,7 @@ class Follower:
             return
         until = patches.expires_at(pod)
         action_id = str((meta.get("annotations") or {}).get(conventions.ACTION_ID) or "")
-        parts = key_of(action_id).split("/")  # topology/namespace/Kind/name
+        parts = cluster_of(key_of(action_id))[1].split("/")  # topology/namespace/Kind/name
         if until is None or len(parts) != 4:
             return
         key = (parts[1], parts[2], parts[3])

@@ -28,7 +28,7 @@ from streamproc.resolving import WorkloadResolver
 from streamproc.settings import Settings
 from streamproc.tallies import UUID_SAMPLE, Tally, start_tally
 from streamproc.topologies import Topology
-from streamproc.workloads import WorkloadRef
+from streamproc.workloads import WorkloadRef, in_cluster
 
 log = logging.getLogger("streamproc.ingest")
 STAGE = "ingest"
@@ -57,9 +57,20 @@ class Ingestor:
         settings: Settings,
         topologies: Sequence[Topology],
         resolver: WorkloadResolver,
+        *,
+        clusters: Mapping[str, WorkloadResolver] | None = None,
     ) -> None:
         self.settings = settings
         self.resolver = resolver
+        #: each cluster's resolver: this one's (``--cluster``), those of ``--cluster-contexts``,
+        #: and for any other cluster one without API access (owner fields, name shape)
+        self.resolvers: dict[str, WorkloadResolver] = {
+            settings.cluster: resolver,
+            **(clusters or {}),
+        }
+        self._elsewhere = WorkloadResolver(
+            None, cache_size=settings.resolver_cache_size, ttl_s=settings.resolver_cache_ttl_s
+        )
         by_topic: dict[str, list[Topology]] = {}
         for topology in topologies:
             by_topic.setdefault(topology.spec.source.topic, []).append(topology)
@@ -86,13 +97,16 @@ class Ingestor:
         waiting: dict[tuple[object, ...], list[tuple[Detection, int]]] = {}
         tallies = result.tallies
         parse = events.parse
+        cluster_field, local_cluster = self.settings.cluster_field, self.settings.cluster
         for record in records:
             try:
-                detection = parse(record.value or b"")
+                detection = parse(
+                    record.value or b"", cluster_field=cluster_field, local_cluster=local_cluster
+                )
             except ParseError as exc:
                 result.dead.append((record, exc.reason, exc.detail))
                 continue
-            key: tuple[object, ...] = detection[:7]
+            key: tuple[object, ...] = detection[:8]  # rule ... owners, cluster
             route = routes.get(key)
             if route is None:
                 route = routes[key] = self._route(detection, record.topic)
@@ -104,11 +118,11 @@ class Ingestor:
                 continue
             _add(tallies, route, detection, record.timestamp)
         if waiting:
-            resolved = await self._resolve({(k[4], k[5]) for k in waiting})  # type: ignore[misc]
+            resolved = await self._resolve({(k[7], k[4], k[5]) for k in waiting})  # type: ignore[misc]
             for key, detections in waiting.items():
                 route = routes[key]
-                route.workload = resolved[(key[4], key[5])]  # type: ignore[index]
-                route.workload_key = route.workload.key
+                route.workload = resolved[(key[7], key[4], key[5])]  # type: ignore[index]
+                route.workload_key = in_cluster(route.cluster, route.workload.key)
                 for detection, timestamp in detections:
                     _add(tallies, route, detection, timestamp)
         for route in routes.values():
@@ -129,17 +143,25 @@ class Ingestor:
             return _Route("unmatched", detection)
         route = _Route("match", detection)
         route.targets = tuple((t.name, int(t.spec.window.size * 1000)) for t in matched)
-        route.workload = self.resolver.known(detection)
+        route.workload = self._resolver_of(detection.cluster).known(detection)
         if route.workload is not None:
-            route.workload_key = route.workload.key
+            route.workload_key = in_cluster(route.cluster, route.workload.key)
         return route
 
-    async def _resolve(self, pods: set[tuple[str, str]]) -> dict[tuple[str, str], WorkloadRef]:
-        # The API client bounds requests in flight and per second; nothing to add here.
-        async def one(namespace: str, pod: str) -> tuple[tuple[str, str], WorkloadRef]:
-            return (namespace, pod), await self.resolver.resolve(namespace, pod)
+    def _resolver_of(self, cluster: str) -> WorkloadResolver:
+        return self.resolvers.get(cluster) or self._elsewhere
 
-        return dict(await asyncio.gather(*(one(ns, pod) for ns, pod in pods)))
+    async def _resolve(
+        self, pods: set[tuple[str, str, str]]
+    ) -> dict[tuple[str, str, str], WorkloadRef]:
+        # The API client bounds requests in flight and per second; nothing to add here.
+        async def one(
+            cluster: str, namespace: str, pod: str
+        ) -> tuple[tuple[str, str, str], WorkloadRef]:
+            ref = await self._resolver_of(cluster).resolve(namespace, pod)
+            return (cluster, namespace, pod), ref
+
+        return dict(await asyncio.gather(*(one(*pod) for pod in pods)))
 
     async def publish(
         self,
@@ -445,10 +467,20 @@ def merge(into: Tally, other: Tally) -> Tally:
 class _Route:
     """What every detection with one (rule, priority, source, tags, namespace, pod, owners) does."""
 
-    __slots__ = ("count", "kind", "priority", "source", "targets", "workload", "workload_key")
+    __slots__ = (
+        "cluster",
+        "count",
+        "kind",
+        "priority",
+        "source",
+        "targets",
+        "workload",
+        "workload_key",
+    )
 
     def __init__(self, kind: str, detection: Detection) -> None:
         self.kind = kind
+        self.cluster = detection.cluster
         self.priority = detection.priority
         self.source = detection.source
         self.count = 0
@@ -476,6 +508,7 @@ def _add(tallies: dict[_Slot, Tally], route: _Route, detection: Detection, times
                 detection.priority,
                 detection.pod or "",
                 detection.uuid,
+                route.cluster,
             )
             continue
         tally.count += 1

@@ -24,6 +24,7 @@ class _Compiled:
     sources: frozenset[str]
     include: frozenset[str]
     exclude: frozenset[str]
+    clusters: frozenset[str]
 
     def admits(self, detection: Detection) -> bool:
         match = self.topology.spec.match
@@ -36,6 +37,7 @@ class _Compiled:
             and namespace is not None
             and (not self.include or namespace in self.include)
             and (namespace not in self.exclude or namespace in self.include)
+            and (not self.clusters or detection.cluster in self.clusters)
         )
 
 
@@ -54,6 +56,7 @@ class Matcher:
                 # a topology's own exclude list adds to the protected ones, never replaces them
                 exclude=frozenset(t.spec.match.namespaces.exclude)
                 | frozenset(conventions.PROTECTED_NAMESPACES),
+                clusters=frozenset(t.spec.match.clusters),
             )
             for t in topologies
         )
@@ -67,6 +70,7 @@ class Matcher:
             detection.source,
             detection.tags,
             detection.namespace,
+            detection.cluster,
         )
         found = self._cache.get(key)
         if found is None:

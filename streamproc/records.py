@@ -31,6 +31,11 @@ def _check(test: Callable[[str], bool], what: str) -> Callable[[str], str]:
 
 #: a namespace or topology name
 Label = Annotated[str, AfterValidator(_check(conventions.is_dns1123_label, "a DNS-1123 label"))]
+#: a cluster's name, or empty for a single-cluster deployment
+OptionalLabel = Annotated[
+    str,
+    AfterValidator(_check(lambda v: not v or conventions.is_dns1123_label(v), "a DNS-1123 label")),
+]
 #: a workload or pod name
 Subdomain = Annotated[
     str, AfterValidator(_check(conventions.is_dns1123_subdomain, "a DNS-1123 subdomain"))

@@ -92,7 +92,7 @@ async def _start_annotate(
     audit_producer = kafka.producer(settings)
     cleanups.append(audit_producer.stop)  # also when its start fails: it holds connections
     await audit_producer.start()
-    auditor = auditing.KafkaAuditor(audit_producer, settings.topics.audit)
+    auditor = auditing.KafkaAuditor(audit_producer, settings.topics.audit, cluster=settings.cluster)
     cleanups.append(auditor.flush)
     # what this replica expires and follows: the workloads of the action partitions it holds
     ownership = Ownership(kafka.partition_of)
@@ -126,6 +126,46 @@ async def _start_annotate(
         asyncio.create_task(stage.run(stop), name="annotate"),
         asyncio.create_task(follower.run(stop), name="follower"),
     ]
+
+
+async def _ingestor(
+    settings: Settings,
+    topologies: Sequence[Topology],
+    stop: asyncio.Event,
+    running: Running,
+    cleanups: list[Callable[[], Awaitable[None]]],
+    tasks: list[asyncio.Task[None]],
+) -> Ingestor:
+    """Ingest with a resolver for this cluster and for each of ``--cluster-contexts``."""
+    client = await _kube_or_none(settings, required=False)
+    if client is not None:
+        cleanups.append(client.close)
+    resolver = WorkloadResolver(
+        client,
+        cache_size=settings.resolver_cache_size,
+        ttl_s=settings.resolver_cache_ttl_s,
+        lookups_per_s=settings.resolver_lookups_per_s,
+        cache=_cache_of(client, running, stop, tasks) if client else None,
+    )
+    clusters = {}
+    for name, context in settings.contexts().items():
+        other = await kube.Kube.connect(
+            settings.kubeconfig,
+            timeout_s=settings.api_timeout_s,
+            limits=kube.Limits.of(settings),
+            context=context,
+        )
+        cleanups.append(other.close)
+        cache = ClusterCache(other)
+        tasks.append(asyncio.create_task(cache.run(stop), name=f"cluster-cache-{name}"))
+        clusters[name] = WorkloadResolver(
+            other,
+            cache_size=settings.resolver_cache_size,
+            ttl_s=settings.resolver_cache_ttl_s,
+            lookups_per_s=settings.resolver_lookups_per_s,
+            cache=cache,
+        )
+    return Ingestor(settings, topologies, resolver, clusters=clusters)
 
 
 SCRATCH_PREFIX = "streamproc-windows-"
@@ -166,7 +206,7 @@ def stage_topics(
     uses = {
         "ingest": [*(t.spec.source.topic for t in topologies), topics.tallies],
         "windows": [topics.tallies, topics.actions],
-        "annotate": [topics.actions, topics.audit],
+        "annotate": [settings.actions_topic, topics.audit],
     }
     names = [name for stage in stages for name in uses[stage]] + [topics.dead_letters]
     return list(dict.fromkeys(names))
@@ -196,17 +236,7 @@ async def run_stages(
     ]
     try:
         if "ingest" in stages:
-            client = await _kube_or_none(settings, required=False)
-            if client is not None:
-                cleanups.append(client.close)
-            resolver = WorkloadResolver(
-                client,
-                cache_size=settings.resolver_cache_size,
-                ttl_s=settings.resolver_cache_ttl_s,
-                lookups_per_s=settings.resolver_lookups_per_s,
-                cache=_cache_of(client, running, stop, tasks) if client else None,
-            )
-            ingestor = Ingestor(settings, topologies, resolver)
+            ingestor = await _ingestor(settings, topologies, stop, running, cleanups, tasks)
             tasks.append(asyncio.create_task(ingestor.run(stop), name="ingest"))
         if "windows" in stages:
             # Faust keeps table metadata on disk; state itself lives in the changelog topics.

@@ -111,6 +111,28 @@ class Settings:
     )
     topics: Topics = field(default_factory=Topics)
     groups: Groups = field(default_factory=Groups)
+    #: this deployment's cluster in a fleet that shares one Kafka ("" for a single cluster)
+    cluster: str = knob(
+        "",
+        "--cluster",
+        "STREAMPROC_CLUSTER",
+        "This cluster's name when many clusters share one Kafka: ingest gives it to detections "
+        "without a cluster field, annotate acts only on its actions [default: none, one cluster].",
+    )
+    cluster_field: str = knob(
+        "cluster",
+        "--cluster-field",
+        "STREAMPROC_CLUSTER_FIELD",
+        "The output_fields key that names a detection's cluster (Falcosidekick's "
+        "CUSTOMFIELDS=cluster:NAME adds it).",
+    )
+    cluster_contexts: str = knob(
+        "",
+        "--cluster-contexts",
+        "STREAMPROC_CLUSTER_CONTEXTS",
+        "Ingest: NAME=CONTEXT,... the kubeconfig context of each other cluster whose pods it "
+        "resolves (others: owner fields and name shape).",
+    )
     dry_run: bool = knob(
         False, "--dry-run", "STREAMPROC_DRY_RUN", "Do everything except write to the cluster."
     )
@@ -267,6 +289,25 @@ class Settings:
         "After SIGINT/SIGTERM, the longest a clean stop may take before exiting anyway (s).",
     )
     client_id: str = "streamproc"
+
+    def actions_topic_of(self, cluster: str) -> str:
+        """The actions topic of one cluster: each cluster's annotators read only their own."""
+        return f"{self.topics.actions}.{cluster}" if cluster else self.topics.actions
+
+    @property
+    def actions_topic(self) -> str:
+        """The actions topic this deployment's annotators read."""
+        return self.actions_topic_of(self.cluster)
+
+    @property
+    def annotate_group(self) -> str:
+        """The annotate consumer group: one per cluster, so clusters never share partitions."""
+        return f"{self.groups.annotate}.{self.cluster}" if self.cluster else self.groups.annotate
+
+    def contexts(self) -> dict[str, str]:
+        """``--cluster-contexts`` as cluster name -> kubeconfig context."""
+        pairs = (item.partition("=") for item in self.cluster_contexts.split(",") if item.strip())
+        return {name.strip(): context.strip() for name, _, context in pairs}
 
     @property
     def rebalance_timeout_s(self) -> float:

@@ -15,7 +15,7 @@ import orjson
 from pydantic import ConfigDict
 
 from streamproc import records
-from streamproc.workloads import Kind, ResolvedBy, WorkloadRef
+from streamproc.workloads import Kind, ResolvedBy, WorkloadRef, in_cluster
 
 UUID_SAMPLE = 5
 
@@ -42,11 +42,13 @@ class Tally:
     priority: records.Priority
     pod: records.OptionalSubdomain
     uuids: records.Uuids = field(default_factory=list)
+    #: the cluster of the workload, in a fleet sharing one Kafka ("" for a single cluster)
+    cluster: records.OptionalLabel = ""
 
     @property
     def workload_key(self) -> str:
-        """``topology/namespace/Kind/name``: the table key in the windows stage."""
-        return f"{self.topology}/{self.namespace}/{self.kind}/{self.name}"
+        """``[cluster:]topology/namespace/Kind/name``: the Kafka key and the windows table key."""
+        return in_cluster(self.cluster, f"{self.topology}/{self.namespace}/{self.kind}/{self.name}")
 
     def encode(self) -> bytes:
         """JSON bytes for Kafka."""
@@ -73,6 +75,7 @@ def start_tally(
     priority: int,
     pod: str,
     uuid: str,
+    cluster: str = "",
 ) -> Tally:
     """The tally for the first detection of a workload in a window within one batch."""
     return Tally(
@@ -88,4 +91,5 @@ def start_tally(
         priority=priority,
         pod=pod,
         uuids=[uuid] if uuid else [],
+        cluster=cluster,
     )

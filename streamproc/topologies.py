@@ -110,6 +110,16 @@ class Match(_Strict):
     tags: tuple[str, ...] = ()
     sources: tuple[str, ...] = ()
     namespaces: Namespaces = Namespaces()
+    #: clusters of a fleet sharing one Kafka (a detection's cluster field, else ``--cluster``)
+    clusters: tuple[str, ...] = ()
+
+    @field_validator("clusters")
+    @classmethod
+    def _clusters(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not conventions.is_dns1123_label(name):
+                raise ValueError(f"{name!r} is not a valid cluster name (a DNS-1123 label)")
+        return value
 
     @field_validator("priority", mode="before")
     @classmethod

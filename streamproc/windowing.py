@@ -105,6 +105,7 @@ def action_for(topology: Topology, tally: Tally, count: int) -> Action:
         count=count,
         first_append_ms=tally.first_append_ms,
         uuids=tally.uuids,
+        cluster=tally.cluster,
     )
 
 
@@ -119,7 +120,7 @@ def decide(state: list[int], tally_count: int, threshold: int) -> tuple[list[int
     return [new_count, 0], False, 0
 
 
-def build_app(  # noqa: C901 - the agent and timer are closures over the app
+def build_app(  # noqa: C901, PLR0915 - the agent and timer are closures over the app
     settings: Settings, topologies: Sequence[Topology], datadir: str
 ) -> faust.App:
     """The windows stage as a Faust app (not started); ``datadir`` is Faust's scratch folder."""
@@ -150,7 +151,24 @@ def build_app(  # noqa: C901 - the agent and timer are closures over the app
         value_serializer="raw",
         partitions=settings.partitions,
     )
-    actions = app.topic(settings.topics.actions, key_serializer="raw", value_serializer="raw")
+    #: the actions topic of each cluster seen: each cluster's annotators read only theirs
+    actions_of: dict[str, Any] = {
+        "": app.topic(settings.topics.actions, key_serializer="raw", value_serializer="raw")
+    }
+
+    async def actions_topic(cluster: str) -> Any:
+        topic = actions_of.get(cluster)
+        if topic is None:  # a cluster's first action: its topic may not exist yet
+            topic = app.topic(
+                settings.actions_topic_of(cluster),
+                key_serializer="raw",
+                value_serializer="raw",
+                partitions=settings.partitions,
+            )
+            await topic.maybe_declare()
+            actions_of[cluster] = topic
+        return topic
+
     dead_letters = app.topic(
         settings.topics.dead_letters, key_serializer="raw", value_serializer="raw"
     )
@@ -203,7 +221,8 @@ def build_app(  # noqa: C901 - the agent and timer are closures over the app
                 action = action_for(topology, tally, new_state[0])
                 # Not awaited one by one: Faust flushes its producer before it commits the
                 # tally's offset, so the action is durable before its input is acknowledged.
-                await actions.send(key=event.key, value=action.encode())
+                topic = await actions_topic(tally.cluster)
+                await topic.send(key=event.key, value=action.encode())
                 metrics.actions_emitted.labels(topology=topology.name).inc()
                 log.info("action %s (%d detections)", action.id, new_state[0])
             if deduplicated:

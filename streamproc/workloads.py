@@ -52,6 +52,21 @@ class WorkloadRef:
         return f"{self.namespace}/{self.kind}/{self.name}"
 
 
+def in_cluster(cluster: str, key: str) -> str:
+    """A workload key made unique across a fleet: ``cluster:key`` (unchanged without a cluster).
+
+    Names of clusters, topologies and namespaces are DNS-1123 labels, so ``:`` never occurs in
+    them and the key splits back unambiguously (``cluster_of``).
+    """
+    return f"{cluster}:{key}" if cluster else key
+
+
+def cluster_of(key: str) -> tuple[str, str]:
+    """(cluster, key without it) of a key made by ``in_cluster``."""
+    cluster, found, rest = key.partition(":")
+    return (cluster, rest) if found else ("", key)
+
+
 def from_owner_fields(
     namespace: str, pod: str, owners: tuple[tuple[str, str], ...]
 ) -> WorkloadRef | None:

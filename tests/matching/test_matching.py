@@ -34,6 +34,7 @@ def detection(
         namespace=namespace,
         pod="p",
         owners=(),
+        cluster="",
         uuid="",
         time="",
         hostname="",
