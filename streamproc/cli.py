@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from streamproc import __version__, kafka, logs, metrics, stopping, topologies
+from streamproc import __version__, conventions, kafka, logs, metrics, stopping, topologies
 from streamproc.settings import (
     DEFAULTS,
     SASL_MECHANISMS,
@@ -214,13 +214,22 @@ def _settings(**opts: Any) -> Settings:
     topics = Topics(dead_letters=opts["dead_letter_topic"])
     if opts.get("input_topic"):
         topics = Topics(input=opts["input_topic"], dead_letters=opts["dead_letter_topic"])
-    return dataclasses.replace(
+    settings = dataclasses.replace(
         DEFAULTS,
         bootstrap_servers=opts["bootstrap_servers"],
         kafka_security=_kafka_security(opts),
         topics=topics,
         **{name: opts[name] for name in STAGE_SETTINGS},
     )
+    # cluster names become topic and group names: DNS-1123 labels, as in the detections
+    for name in (settings.cluster, *settings.contexts()):
+        if name and not conventions.is_dns1123_label(name):
+            raise click.BadParameter(
+                f"cluster name {name!r} is not a DNS-1123 label (lowercase letters, digits, "
+                "'-', at most 63)",
+                param_hint="--cluster / --cluster-contexts",
+            )
+    return settings
 
 
 def load_topologies(
