@@ -198,8 +198,8 @@ class Expirer:
             self._due.pop(key, None)
             self.schedule(key, done.until, topology)  # extended meanwhile
             return
-        if done.outcome == "elsewhere":
-            pass  # the partitions moved meanwhile: the new owner expires it
+        if done.outcome in ("elsewhere", "unmarked"):
+            pass  # the partitions moved meanwhile (the new owner expires it), or already ended
         elif done.outcome == "gone":
             metrics.patches.labels(op="release", result="not-found").inc()
         else:

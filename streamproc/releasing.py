@@ -23,8 +23,9 @@ ATTEMPTS = 3
 class Release:
     """What a release found and did."""
 
-    #: ``elsewhere``: the object is another replica's to release now (``owned`` said no)
-    outcome: Literal["released", "extended", "gone", "elsewhere"]
+    #: ``elsewhere``: the object is another replica's to release now (``owned`` said no);
+    #: ``unmarked``: it carries nothing of streamproc's (released already, by someone else)
+    outcome: Literal["released", "extended", "gone", "elsewhere", "unmarked"]
     #: the object as last read ({} when it was gone)
     current: Json
     #: the annotation keys it removed
@@ -59,8 +60,12 @@ async def release(
         if extended_after is not None and until is not None and until > extended_after:
             return Release("extended", current, until=until)
         patch = patches.release(current)
+        if not (patch.annotations or patch.labels):
+            # already ended (a resync from a copy a moment old, a person, another tool):
+            # nothing to write, and no second "expired" to report
+            return Release("unmarked", current)
         removed = tuple(sorted(k for k, v in patch.annotations.items() if v is None))
-        if not dry_run and (patch.annotations or patch.labels):
+        if not dry_run:
             try:
                 await client.write_patch(ref, patch)
             except kube.Conflict:

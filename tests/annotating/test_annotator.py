@@ -10,7 +10,7 @@ import time
 import orjson
 import pytest
 
-from streamproc import capturing, conventions, kube, testing
+from streamproc import capturing, conventions, kube, releasing, testing
 from streamproc.actions import Action
 from streamproc.annotating import AnnotateStage
 from streamproc.expiring import Expirer
@@ -208,6 +208,28 @@ async def test_expiry_removes_only_what_streamproc_added(
     assert annotated(emulator) == {owner_set}
     annotations = (emulator.get("Pod", "shop", owner_set) or {})["metadata"]["annotations"]
     assert annotations == {"retina.sh": "observe", "team": "x"}
+
+
+async def test_an_observation_already_ended_is_not_expired_a_second_time(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
+) -> None:
+    """A stale schedule (a resync from a copy a moment old) finds nothing left: no count."""
+    annotator, expirer = make(client, ttl=60)
+    redis = workload(cluster, "redis")
+    await annotator.apply(action_for(redis))
+    for pod in redis.pods:  # someone (``streamproc release``, a person) ends it first
+        await releasing.release(client, kube.ObjectRef.pod("shop", pod))
+    stop = asyncio.Event()
+    task = asyncio.create_task(expirer.run(stop))
+    try:
+        time_passes(expirer, 3600)
+        await async_wait_for(lambda: not expirer.active, timeout=15, what="the schedule")
+    finally:
+        stop.set()
+        await task
+    assert expirer.expired == 0
+    expired_events = [e for e in emulator.list("Event") if e.get("reason") == "ObservationExpired"]
+    assert expired_events == []
 
 
 async def test_a_restarted_expirer_expires_from_the_pods_own_annotations(

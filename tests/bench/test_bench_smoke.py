@@ -56,11 +56,21 @@ def test_the_end_to_end_benchmark_reports_latency_next_to_the_broker_floor(resul
 
 
 def test_the_memory_benchmark_reports_each_process_against_its_idle_size(results: Path) -> None:
-    """Small run: RSS rows for ingest and windows, each with its baseline."""
-    out = run_bench("memory.py", "--workloads", "200", "--windows", "2", "--window-seconds", "2")
+    """Small run: RSS rows for ingest, windows and the cluster cache, each with its baseline."""
+    out = run_bench(
+        "memory.py",
+        *("--workloads", "200", "--windows", "2", "--window-seconds", "2"),
+        *("--cached-pods", "1000"),
+    )
     assert "ingest: RSS with 200 live workloads" in out
+    assert "cluster cache: RSS with 1,000 cached pods" in out
     written = json.loads((results / "memory.json").read_text())
-    assert all(r["value"] > 0 and r["baseline"] > 0 for r in written["rows"])
+    rss = [r for r in written["rows"] if "RSS" in r["name"]]
+    assert len(rss) == 5
+    assert all(r["value"] > 0 and r["baseline"] > 0 for r in rss)
+    [kept] = [r for r in written["rows"] if r["name"] == "cluster cache: kept per pod"]
+    assert kept["value"] > 0
+    assert written["cached_pods"] == 1000
 
 
 def test_the_flood_benchmark_reports_latency_memory_and_api_use_against_their_baselines(
