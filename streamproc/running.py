@@ -46,10 +46,15 @@ class Running:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-async def _kube_or_none(settings: Settings, *, required: bool) -> kube.Kube | None:
+async def _kube_or_none(
+    settings: Settings, *, required: bool, context: str | None = None
+) -> kube.Kube | None:
     try:
         return await kube.Kube.connect(
-            settings.kubeconfig, timeout_s=settings.api_timeout_s, limits=kube.Limits.of(settings)
+            settings.kubeconfig,
+            timeout_s=settings.api_timeout_s,
+            limits=kube.Limits.of(settings),
+            context=context,
         )
     except Exception as exc:
         if required:
@@ -65,9 +70,17 @@ def _cache_of(
 ) -> ClusterCache:
     """The process's cluster cache: made and started by the first stage that needs it."""
     if running.cache is None:
-        running.cache = ClusterCache(client)
-        tasks.append(asyncio.create_task(running.cache.run(stop), name="cluster-cache"))
+        running.cache = _started_cache(client, stop, tasks, "cluster-cache")
     return running.cache
+
+
+def _started_cache(
+    client: kube.Kube, stop: asyncio.Event, tasks: list[asyncio.Task[None]], name: str
+) -> ClusterCache:
+    """A cluster cache kept current by a task of its own until ``stop``."""
+    cache = ClusterCache(client)
+    tasks.append(asyncio.create_task(cache.run(stop), name=name))
+    return cache
 
 
 async def _start_annotate(
@@ -140,32 +153,24 @@ async def _ingestor(
     client = await _kube_or_none(settings, required=False)
     if client is not None:
         cleanups.append(client.close)
-    resolver = WorkloadResolver(
-        client,
-        cache_size=settings.resolver_cache_size,
-        ttl_s=settings.resolver_cache_ttl_s,
-        lookups_per_s=settings.resolver_lookups_per_s,
-        cache=_cache_of(client, running, stop, tasks) if client else None,
-    )
-    clusters = {}
-    for name, context in settings.contexts().items():
-        other = await kube.Kube.connect(
-            settings.kubeconfig,
-            timeout_s=settings.api_timeout_s,
-            limits=kube.Limits.of(settings),
-            context=context,
-        )
-        cleanups.append(other.close)
-        cache = ClusterCache(other)
-        tasks.append(asyncio.create_task(cache.run(stop), name=f"cluster-cache-{name}"))
-        clusters[name] = WorkloadResolver(
-            other,
+
+    def resolver(api: kube.Kube | None, cache: ClusterCache | None) -> WorkloadResolver:
+        return WorkloadResolver(
+            api,
             cache_size=settings.resolver_cache_size,
             ttl_s=settings.resolver_cache_ttl_s,
             lookups_per_s=settings.resolver_lookups_per_s,
             cache=cache,
         )
-    return Ingestor(settings, topologies, resolver, clusters=clusters)
+
+    clusters = {}
+    for name, context in settings.contexts().items():
+        other = await _kube_or_none(settings, required=True, context=context)
+        assert other is not None
+        cleanups.append(other.close)
+        clusters[name] = resolver(other, _started_cache(other, stop, tasks, f"cache-{name}"))
+    own = resolver(client, _cache_of(client, running, stop, tasks) if client else None)
+    return Ingestor(settings, topologies, own, clusters=clusters)
 
 
 SCRATCH_PREFIX = "streamproc-windows-"
