@@ -26,6 +26,7 @@ from streamproc.lab.kubeemu import KubeEmulator
 from streamproc.ownership import Ownership, key_of
 from streamproc.resolving import WorkloadResolver
 from streamproc.settings import Settings
+from tests.annotating.test_following import new_frontend_pod, observed
 from tests.conftest import Clock, action_for, annotated, async_wait_for, topology
 
 pytestmark = pytest.mark.e2e
@@ -38,6 +39,7 @@ class Replica:
 
     stage: AnnotateStage
     expirer: Expirer
+    follower: Follower
     auditor: testing.MemoryAuditor
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -67,7 +69,7 @@ async def replica(settings: Settings, kubeconfig: Path, clock: Clock) -> AsyncIt
         annotator = Annotator(
             settings, topologies, client, resolver, expirer, auditor, follower, clock=clock
         )
-        running = Replica(AnnotateStage(settings, annotator, ownership), expirer, auditor)
+        running = Replica(AnnotateStage(settings, annotator, ownership), expirer, follower, auditor)
         running.tasks = [
             asyncio.create_task(running.stage.run(running.stop)),
             asyncio.create_task(expirer.run(running.stop)),
@@ -128,6 +130,39 @@ async def test_two_replicas_expire_each_pod_once_and_a_survivor_takes_over(
             assert first.results("applied")
             assert second.results("applied")
 
+            # a new pod of an observed workload is observed once, by its workload's owner, even
+            # after both replicas rebuilt what they follow from the pods' marks (a 410 relists)
+            listed: list[list[str]] = [[], []]
+            for rep, heard in zip(both, listed, strict=True):
+                rep.follower.cache.subscribe(lambda kind, _pod, heard=heard: heard.append(kind))
+            emulator.compact()
+            await async_wait_for(
+                lambda: all("LISTED" in heard for heard in listed),
+                timeout=60,
+                what="both replicas to list the pods again",
+            )
+            new_frontend_pod(emulator, "frontend-ngq2cd9wfp-zzzzz")
+            await async_wait_for(
+                lambda: observed(emulator, "frontend-ngq2cd9wfp-zzzzz"),
+                timeout=60,
+                what="the new pod observed",
+            )
+            marked = int(
+                emulator.get("Pod", "shop", "frontend-ngq2cd9wfp-zzzzz")["metadata"][
+                    "resourceVersion"
+                ]
+            )  # type: ignore[index]
+            await async_wait_for(  # both followers have handled the pod's creation and its mark
+                lambda: all(int(r.follower.resource_version or 0) >= marked for r in both),
+                timeout=60,
+                what="both followers to see the new pod observed",
+            )
+            followed = [r for rep in both for r in rep.results("followed")]
+            assert [r["pods"] for r in followed] == [["frontend-ngq2cd9wfp-zzzzz"]]
+            owner = next(rep for rep in both if rep.results("followed"))
+            assert "frontend" in {r["name"] for r in owner.results("applied")}
+            pods.add("frontend-ngq2cd9wfp-zzzzz")
+
             clock.advance(601)
             for r in both:
                 r.expirer.wake()
@@ -138,7 +173,11 @@ async def test_two_replicas_expire_each_pod_once_and_a_survivor_takes_over(
             assert set(expired) == pods
             assert set(expired.values()) == {1}  # once each, by one replica
             for rep in both:  # by the replica that applied the workload
-                mine = {p for r in rep.results("applied") for p in r["pods"]}  # type: ignore[attr-defined]
+                mine = {
+                    p
+                    for r in rep.results("applied") + rep.results("followed")
+                    for p in r["pods"]  # type: ignore[attr-defined]
+                }
                 assert {str(r["name"]) for r in rep.results("expired")} == mine
 
             # a second round of observations, then one replica leaves: the other takes over
