@@ -71,7 +71,7 @@ class AnnotateStage:
         dead_letters = self._settings.topics.dead_letters
         while not stop.is_set():
             batch, bad = await reader.getmany(timeout_ms=200, max_records=2000)
-            metrics.consumer_lag.labels(stage=STAGE).set(kafka.batch_lag(reader.consumer, batch))
+            kafka.report_batch(STAGE, reader.consumer, batch)
             if bad:
                 # an undecodable batch cannot be applied: dead-lettered, then passed
                 await kafka.dead_letter_batches(producer, dead_letters, bad, STAGE)

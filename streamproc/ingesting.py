@@ -249,7 +249,7 @@ class Ingestor:
                     await self._release(producer, now)
                 self._commit(committer, commits)
                 self.gate.forget_ended(int(time.time() * 1000))
-                metrics.consumer_lag.labels(stage=STAGE).set(kafka.batch_lag(consumer, batch))
+                kafka.report_batch(STAGE, consumer, batch)
             await self._release(producer, None)
             self._commit(committer, commits)
         finally:

@@ -410,6 +410,14 @@ async def watch_broker(settings: Settings, stop: asyncio.Event, interval_s: floa
             await admin.close()
 
 
+def report_batch(
+    stage: str, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[ConsumerRecord]]
+) -> None:
+    """After each fetch: the stage's lag, and how many input partitions this replica holds."""
+    metrics.consumer_lag.labels(stage=stage).set(batch_lag(consumer, batch))
+    metrics.assigned_partitions.labels(stage=stage).set(len(consumer.assignment()))
+
+
 def batch_lag(consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[ConsumerRecord]]) -> int:
     """Records still behind the last one fetched, from the high watermarks of the fetch itself.
 

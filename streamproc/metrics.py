@@ -141,6 +141,11 @@ consumer_lag = Gauge(
     "Records between the consumer position and the partition end, by stage",
     ["stage"],
 )
+assigned_partitions = Gauge(
+    "streamproc_assigned_partitions",
+    "Partitions of its input topics this replica holds now (0: idle, or in a rebalance)",
+    ["stage"],
+)
 kafka_up = Gauge(
     "streamproc_kafka_up",
     "1 while this process reaches the Kafka brokers, 0 during an outage",

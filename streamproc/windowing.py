@@ -237,9 +237,9 @@ def build_app(  # noqa: C901, PLR0915 - the agent and timer are closures over th
         # From the fetch high watermark and the last offset read, as the other stages do.
         consumer: Any = app.consumer
         lag = 0
-        for tp in consumer.assignment():
-            if tp.topic != settings.topics.tallies:
-                continue
+        held = [tp for tp in consumer.assignment() if tp.topic == settings.topics.tallies]
+        metrics.assigned_partitions.labels(stage=STAGE).set(len(held))
+        for tp in held:
             high = consumer.highwater(tp)
             read = consumer._read_offset.get(tp)  # noqa: SLF001 - Faust keeps it nowhere public
             if high is not None and read is not None:
