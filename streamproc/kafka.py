@@ -264,6 +264,21 @@ async def ensure_topics(settings: Settings, specs: Iterable[TopicSpec]) -> None:
         await admin.close()
 
 
+async def partition_counts(settings: Settings, names: Iterable[str]) -> dict[str, int]:
+    """How many partitions each existing topic of ``names`` has (missing ones are left out)."""
+    admin = AIOKafkaAdminClient(**connection_options(settings))
+    await admin.start()
+    try:
+        described = await admin.describe_topics(list(names))
+    finally:
+        await admin.close()
+    return {
+        str(t["topic"]): len(t["partitions"])
+        for t in described
+        if not t.get("error_code") and t.get("partitions")
+    }
+
+
 async def wait_for_broker(
     settings: Settings, stop: asyncio.Event, *, report_every_s: float = 5.0
 ) -> bool:

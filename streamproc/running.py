@@ -8,6 +8,7 @@ started, in reverse order, whatever happened.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import shutil
@@ -251,7 +252,13 @@ async def run_stages(
                 scratch.cleanup()
 
             cleanups.append(remove_scratch)
-            app = build_app(settings, topologies, scratch.name)
+            # Faust refuses a table whose changelog has other partitions than its source topic:
+            # the tables follow the tallies topic as it is, whatever --partitions says now
+            found = await kafka.partition_counts(settings, [settings.topics.tallies])
+            partitions = found.get(settings.topics.tallies, settings.partitions)
+            app = build_app(
+                dataclasses.replace(settings, partitions=partitions), topologies, scratch.name
+            )
             app.finalize()
             await app.start()
             cleanups.append(app.stop)
