@@ -46,6 +46,9 @@ class Action:
     uuids: records.Uuids = field(default_factory=list)
     #: the cluster whose annotators act on it ("" for a single cluster)
     cluster: records.OptionalLabel = ""
+    #: the step of the topology's escalation ladder (1 without one); the annotator clamps it
+    #: to its own topology's ladder
+    level: records.Count = 1
 
     def encode(self) -> bytes:
         """JSON bytes for Kafka."""

@@ -17,6 +17,7 @@ from typing import Protocol
 
 from streamproc import auditing, capturing, conventions, kube, metrics, patches
 from streamproc.actions import Action
+from streamproc.durations import format_duration
 from streamproc.node_budget import NodeBudget, Scheduler
 from streamproc.resolving import WorkloadResolver
 from streamproc.settings import Settings
@@ -48,6 +49,7 @@ class Follows(Protocol):
         topology: str,
         rule: str,
         action_id: str,
+        level: str = "",
     ) -> None:
         """Follow a workload until ``until``."""
 
@@ -99,6 +101,9 @@ class Annotator:
         topology = self.topologies.get(action.topology)
         try:
             result, touched, until = await self._apply(action, listing)
+            if result == "applied" and topology is not None:
+                level = topology.spec.action.level_of(action.level)
+                metrics.observations_opened.labels(topology=topology.name, level=level).inc()
         except kube.Forbidden:
             result = "forbidden"
             raise
@@ -124,6 +129,7 @@ class Annotator:
                     annotations=dict(topology.spec.action.annotate) if topology else {},
                     expires_at=conventions.format_time(until) if until else None,
                     dry_run=result == "dry-run",
+                    **_level_fields(topology, action),
                 )
         return result
 
@@ -212,7 +218,7 @@ class Annotator:
     def _until(self, action: Action, topology: Topology) -> tuple[float, str]:
         """When the observation would end, or why nothing is written at all."""
         now = self.clock()
-        ttl = topology.spec.action.ttl
+        ttl = topology.spec.action.ttl_at(action.level)
         until = min(action.window_end + ttl, now + ttl)
         if until <= now:
             return 0.0, "expired-before-apply"
@@ -246,16 +252,18 @@ class Annotator:
                 topology=topology.name,
                 rule=action.rule,
                 action_id=action.id,
+                level=_level_text(topology, action),
             )
 
-    def _extend_within(self, topology: Topology) -> float:
+    def _extend_within(self, topology: Topology, action: Action) -> float:
         """How much observation left makes an extension due (lazy extension).
 
         A share of the TTL (``--extend-below``), but at least two windows: a workload that keeps
         offending qualifies again within about one window, and finds its observation still on.
         """
         spec = topology.spec
-        return max(spec.action.ttl * self.settings.extend_below, 2 * spec.window.size)
+        ttl = spec.action.ttl_at(action.level)
+        return max(ttl * self.settings.extend_below, 2 * spec.window.size)
 
     async def _observe_pod(
         self, pod: kube.Json, topology: Topology, action: Action, until: float
@@ -271,13 +279,15 @@ class Annotator:
                 topology=topology.name,
                 rule=action.rule,
                 action_id=action.id,
+                level=_level_text(topology, action),
             )
             if patch is None:
                 metrics.patches.labels(op="observe", result="unchanged").inc()
                 lasting = patches.expires_at(pod) or until
                 self.scheduler.schedule(ref, lasting, topology.name)
                 return "unchanged", lasting
-            if patches.lasts(pod, annotate, beyond=self.clock() + self._extend_within(topology)):
+            due = self.clock() + self._extend_within(topology, action)
+            if patches.lasts(pod, annotate, beyond=due):
                 # still observed for long enough: no write until an extension is due
                 metrics.patches.labels(op="observe", result="not-due").inc()
                 lasting = patches.expires_at(pod) or until
@@ -306,7 +316,7 @@ class Annotator:
                 "ObservationStarted" if opened else "ObservationExtended",
                 f"{', '.join(f'{k}={v}' for k, v in topology.spec.action.annotate.items())} "
                 f"until {conventions.format_time(until)} (topology {topology.name}, "
-                f"rule {action.rule!r})",
+                f"rule {action.rule!r}{_level_event(topology, action)})",
             )
             self.observed_pods.add((ref.namespace, ref.name))
             node = str((pod.get("spec") or {}).get("nodeName") or "")
@@ -398,3 +408,25 @@ class Annotator:
                     log.error("action %s failed permanently: %s", action.id, exc)  # noqa: TRY400
             metrics.actions_handled.labels(result=result).inc()
             log.info("action %s: %s", action.id, result)
+
+
+def _level_text(topology: Topology, action: Action) -> str:
+    """The ``streamproc.io/level`` annotation ("3/4"); empty for a topology without a ladder."""
+    spec = topology.spec.action
+    return f"{spec.level_of(action.level)}/{spec.levels}" if spec.escalation else ""
+
+
+def _level_event(topology: Topology, action: Action) -> str:
+    """What an Event says of the level: ", level 3 of 4, 6h"; nothing without a ladder."""
+    spec = topology.spec.action
+    if spec.escalation is None:
+        return ""
+    level = spec.level_of(action.level)
+    return f", level {level} of {spec.levels}, {format_duration(spec.ttl_at(level))}"
+
+
+def _level_fields(topology: Topology | None, action: Action) -> dict[str, int]:
+    """The audit record's ``level``, for a topology with a ladder."""
+    if topology is None or topology.spec.action.escalation is None:
+        return {}
+    return {"level": topology.spec.action.level_of(action.level)}

@@ -24,6 +24,8 @@ async def capture(
     spec = topology.spec.action.capture
     if spec is None or not spec.priority.admits(action.priority):
         return
+    if topology.spec.action.level_of(action.level) < spec.min_level:
+        return  # not yet: only a repeat offender at minLevel or above is captured
     capture_target = captures.target(spec, action.namespace, pods)
     result = "created"
     if not capture_target:

@@ -10,13 +10,23 @@ import logging
 import os
 import sys
 import time
+import typing
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import click
 
-from streamproc import __version__, conventions, kafka, logs, metrics, stopping, topologies
+from streamproc import (
+    __version__,
+    conventions,
+    kafka,
+    logs,
+    metrics,
+    stopping,
+    topologies,
+    workloads,
+)
 from streamproc.settings import (
     DEFAULTS,
     SASL_MECHANISMS,
@@ -583,11 +593,19 @@ def status(kubeconfig: str | None, node_budget: int, output: str) -> None:
     if output == "json":
         click.echo(json.dumps([o.as_dict() for o in found], indent=2))
         return
-    table = Table("NAMESPACE", "WORKLOAD", "PODS", "TOPOLOGY", "RULE", "EXPIRES IN", box=None)
+    table = Table(
+        "NAMESPACE", "WORKLOAD", "PODS", "TOPOLOGY", "LEVEL", "RULE", "EXPIRES IN", box=None
+    )
     for o in found:
         left = f"{max(0, int(o.expires_in))}s" if o.expires_in > 0 else "overdue"
         table.add_row(
-            o.namespace, f"{o.kind}/{o.workload}", str(len(o.pods)), o.topology, o.rule, left
+            o.namespace,
+            f"{o.kind}/{o.workload}",
+            str(len(o.pods)),
+            o.topology,
+            o.level or "-",
+            o.rule,
+            left,
         )
     Console(width=160).print(table)
     if not found:
@@ -602,7 +620,15 @@ def status(kubeconfig: str | None, node_budget: int, output: str) -> None:
 @main.command()
 @click.argument("target")
 @settings_option("kubeconfig")
-def release(target: str, kubeconfig: str | None) -> None:
+@click.option(
+    "--forget",
+    is_flag=True,
+    help="Also drop its escalation history: its next observation starts at level 1.",
+)
+@_kafka_options
+@settings_option("topology_path")
+@settings_option("cluster")
+def release(target: str, kubeconfig: str | None, forget: bool, **opts: Any) -> None:
     """End an observation early: NAMESPACE/WORKLOAD or NAMESPACE/KIND/WORKLOAD."""
     from streamproc import observing  # noqa: PLC0415
 
@@ -612,10 +638,61 @@ def release(target: str, kubeconfig: str | None) -> None:
     namespace, name = parts[0], parts[-1]
     kind = parts[1] if len(parts) == 3 else None
 
-    async def work(client: Any, resolver: Any) -> list[str]:
-        return await observing.release(client, resolver, namespace, kind, name)
+    async def work(client: Any, resolver: Any) -> tuple[list[str], str | None]:
+        found = [
+            o
+            for o in await observing.current(client, resolver)
+            if (o.namespace, o.workload) == (namespace, name) and kind in (None, o.kind)
+        ]
+        pods = await observing.release(client, resolver, namespace, kind, name)
+        return pods, kind or next((o.kind for o in found), None)
 
-    pods = _cluster_command(kubeconfig, work)
-    if not pods:
+    pods, found_kind = _cluster_command(kubeconfig, work)
+    if pods:
+        click.echo(f"released {target}: {len(pods)} pods ({', '.join(pods)})")
+    elif not forget:
         raise click.ClickException(f"{target} is not under observation")
-    click.echo(f"released {target}: {len(pods)} pods ({', '.join(pods)})")
+    if forget:
+        if found_kind is None:
+            raise click.BadParameter(
+                f"{target} is not under observation: name its kind, NAMESPACE/KIND/WORKLOAD"
+            )
+        _forget(opts, namespace, found_kind, name)
+
+
+def _forget(opts: dict[str, Any], namespace: str, kind: str, name: str) -> None:
+    """Ask the windows stage to drop the workload's history in every topology with a ladder."""
+    from streamproc.tallies import forget_tally  # noqa: PLC0415
+
+    if kind not in typing.get_args(workloads.Kind):
+        raise click.BadParameter(f"{kind!r} is not a workload kind streamproc observes")
+    settings = dataclasses.replace(
+        DEFAULTS,
+        bootstrap_servers=opts["bootstrap_servers"],
+        kafka_security=_kafka_security(opts),
+        topology_path=opts["topology_path"],
+        cluster=opts["cluster"],
+    )
+    laddered = [t.name for t in load_topologies(settings) if t.spec.action.escalation]
+    if not laddered:
+        click.echo("no topology has an escalation ladder: no history to forget")
+        return
+    kafka.connect_errors.hide = True
+    checked = typing.cast("workloads.Kind", kind)
+    records = [forget_tally(t, namespace, checked, name, settings.cluster) for t in laddered]
+
+    async def publish() -> None:
+        producer = kafka.producer(settings)
+        try:
+            await producer.start()
+            for record in records:
+                await producer.send_and_wait(
+                    settings.topics.tallies, key=record.workload_key.encode(), value=record.encode()
+                )
+        finally:
+            await producer.stop()
+
+    asyncio.run(publish())
+    click.echo(
+        f"forgot the escalation history of {namespace}/{kind}/{name} in {', '.join(laddered)}"
+    )

@@ -26,8 +26,10 @@ RULE = f"{PREFIX}/rule"
 ACTION_ID = f"{PREFIX}/action"
 #: comma-separated annotation keys that streamproc itself added (and so may remove).
 OWNED_KEYS = f"{PREFIX}/owned-keys"
+#: the escalation level of the observation ("3/4"), only for topologies with a ladder.
+LEVEL = f"{PREFIX}/level"
 
-BOOKKEEPING_KEYS = (EXPIRES_AT, TOPOLOGY, RULE, ACTION_ID, OWNED_KEYS)
+BOOKKEEPING_KEYS = (EXPIRES_AT, TOPOLOGY, RULE, ACTION_ID, OWNED_KEYS, LEVEL)
 
 #: namespaces never observed unless a topology lists them in ``include`` explicitly, whatever
 #: its ``exclude`` says: the control plane's, and streamproc's own (k8s/ deploys it there).

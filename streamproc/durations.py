@@ -31,4 +31,4 @@ def format_duration(seconds: float) -> str:
         return f"{seconds:.0f}s"
     if seconds < 7200:
         return f"{seconds / 60:.0f}m"
-    return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 3600:.1f}".removesuffix(".0") + "h"

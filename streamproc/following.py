@@ -35,6 +35,8 @@ class _Followed:
     topology: str
     rule: str
     action_id: str
+    #: the escalation level's annotation ("3/4"), empty without a ladder
+    level: str = ""
 
 
 class Follower:
@@ -92,12 +94,13 @@ class Follower:
         topology: str,
         rule: str,
         action_id: str,
+        level: str = "",
     ) -> None:
         """Follow a workload until ``until`` (a later time replaces an earlier one)."""
         key = (namespace, kind, name)
         known = self._followed.get(key)
         if known is None or known.until < until:
-            self._followed[key] = _Followed(until, topology, rule, action_id)
+            self._followed[key] = _Followed(until, topology, rule, action_id, level)
 
     def followed(self) -> dict[tuple[str, str, str], tuple[float, str]]:
         """Unexpired observations: (namespace, kind, name) -> (until, topology)."""
@@ -214,6 +217,7 @@ class Follower:
             topology=annotations.get(conventions.TOPOLOGY, ""),
             rule=annotations.get(conventions.RULE, ""),
             action_id=annotations.get(conventions.ACTION_ID, ""),
+            level=annotations.get(conventions.LEVEL, ""),
         )
 
     async def _consider(self, pod: kube.Json) -> None:
@@ -244,6 +248,7 @@ class Follower:
             topology=followed.topology,
             rule=followed.rule,
             action_id=followed.action_id,
+            level=followed.level,
         )
         if patch is None:
             return

@@ -86,6 +86,11 @@ detections_deduplicated = Counter(
     "Detections in a window that had already produced its action",
     ["topology"],
 )
+observations_opened = Counter(
+    "streamproc_observations_opened_total",
+    "Workload observations opened (not extended), by topology and escalation level",
+    ["topology", "level"],
+)
 windows_opened = Counter(
     "streamproc_windows_opened_total",
     "Workload windows that received their first detection",

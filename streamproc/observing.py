@@ -26,6 +26,8 @@ class Observation:
     pods: list[str] = field(default_factory=list)
     #: the node each pod runs on (Retina's per-node filter map holds their IPs)
     nodes: list[str] = field(default_factory=list)
+    #: the escalation level, "3/4" (empty for a topology without a ladder)
+    level: str = ""
 
     @property
     def expires_in(self) -> float:
@@ -60,6 +62,7 @@ async def current(client: kube.Kube, resolver: WorkloadResolver) -> list[Observa
                 annotations.get(conventions.TOPOLOGY, ""),
                 annotations.get(conventions.RULE, ""),
                 until,
+                level=annotations.get(conventions.LEVEL, ""),
             ),
         )
         entry.pods.append(str(meta.get("name", "")))
@@ -77,6 +80,7 @@ async def current(client: kube.Kube, resolver: WorkloadResolver) -> list[Observa
             annotations.get(conventions.TOPOLOGY, ""),
             annotations.get(conventions.RULE, ""),
             patches.expires_at(namespace) or 0.0,
+            level=annotations.get(conventions.LEVEL, ""),
         )
     return sorted(found.values(), key=lambda o: (o.namespace, o.kind, o.workload))
 

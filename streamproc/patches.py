@@ -70,8 +70,12 @@ def observe(
     topology: str,
     rule: str,
     action_id: str,
+    level: str = "",
 ) -> Patch | None:
-    """Open or extend an observation; None when the pod already carries this or a later one."""
+    """Open or extend an observation; None when the pod already carries this or a later one.
+
+    ``level`` ("3/4") is written only for topologies with an escalation ladder.
+    """
     current, _, version = _meta(pod)
     previous = expires_at(pod)
     if current.get(conventions.ACTION_ID) == action_id or lasts(pod, annotations, beyond=until):
@@ -97,6 +101,8 @@ def observe(
             conventions.OWNED_KEYS: ",".join(sorted(owned)),
         }
     )
+    if level:
+        changes[conventions.LEVEL] = level
     return Patch(
         annotations=changes,
         labels={conventions.OBSERVED_LABEL: "true"},

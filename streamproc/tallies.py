@@ -8,6 +8,7 @@ workload becomes a handful of tallies.
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
 from typing import ClassVar
 
@@ -44,6 +45,9 @@ class Tally:
     uuids: records.Uuids = field(default_factory=list)
     #: the cluster of the workload, in a fleet sharing one Kafka ("" for a single cluster)
     cluster: records.OptionalLabel = ""
+    #: not detections: ``streamproc release --forget`` asks the windows stage to drop the
+    #: workload's escalation history
+    forget: bool = False
 
     @property
     def workload_key(self) -> str:
@@ -92,4 +96,24 @@ def start_tally(
         pod=pod,
         uuids=[uuid] if uuid else [],
         cluster=cluster,
+    )
+
+
+def forget_tally(topology: str, namespace: str, kind: Kind, name: str, cluster: str = "") -> Tally:
+    """The record that makes the windows stage drop a workload's escalation history."""
+    now_ms = int(time.time() * 1000)
+    return Tally(
+        topology=topology,
+        namespace=namespace,
+        kind=kind,
+        name=name,
+        resolved_by="api",
+        window_start=now_ms,
+        count=1,
+        first_append_ms=now_ms,
+        rule="streamproc release --forget",
+        priority=0,
+        pod="",
+        cluster=cluster,
+        forget=True,
     )

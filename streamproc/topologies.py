@@ -9,6 +9,7 @@ nothing". Unknown fields are refused for the same reason.
 from __future__ import annotations
 
 import difflib
+import itertools
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -224,6 +225,8 @@ class Capture(_Strict):
     output: CaptureOutput = CaptureOutput(hostPath=DEFAULT_CAPTURE_SUBPATH)
     #: delete the capture's jobs, Secrets and the Capture once the upload succeeded
     clean_up_after_upload: bool = Field(default=False, alias="cleanUpAfterUpload")
+    #: capture only from this escalation level on (1: every observation that qualifies)
+    min_level: Annotated[int, Field(ge=1, alias="minLevel")] = 1
 
     _parse_priority = field_validator("priority", mode="before")(
         lambda v: parse_priority(v) if isinstance(v, str) else v
@@ -244,6 +247,31 @@ class Capture(_Strict):
         return self
 
 
+#: the most steps an escalation ladder may have
+MAX_LEVELS = 10
+
+
+class Escalation(_Strict):
+    """Longer observation for repeat offenders (``streamproc.escalation``)."""
+
+    #: the TTL of a workload's 1st, 2nd, ... observation; the last step repeats
+    ttls: Annotated[tuple[Seconds, ...], Field(min_length=1, max_length=MAX_LEVELS)]
+    #: offences older than this no longer count
+    forget_after: Seconds = Field(default=7 * 86400.0, alias="forgetAfter")
+
+    _parse_ttls = field_validator("ttls", mode="before")(
+        lambda v: [_duration(x) for x in v] if isinstance(v, list | tuple) else v
+    )
+    _parse_forget = field_validator("forget_after", mode="before")(_duration)
+
+    @field_validator("ttls")
+    @classmethod
+    def _climbs(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(later < earlier for earlier, later in itertools.pairwise(value)):
+            raise ValueError("each step must last at least as long as the one before it")
+        return value
+
+
 class Action(_Strict):
     """What an observation writes, on which pods, and for how long."""
 
@@ -255,8 +283,34 @@ class Action(_Strict):
     max_observations: Annotated[int, Field(ge=1, alias="maxObservations")] = 100
     #: optional Retina Capture, created when the window's detections reach its priority.
     capture: Capture | None = None
+    #: optional ladder of TTLs for repeat offenders; without it every observation lasts ``ttl``
+    escalation: Escalation | None = None
 
     _parse_ttl = field_validator("ttl", mode="before")(_duration)
+
+    @property
+    def levels(self) -> int:
+        """Steps of the escalation ladder (1 without one)."""
+        return len(self.escalation.ttls) if self.escalation else 1
+
+    def level_of(self, level: int) -> int:
+        """A level clamped to the ladder: a forged or stale action picks no step beyond it."""
+        return min(max(level, 1), self.levels)
+
+    def ttl_at(self, level: int) -> float:
+        """How long an observation at ``level`` lasts."""
+        if self.escalation is None:
+            return self.ttl
+        return self.escalation.ttls[self.level_of(level) - 1]
+
+    @model_validator(mode="after")
+    def _capture_level_reachable(self) -> Action:
+        if self.capture is not None and self.capture.min_level > self.levels:
+            raise ValueError(
+                f"capture.minLevel {self.capture.min_level} is above the ladder's last step "
+                f"({self.levels}): add escalation.ttls steps or lower minLevel"
+            )
+        return self
 
     @field_validator("annotate")
     @classmethod
@@ -464,6 +518,16 @@ def scaled(topology: Topology, speed: float) -> Topology:
         return topology
     spec = topology.spec
     window = spec.window.model_copy(update={"size": max(1.0, round(spec.window.size / speed))})
-    action = spec.action.model_copy(update={"ttl": max(1.0, spec.action.ttl / speed)})
+    escalation = spec.action.escalation
+    if escalation is not None:
+        escalation = escalation.model_copy(
+            update={
+                "ttls": tuple(max(1.0, ttl / speed) for ttl in escalation.ttls),
+                "forget_after": max(1.0, escalation.forget_after / speed),
+            }
+        )
+    action = spec.action.model_copy(
+        update={"ttl": max(1.0, spec.action.ttl / speed), "escalation": escalation}
+    )
     new_spec = spec.model_copy(update={"window": window, "action": action})
     return topology.model_copy(update={"spec": new_spec})

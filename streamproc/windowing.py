@@ -17,6 +17,7 @@ This module is the only importer of faust. Faust pays a per-event cost that is f
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -24,7 +25,7 @@ from typing import Any
 import faust
 from faust.transport.drivers import aiokafka as faust_kafka
 
-from streamproc import kafka, metrics
+from streamproc import escalation, kafka, metrics
 from streamproc.actions import Action
 from streamproc.settings import KafkaSecurity, Settings
 from streamproc.tallies import Tally, TallyError
@@ -87,7 +88,7 @@ def faust_broker_url(bootstrap_servers: str) -> str:
     return ";".join(f"kafka://{server.strip()}" for server in bootstrap_servers.split(","))
 
 
-def action_for(topology: Topology, tally: Tally, count: int) -> Action:
+def action_for(topology: Topology, tally: Tally, count: int, level: int = 1) -> Action:
     """The action a qualifying window emits; its id is the same however often it is replayed."""
     size_ms = int(topology.spec.window.size * 1000)
     return Action(
@@ -106,6 +107,7 @@ def action_for(topology: Topology, tally: Tally, count: int) -> Action:
         first_append_ms=tally.first_append_ms,
         uuids=tally.uuids,
         cluster=tally.cluster,
+        level=level,
     )
 
 
@@ -185,6 +187,27 @@ def build_app(  # noqa: C901, PLR0915 - the agent and timer are closures over th
         )
         for t in topologies
     }
+    #: per topology with an escalation ladder: workload key -> ``escalation.History``
+    histories = {
+        t.name: app.Table(f"history-{t.name}", default=list, partitions=settings.partitions)
+        for t in topologies
+        if t.spec.action.escalation is not None
+    }
+
+    def level_of(topology: Topology, tally: Tally) -> int:
+        """The action's step on the ladder, its offence remembered (1 without a ladder)."""
+        ladder = topology.spec.action.escalation
+        if ladder is None:
+            return 1
+        table = histories[topology.name]
+        history = table[tally.workload_key]
+        end_ms = tally.window_start + int(topology.spec.window.size * 1000)
+        new, level = escalation.escalate(
+            history, tally.window_start, end_ms, ladder.ttls, ladder.forget_after
+        )
+        if new != history:
+            table[tally.workload_key] = new
+        return level
 
     async def dead_letter(event: Any, reason: str, detail: str) -> None:
         metrics.dead_letters.labels(stage=STAGE, reason=reason).inc()
@@ -210,6 +233,11 @@ def build_app(  # noqa: C901, PLR0915 - the agent and timer are closures over th
             if topology is None:
                 await dead_letter(event, "unknown-topology", tally.topology)
                 continue
+            if tally.forget:  # ``release --forget``: the workload starts the ladder again
+                if topology.name in histories:
+                    histories[topology.name].pop(tally.workload_key, None)
+                log.info("escalation history of %s forgotten", tally.workload_key)
+                continue
             window = tables[topology.name][tally.workload_key]
             state = window.current()
             if not state:
@@ -218,13 +246,15 @@ def build_app(  # noqa: C901, PLR0915 - the agent and timer are closures over th
                 state, tally.count, topology.spec.window.threshold
             )
             if act:
-                action = action_for(topology, tally, new_state[0])
+                action = action_for(topology, tally, new_state[0], level_of(topology, tally))
                 # Not awaited one by one: Faust flushes its producer before it commits the
                 # tally's offset, so the action is durable before its input is acknowledged.
                 topic = await actions_topic(tally.cluster)
                 await topic.send(key=event.key, value=action.encode())
                 metrics.actions_emitted.labels(topology=topology.name).inc()
-                log.info("action %s (%d detections)", action.id, new_state[0])
+                log.info(
+                    "action %s (%d detections, level %d)", action.id, new_state[0], action.level
+                )
             if deduplicated:
                 metrics.detections_deduplicated.labels(topology=topology.name).inc(deduplicated)
             if not (state and state[1]):
@@ -246,5 +276,21 @@ def build_app(  # noqa: C901, PLR0915 - the agent and timer are closures over th
                 lag += max(0, high - read - 1)
         metrics.consumer_lag.labels(stage=STAGE).set(lag)
 
-    del windows, report_lag
+    @app.timer(interval=60.0)  # type: ignore[untyped-decorator]
+    async def forget_old_offences() -> None:
+        # bounded history: a workload whose observation ended and whose offences are older
+        # than forgetAfter is dropped (a changelog tombstone, so also after a restart)
+        now_ms = int(time.time() * 1000)
+        for name, table in histories.items():
+            ladder = by_name[name].spec.action.escalation
+            assert ladder is not None
+            stale = [
+                key
+                for key, history in list(table.items())
+                if escalation.forgotten(history, now_ms, ladder.forget_after)
+            ]
+            for key in stale:
+                table.pop(key, None)
+
+    del windows, report_lag, forget_old_offences
     return app

@@ -85,6 +85,16 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
         ],
     ),
     (
+        "Observations opened, by escalation level",
+        "short",
+        [
+            (
+                "sum by (topology, level) (increase(streamproc_observations_opened_total[1h]))",
+                "{{topology}} level {{level}}",
+            ),
+        ],
+    ),
+    (
         "Observations expired",
         "reqps",
         [

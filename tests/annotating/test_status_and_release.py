@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -9,10 +10,15 @@ import sys
 import time
 from pathlib import Path
 
-from streamproc import conventions, kube
+import yaml
+
+from streamproc import conventions, kafka, kube
+from streamproc.lab.broker import EmbeddedBroker
 from streamproc.lab.cluster import ClusterBuilder
 from streamproc.lab.kubeemu import Fault, KubeEmulator
-from tests.conftest import action_for, make, workload
+from streamproc.settings import Settings
+from streamproc.tallies import Tally
+from tests.conftest import action_for, make, topology, workload
 
 
 def cli(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -92,3 +98,54 @@ async def test_release_rereads_and_retries_when_a_pod_changed_under_it(
     assert released.returncode == 0, released.stderr
     assert marked(emulator) == set()
     assert emulator.faults[0].times == 0  # the 409 was met, and retried past
+
+
+async def test_status_shows_the_level_and_release_forget_asks_windows_to_drop_the_history(
+    kubeconfig: Path,
+    emulator: KubeEmulator,
+    cluster: ClusterBuilder,
+    broker: EmbeddedBroker,
+    tmp_path: Path,
+) -> None:
+    """A level-2 observation shows "2/4"; ``--forget`` sends the windows stage its record."""
+    laddered = topology(ttl="15m", escalation={"ttls": ["15m", "1h", "6h", "24h"]})
+    folder = tmp_path / "topologies"
+    folder.mkdir()
+    (folder / "ladder.yaml").write_text(
+        yaml.safe_dump(laddered.model_dump(mode="json", by_alias=True, exclude_none=True))
+    )
+    client = await kube.Kube.connect(str(kubeconfig))
+    try:
+        annotator, _ = make(client)
+        annotator.topologies = {laddered.name: laddered}
+        frontend = workload(cluster, "frontend")
+        action = action_for(frontend, window_start=int(time.time()) - 5)
+        await annotator.apply(dataclasses.replace(action, level=2))
+    finally:
+        await client.close()
+    listed = json.loads(cli(kubeconfig, "status", "--output", "json").stdout)
+    assert [o["level"] for o in listed] == ["2/4"]
+    assert " 2/4 " in cli(kubeconfig, "status").stdout
+
+    forgot = cli(
+        kubeconfig,
+        *("release", "shop/frontend", "--forget", "--topology", str(folder)),
+        *("--bootstrap-servers", broker.bootstrap),
+    )
+    assert forgot.returncode == 0, forgot.stderr
+    assert "released shop/frontend" in forgot.stdout
+    assert "forgot the escalation history of shop/Deployment/frontend" in forgot.stdout
+    settings = Settings(bootstrap_servers=broker.bootstrap)
+    records = await kafka.read_topic(settings, settings.topics.tallies, idle_ms=500)
+    mine = [Tally.decode(r.value or b"") for r in records if r.key == key(laddered.name)]
+    # (other tests' pipelines publish tallies for this workload on the shared broker)
+    assert [t.workload_key.encode() for t in mine if t.forget] == [key(laddered.name)]
+
+    # an unobserved workload can be forgotten by its full name, not guessed
+    guess = cli(kubeconfig, "release", "shop/redis", "--forget", "--topology", str(folder))
+    assert guess.returncode != 0
+    assert "NAMESPACE/KIND/WORKLOAD" in guess.stderr
+
+
+def key(topology_name: str) -> bytes:
+    return f"{topology_name}/shop/Deployment/frontend".encode()

@@ -74,6 +74,7 @@ def test_the_dashboard_covers_what_operators_need() -> None:
         "dead_letters",
         "detections_deduplicated",
         "observations_active",
+        "observations_opened",
         "detection_to_annotation_seconds_bucket",
         "api_request_duration_seconds_count",
         "api_retries",

@@ -82,6 +82,49 @@ def test_a_bad_field_is_reported_with_file_line_and_field(
     assert f"{path}:{line}: {field}:" in str(error)
 
 
+LADDER = """\
+    escalation:
+      ttls: [15m, 1h, 6h, 24h]
+      forgetAfter: 7d
+    capture:
+      minLevel: 3
+"""
+
+
+def test_an_escalation_ladder_and_a_capture_level_are_read(tmp_path: Path) -> None:
+    action = topologies.load_file(write(tmp_path, GOOD + LADDER)).spec.action
+    assert action.escalation is not None
+    assert action.escalation.ttls == (900, 3600, 21600, 86400)
+    assert action.escalation.forget_after == 7 * 86400
+    assert action.capture is not None
+    assert action.capture.min_level == 3
+    assert [action.ttl_at(level) for level in (0, 1, 4, 99)] == [900, 900, 86400, 86400]
+    scaled = topologies.scaled(topologies.load_file(write(tmp_path, GOOD + LADDER)), 900)
+    assert scaled.spec.action.escalation is not None
+    assert scaled.spec.action.escalation.ttls == (1, 4, 24, 96)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "line", "field", "reason"),
+    [
+        ("[15m, 1h, 6h, 24h]", "[1h, 15m]", 16, "spec.action.escalation.ttls", "at least as long"),
+        ("[15m, 1h, 6h, 24h]", "[]", 16, "spec.action.escalation.ttls", "at least 1"),
+        ("[15m, 1h, 6h, 24h]", "[15m, 1h]", 12, "spec.action", "above the ladder's last step"),
+        ("forgetAfter: 7d", "forgetafter: 7d", 17, "spec.action.escalation.forgetafter", ""),
+        ("forgetAfter: 7d", "forgetAfter: soon", 17, "spec.action.escalation.forgetAfter", ""),
+        ("minLevel: 3", "minLevel: 0", 19, "spec.action.capture.minLevel", ""),
+    ],
+)
+def test_a_bad_ladder_is_refused_with_file_line_and_field(
+    tmp_path: Path, old: str, new: str, line: int, field: str, reason: str
+) -> None:
+    path = write(tmp_path, GOOD + LADDER.replace(old, new))
+    with pytest.raises(TopologyError) as caught:
+        topologies.load_file(path)
+    assert (caught.value.field, caught.value.line) == (field, line)
+    assert reason in str(caught.value)
+
+
 def test_invalid_yaml_is_reported_with_its_line(tmp_path: Path) -> None:
     """A YAML syntax error names the line where the parser stopped."""
     path = write(tmp_path, GOOD.replace("  window:\n", "  window: [\n"))
