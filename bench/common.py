@@ -19,8 +19,10 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 RESULTS = Path(os.environ.get("BENCH_RESULTS") or Path(__file__).parent / "results")
 
 
-def topology_yaml(*, window_s: int, threshold: int, max_observations: int = 100_000) -> str:
-    """The benchmarks' topology: every Warning-or-worse detection, one-hour TTL."""
+def topology_yaml(
+    *, window_s: int, threshold: int, max_observations: int = 100_000, ttl: str = "1h"
+) -> str:
+    """The benchmarks' topology: every Warning-or-worse detection, one-hour TTL by default."""
     return f"""\
 apiVersion: streamproc/v1
 kind: Topology
@@ -33,7 +35,7 @@ spec:
     size: {window_s}s
     threshold: {threshold}
   action:
-    ttl: 1h
+    ttl: {ttl}
     maxObservations: {max_observations}
 """
 

@@ -44,28 +44,13 @@ from aiokafka import AIOKafkaProducer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import compact_event, create_topic, report
+from bench.common import compact_event, create_topic, report, topology_yaml
 from bench.end_to_end import first_patches, request_log, scrape
 from streamproc import kafka
 from streamproc.lab.broker import EmbeddedBroker, free_port
 from streamproc.lab.cluster import ClusterBuilder, SampleWorkload
 
 STAGES = ("ingest", "windows", "annotate")
-TOPOLOGY = """\
-apiVersion: streamproc/v1
-kind: Topology
-metadata:
-  name: bench
-spec:
-  match:
-    priority: ">=Warning"
-  window:
-    size: 10s
-    threshold: 1
-  action:
-    ttl: 30s
-    maxObservations: 100000
-"""
 
 
 class Deployment:
@@ -86,7 +71,9 @@ class Deployment:
         assert self.emulator.stdout is not None
         self.api = self.emulator.stdout.readline().decode().strip()
         (workdir / "topologies").mkdir(exist_ok=True)
-        (workdir / "topologies" / "bench.yaml").write_text(TOPOLOGY)
+        (workdir / "topologies" / "bench.yaml").write_text(
+            topology_yaml(window_s=10, threshold=1, ttl="30s")
+        )
         self.env = {
             **os.environ,
             "KUBECONFIG": str(kubeconfig),
