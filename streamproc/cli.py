@@ -177,6 +177,16 @@ def _kafka_security(opts: dict[str, Any]) -> KafkaSecurity:
         raise click.UsageError(f"Kafka security: {exc}") from None
 
 
+def _kafka_settings(opts: dict[str, Any], *fields: str) -> Settings:
+    """Settings from a command's Kafka options (``_kafka_options``) and the named fields."""
+    return dataclasses.replace(
+        DEFAULTS,
+        bootstrap_servers=opts["bootstrap_servers"],
+        kafka_security=_kafka_security(opts),
+        **{name: opts[name] for name in fields},
+    )
+
+
 #: Settings fields every stage command takes as an option (the Kafka ones come with them).
 STAGE_SETTINGS = tuple(
     f.name
@@ -224,13 +234,7 @@ def _settings(**opts: Any) -> Settings:
     topics = Topics(dead_letters=opts["dead_letter_topic"])
     if opts.get("input_topic"):
         topics = Topics(input=opts["input_topic"], dead_letters=opts["dead_letter_topic"])
-    settings = dataclasses.replace(
-        DEFAULTS,
-        bootstrap_servers=opts["bootstrap_servers"],
-        kafka_security=_kafka_security(opts),
-        topics=topics,
-        **{name: opts[name] for name in STAGE_SETTINGS},
-    )
+    settings = dataclasses.replace(_kafka_settings(opts, *STAGE_SETTINGS), topics=topics)
     # cluster names become topic and group names: DNS-1123 labels, as in the detections
     for name in (settings.cluster, *settings.contexts()):
         if name and not conventions.is_dns1123_label(name):
@@ -366,7 +370,7 @@ def annotate(**opts: Any) -> None:
 )
 def send(files: tuple[Any, ...], bootstrap_servers: str, topic: str, **opts: Any) -> None:
     """Publish JSON-lines detections (as Falcosidekick would) to the input topic."""
-    settings = Settings(bootstrap_servers=bootstrap_servers, kafka_security=_kafka_security(opts))
+    settings = _kafka_settings({**opts, "bootstrap_servers": bootstrap_servers})
     kafka.connect_errors.hide = True  # a failure is explained in one line instead
 
     async def publish() -> int:
@@ -507,15 +511,7 @@ def doctor(output: str, **opts: Any) -> None:
 
     logs.setup("ERROR")  # the report says it all; library chatter would only interleave
     kafka.connect_errors.hide = True
-    settings = dataclasses.replace(
-        DEFAULTS,
-        bootstrap_servers=opts["bootstrap_servers"],
-        kafka_security=_kafka_security(opts),
-        topology_path=opts["topology_path"],
-        kubeconfig=opts["kubeconfig"],
-        node_budget=opts["node_budget"],
-        partitions=opts["partitions"],
-    )
+    settings = _kafka_settings(opts, "topology_path", "kubeconfig", "node_budget", "partitions")
     result: list[list[Any]] = []
 
     async def main(stop: asyncio.Event) -> None:
@@ -666,13 +662,7 @@ def _forget(opts: dict[str, Any], namespace: str, kind: str, name: str) -> None:
 
     if kind not in typing.get_args(workloads.Kind):
         raise click.BadParameter(f"{kind!r} is not a workload kind streamproc observes")
-    settings = dataclasses.replace(
-        DEFAULTS,
-        bootstrap_servers=opts["bootstrap_servers"],
-        kafka_security=_kafka_security(opts),
-        topology_path=opts["topology_path"],
-        cluster=opts["cluster"],
-    )
+    settings = _kafka_settings(opts, "topology_path", "cluster")
     laddered = [t.name for t in load_topologies(settings) if t.spec.action.escalation]
     if not laddered:
         click.echo("no topology has an escalation ladder: no history to forget")
