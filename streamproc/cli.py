@@ -635,15 +635,10 @@ def release(target: str, kubeconfig: str | None, forget: bool, **opts: Any) -> N
     kind = parts[1] if len(parts) == 3 else None
 
     async def work(client: Any, resolver: Any) -> tuple[list[str], str | None]:
-        found = [
-            o
-            for o in await observing.current(client, resolver)
-            if (o.namespace, o.workload) == (namespace, name) and kind in (None, o.kind)
-        ]
-        pods = await observing.release(client, resolver, namespace, kind, name)
-        return pods, kind or next((o.kind for o in found), None)
+        return await observing.release(client, resolver, namespace, kind, name)
 
-    pods, found_kind = _cluster_command(kubeconfig, work)
+    pods, found = _cluster_command(kubeconfig, work)
+    found_kind = kind or found
     if pods:
         click.echo(f"released {target}: {len(pods)} pods ({', '.join(pods)})")
     elif not forget:

@@ -87,14 +87,20 @@ async def current(client: kube.Kube, resolver: WorkloadResolver) -> list[Observa
 
 async def release(
     client: kube.Kube, resolver: WorkloadResolver, namespace: str, kind: str | None, name: str
-) -> list[str]:
-    """End a workload's observation now: remove exactly what streamproc added. Returns pods."""
+) -> tuple[list[str], str | None]:
+    """End a workload's observation now: remove exactly what streamproc added.
+
+    Returns the pods released and the kind of the workload found under observation (None
+    when none was).
+    """
     released = []
+    found = None
     for observation in await current(client, resolver):
         if (observation.namespace, observation.workload) != (namespace, name):
             continue
         if kind is not None and observation.kind != kind:
             continue
+        found = observation.kind
         targets = (
             [kube.ObjectRef.namespace_object(name)]
             if observation.kind == "Namespace"
@@ -104,7 +110,7 @@ async def release(
             done = await releasing.release(client, ref)
             if done.outcome == "released":
                 released.append(ref.name)
-    return released
+    return released, found
 
 
 def per_node(found: list[Observation]) -> dict[str, int]:
