@@ -1,5 +1,21 @@
-"""``python -m streamproc`` runs the command line."""
+"""``python -m streamproc`` and the ``streamproc`` command.
 
-from streamproc.cli import main
+The command line imports Faust, aiokafka and the Kubernetes client, which takes a moment; a
+Ctrl-C in that moment comes before the command's own handling exists, and is a plain exit too.
+"""
 
-main()
+import sys
+
+
+def run() -> None:
+    """Import the command line, then run it."""
+    try:
+        from streamproc.cli import main  # noqa: PLC0415 - imported here so Ctrl-C is caught
+    except KeyboardInterrupt:
+        sys.stderr.write("streamproc: interrupted\n")
+        raise SystemExit(130) from None
+    main()
+
+
+if __name__ == "__main__":
+    run()

@@ -96,3 +96,33 @@ def test_a_lingering_non_daemon_thread_cannot_keep_the_process_alive(tmp_path: P
     process, log = start(tmp_path, LINGERING_THREAD)
     assert process.wait(30) == 0
     assert "main returned" in log.read_text()
+
+
+INTERRUPTED_WHILE_IMPORTING = """
+import sys
+
+class CtrlC:
+    '''Ctrl-C exactly while the command line's modules are being imported.'''
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "streamproc.cli":
+            raise KeyboardInterrupt
+        return None
+
+sys.meta_path.insert(0, CtrlC())
+from streamproc.__main__ import run
+run()
+"""
+
+
+def test_ctrl_c_while_the_command_line_is_still_importing_is_a_plain_exit() -> None:
+    """Before the command's own Ctrl-C handling exists: one line, exit 130, no traceback."""
+    done = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED_WHILE_IMPORTING],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 130
+    assert done.stderr == "streamproc: interrupted\n"
