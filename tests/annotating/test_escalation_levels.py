@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from typing import Any
 
 from prometheus_client import REGISTRY
 
@@ -19,6 +20,14 @@ LADDER = {"ttls": ["15m", "1h", "6h", "24h"], "forgetAfter": "7d"}
 
 def annotations(emulator: KubeEmulator, pod: str) -> dict[str, str]:
     return (emulator.get("Pod", "shop", pod) or {})["metadata"].get("annotations") or {}
+
+
+def started(emulator: KubeEmulator, pods: tuple[str, ...]) -> list[dict[str, Any]]:
+    return [
+        e
+        for e in emulator.list("Event", "shop")
+        if e["reason"] == "ObservationStarted" and e["involvedObject"]["name"] in pods
+    ]
 
 
 def opened(level: str) -> float:
@@ -47,8 +56,13 @@ async def test_each_level_observes_for_its_step_and_says_so(
         assert abs(until - (now + 6 * 3600)) <= 1
     [record] = auditor.records
     assert record["level"] == 3
-    events = [e for e in emulator.list("Event", "shop") if e["reason"] == "ObservationStarted"]
-    assert events
+    # Events are posted in the background: wait for one per pod
+    await async_wait_for(
+        lambda: len(started(emulator, frontend.pods)) == len(frontend.pods),
+        timeout=15,
+        what="an ObservationStarted Event for every pod",
+    )
+    events = started(emulator, frontend.pods)
     assert all("level 3 of 4, 6h" in e["message"] for e in events)
     assert opened("3") == before + 1
     # released at its step's end, the level's bookkeeping with the rest
