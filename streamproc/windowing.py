@@ -25,8 +25,7 @@ from typing import Any
 import faust
 from faust.transport.drivers import aiokafka as faust_kafka
 
-from streamproc import escalation, kafka, metrics
-from streamproc.actions import Action
+from streamproc import escalation, kafka, metrics, qualifying
 from streamproc.settings import KafkaSecurity, Settings
 from streamproc.tallies import Tally, TallyError
 from streamproc.topologies import Topology
@@ -86,40 +85,6 @@ def faust_credentials(security: KafkaSecurity) -> faust.types.auth.CredentialsT 
 def faust_broker_url(bootstrap_servers: str) -> str:
     """Faust wants ``kafka://h1:p1;kafka://h2:p2`` where Kafka clients take ``h1:p1,h2:p2``."""
     return ";".join(f"kafka://{server.strip()}" for server in bootstrap_servers.split(","))
-
-
-def action_for(topology: Topology, tally: Tally, count: int, level: int = 1) -> Action:
-    """The action a qualifying window emits; its id is the same however often it is replayed."""
-    size_ms = int(topology.spec.window.size * 1000)
-    return Action(
-        id=f"{tally.workload_key}/{tally.window_start}",
-        topology=topology.name,
-        namespace=tally.namespace,
-        kind=tally.kind,
-        name=tally.name,
-        resolved_by=tally.resolved_by,
-        pod=tally.pod,
-        window_start=tally.window_start // 1000,
-        window_end=(tally.window_start + size_ms) // 1000,
-        rule=tally.rule,
-        priority=tally.priority,
-        count=count,
-        first_append_ms=tally.first_append_ms,
-        uuids=tally.uuids,
-        cluster=tally.cluster,
-        level=level,
-    )
-
-
-def decide(state: list[int], tally_count: int, threshold: int) -> tuple[list[int], bool, int]:
-    """New ``[count, acted]``, whether to act now, and how many detections were deduplicated."""
-    count, acted = (state[0], state[1]) if state else (0, 0)
-    new_count = count + tally_count
-    if acted:
-        return [new_count, 1], False, tally_count
-    if new_count >= threshold:
-        return [new_count, 1], True, new_count - threshold
-    return [new_count, 0], False, 0
 
 
 def build_app(  # noqa: C901, PLR0915 - the agent and timer are closures over the app
@@ -194,20 +159,15 @@ def build_app(  # noqa: C901, PLR0915 - the agent and timer are closures over th
         if t.spec.action.escalation is not None
     }
 
-    def level_of(topology: Topology, tally: Tally) -> int:
-        """The action's step on the ladder, its offence remembered (1 without a ladder)."""
-        ladder = topology.spec.action.escalation
-        if ladder is None:
-            return 1
-        table = histories[topology.name]
-        history = table[tally.workload_key]
-        end_ms = tally.window_start + int(topology.spec.window.size * 1000)
-        new, level = escalation.escalate(
-            history, tally.window_start, end_ms, ladder.ttls, ladder.forget_after
+    def judge(topology: Topology, tally: Tally, state: list[int]) -> qualifying.Verdict:
+        """The shared decision, with the workload's escalation history read and written back."""
+        history = histories.get(topology.name)
+        verdict = qualifying.judge(
+            topology, tally, state, None if history is None else history[tally.workload_key]
         )
-        if new != history:
-            table[tally.workload_key] = new
-        return level
+        if verdict.history is not None and history is not None:
+            history[tally.workload_key] = verdict.history
+        return verdict
 
     async def dead_letter(event: Any, reason: str, detail: str) -> None:
         metrics.dead_letters.labels(stage=STAGE, reason=reason).inc()
@@ -242,25 +202,24 @@ def build_app(  # noqa: C901, PLR0915 - the agent and timer are closures over th
             state = window.current()
             if not state:
                 metrics.windows_opened.labels(topology=topology.name).inc()
-            new_state, act, deduplicated = decide(
-                state, tally.count, topology.spec.window.threshold
-            )
-            if act:
-                action = action_for(topology, tally, new_state[0], level_of(topology, tally))
+            verdict = judge(topology, tally, state)
+            if (action := verdict.action) is not None:
                 # Not awaited one by one: Faust flushes its producer before it commits the
                 # tally's offset, so the action is durable before its input is acknowledged.
                 topic = await actions_topic(tally.cluster)
                 await topic.send(key=event.key, value=action.encode())
                 metrics.actions_emitted.labels(topology=topology.name).inc()
                 log.info(
-                    "action %s (%d detections, level %d)", action.id, new_state[0], action.level
+                    "action %s (%d detections, level %d)", action.id, action.count, action.level
                 )
-            if deduplicated:
-                metrics.detections_deduplicated.labels(topology=topology.name).inc(deduplicated)
+            if verdict.deduplicated:
+                metrics.detections_deduplicated.labels(topology=topology.name).inc(
+                    verdict.deduplicated
+                )
             if not (state and state[1]):
                 # a window already acted on keeps its state: only the deduplication count moved,
                 # and each table write is also a changelog record (half the cost of a tally)
-                tables[topology.name][tally.workload_key] = new_state
+                tables[topology.name][tally.workload_key] = verdict.state
 
     @app.timer(interval=2.0)  # type: ignore[untyped-decorator]
     async def report_lag() -> None:

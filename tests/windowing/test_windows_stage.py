@@ -9,10 +9,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from streamproc.qualifying import action_for, decide
 from streamproc.settings import Settings
 from streamproc.tallies import start_tally
 from streamproc.topologies import Topology
-from streamproc.windowing import action_for, build_app, decide
+from streamproc.windowing import build_app
 from streamproc.workloads import WorkloadRef
 
 TOPOLOGY = Topology.model_validate(
