@@ -38,7 +38,17 @@ _Slot = tuple[str, str, int]
 class BatchResult:
     """What one batch produced, kept apart from I/O so it can be tested and measured alone."""
 
-    __slots__ = ("consumed", "dead", "host_events", "matched", "tallies", "unmatched")
+    __slots__ = (
+        "consumed",
+        "dead",
+        "excluded",
+        "excluded_detections",
+        "host_events",
+        "identities",
+        "matched",
+        "tallies",
+        "unmatched",
+    )
 
     def __init__(self) -> None:
         self.tallies: dict[_Slot, Tally] = {}
@@ -47,6 +57,12 @@ class BatchResult:
         self.matched: Counter[str] = Counter()
         self.host_events = 0
         self.unmatched = 0
+        #: detections a topology would have counted but for its excluded namespaces
+        self.excluded: Counter[str] = Counter()
+        self.excluded_detections = 0
+        #: counted detections by how their workload was found: (resolved_by, cluster,
+        #: namespace, pod) -> detections (``streamproc simulate`` reports this)
+        self.identities: Counter[tuple[str, str, str, str]] = Counter()
 
 
 class Ingestor:
@@ -59,8 +75,12 @@ class Ingestor:
         resolver: WorkloadResolver,
         *,
         clusters: Mapping[str, WorkloadResolver] | None = None,
+        payload_time: bool = False,
     ) -> None:
         self.settings = settings
+        #: windows from the detection's own ``time`` rather than the Kafka record's: only for
+        #: files, which have no record time (``streamproc simulate``); see the module's docstring
+        self.payload_time = payload_time
         self.resolver = resolver
         #: each cluster's resolver: this one's (``--cluster``), those of ``--cluster-contexts``,
         #: and for any other cluster one without API access (owner fields, name shape)
@@ -82,7 +102,7 @@ class Ingestor:
         """Topics the stage reads."""
         return sorted(self.matchers)
 
-    async def process(  # noqa: C901 - the hot loop is kept in one frame on purpose
+    async def process(
         self, records: Iterable[kafka.ConsumerRecord]
     ) -> BatchResult:
         """Turn one batch of raw records into tallies and dead letters (no Kafka I/O).
@@ -96,13 +116,15 @@ class Ingestor:
         routes: dict[tuple[object, ...], _Route] = {}
         waiting: dict[tuple[object, ...], list[tuple[Detection, int]]] = {}
         tallies = result.tallies
-        parse = events.parse
+        parse, epoch_ms = events.parse, events.epoch_ms
         cluster_field, local_cluster = self.settings.cluster_field, self.settings.cluster
+        payload_time = self.payload_time
         for record in records:
             try:
                 detection = parse(
                     record.value or b"", cluster_field=cluster_field, local_cluster=local_cluster
                 )
+                timestamp = epoch_ms(detection.time) if payload_time else record.timestamp
             except ParseError as exc:
                 result.dead.append((record, exc.reason, exc.detail))
                 continue
@@ -114,9 +136,9 @@ class Ingestor:
             if not route.targets:
                 continue
             if route.workload is None:
-                waiting.setdefault(key, []).append((detection, record.timestamp))
+                waiting.setdefault(key, []).append((detection, timestamp))
                 continue
-            _add(tallies, route, detection, record.timestamp)
+            _add(tallies, route, detection, timestamp)
         if waiting:
             resolved = await self._resolve({(k[7], k[4], k[5]) for k in waiting})  # type: ignore[misc]
             for key, detections in waiting.items():
@@ -125,22 +147,18 @@ class Ingestor:
                 route.workload_key = in_cluster(route.cluster, route.workload.key)
                 for detection, timestamp in detections:
                     _add(tallies, route, detection, timestamp)
-        for route in routes.values():
-            result.consumed[(route.priority, route.source)] += route.count
-            if route.kind == "host":
-                result.host_events += route.count
-            elif route.kind == "unmatched":
-                result.unmatched += route.count
-            for name, _ in route.targets:
-                result.matched[name] += route.count
+        _summarise(routes, result)
         return result
 
     def _route(self, detection: Detection, topic: str) -> _Route:
         if detection.namespace is None or detection.pod is None:
             return _Route("host", detection)
-        matched = self.matchers[topic].match(detection)
+        matcher = self.matchers[topic]
+        matched = matcher.match(detection)
         if not matched:
-            return _Route("unmatched", detection)
+            route = _Route("unmatched", detection)
+            route.excluded = tuple(t.name for t in matcher.excluded(detection))
+            return route
         route = _Route("match", detection)
         route.targets = tuple((t.name, int(t.spec.window.size * 1000)) for t in matched)
         route.workload = self._resolver_of(detection.cluster).known(detection)
@@ -209,6 +227,10 @@ class Ingestor:
             )
         if result.unmatched:
             metrics.detections_skipped.labels(reason="no-topology-matched").inc(result.unmatched)
+        if result.excluded_detections:
+            metrics.detections_skipped.labels(reason="namespace-excluded").inc(
+                result.excluded_detections
+            )
         for topology, n in result.matched.items():
             metrics.detections_matched.labels(topology=topology).inc(n)
         for _, reason, _ in result.dead:
@@ -470,6 +492,7 @@ class _Route:
     __slots__ = (
         "cluster",
         "count",
+        "excluded",
         "kind",
         "priority",
         "source",
@@ -488,6 +511,8 @@ class _Route:
         self.targets: tuple[tuple[str, int], ...] = ()
         self.workload: WorkloadRef | None = None
         self.workload_key = ""
+        #: topologies that would have matched but for their excluded namespaces
+        self.excluded: tuple[str, ...] = ()
 
 
 def _add(tallies: dict[_Slot, Tally], route: _Route, detection: Detection, timestamp: int) -> None:
@@ -516,3 +541,22 @@ def _add(tallies: dict[_Slot, Tally], route: _Route, detection: Detection, times
         tally.priority = max(tally.priority, detection.priority)
         if detection.uuid and len(tally.uuids) < UUID_SAMPLE:
             tally.uuids.append(detection.uuid)
+
+
+def _summarise(routes: Mapping[tuple[object, ...], _Route], result: BatchResult) -> None:
+    """Fold each route's count into the batch's counters (once per route, not per event)."""
+    for key, route in routes.items():
+        result.consumed[(route.priority, route.source)] += route.count
+        if route.kind == "host":
+            result.host_events += route.count
+        elif route.excluded:
+            result.excluded_detections += route.count
+            for name in route.excluded:
+                result.excluded[name] += route.count
+        elif route.kind == "unmatched":
+            result.unmatched += route.count
+        elif route.workload is not None:
+            identity = (route.workload.resolved_by, route.cluster, key[4], key[5])
+            result.identities[identity] += route.count  # type: ignore[index]
+        for name, _ in route.targets:
+            result.matched[name] += route.count

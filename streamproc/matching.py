@@ -27,6 +27,10 @@ class _Compiled:
     clusters: frozenset[str]
 
     def admits(self, detection: Detection) -> bool:
+        return self.admits_elsewhere(detection) and not self.excludes(detection.namespace)
+
+    def admits_elsewhere(self, detection: Detection) -> bool:
+        """Every condition but the excluded namespaces holds."""
         match = self.topology.spec.match
         namespace = detection.namespace
         return (
@@ -36,9 +40,11 @@ class _Compiled:
             and (not self.tags or not self.tags.isdisjoint(detection.tags))
             and namespace is not None
             and (not self.include or namespace in self.include)
-            and (namespace not in self.exclude or namespace in self.include)
             and (not self.clusters or detection.cluster in self.clusters)
         )
+
+    def excludes(self, namespace: str | None) -> bool:
+        return namespace in self.exclude and namespace not in self.include
 
 
 class Matcher:
@@ -79,3 +85,14 @@ class Matcher:
                 self._cache.clear()
             self._cache[key] = found
         return found
+
+    def excluded(self, detection: Detection) -> tuple[Topology, ...]:
+        """Topologies that would match but for their excluded namespaces (protected ones too).
+
+        Asked only for detections no topology matched, so it costs nothing on the hot path.
+        """
+        return tuple(
+            c.topology
+            for c in self._compiled
+            if c.excludes(detection.namespace) and c.admits_elsewhere(detection)
+        )
