@@ -158,12 +158,7 @@ class Expirer:
                     metrics.stage_errors.labels(stage="expire", error=type(exc).__name__).inc()
                     log.warning("expiry resync failed: %s", exc)
                     next_resync = now + _RETRY_S
-            while self._heap and self._heap[0][0] <= self.clock() and not stop.is_set():
-                until, ref = heapq.heappop(self._heap)
-                known = self._due.get(ref)
-                if known is None or known[0] != until:
-                    continue  # superseded by a later schedule
-                await self._expire(ref, known[1])
+            await self.expire_due(stop)
             # bounded, and shielded so a slow broker only delays the records, never an expiry
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._auditor.flush()), timeout=2.0)
@@ -177,6 +172,17 @@ class Expirer:
             )
             stop_task.cancel()
             wake_task.cancel()
+
+    async def expire_due(self, stop: asyncio.Event | None = None) -> None:
+        """End every observation due by ``clock()`` (``streamproc simulate`` calls it too)."""
+        while self._heap and self._heap[0][0] <= self.clock():
+            if stop is not None and stop.is_set():
+                return
+            until, ref = heapq.heappop(self._heap)
+            known = self._due.get(ref)
+            if known is None or known[0] != until:
+                continue  # superseded by a later schedule
+            await self._expire(ref, known[1])
 
     async def _expire(self, key: kube.ObjectRef, topology: str) -> None:
         try:

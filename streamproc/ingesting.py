@@ -45,7 +45,9 @@ class BatchResult:
         "excluded_detections",
         "host_events",
         "identities",
+        "latest_ms",
         "matched",
+        "rules",
         "tallies",
         "unmatched",
     )
@@ -55,14 +57,18 @@ class BatchResult:
         self.dead: list[tuple[kafka.ConsumerRecord, str, str]] = []
         self.consumed: Counter[tuple[int, str]] = Counter()
         self.matched: Counter[str] = Counter()
+        #: counted detections by (topology, rule)
+        self.rules: Counter[tuple[str, str]] = Counter()
         self.host_events = 0
         self.unmatched = 0
         #: detections a topology would have counted but for its excluded namespaces
         self.excluded: Counter[str] = Counter()
         self.excluded_detections = 0
-        #: counted detections by how their workload was found: (resolved_by, cluster,
-        #: namespace, pod) -> detections (``streamproc simulate`` reports this)
-        self.identities: Counter[tuple[str, str, str, str]] = Counter()
+        #: the latest detection time in the batch (record or payload time, as windowed)
+        self.latest_ms = 0
+        #: counted detections by pod and the workload found for it: (cluster, namespace, pod,
+        #: workload) -> detections (``streamproc simulate`` reports how identities were found)
+        self.identities: Counter[tuple[str, str, str, WorkloadRef]] = Counter()
 
 
 class Ingestor:
@@ -102,9 +108,7 @@ class Ingestor:
         """Topics the stage reads."""
         return sorted(self.matchers)
 
-    async def process(
-        self, records: Iterable[kafka.ConsumerRecord]
-    ) -> BatchResult:
+    async def process(self, records: Iterable[kafka.ConsumerRecord]) -> BatchResult:
         """Turn one batch of raw records into tallies and dead letters (no Kafka I/O).
 
         Per detection this costs one parse, one dict look-up of its *route* (what a detection
@@ -119,6 +123,7 @@ class Ingestor:
         parse, epoch_ms = events.parse, events.epoch_ms
         cluster_field, local_cluster = self.settings.cluster_field, self.settings.cluster
         payload_time = self.payload_time
+        latest = 0
         for record in records:
             try:
                 detection = parse(
@@ -128,6 +133,8 @@ class Ingestor:
             except ParseError as exc:
                 result.dead.append((record, exc.reason, exc.detail))
                 continue
+            if timestamp > latest:  # noqa: PLR1730 - in the hot loop a compare beats a call
+                latest = timestamp
             key: tuple[object, ...] = detection[:8]  # rule ... owners, cluster
             route = routes.get(key)
             if route is None:
@@ -147,6 +154,7 @@ class Ingestor:
                 route.workload_key = in_cluster(route.cluster, route.workload.key)
                 for detection, timestamp in detections:
                     _add(tallies, route, detection, timestamp)
+        result.latest_ms = latest
         _summarise(routes, result)
         return result
 
@@ -556,7 +564,8 @@ def _summarise(routes: Mapping[tuple[object, ...], _Route], result: BatchResult)
         elif route.kind == "unmatched":
             result.unmatched += route.count
         elif route.workload is not None:
-            identity = (route.workload.resolved_by, route.cluster, key[4], key[5])
+            identity = (route.cluster, key[4], key[5], route.workload)
             result.identities[identity] += route.count  # type: ignore[index]
         for name, _ in route.targets:
             result.matched[name] += route.count
+            result.rules[(name, key[0])] += route.count  # type: ignore[index]

@@ -29,6 +29,7 @@ from aiokafka.errors import (
     KafkaConnectionError,
     KafkaError,
     TopicAlreadyExistsError,
+    UnknownTopicOrPartitionError,
     UnsupportedCodecError,
 )
 from aiokafka.partitioner import DefaultPartitioner
@@ -50,6 +51,7 @@ __all__ = [
     "consumer",
     "ensure_topics",
     "producer",
+    "read_range",
     "ssl_context",
 ]
 
@@ -246,6 +248,63 @@ async def read_topic(
             for records in batch.values():
                 found.extend(records)
         return found[:limit]
+
+
+async def read_range(
+    settings: Settings,
+    topic: str,
+    *,
+    since_ms: int,
+    until_ms: int,
+    max_records: int = 4096,
+) -> AsyncIterator[tuple[list[ConsumerRecord], list[BadBatch]]]:
+    """The records of ``topic`` appended in ``[since_ms, until_ms)``, batch by batch.
+
+    Joins no group and commits nothing (``streamproc simulate``): partitions are assigned by
+    hand, each starts at the first offset at or after ``since_ms`` (ListOffsets by time) and
+    ends at its end offset as found at the start, so records appended meanwhile are not read.
+    Undecodable batches come back as :class:`BadBatch` rather than stopping the read.
+    """
+    reader = AIOKafkaConsumer(
+        **connection_options(settings),
+        group_id=None,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        max_partition_fetch_bytes=8 << 20,
+    )
+    async with started(reader):
+        await reader.topics()  # fills the metadata partitions_for_topic reads
+        partitions = [TopicPartition(topic, p) for p in reader.partitions_for_topic(topic) or ()]
+        if not partitions:
+            raise UnknownTopicOrPartitionError(f"topic {topic!r} does not exist")
+        ends = await _end_offsets(reader, partitions)
+        starts = await reader.offsets_for_times(dict.fromkeys(partitions, since_ms))
+        left = {
+            tp: ends[tp] for tp in partitions if starts.get(tp) and starts[tp].offset < ends[tp]
+        }
+        reader.assign(list(left))
+        for tp in left:
+            reader.seek(tp, starts[tp].offset)
+        wrapped = Reader(reader, settings, "simulate")
+        while left:
+            batch, bad = await wrapped.getmany(timeout_ms=1000, max_records=max_records)
+            records = []
+            for tp, found in batch.items():
+                end = left.get(tp)
+                if end is None:
+                    continue
+                taken = [r for r in found if r.offset < end and r.timestamp < until_ms]
+                records.extend(taken)
+                if len(taken) < len(found) or found[-1].offset + 1 >= end:
+                    del left[tp]  # past the end offset or past ``until``
+                    reader.pause(tp)
+            for skipped in bad:
+                tp = TopicPartition(skipped.topic, skipped.partition)
+                if tp in left and skipped.next_offset >= left[tp]:
+                    del left[tp]
+                    reader.pause(tp)
+            if records or bad:
+                yield records, bad
 
 
 async def ensure_topics(settings: Settings, specs: Iterable[TopicSpec]) -> None:

@@ -1,0 +1,59 @@
+"""What a simulation reads: JSON-lines files of Falcosidekick payloads, plain or gzip.
+
+Each line becomes a record the ingest stage's own code takes, with the file as its topic and the
+line number as its offset (a dead letter names ``file:line``). Files have no Kafka record time,
+so their windows come from each payload's ``time`` (``Ingestor(payload_time=True)``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from streamproc import kafka
+
+#: lines per batch handed to the ingest code (a live ``getmany`` returns batches of this order)
+BATCH_LINES = 2048
+_BLOCK = 1 << 20
+
+
+class InputError(OSError):
+    """A file that cannot be read to the end (missing, or a truncated or corrupt gzip)."""
+
+
+def lines(path: Path) -> Iterator[bytes]:
+    """The file's lines, decompressed when it is gzip (by its magic bytes, not its name)."""
+    try:
+        with path.open("rb") as probe:
+            gzipped = probe.read(2) == b"\x1f\x8b"
+        opener = gzip.open if gzipped else open
+        with opener(path, "rb") as stream:
+            rest = b""
+            while block := stream.read(_BLOCK):
+                parts = (rest + block).split(b"\n")
+                rest = parts.pop()
+                yield from parts
+            if rest:
+                yield rest
+    except (OSError, EOFError, zlib.error) as exc:
+        raise InputError(f"{path}: {exc or type(exc).__name__}") from None
+
+
+def batches(
+    paths: list[Path], topic: str, size: int = BATCH_LINES
+) -> Iterator[list[kafka.ConsumerRecord]]:
+    """Records of every non-blank line, ``size`` at a time; partition is the file's index."""
+    batch: list[kafka.ConsumerRecord] = []
+    record = kafka.ConsumerRecord
+    for index, path in enumerate(paths):
+        for number, line in enumerate(lines(path), start=1):
+            if not line.strip():
+                continue
+            batch.append(record(topic, index, number, 0, 0, None, line, None, 0, len(line), ()))
+            if len(batch) >= size:
+                yield batch
+                batch = []
+    if batch:
+        yield batch

@@ -1,0 +1,109 @@
+"""One ``streamproc simulate`` run: read the input once, feed every topology set, report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from rich.console import Console
+
+from streamproc import kafka, kube, topologies
+from streamproc.settings import Settings
+from streamproc.simulating import inputs, plot, render
+from streamproc.simulating.cluster import SimulatedCluster, SnapshotError
+from streamproc.simulating.engine import Simulation
+from streamproc.simulating.report import Report
+
+#: the source topic every topology reads in a simulation of files
+FILES_TOPIC = "simulate-input"
+
+
+class SimulationError(RuntimeError):
+    """A named failure: its message is the one line a person sees."""
+
+
+@dataclass
+class Request:
+    """What to simulate (the command line, parsed)."""
+
+    settings: Settings
+    topology_sets: list[list[topologies.Topology]]
+    names: list[str]
+    files: list[Path] = field(default_factory=list)
+    topic: str | None = None
+    since_ms: int = 0
+    until_ms: int = 0
+    pod_files: list[Path] = field(default_factory=list)
+    kubeconfig: str | None = None
+
+
+def _snapshots(paths: list[Path]) -> list[tuple[object, str]]:
+    docs = []
+    for path in paths:
+        try:
+            docs.append((orjson.loads(path.read_bytes()), str(path)))
+        except (OSError, orjson.JSONDecodeError) as exc:
+            raise SimulationError(f"--pods {path}: {exc}") from None
+    return docs
+
+
+async def simulate(request: Request) -> list[Report]:
+    """Run the simulation(s); nothing is written to Kafka or the cluster."""
+    snapshots = _snapshots(request.pod_files)
+    upstream = (
+        await kube.Kube.connect(request.kubeconfig, attempts=3) if request.kubeconfig else None
+    )
+    try:
+        topic = request.topic or FILES_TOPIC
+        sims = []
+        for topology_set, name in zip(request.topology_sets, request.names, strict=False):
+            cluster = SimulatedCluster(upstream)
+            for doc, origin in snapshots:
+                cluster.load_snapshot(doc, origin)
+            sim = Simulation(
+                request.settings,
+                [topologies.reading(t, topic) for t in topology_set],
+                cluster,
+                payload_time=request.topic is None,
+                seed_pods=not snapshots and upstream is None,
+                name=name,
+            )
+            sim.report.locations = [str(p) for p in request.files]
+            sims.append(sim)
+        if request.topic is None:
+            for batch in inputs.batches(request.files, topic):
+                for sim in sims:
+                    await sim.feed(batch)
+        else:
+            async for records, bad in kafka.read_range(
+                request.settings, topic, since_ms=request.since_ms, until_ms=request.until_ms
+            ):
+                for sim in sims:
+                    sim.report.undecodable(bad)
+                    await sim.feed(records)
+        return [await sim.finish() for sim in sims]
+    except (inputs.InputError, SnapshotError) as exc:
+        raise SimulationError(str(exc)) from None
+    finally:
+        if upstream is not None:
+            await upstream.close()
+
+
+def draw(report: Report, path: Path) -> None:
+    """``--plot``."""
+    try:
+        plot.timeline(report, path)
+    except plot.PlotError as exc:
+        raise SimulationError(str(exc)) from None
+
+
+def as_json(reports: list[Report]) -> dict[str, Any]:
+    """``--output json``."""
+    return render.as_json(reports)
+
+
+def show(reports: list[Report]) -> None:
+    """The tables, on stdout."""
+    render.show(reports, Console(width=160))
