@@ -224,3 +224,43 @@ def test_held_counts_leave_on_their_own_schedule_and_offsets_wait_for_them() -> 
     assert b.name == "b"
     assert not gate.holding
     assert commits.committable(gate.oldest_held_batch) == {tp: 40}
+
+
+async def test_a_protected_namespace_is_counted_as_excluded_not_as_unmatched() -> None:
+    """kube-system matches the rule but is excluded: the metric says why it was not counted."""
+    from streamproc import metrics
+
+    cluster = sample_cluster()
+    system = next(w for w in cluster.workloads if w.namespace == "kube-system")
+    rng = random.Random(4)
+    raw = orjson.dumps(samples.detection(system, system.pods[0], samples.RULES[0], 0, rng))
+    stage = ingestor()
+    result = await stage.process([Record(raw, 1000), Record(raw, 1001)])
+    assert not result.tallies
+    assert (result.unmatched, result.excluded_detections) == (0, 2)
+    assert result.excluded == {"retina-observe": 2}
+    before = metrics.detections_skipped.labels(reason="namespace-excluded")._value.get()
+    stage.record_metrics(result)
+    after = metrics.detections_skipped.labels(reason="namespace-excluded")._value.get()
+    assert after - before == 2
+
+
+async def test_payload_time_windows_by_the_detection_time_and_refuses_impossible_dates() -> None:
+    """For files (simulate): the payload's ``time`` places the window; Feb 30 is dead-lettered."""
+    cluster = sample_cluster()
+    frontend = next(w for w in cluster.workloads if w.name == "frontend")
+    rng = random.Random(5)
+    at = 1_900_000_030.5
+    good = samples.detection(frontend, frontend.pods[0], samples.RULES[0], at, rng)
+    bad = {**good, "time": "2030-02-30T10:00:00Z"}
+    stage = Ingestor(
+        Settings(),
+        topologies.load_path(ROOT / "topologies"),
+        WorkloadResolver(None, cache_size=100, ttl_s=60),
+        payload_time=True,
+    )
+    result = await stage.process([Record(orjson.dumps(good), 0), Record(orjson.dumps(bad), 0)])
+    [tally] = result.tallies.values()
+    assert tally.first_append_ms == int(at * 1000)
+    assert result.latest_ms == int(at * 1000)
+    assert [reason for _, reason, _ in result.dead] == ["invalid-time"]

@@ -1,0 +1,206 @@
+"""``streamproc simulate`` on files: the report, --compare, --plot, and bad input."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+from pathlib import Path
+
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from streamproc.cli import main
+from streamproc.lab import samples
+from streamproc.lab.cluster import sample_cluster
+
+TOPOLOGY = """\
+apiVersion: streamproc/v1
+kind: Topology
+metadata:
+  name: {name}
+spec:
+  match:
+    priority: ">=Warning"
+  window:
+    size: 1m
+    threshold: {threshold}
+  action:
+    ttl: 15m
+    maxObservations: {cap}
+{extra}"""
+LADDER = """\
+    escalation:
+      ttls: [15m, 1h, 6h]
+    capture:
+      priority: ">=Warning"
+      minLevel: 2
+"""
+T0 = 1_900_000_020.0
+DAY_S = 86_400
+
+
+def topology(
+    tmp_path: Path, name: str, threshold: int = 1, cap: int = 100, extra: str = ""
+) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(TOPOLOGY.format(name=name, threshold=threshold, cap=cap, extra=extra))
+    return path
+
+
+def lines(days: tuple[float, ...] = (0,), per_pod: int = 1) -> list[bytes]:
+    """Detections of every sample workload on each day: one per pod, ``per_pod`` times."""
+    rng = random.Random(1)
+    found = []
+    for workload in sample_cluster().workloads:
+        for day in days:
+            for pod in workload.pods:
+                for n in range(per_pod):
+                    at = T0 + day * DAY_S + n
+                    payload = samples.detection(workload, pod, samples.RULES[0], at, rng)
+                    found.append(orjson.dumps(payload))
+    return found
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, ["simulate", *args], catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def report(*args: str) -> dict[str, object]:
+    code, output = run("-o", "json", *args)
+    assert code == 0, output
+    return json.loads(output)  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def falco(tmp_path: Path) -> Path:
+    path = tmp_path / "falco.jsonl.gz"
+    body = b"\n".join([*lines(), *(raw for raw, _ in samples.MALFORMED)]) + b"\n"
+    path.write_bytes(gzip.compress(body))
+    return path
+
+
+def test_a_topology_compared_with_itself_differs_nowhere(tmp_path: Path, falco: Path) -> None:
+    path = topology(tmp_path, "observe")
+    found = report("--topology", str(path), "--compare", str(path), str(falco))
+    assert found["only_a"] == found["only_b"] == []
+    a, b = found["a"], found["b"]
+    assert a["topologies"] == b["topologies"]  # type: ignore[index]
+    assert a["topologies"]["observe"]["observations_opened"] > 0  # type: ignore[index]
+
+
+def test_compare_lists_the_workloads_only_one_set_observes(tmp_path: Path) -> None:
+    falco = tmp_path / "falco.jsonl"
+    falco.write_bytes(b"\n".join(lines(per_pod=3)))
+    strict = tmp_path / "strict"
+    strict.mkdir()
+    topology(strict, "observe", threshold=4)  # only workloads with 2+ pods reach 4 in a window
+    found = report(
+        "--topology", str(topology(tmp_path, "observe")), "--compare", str(strict), str(falco)
+    )
+    assert found["only_b"] == []
+    single_pod = {
+        f"{w.namespace}/{w.kind}/{w.name}" for w in sample_cluster().workloads if len(w.pods) == 1
+    }
+    # without a snapshot a DaemonSet's pods read as bare pods (the name's shape), each alone
+    daemons = {
+        f"{w.namespace}/Pod/{pod}"
+        for w in sample_cluster().workloads
+        if w.kind == "DaemonSet"
+        for pod in w.pods
+    }
+    assert set(found["only_a"]) == single_pod | daemons  # type: ignore[arg-type]
+
+
+def test_malformed_lines_are_counted_by_reason_with_their_place(
+    tmp_path: Path, falco: Path
+) -> None:
+    found = report("--topology", str(topology(tmp_path, "observe")), str(falco))
+    expected: dict[str, int] = {}
+    for _, reason in samples.MALFORMED:
+        expected[reason] = expected.get(reason, 0) + 1
+    assert found["dead_letters"] == expected
+    first = found["dead_letter_examples"]["invalid-json"][0]  # type: ignore[index]
+    assert first.startswith(f"{falco}:")
+    assert found["identities"]["name-shape"] > 0  # type: ignore[index]
+
+
+def test_the_table_says_where_windows_came_from_and_what_was_opened(
+    tmp_path: Path, falco: Path
+) -> None:
+    code, output = run("--topology", str(topology(tmp_path, "observe")), str(falco))
+    assert code == 0, output
+    assert "windows from payload time" in output
+    assert "observations opened" in output
+    assert "estimated API writes" in output
+
+
+def test_a_repeat_offender_climbs_the_ladder_and_is_captured_from_min_level(
+    tmp_path: Path,
+) -> None:
+    falco = tmp_path / "falco.jsonl"
+    falco.write_bytes(b"\n".join(lines(days=(0, 1, 2))))
+    found = report("--topology", str(topology(tmp_path, "ladder", extra=LADDER)), str(falco))
+    stats = found["topologies"]["ladder"]  # type: ignore[index]
+    workloads = stats["workloads"]
+    assert stats["levels"] == {"1": workloads, "2": workloads, "3": workloads}
+    assert stats["captures"] == 2 * workloads  # levels 2 and 3 only
+    # every observation ran out: one expiry per pod per day
+    assert stats["api_writes"]["expiries"] == stats["api_writes"]["applies"]
+
+
+def test_refusals_by_cap_and_excluded_namespace_are_counted(tmp_path: Path) -> None:
+    rng = random.Random(2)
+    cluster = sample_cluster()
+    falco = tmp_path / "falco.jsonl"
+    body = lines()
+    system = next(w for w in cluster.workloads if w.namespace == "kube-system")
+    body.append(orjson.dumps(samples.detection(system, system.pods[0], samples.RULES[0], T0, rng)))
+    falco.write_bytes(b"\n".join(body))
+    found = report("--topology", str(topology(tmp_path, "capped", cap=2)), str(falco))
+    stats = found["topologies"]["capped"]  # type: ignore[index]
+    assert stats["workloads"] == 2
+    assert stats["refused"]["cap"] > 0
+    assert stats["refused"]["excluded_namespace"] >= 1
+
+
+def test_plot_draws_a_png(tmp_path: Path, falco: Path) -> None:
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "timeline.png"
+    code, output = run(
+        "--topology", str(topology(tmp_path, "observe")), "--plot", str(out), str(falco)
+    )
+    assert code == 0, output
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_truncated_gzip_is_one_plain_line(tmp_path: Path, falco: Path) -> None:
+    broken = tmp_path / "broken.jsonl.gz"
+    broken.write_bytes(falco.read_bytes()[:-20])
+    code, output = run("--topology", str(topology(tmp_path, "observe")), str(broken))
+    assert code == 1
+    assert output.strip().splitlines() == [output.strip()]
+    assert str(broken) in output
+    assert "Traceback" not in output
+
+
+def test_a_missing_broker_is_one_plain_line(tmp_path: Path) -> None:
+    code, output = run(
+        "--topology",
+        str(topology(tmp_path, "observe")),
+        "--topic",
+        "falco",
+        "--bootstrap-servers",
+        "127.0.0.1:1",
+    )
+    assert code == 1
+    assert "cannot reach Kafka" in output
+    assert "Traceback" not in output
+
+
+def test_files_and_topic_together_are_refused(tmp_path: Path, falco: Path) -> None:
+    code, output = run("--topology", str(topology(tmp_path, "observe")), "--topic", "x", str(falco))
+    assert code == 2
+    assert "not both" in output
