@@ -193,6 +193,21 @@ def _owners(fields: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     )
 
 
+_seconds: dict[str, int] = {}
+
+
+def _epoch_s(text: str) -> int:
+    """Seconds of ``YYYY-MM-DDTHH:MM:SS`` in UTC (second 60 counts as 59)."""
+    try:
+        return int(datetime.fromisoformat(text + "+00:00").timestamp())
+    except ValueError:
+        try:
+            fixed = text.upper().replace(":60", ":59") + "+00:00"
+            return int(datetime.fromisoformat(fixed).timestamp())
+        except ValueError as exc:
+            raise ParseError("invalid-time", f"'time' is {text[:60]!r}: {exc}") from None
+
+
 def epoch_ms(time: str) -> int:
     """Milliseconds since the epoch of an RFC 3339 ``time`` as ``parse`` accepted it.
 
@@ -200,6 +215,15 @@ def epoch_ms(time: str) -> int:
     microseconds and ignores the rest. A leap second counts as the second before it; a date
     that does not exist (February 30) is a ParseError.
     """
+    if len(time) > 20 and time[19] == "." and time[-1] == "Z":
+        # Falcosidekick's own form: the seconds are shared by a burst's detections, so they are
+        # read once; the fraction's first three digits are the milliseconds
+        seconds = _seconds.get(time[:19])
+        if seconds is None:
+            if len(_seconds) >= 4096:
+                _seconds.clear()
+            seconds = _seconds[time[:19]] = _epoch_s(time[:19])
+        return seconds * 1000 + int((time[20:-1] + "00")[:3])
     try:
         return int(datetime.fromisoformat(time).timestamp() * 1000)
     except ValueError:

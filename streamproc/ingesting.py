@@ -20,6 +20,7 @@ import logging
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Protocol
 
 from streamproc import events, kafka, metrics
 from streamproc.events import Detection, ParseError
@@ -33,6 +34,34 @@ from streamproc.workloads import WorkloadRef, in_cluster
 log = logging.getLogger("streamproc.ingest")
 STAGE = "ingest"
 _Slot = tuple[str, str, int]
+
+
+class Incoming(Protocol):
+    """What ingest reads of a record: an aiokafka ``ConsumerRecord``, or a line of a file."""
+
+    @property
+    def topic(self) -> str:
+        """The topic (for a file: the one every topology reads)."""
+
+    @property
+    def partition(self) -> int:
+        """The partition (for files: the file's index)."""
+
+    @property
+    def offset(self) -> int:
+        """The offset (for a file: the line's number)."""
+
+    @property
+    def timestamp(self) -> int:
+        """The Kafka record time, ms."""
+
+    @property
+    def key(self) -> bytes | None:
+        """The record key."""
+
+    @property
+    def value(self) -> bytes | None:
+        """The raw detection."""
 
 
 class BatchResult:
@@ -54,7 +83,7 @@ class BatchResult:
 
     def __init__(self) -> None:
         self.tallies: dict[_Slot, Tally] = {}
-        self.dead: list[tuple[kafka.ConsumerRecord, str, str]] = []
+        self.dead: list[tuple[Incoming, str, str]] = []
         self.consumed: Counter[tuple[int, str]] = Counter()
         self.matched: Counter[str] = Counter()
         #: counted detections by (topology, rule)
@@ -108,7 +137,7 @@ class Ingestor:
         """Topics the stage reads."""
         return sorted(self.matchers)
 
-    async def process(self, records: Iterable[kafka.ConsumerRecord]) -> BatchResult:
+    async def process(self, records: Iterable[Incoming]) -> BatchResult:
         """Turn one batch of raw records into tallies and dead letters (no Kafka I/O).
 
         Per detection this costs one parse, one dict look-up of its *route* (what a detection
@@ -193,7 +222,7 @@ class Ingestor:
         self,
         producer: kafka.AIOKafkaProducer,
         tallies: Sequence[Tally],
-        dead: Sequence[tuple[kafka.ConsumerRecord, str, str]] = (),
+        dead: Sequence[tuple[Incoming, str, str]] = (),
     ) -> None:
         """Produce tallies and dead letters and wait until the broker acknowledged all of them."""
         topics = self.settings.topics

@@ -22,8 +22,7 @@ from streamproc import escalation, qualifying
 from streamproc.actions import Action
 from streamproc.applying import Annotator
 from streamproc.expiring import Expirer
-from streamproc.ingesting import Ingestor
-from streamproc.kafka import ConsumerRecord
+from streamproc.ingesting import Incoming, Ingestor
 from streamproc.node_budget import NodeBudget
 from streamproc.resolving import WorkloadResolver
 from streamproc.settings import Settings
@@ -139,7 +138,7 @@ class Simulation:
             self._sites[cluster] = site
         return site
 
-    async def feed(self, records: Sequence[ConsumerRecord]) -> None:
+    async def feed(self, records: Sequence[Incoming]) -> None:
         """One batch, as the ingest stage would take it from a ``getmany``."""
         result = await self.ingestor.process(records)
         self.report.add_batch(result, self._sites[self._local].cluster.sources)
@@ -178,6 +177,7 @@ class Simulation:
             self.report.decided(action)
             await self._apply(action, at_ms / 1000)
         self._forget(self._latest_ms)
+        self.report.most_live_windows = max(self.report.most_live_windows, self.live_windows)
 
     async def _apply(self, action: Action, at: float) -> None:
         site = self._site(action.cluster)

@@ -11,11 +11,10 @@ import gzip
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-
-from streamproc import kafka
+from typing import NamedTuple
 
 #: lines per batch handed to the ingest code (a live ``getmany`` returns batches of this order)
-BATCH_LINES = 2048
+BATCH_LINES = 16_384
 _BLOCK = 1 << 20
 
 
@@ -41,17 +40,25 @@ def lines(path: Path) -> Iterator[bytes]:
         raise InputError(f"{path}: {exc or type(exc).__name__}") from None
 
 
-def batches(
-    paths: list[Path], topic: str, size: int = BATCH_LINES
-) -> Iterator[list[kafka.ConsumerRecord]]:
+class Line(NamedTuple):
+    """One line as a record for ``Ingestor.process``: the file's index and the line's number."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes
+    timestamp: int = 0
+    key: bytes | None = None
+
+
+def batches(paths: list[Path], topic: str, size: int = BATCH_LINES) -> Iterator[list[Line]]:
     """Records of every non-blank line, ``size`` at a time; partition is the file's index."""
-    batch: list[kafka.ConsumerRecord] = []
-    record = kafka.ConsumerRecord
+    batch: list[Line] = []
     for index, path in enumerate(paths):
         for number, line in enumerate(lines(path), start=1):
-            if not line.strip():
+            if len(line) < 3 and not line.strip():
                 continue
-            batch.append(record(topic, index, number, 0, 0, None, line, None, 0, len(line), ()))
+            batch.append(Line(topic, index, number, line))
             if len(batch) >= size:
                 yield batch
                 batch = []

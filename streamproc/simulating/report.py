@@ -119,6 +119,8 @@ class Report:
         self.intervals: dict[tuple[str, str, str, str], list[list[Any]]] = {}
         self.first_ms = 0
         self.latest_ms = 0
+        #: the most windows held at once (memory follows this, not the input's length)
+        self.most_live_windows = 0
         #: the input files by index (a record's partition), to name a dead letter ``file:line``
         self.locations: list[str] = []
 
@@ -221,6 +223,7 @@ class Report:
                 conventions.format_time(self.latest_ms / 1000) if self.latest_ms else None,
             ],
             "identities": {k: self.identities.get(k, 0) for k in IDENTITY_SOURCES},
+            "most_live_windows": self.most_live_windows,
             "skipped": dict(self.skipped),
             "dead_letters": dict(self.dead),
             "dead_letter_examples": self.dead_examples,

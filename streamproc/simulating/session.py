@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,8 +52,31 @@ def _snapshots(paths: list[Path]) -> list[tuple[object, str]]:
     return docs
 
 
+@contextlib.contextmanager
+def _fewer_collections() -> Iterator[None]:
+    """Collect cyclic garbage less often while records stream through.
+
+    Every batch makes tens of thousands of short-lived, acyclic objects (lines, payloads,
+    detections) that reference counting frees; at the default threshold the cyclic collector
+    still ran every 700 of them and scanned what survived, which was a sixth of the run.
+    """
+    before = gc.get_threshold()
+    gc.freeze()  # what exists now (modules, topologies, snapshot) is never garbage
+    gc.set_threshold(100_000, 50, 100)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()
+
+
 async def simulate(request: Request) -> list[Report]:
     """Run the simulation(s); nothing is written to Kafka or the cluster."""
+    with _fewer_collections():
+        return await _simulate(request)
+
+
+async def _simulate(request: Request) -> list[Report]:
     snapshots = _snapshots(request.pod_files)
     upstream = (
         await kube.Kube.connect(request.kubeconfig, attempts=3) if request.kubeconfig else None

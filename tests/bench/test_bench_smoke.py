@@ -110,3 +110,16 @@ def test_the_extension_benchmark_reports_writes_per_pod_before_after_and_ideal(
     ideal = rows["ideal: 1 apply + 1 per TTL offended + 1 expiry"]["value"]
     assert ideal <= lazy < eager
     assert rows["pod-windows unobserved while offending (lazy / before)"]["value"] == 0
+
+
+def test_the_simulate_benchmark_reports_its_rate_and_memory_against_the_baseline(
+    results: Path,
+) -> None:
+    """Small run: simulate's rate next to gzip + orjson.loads, and its peak RSS."""
+    out = run_bench("simulate.py", "--events", "4000", "--workloads", "20", "--hours", "0.5")
+    assert "baseline: gzip + orjson.loads" in out
+    written = json.loads((results / "simulate.json").read_text())
+    rows = {r["name"]: r for r in written["rows"]}
+    assert rows["streamproc simulate"]["value"] > 0
+    assert written["events"] == 4000
+    assert written["observations_opened"] > 0
