@@ -127,7 +127,8 @@ def test_a_windows_restart_mid_window_does_not_act_twice(
 ) -> None:
     """After a crash in mid-window, a later detection in that window patches nothing again."""
     # A window that does not end during the test (epoch-aligned: pick a size with room left).
-    window = next(s for s in (3600, 5400, 7200) if s - time.time() % s > 180)
+    # Sizes 300 s apart: 3600, 5400 and 7200 alone all end together at every 6th hour.
+    window = next(s for s in range(3600, 7201, 300) if s - time.time() % s > 180)
     rng = random.Random(5)
     frontend = by_name(cluster, "frontend")
     topology = topology_file(tmp_path, f"{window}s", "3h")
