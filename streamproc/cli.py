@@ -766,7 +766,10 @@ def simulate(
     request = session.Request(
         settings=settings,
         topology_sets=sets,
-        names=[str(topologies.resolve_path(settings.topology_path)), str(compare_path)],
+        names=[
+            str(topologies.resolve_path(settings.topology_path)),
+            *([str(compare_path)] if compare_path else []),
+        ],
         files=list(inputs),
         topic=topic,
         since_ms=window[0],

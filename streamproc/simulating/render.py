@@ -76,7 +76,7 @@ def show(reports: Sequence[Report], console: Console) -> None:
     console.print(table)
     for index, report in enumerate(reports):
         label = f" ({'AB'[index]})" if len(reports) > 1 else ""
-        writes = report.as_dict()["api_writes"]
+        writes = report.api_writes()
         console.print(
             f"estimated API writes{label}: {writes['applies']:,} applies, "
             f"{writes['expiries']:,} expiries, {writes['events']:,} events, "
@@ -92,7 +92,7 @@ def show(reports: Sequence[Report], console: Console) -> None:
 
 
 def _overview(first: Report, console: Console) -> None:
-    span = first.as_dict()["time_range"]
+    span = first.time_range()
     console.print(
         f"simulated {first.records:,} records from {span[0] or '-'} to {span[1] or '-'}; "
         f"windows from {first.windows_from}"

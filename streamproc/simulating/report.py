@@ -212,28 +212,36 @@ class Report:
             if d.outcome in ("applied", "extended")
         }
 
+    def time_range(self) -> list[str | None]:
+        """The first and last detection time seen (RFC 3339), None before any."""
+        return [
+            conventions.format_time(self.first_ms / 1000) if self.first_ms else None,
+            conventions.format_time(self.latest_ms / 1000) if self.latest_ms else None,
+        ]
+
+    def api_writes(self) -> dict[str, int]:
+        """The requests the live code would have sent, by kind."""
+        return {
+            "applies": self.writes.get("observe", 0),
+            "expiries": self.writes.get("release", 0),
+            "events": self.writes.get("event", 0),
+            "captures": self.writes.get("capture", 0),
+        }
+
     def as_dict(self) -> dict[str, Any]:
         """The whole report as JSON-ready data."""
         return {
             "topologies_from": self.name,
             "records": self.records,
             "windows_from": self.windows_from,
-            "time_range": [
-                conventions.format_time(self.first_ms / 1000) if self.first_ms else None,
-                conventions.format_time(self.latest_ms / 1000) if self.latest_ms else None,
-            ],
+            "time_range": self.time_range(),
             "identities": {k: self.identities.get(k, 0) for k in IDENTITY_SOURCES},
             "most_live_windows": self.most_live_windows,
             "skipped": dict(self.skipped),
             "dead_letters": dict(self.dead),
             "dead_letter_examples": self.dead_examples,
             "topologies": {name: s.as_dict() for name, s in self.stats.items()},
-            "api_writes": {
-                "applies": self.writes.get("observe", 0),
-                "expiries": self.writes.get("release", 0),
-                "events": self.writes.get("event", 0),
-                "captures": self.writes.get("capture", 0),
-            },
+            "api_writes": self.api_writes(),
             "top_workloads": [
                 {"workload": w, "detections": n}
                 for w, n in self.workload_detections.most_common(_TOP)

@@ -84,7 +84,7 @@ async def _simulate(request: Request) -> list[Report]:
     try:
         topic = request.topic or FILES_TOPIC
         sims = []
-        for topology_set, name in zip(request.topology_sets, request.names, strict=False):
+        for topology_set, name in zip(request.topology_sets, request.names, strict=True):
             cluster = SimulatedCluster(upstream)
             for doc, origin in snapshots:
                 cluster.load_snapshot(doc, origin)
