@@ -83,6 +83,9 @@ class Annotator:
         self.auditor = auditor or auditing.NullAuditor()
         self.follower = follower
         self._in_flight = asyncio.Semaphore(settings.actions_in_flight)
+        #: topology -> workloads being opened right now: they count against maxObservations
+        #: from the check on, so a batch of workloads applied concurrently cannot all pass it
+        self._opening: dict[str, set[tuple[str, str, str]]] = {}
         #: pods this annotator opened or extended an observation on (the lab reports it).
         self.observed_pods: set[tuple[str, str]] = set()
         #: shared with the follower where both run (``running``)
@@ -133,7 +136,7 @@ class Annotator:
                 )
         return result
 
-    async def _apply(  # noqa: C901, PLR0912 - guard clauses in a row, one per outcome
+    async def _apply(
         self, action: Action, listing: list[kube.Json] | None
     ) -> tuple[str, list[str], float]:
         topology = self.topologies.get(action.topology)
@@ -157,6 +160,22 @@ class Annotator:
                 topology.spec.action.max_observations,
             )
             return "refused-cap", [], 0.0
+        opening = self._opening.setdefault(topology.name, set())
+        key = (target.namespace, target.kind, target.name)
+        opening.add(key)  # no await since the check: the slot is this action's
+        try:
+            return await self._observe_workload(action, topology, target, until, listing)
+        finally:
+            opening.discard(key)
+
+    async def _observe_workload(  # noqa: C901 - one outcome per branch
+        self,
+        action: Action,
+        topology: Topology,
+        target: WorkloadRef,
+        until: float,
+        listing: list[kube.Json] | None,
+    ) -> tuple[str, list[str], float]:
         pods = await self.resolver.pods_of(target, listing)
         if not pods:
             return "no-pods", [], 0.0
@@ -236,7 +255,7 @@ class Annotator:
     def _over_cap(self, target: WorkloadRef, topology: Topology) -> bool:
         if self.follower is None:
             return False
-        active = self.follower.observing(topology.name)
+        active = self.follower.observing(topology.name) | self._opening.get(topology.name, set())
         key = (target.namespace, target.kind, target.name)
         return key not in active and len(active) >= topology.spec.action.max_observations
 

@@ -142,6 +142,24 @@ async def test_beyond_max_observations_new_workloads_are_refused(
     assert not any(observed(emulator, p) for p in workload(cluster, "redis").pods)
 
 
+async def test_a_batch_of_new_workloads_applied_together_keeps_to_max_observations(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
+) -> None:
+    """Workloads of one batch are applied concurrently; maxObservations: 1 still lets one in."""
+    capped = topology(maxObservations=1)
+    annotator, expirer = make(client)
+    annotator.topologies = {capped.name: capped}
+    annotator.follower = Follower(
+        client, WorkloadResolver(client, cache_size=100, ttl_s=60), [capped], expirer
+    )
+    names = ["frontend", "checkout", "redis"]
+    await annotator.handle([action_for(workload(cluster, name)) for name in names])
+    observing = {
+        name for name in names if any(observed(emulator, p) for p in workload(cluster, name).pods)
+    }
+    assert len(observing) == 1, observing
+
+
 async def test_kubernetes_events_record_start_and_expiry_on_each_pod(
     client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
 ) -> None:
