@@ -6,8 +6,10 @@ The file holds ~430-byte Falcosidekick payloads spread evenly over ``--hours`` (
 qualify and close all along). The baseline of the same run only decompresses the file and
 ``orjson.loads`` each line; the simulation parses, matches, identifies, windows, escalates,
 annotates and expires a simulated cluster (the live code). Target (issue #15): simulate >= 0.3 of
-the baseline. Memory: the simulation runs in a fresh process over the whole file and over its
-first quarter; its peak RSS should not grow with the file's length (it follows the live windows).
+the baseline, with the workers ``--workers 0`` picks on this machine; the same run in one
+process is shown beside it. Memory: the simulation runs in a fresh process over the whole file and
+over its first quarter; its peak RSS (with its workers') should not grow with the file's length
+(it follows the live windows).
 """
 
 from __future__ import annotations
@@ -77,7 +79,7 @@ def baseline(path: Path) -> tuple[int, float]:
     return n, n / (time.perf_counter() - started)
 
 
-async def _simulate(path: Path, topology: Path, limit: int | None) -> dict[str, Any]:
+async def _simulate(path: Path, topology: Path, limit: int | None, workers: int) -> dict[str, Any]:
     """The command's own run (``session.simulate``) over the file, or its first ``limit`` lines."""
     if limit is not None:
         head = path.with_name(f"head-{limit}.jsonl")
@@ -88,7 +90,7 @@ async def _simulate(path: Path, topology: Path, limit: int | None) -> dict[str, 
                 out.write(line + b"\n")
         path = head
     request = session.Request(
-        settings=Settings(),
+        settings=Settings(simulate_workers=workers),
         topology_sets=[topologies.load_path(topology)],
         names=[str(topology)],
         files=[path],
@@ -96,24 +98,31 @@ async def _simulate(path: Path, topology: Path, limit: int | None) -> dict[str, 
     started = time.perf_counter()
     [found] = await session.simulate(request)
     seconds = time.perf_counter() - started
+    processes = session.workers_for(request)
+    # ru_maxrss of children is the largest worker's: count it once per worker (an upper bound)
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return {
         "events": found.records,
         "per_s": found.records / seconds,
         "opened": sum(s.opened for s in found.stats.values()),
         "most_windows": found.most_live_windows,
-        "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "workers": processes,
+        "max_rss_mb": (own + (children * processes if processes > 1 else 0)) / 1024,
     }
 
 
-def _worker(path: str, topology: str, limit: int | None, out: Any) -> None:
-    out.put(asyncio.run(_simulate(Path(path), Path(topology), limit)))
+def _worker(path: str, topology: str, limit: int | None, workers: int, out: Any) -> None:
+    out.put(asyncio.run(_simulate(Path(path), Path(topology), limit, workers)))
 
 
-def in_fresh_process(path: Path, topology: Path, limit: int | None) -> dict[str, Any]:
-    """One simulation in its own process, so its peak RSS is its own."""
+def in_fresh_process(
+    path: Path, topology: Path, limit: int | None, workers: int = 0
+) -> dict[str, Any]:
+    """One simulation in its own process, so its peak RSS (and its workers') is its own."""
     spawn = multiprocessing.get_context("spawn")
     queue = spawn.Queue()
-    worker = spawn.Process(target=_worker, args=(str(path), str(topology), limit, queue))
+    worker = spawn.Process(target=_worker, args=(str(path), str(topology), limit, workers, queue))
     worker.start()
     found: dict[str, Any] = queue.get(timeout=3600)
     worker.join()
@@ -134,6 +143,7 @@ def main() -> None:
         generate(path, args.events, args.workloads, args.hours)
         lines, base = baseline(path)
         full = in_fresh_process(path, topology, None)
+        alone = in_fresh_process(path, topology, None, workers=1)
         quarter = in_fresh_process(path, topology, args.events // 4)
     rows = [
         {"name": "baseline: gzip + orjson.loads", "value": base, "unit": "events/s"},
@@ -144,7 +154,13 @@ def main() -> None:
             "unit": "events/s",
         },
         {
-            "name": "peak RSS, whole file (baseline: first quarter)",
+            "name": "streamproc simulate --workers 1",
+            "value": alone["per_s"],
+            "baseline": base,
+            "unit": "events/s",
+        },
+        {
+            "name": "peak RSS with workers, whole file (baseline: first quarter)",
             "value": full["max_rss_mb"],
             "baseline": quarter["max_rss_mb"],
             "unit": "MiB",
@@ -155,6 +171,7 @@ def main() -> None:
         rows,
         {
             "events": lines,
+            "workers": full["workers"],
             "workloads": args.workloads,
             "hours": args.hours,
             "observations_opened": full["opened"],

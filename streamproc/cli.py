@@ -8,6 +8,7 @@ import errno
 import json
 import logging
 import os
+import signal
 import sys
 import time
 import typing
@@ -135,6 +136,8 @@ def settings_option(name: str) -> Callable[[Callable[..., Any]], Callable[..., A
     kind = extra.pop("type", None)
     if kind == "ms":
         extra["type"] = click.IntRange(1, 10_000)
+    elif kind == "count":
+        extra["type"] = click.IntRange(min=0)
     elif kind is Path:
         extra["type"] = click.Path(path_type=Path)
     elif isinstance(spec.default, bool):
@@ -191,7 +194,7 @@ def _kafka_settings(opts: dict[str, Any], *fields: str) -> Settings:
 STAGE_SETTINGS = tuple(
     f.name
     for f in dataclasses.fields(Settings)
-    if "flag" in f.metadata and f.name != "bootstrap_servers"
+    if "flag" in f.metadata and f.metadata["stage"] and f.name != "bootstrap_servers"
 )
 
 
@@ -515,20 +518,16 @@ def doctor(output: str, **opts: Any) -> None:
     result: list[list[Any]] = []
 
     async def main(stop: asyncio.Event) -> None:
-        work = asyncio.ensure_future(diagnosing.diagnose(settings, settings.topology_path))
-        stopper = asyncio.ensure_future(stop.wait())
-        await asyncio.wait({work, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        stopper.cancel()
-        if work.done():
-            result.append(work.result())
-        else:
-            work.cancel()
-            await asyncio.gather(work, return_exceptions=True)
+        found = await stopping.unless_stopped(
+            diagnosing.diagnose(settings, settings.topology_path), stop
+        )
+        if found is not None:
+            result.append(found)
 
-    stopping.run(main, grace_s=DEFAULTS.shutdown_timeout_s, name="streamproc doctor")
+    received = stopping.run(main, grace_s=DEFAULTS.shutdown_timeout_s, name="streamproc doctor")
     if not result:
         click.echo("streamproc: interrupted", err=True)
-        stopping.finish(130)
+        stopping.finish(stopping.exit_code(received or signal.SIGINT))
     found = result[0]
     if output == "json":
         doc = {"checks": [c.as_dict() for c in found], "summary": diagnosing.summary(found)}
@@ -724,6 +723,7 @@ def _moment(text: str, now: float, option: str) -> int:
 @settings_option("cluster")
 @settings_option("node_budget")
 @settings_option("extend_below")
+@settings_option("simulate_workers")
 @click.option(
     "--output", "-o", type=click.Choice(["table", "json"]), default="table", show_default=True
 )
@@ -757,7 +757,9 @@ def simulate(
         raise click.UsageError("give INPUT files or --topic, not both and not neither")
     logs.setup("ERROR")
     kafka.connect_errors.hide = True
-    settings = _kafka_settings(opts, "topology_path", "cluster", "node_budget", "extend_below")
+    settings = _kafka_settings(
+        opts, "topology_path", "cluster", "node_budget", "extend_below", "simulate_workers"
+    )
     sets = [load_topologies(settings)]
     if compare_path is not None:
         sets.append(load_topologies(dataclasses.replace(settings, topology_path=compare_path)))
@@ -777,8 +779,21 @@ def simulate(
         pod_files=list(pod_files),
         kubeconfig=kubeconfig,
     )
+    done: list[list[Any]] = []
+
+    async def run(stop: asyncio.Event) -> None:
+        found = await stopping.unless_stopped(session.simulate(request), stop)
+        if found is not None:
+            done.append(found)
+
     try:
-        reports = asyncio.run(session.simulate(request))
+        received = stopping.run(
+            run, grace_s=DEFAULTS.shutdown_timeout_s, name="streamproc simulate"
+        )
+        if not done:
+            click.echo("streamproc: interrupted", err=True)
+            stopping.finish(stopping.exit_code(received or signal.SIGINT))
+        reports = done[0]
         if plot is not None:
             session.draw(reports[0], plot)
     except session.SimulationError as exc:

@@ -80,13 +80,16 @@ class KafkaSecurity:
         return self.protocol.startswith("SASL_")
 
 
-def knob(default: Any, flag: str, env: str, help_text: str, **click_args: Any) -> Any:
+def knob(
+    default: Any, flag: str, env: str, help_text: str, *, stage: bool = True, **click_args: Any
+) -> Any:
     """A setting an operator may tune: its default, flag, environment variable and help.
 
     The CLI builds its options from these (``cli.settings_options``), so a default, a variable
-    name or a help text is written once, here.
+    name or a help text is written once, here. ``stage=False``: an option of one command
+    only, not of every pipeline stage.
     """
-    meta = {"flag": flag, "env": env, "help": help_text, "click": click_args}
+    meta = {"flag": flag, "env": env, "help": help_text, "stage": stage, "click": click_args}
     return field(default=default, metadata=meta)
 
 
@@ -289,6 +292,18 @@ class Settings:
         "--shutdown-timeout",
         "STREAMPROC_SHUTDOWN_TIMEOUT",
         "After SIGINT/SIGTERM, the longest a clean stop may take before exiting anyway (s).",
+    )
+    #: ``streamproc simulate`` of files: processes that run the ingest code (parse, match,
+    #: identify) over shares of the input while this one decides; 0 picks one per CPU (at most
+    #: 8) for inputs from 8 MiB on, where starting them pays off
+    simulate_workers: int = knob(
+        0,
+        "--workers",
+        "STREAMPROC_SIMULATE_WORKERS",
+        "Processes that parse and match the files (0: one per CPU for inputs of 8 MiB or more; "
+        "1: this process alone).",
+        stage=False,
+        type="count",
     )
     client_id: str = "streamproc"
 

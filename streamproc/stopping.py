@@ -24,10 +24,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 log = logging.getLogger("streamproc")
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+T = TypeVar("T")
 
 
 def exit_code(signum: int) -> int:
@@ -151,6 +152,24 @@ def finish(code: int, *, grace_s: float = 5.0) -> None:
         _flush()
         os._exit(code)
     sys.exit(code)
+
+
+async def unless_stopped(work: Coroutine[Any, Any, T], stop: asyncio.Event) -> T | None:
+    """``work``'s result, or None once ``stop`` is set first (``work`` is then cancelled).
+
+    For one-shot commands: their work ends on its own, or a signal cancels it, and its
+    ``finally`` blocks (closing clients, ending worker processes) still run.
+    """
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    return task.result() if not task.cancelled() else None
 
 
 async def pause(stop: asyncio.Event, seconds: float) -> None:

@@ -43,7 +43,8 @@ class SimulatedCluster(kube.Kube):
         # no super().__init__(): there is no HTTP client; every method the annotator, the
         # resolver and the expirer call is overridden below
         self._upstream = upstream
-        self._pods: dict[tuple[str, str], Json] = {}
+        #: namespace -> pod name -> pod (the annotator lists one namespace at a time)
+        self._pods: dict[str, dict[str, Json]] = {}
         self._controllers: dict[tuple[str, str, str], Json] = {}
         self._namespaces: dict[str, Json] = {}
         self._captures: set[tuple[str, str]] = set()
@@ -83,13 +84,13 @@ class SimulatedCluster(kube.Kube):
         is made up again with that one, as the real pod's ownerReferences would say.
         """
         known = self._made_up.get((namespace, pod))
-        if (namespace, pod) in self._pods and (
+        if pod in self._pods.get(namespace, {}) and (
             known is None or _TRUST[known] >= _TRUST[workload.resolved_by]
         ):
             return
         self._made_up[(namespace, pod)] = workload.resolved_by
         owner = _owner_of(pod, workload)
-        self._pods[(namespace, pod)] = {
+        self._pods.setdefault(namespace, {})[pod] = {
             "kind": "Pod",
             "metadata": {
                 "namespace": namespace,
@@ -114,16 +115,16 @@ class SimulatedCluster(kube.Kube):
 
     def knows(self, namespace: str, pod: str) -> bool:
         """Whether the pod came from the snapshot, the API or detections already."""
-        return (namespace, pod) in self._pods
+        return pod in self._pods.get(namespace, {})
 
     def _add_pod(self, pod: Json, source: Source) -> Json:
         meta = pod["metadata"]
         key = (str(meta["namespace"]), str(meta["name"]))
         clean = _unobserved(pod)
         clean["metadata"]["resourceVersion"] = self._next_version()
-        self._pods.setdefault(key, clean)
+        self._pods.setdefault(key[0], {}).setdefault(key[1], clean)
         self.sources.setdefault(key, source)
-        return self._pods[key]
+        return self._pods[key[0]][key[1]]
 
     def _next_version(self) -> str:
         self._revision += 1
@@ -143,7 +144,10 @@ class SimulatedCluster(kube.Kube):
             for pod in await self._upstream.list_pods(namespace):
                 pod.setdefault("kind", "Pod")
                 self._add_pod(pod, "api")
-        pods = [p for (ns, _), p in self._pods.items() if namespace is None or ns == namespace]
+        if namespace is None:
+            pods = [p for named in self._pods.values() for p in named.values()]
+        else:
+            pods = list(self._pods.get(namespace, {}).values())
         if label_selector:
             key, _, value = label_selector.partition("=")
             pods = [p for p in pods if (p["metadata"].get("labels") or {}).get(key) == value]
@@ -151,7 +155,7 @@ class SimulatedCluster(kube.Kube):
 
     async def get_pod(self, namespace: str, name: str) -> Json:
         """A pod known here, else read once from the API; NotFound otherwise."""
-        found = self._pods.get((namespace, name))
+        found = self._pods.get(namespace, {}).get(name)
         if found is not None:
             return found
         if self._upstream is None or namespace in self._listed:
@@ -184,9 +188,9 @@ class SimulatedCluster(kube.Kube):
         sync.go``); the CronJob controller names a Job ``<cronjob>-<minutes since epoch>``
         (``pkg/controller/cronjob/utils.go``, ``getJobName``).
         """
-        for pod in self._pods.values():
+        for pod in self._pods.get(namespace, {}).values():
             meta = pod["metadata"]
-            if meta.get("namespace") != namespace or kube.controller_of(pod) != (kind, name):
+            if kube.controller_of(pod) != (kind, name):
                 continue
             parent: tuple[str, str] | None = None
             if kind == "ReplicaSet":
@@ -240,7 +244,7 @@ class SimulatedCluster(kube.Kube):
         observed = (patch.labels or {}).get(conventions.OBSERVED_LABEL) == "true"
         self.writes["observe" if observed else "release"] += 1
         if ref.kind == "Pod":
-            self._pods[(ref.namespace, ref.name)] = updated
+            self._pods[ref.namespace][ref.name] = updated
         else:
             self._namespaces[ref.name] = updated
         return updated

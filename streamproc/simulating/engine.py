@@ -9,20 +9,23 @@ budget, open or extend, captures) and each expiry through the live ``Expirer``, 
 
 An action is applied at the time its window qualified, as well as a batch tells: not before the
 first detection of the tally that crossed the threshold, not after the batch's latest detection
-nor the window's end. Windows are kept while a late tally could still find them (three window
-lengths, as the windows stage's tables), so memory follows the live windows, not the input.
+nor the window's end. Actions due at the same moment are handled as one batch, as the annotator
+takes what one ``getmany`` returns. Windows are kept while a late tally could still find them
+(three window lengths, as the windows stage's tables), so memory follows the live windows, not
+the input.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Sequence
 
 from streamproc import escalation, qualifying
 from streamproc.actions import Action
 from streamproc.applying import Annotator
 from streamproc.expiring import Expirer
-from streamproc.ingesting import Incoming, Ingestor
+from streamproc.ingesting import BatchResult, Incoming, Ingestor
 from streamproc.node_budget import NodeBudget
 from streamproc.resolving import WorkloadResolver
 from streamproc.settings import Settings
@@ -140,7 +143,10 @@ class Simulation:
 
     async def feed(self, records: Sequence[Incoming]) -> None:
         """One batch, as the ingest stage would take it from a ``getmany``."""
-        result = await self.ingestor.process(records)
+        await self.absorb(await self.ingestor.process(records))
+
+    async def absorb(self, result: BatchResult) -> None:
+        """What the ingest code made of one batch (here, or in a worker process), in order."""
         self.report.add_batch(result, self._sites[self._local].cluster.sources)
         if self._seed or len(self._sites) > 1:
             for cluster, namespace, pod, workload in result.identities:
@@ -173,17 +179,21 @@ class Simulation:
                 end_ms = verdict.action.window_end * 1000
                 at_ms = max(tally.first_append_ms, min(end_ms - 1, result.latest_ms))
                 decided.append((at_ms, verdict.action))
-        for at_ms, action in sorted(decided, key=lambda d: d[0]):
-            self.report.decided(action)
-            await self._apply(action, at_ms / 1000)
+        await self._act(decided)
         self._forget(self._latest_ms)
         self.report.most_live_windows = max(self.report.most_live_windows, self.live_windows)
 
-    async def _apply(self, action: Action, at: float) -> None:
-        site = self._site(action.cluster)
-        self._clock.advance(at)
-        await site.expirer.expire_due()
-        await site.annotator.handle([action])
+    async def _act(self, decided: list[tuple[int, Action]]) -> None:
+        """Expire what is due, then apply, moment by moment (one batch per moment and cluster)."""
+        decided.sort(key=lambda d: d[0])
+        for (at_ms, cluster), due in itertools.groupby(decided, lambda d: (d[0], d[1].cluster)):
+            actions = [action for _, action in due]
+            for action in actions:
+                self.report.decided(action)
+            site = self._site(cluster)
+            self._clock.advance(at_ms / 1000)
+            await site.expirer.expire_due()
+            await site.annotator.handle(actions)
 
     def _forget(self, now_ms: int) -> None:
         """Drop windows no late tally can reach, and histories past ``forgetAfter``."""

@@ -51,16 +51,29 @@ class Line(NamedTuple):
     key: bytes | None = None
 
 
-def batches(paths: list[Path], topic: str, size: int = BATCH_LINES) -> Iterator[list[Line]]:
-    """Records of every non-blank line, ``size`` at a time; partition is the file's index."""
+def batches(
+    paths: list[Path], topic: str, size: int = BATCH_LINES, *, share: tuple[int, int] = (0, 1)
+) -> Iterator[list[Line]]:
+    """Records of every non-blank line, ``size`` at a time; partition is the file's index.
+
+    ``share=(k, n)`` yields only batches k, k+n, k+2n... (a worker process's share): the
+    others are counted through, not built, so every worker cuts the input at the same lines.
+    """
+    mine, every = share
     batch: list[Line] = []
+    ordinal = counted = 0
     for index, path in enumerate(paths):
         for number, line in enumerate(lines(path), start=1):
             if len(line) < 3 and not line.strip():
                 continue
-            batch.append(Line(topic, index, number, line))
-            if len(batch) >= size:
-                yield batch
+            if ordinal % every == mine:
+                batch.append(Line(topic, index, number, line))
+            counted += 1
+            if counted >= size:
+                if batch:
+                    yield batch
                 batch = []
+                ordinal += 1
+                counted = 0
     if batch:
         yield batch

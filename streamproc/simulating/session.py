@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,13 +15,19 @@ from rich.console import Console
 
 from streamproc import kafka, kube, topologies
 from streamproc.settings import Settings
-from streamproc.simulating import inputs, plot, render
+from streamproc.simulating import inputs, parallel, plot, render
 from streamproc.simulating.cluster import SimulatedCluster, SnapshotError
 from streamproc.simulating.engine import Simulation
 from streamproc.simulating.report import Report
 
 #: the source topic every topology reads in a simulation of files
 FILES_TOPIC = "simulate-input"
+#: with ``--workers 0``, inputs smaller than this are simulated in this process alone: a worker
+#: starts a fresh interpreter, which costs more than it saves on a small file (the help text of
+#: ``Settings.simulate_workers`` says 8 MiB and at most 8)
+PARALLEL_FROM_BYTES = 8 << 20
+#: every worker decompresses the whole input; past this many, that duplicated work dominates
+MOST_WORKERS = 8
 
 
 class SimulationError(RuntimeError):
@@ -40,6 +47,8 @@ class Request:
     until_ms: int = 0
     pod_files: list[Path] = field(default_factory=list)
     kubeconfig: str | None = None
+    #: lines per batch (a live ``getmany`` returns batches of this order)
+    batch_lines: int = inputs.BATCH_LINES
 
 
 def _snapshots(paths: list[Path]) -> list[tuple[object, str]]:
@@ -73,10 +82,50 @@ def _fewer_collections() -> Iterator[None]:
 async def simulate(request: Request) -> list[Report]:
     """Run the simulation(s); nothing is written to Kafka or the cluster."""
     with _fewer_collections():
-        return await _simulate(request)
+        try:
+            return await _simulate(request)
+        except (inputs.InputError, SnapshotError, parallel.WorkerError) as exc:
+            raise SimulationError(str(exc)) from None
+
+
+def workers_for(request: Request) -> int:
+    """Processes that run the ingest code: ``--workers``, or for 0 one per CPU on big inputs."""
+    if request.topic is not None:
+        return 1
+    if request.settings.simulate_workers:
+        return request.settings.simulate_workers
+    if sum(path.stat().st_size for path in request.files) < PARALLEL_FROM_BYTES:
+        return 1
+    return min(parallel.available_cpus(), MOST_WORKERS)
 
 
 async def _simulate(request: Request) -> list[Report]:
+    async with _simulations(request) as sims:
+        count = workers_for(request)
+        if request.topic is not None:
+            async for records, bad in kafka.read_range(
+                request.settings,
+                request.topic,
+                since_ms=request.since_ms,
+                until_ms=request.until_ms,
+            ):
+                for sim in sims:
+                    sim.report.undecodable(bad)
+                    await sim.feed(records)
+        elif count == 1:
+            for batch in inputs.batches(request.files, FILES_TOPIC, request.batch_lines):
+                for sim in sims:
+                    await sim.feed(batch)
+        else:
+            async for results in parallel.in_order(_ingest_share, request, count):
+                for sim, result in zip(sims, results, strict=True):
+                    await sim.absorb(result)
+        return [await sim.finish() for sim in sims]
+
+
+@contextlib.asynccontextmanager
+async def _simulations(request: Request) -> AsyncIterator[list[Simulation]]:
+    """One Simulation per topology set, over the same pods (snapshot, read-only API)."""
     snapshots = _snapshots(request.pod_files)
     upstream = (
         await kube.Kube.connect(request.kubeconfig, attempts=3) if request.kubeconfig else None
@@ -98,23 +147,26 @@ async def _simulate(request: Request) -> list[Report]:
             )
             sim.report.locations = [str(p) for p in request.files]
             sims.append(sim)
-        if request.topic is None:
-            for batch in inputs.batches(request.files, topic):
-                for sim in sims:
-                    await sim.feed(batch)
-        else:
-            async for records, bad in kafka.read_range(
-                request.settings, topic, since_ms=request.since_ms, until_ms=request.until_ms
-            ):
-                for sim in sims:
-                    sim.report.undecodable(bad)
-                    await sim.feed(records)
-        return [await sim.finish() for sim in sims]
-    except (inputs.InputError, SnapshotError) as exc:
-        raise SimulationError(str(exc)) from None
+        yield sims
     finally:
         if upstream is not None:
             await upstream.close()
+
+
+def _ingest_share(request: Request, index: int, count: int, put: Callable[[object], None]) -> None:
+    """A worker process: the ingest code over its share of the files' batches, in order."""
+    asyncio.run(_ingest_batches(request, (index, count), put))
+
+
+async def _ingest_batches(
+    request: Request, share: tuple[int, int], put: Callable[[object], None]
+) -> None:
+    with _fewer_collections():
+        async with _simulations(request) as sims:
+            for batch in inputs.batches(
+                request.files, FILES_TOPIC, request.batch_lines, share=share
+            ):
+                put([await sim.ingestor.process(batch) for sim in sims])
 
 
 def draw(report: Report, path: Path) -> None:

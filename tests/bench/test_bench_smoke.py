@@ -121,5 +121,7 @@ def test_the_simulate_benchmark_reports_its_rate_and_memory_against_the_baseline
     written = json.loads((results / "simulate.json").read_text())
     rows = {r["name"]: r for r in written["rows"]}
     assert rows["streamproc simulate"]["value"] > 0
+    assert rows["streamproc simulate --workers 1"]["value"] > 0
     assert written["events"] == 4000
+    assert written["workers"] == 1  # a small file is simulated in one process
     assert written["observations_opened"] > 0

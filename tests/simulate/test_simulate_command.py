@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gzip
 import json
+import os
 import random
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
 import pytest
 from click.testing import CliRunner
 
+from streamproc import topologies
 from streamproc.cli import main
 from streamproc.lab import samples
 from streamproc.lab.cluster import sample_cluster
+from streamproc.settings import Settings
+from streamproc.simulating import parallel, session
+from tests.conftest import wait_for
 
 TOPOLOGY = """\
 apiVersion: streamproc/v1
@@ -204,3 +215,129 @@ def test_files_and_topic_together_are_refused(tmp_path: Path, falco: Path) -> No
     code, output = run("--topology", str(topology(tmp_path, "observe")), "--topic", "x", str(falco))
     assert code == 2
     assert "not both" in output
+
+
+# -- worker processes ----------------------------------------------------------------------------
+
+
+def _simulated(paths: list[Path], topology_path: Path, workers: int) -> dict[str, object]:
+    request = session.Request(
+        settings=Settings(simulate_workers=workers),
+        topology_sets=[topologies.load_path(topology_path)],
+        names=["t"],
+        files=paths,
+        batch_lines=7,  # many batches from a small file: every worker gets several
+    )
+    return session.as_json(asyncio.run(session.simulate(request)))
+
+
+def test_workers_report_exactly_what_one_process_reports(tmp_path: Path, falco: Path) -> None:
+    plain = tmp_path / "more.jsonl"
+    plain.write_bytes(b"\n".join(lines(days=(1, 2, 3), per_pod=2)) + b"\n\n")
+    ladder = topology(tmp_path, "observe", extra=LADDER)
+    alone = _simulated([falco, plain], ladder, workers=1)
+    assert alone["topologies"]["observe"]["observations_opened"] > 0  # type: ignore[index]
+    assert alone["dead_letters"]
+    for workers in (2, 3):
+        assert _simulated([falco, plain], ladder, workers=workers) == alone
+
+
+def _fail(job: object, index: int, count: int, put: Callable[[object], None]) -> None:
+    """A worker target: share 0 works, share 1 fails with a message or dies without one."""
+    if index == 0:
+        put("first")
+        put("third")
+    elif job == "raise":
+        raise ValueError("the input ends in the middle of a line")
+    else:
+        os._exit(3)
+
+
+@pytest.mark.parametrize(
+    ("job", "message"),
+    [("raise", "the input ends in the middle of a line"), ("die", "exit code 3")],
+)
+def test_a_failing_worker_is_one_plain_line_after_the_results_before_it(
+    job: str, message: str
+) -> None:
+    got: list[object] = []
+
+    async def consume() -> None:
+        async for item in parallel.in_order(_fail, job, 2):
+            got.append(item)  # noqa: PERF401 - kept as they come, up to the failure
+
+    with pytest.raises(parallel.WorkerError, match=message):
+        asyncio.run(consume())
+    assert got == ["first"]
+
+
+def test_a_worker_failing_on_a_truncated_gzip_is_one_plain_line(
+    tmp_path: Path, falco: Path
+) -> None:
+    broken = tmp_path / "broken.jsonl.gz"
+    broken.write_bytes(falco.read_bytes()[:-20])
+    code, output = run("--workers", "2", "--topology", str(topology(tmp_path, "o")), str(broken))
+    assert code == 1
+    assert output.strip().splitlines() == [output.strip()]
+    assert str(broken) in output
+    assert "Traceback" not in output
+
+
+def _workers_of(pid: int) -> list[int]:
+    """Worker processes (multiprocessing's spawn) among ``pid``'s children."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+    found = []
+    for child in children:
+        with contextlib.suppress(OSError):
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.append(int(child))
+    return found
+
+
+def _gone(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
+    return "\nState:\tZ" in status  # ended, not yet reaped by init
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_ends_the_simulation_and_its_workers_while_they_wait(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    """Workers blocked on input nobody writes (a FIFO): Ctrl-C (to the whole process group,
+    as a terminal sends it) or SIGTERM (to the command) ends them all, with one plain line."""
+    fifo = tmp_path / "falco.jsonl"
+    os.mkfifo(fifo)
+    command = [sys.executable, "-m", "streamproc", "simulate", "--workers", "2"]
+    process = subprocess.Popen(
+        [*command, "--topology", str(topology(tmp_path, "o")), str(fifo)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        workers = wait_for(
+            lambda: len(found := _workers_of(process.pid)) == 2 and found,
+            timeout=60,
+            what="two worker processes",
+        )
+        if signum == signal.SIGINT:
+            os.killpg(process.pid, signum)
+        else:
+            process.send_signal(signum)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 128 + signum, stderr
+    text = stderr.decode()
+    assert "Traceback" not in text
+    assert "streamproc: interrupted" in text
+    wait_for(lambda: all(_gone(pid) for pid in workers), timeout=10, what="workers to end")
