@@ -101,6 +101,11 @@ actions_emitted = Counter(
     "Actions emitted by the windows stage (one per workload per qualifying window)",
     ["topology"],
 )
+escalation_histories = Gauge(
+    "streamproc_escalation_histories",
+    "Workloads in the windows stage's escalation history (this replica's partitions)",
+    ["topology"],
+)
 actions_handled = Counter(
     "streamproc_actions_handled_total",
     "Actions the annotator finished, by outcome",

@@ -87,6 +87,17 @@ def faust_broker_url(bootstrap_servers: str) -> str:
     return ";".join(f"kafka://{server.strip()}" for server in bootstrap_servers.split(","))
 
 
+def _forget_every_s(topologies: Sequence[Topology]) -> float:
+    """How often histories past ``forgetAfter`` are dropped: a tenth of the shortest, 1-60 s.
+
+    A week's ``forgetAfter`` needs no sweep more often than a minute; a short one (the lab's
+    ``--speed``, a benchmark) is honoured within a tenth of itself.
+    """
+    ladders = [t.spec.action.escalation for t in topologies]
+    shortest = min((ladder.forget_after for ladder in ladders if ladder), default=600.0)
+    return max(1.0, min(60.0, shortest / 10))
+
+
 def build_app(  # noqa: C901, PLR0915 - the agent and timer are closures over the app
     settings: Settings, topologies: Sequence[Topology], datadir: str
 ) -> faust.App:
@@ -235,21 +246,31 @@ def build_app(  # noqa: C901, PLR0915 - the agent and timer are closures over th
                 lag += max(0, high - read - 1)
         metrics.consumer_lag.labels(stage=STAGE).set(lag)
 
-    @app.timer(interval=60.0)  # type: ignore[untyped-decorator]
+    @app.timer(interval=_forget_every_s(topologies))  # type: ignore[untyped-decorator]
     async def forget_old_offences() -> None:
         # bounded history: a workload whose observation ended and whose offences are older
-        # than forgetAfter is dropped (a changelog tombstone, so also after a restart)
+        # than forgetAfter is dropped (a changelog tombstone, so also after a restart).
+        # Faust names a change's changelog partition after the event being processed, and a
+        # timer has none (``del table[key]`` here raises TypeError): the partition is the
+        # workload's on the tallies topic (its key, hashed as ingest's producer does), and
+        # only the replica holding it active drops it (a standby's copy follows the tombstone).
         now_ms = int(time.time() * 1000)
+        held = {
+            tp.partition
+            for tp in app.assignor.assigned_actives()
+            if tp.topic == settings.topics.tallies
+        }
         for name, table in histories.items():
             ladder = by_name[name].spec.action.escalation
             assert ladder is not None
-            stale = [
-                key
-                for key, history in list(table.items())
-                if escalation.forgotten(history, now_ms, ladder.forget_after)
-            ]
-            for key in stale:
-                table.pop(key, None)
+            for key, history in list(table.data.items()):
+                if not escalation.forgotten(history, now_ms, ladder.forget_after):
+                    continue
+                partition = kafka.partition_of(key.encode(), settings.partitions)
+                if partition in held:
+                    table.send_changelog(partition, key, None, value_serializer="raw")
+                    del table.data[key]
+            metrics.escalation_histories.labels(topology=name).set(len(table.data))
 
     del windows, report_lag, forget_old_offences
     return app

@@ -95,6 +95,13 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
         ],
     ),
     (
+        "Workloads in the escalation history",
+        "short",
+        [
+            ("sum by (topology) (streamproc_escalation_histories)", "{{topology}}"),
+        ],
+    ),
+    (
         "Observations expired",
         "reqps",
         [

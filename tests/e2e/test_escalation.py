@@ -8,6 +8,7 @@ walked without waiting for it.
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import orjson
@@ -123,3 +124,65 @@ def test_a_repeat_offender_climbs_the_ladder_across_a_kill_per_topology_until_fo
         assert ladder.offend("ladder-b", T0 + 5 * DAY_MS) == 2  # its own ladder, unforgotten
     finally:
         second.stop()
+
+
+SHORT = """\
+apiVersion: streamproc/v1
+kind: Topology
+metadata:
+  name: short
+spec:
+  window:
+    size: 2s
+    threshold: 1
+  action:
+    ttl: 2s
+    escalation:
+      ttls: [2s, 4s]
+      forgetAfter: 5s
+"""
+
+
+def test_a_running_stage_drops_histories_past_forget_after_and_shows_how_many_it_keeps(
+    tmp_path: Path, env: dict[str, str], broker: EmbeddedBroker
+) -> None:
+    """Bounded while it runs: a sweep every tenth of ``forgetAfter`` (1 s at least) drops each
+    workload whose observation and offences are over; ``streamproc_escalation_histories``
+    says how many remain."""
+    folder = tmp_path / "topologies"
+    folder.mkdir()
+    (folder / "short.yaml").write_text(SHORT)
+    windows = Pipeline("windows", env, folder, tmp_path / "windows.log")
+    try:
+        wait_for(
+            lambda: windows.metric("streamproc_assigned_partitions", stage="windows") > 0,
+            timeout=90,
+            what="the windows stage to hold its partitions",
+        )
+        now_ms = int(time.time() * 1000)
+        records = [
+            (
+                start_tally(
+                    "short",
+                    WorkloadRef("shop", "Deployment", name, "api"),
+                    now_ms,
+                    now_ms,
+                    "Terminal shell in container",
+                    4,
+                    "",
+                    "",
+                ),
+                now_ms,
+            )
+            for name in ("frontend", "checkout", "cart")
+        ]
+        asyncio.run(_publish(broker.bootstrap, records))
+
+        def histories() -> float:
+            return windows.metric("streamproc_escalation_histories", topology="short")
+
+        wait_for(lambda: histories() == 3, timeout=30, what="three workloads in the history")
+        wait_for(lambda: histories() == 0, timeout=30, what="the history emptied after forgetAfter")
+        assert windows.metric("streamproc_actions_emitted_total") == 3
+    finally:
+        windows.stop()
