@@ -1,14 +1,21 @@
-"""Memory: resident size of the ingest and windows processes with many live workloads, and of
-the cluster cache (list+watch of pods, ReplicaSets, Jobs) that ingest and annotate keep.
+"""Memory: resident size of the ingest and windows processes with many live workloads (and with
+many in the escalation history), and of the cluster cache (list+watch of pods, ReplicaSets, Jobs)
+that ingest and annotate keep.
 
     python bench/memory.py [--workloads 100000] [--windows 10] [--window-seconds 3]
-                           [--cached-pods 100000]
+                           [--cached-pods 100000] [--forget-after 60]
 
 Runs ``streamproc ingest`` and ``streamproc windows`` as separate processes (as deployed) on
 their own broker, records each one's resident memory idle (the baseline, same run), then after
 one window in which ``--workloads`` distinct workloads each fire, then at the end of each of
 ``--windows`` further windows of steady load over the same workloads. Targets (issue #4):
 <= 250 MB with 100,000 live workloads, no growth across 10 windows (expired windows are dropped).
+
+The escalation part runs a windows stage with a laddered topology (``--forget-after``) and
+gives ``--workloads`` distinct workloads one offence each: its RSS with all of them in the
+history (idle as the baseline), then after they were forgotten and as many others offended (the
+first figure as the baseline). Target (issue #15): bounded by ``forgetAfter``, not by how many
+workloads ever offended.
 
 The cache part serves ``--cached-pods`` pods (two per Deployment, each with its ReplicaSet) from
 the emulated API server and runs a ``ClusterCache`` in a child process: its resident size before
@@ -27,17 +34,23 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from aiokafka import AIOKafkaProducer
+
 from bench.common import compact_event, create_topic, load_topic, report, topology_yaml
+from bench.end_to_end import scrape
 from streamproc import kube
 from streamproc.cluster_cache import ClusterCache
 from streamproc.lab.broker import EmbeddedBroker, free_port
 from streamproc.lab.cluster import ClusterBuilder
 from streamproc.lab.kubeemu import KubeEmulator
+from streamproc.settings import Topics
+from streamproc.tallies import start_tally
+from streamproc.workloads import WorkloadRef
 
 
 def rss_mb(pid: int) -> float:
@@ -116,12 +129,132 @@ def cache_rows(pods: int, tmp: Path) -> tuple[list[dict[str, object]], dict[str,
     return rows, {"cached_pods": int(count), "cache_synced_s": round(synced_s, 2)}
 
 
+LADDER = """\
+apiVersion: streamproc/v1
+kind: Topology
+metadata:
+  name: ladder
+spec:
+  window:
+    size: 3s
+    threshold: 1
+  action:
+    ttl: {ttl}s
+    escalation:
+      ttls: [{ttl}s, {ttl2}s]
+      forgetAfter: {forget}s
+"""
+
+
+async def publish_tallies(bootstrap: str, cohort: int, workloads: int) -> None:
+    """One offence each for ``workloads`` distinct workloads, keyed as ingest keys them."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=1 << 20, acks=1
+    )
+    await producer.start()
+    try:
+        now_ms = int(time.time() * 1000)
+        futures = []
+        for i in range(workloads):
+            ref = WorkloadRef(f"ns-{i % 100}", "Deployment", f"app-{cohort}-{i}", "api")
+            tally = start_tally("ladder", ref, now_ms, now_ms, "Terminal shell", 4, "", "")
+            futures.append(
+                await producer.send(
+                    Topics().tallies,
+                    tally.encode(),
+                    key=tally.workload_key.encode(),
+                    timestamp_ms=now_ms,
+                )
+            )
+            if len(futures) >= 20_000:
+                await asyncio.gather(*futures)
+                futures.clear()
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+def until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``predicate`` (a scrape) until true, at most ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(0.5)
+
+
+def ladder_rows(
+    workloads: int, forget_after: int, tmp: Path
+) -> tuple[list[dict[str, object]], dict[str, object]]:
+    """The windows stage's RSS with ``workloads`` workloads in the escalation history (idle as
+    the baseline), then once they are forgotten and as many others offended (the first figure
+    as the baseline): the history is bounded by ``forgetAfter``, not by how many ever offended."""
+    folder = tmp / "ladder"
+    folder.mkdir(exist_ok=True)
+    ttl = max(1, forget_after // 2)
+    (folder / "ladder.yaml").write_text(LADDER.format(ttl=ttl, ttl2=2 * ttl, forget=forget_after))
+    port = free_port()
+    with EmbeddedBroker().running() as broker:
+        env = {
+            **os.environ,
+            "STREAMPROC_BOOTSTRAP_SERVERS": broker.bootstrap,
+            "KUBECONFIG": str(tmp / "none"),
+            "STREAMPROC_LOG_LEVEL": "WARNING",
+        }
+        command = [sys.executable, "-m", "streamproc", "windows", "--topology", str(folder)]
+        windows = subprocess.Popen(
+            [*command, "--metrics-host", "127.0.0.1", "--metrics-port", str(port)],
+            env=env,
+            stdout=(tmp / "ladder-windows.log").open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+
+        def histories() -> float:
+            return scrape(port, "streamproc_escalation_histories")
+
+        def actions() -> float:
+            return scrape(port, "streamproc_actions_emitted_total")
+
+        try:
+            until(lambda: scrape(port, "streamproc_assigned_partitions") > 0, 120, "the group")
+            idle = rss_mb(windows.pid)
+            asyncio.run(publish_tallies(broker.bootstrap, 1, workloads))
+            until(lambda: actions() >= workloads, 600, "an action per workload")
+            until(lambda: histories() >= workloads, 120, "every workload in the history")
+            first = rss_mb(windows.pid)
+            until(lambda: histories() == 0, 120, "the history to be forgotten")
+            asyncio.run(publish_tallies(broker.bootstrap, 2, workloads))
+            until(lambda: actions() >= 2 * workloads, 600, "an action per workload")
+            until(lambda: histories() >= workloads, 120, "the others in the history")
+            second = rss_mb(windows.pid)
+        finally:
+            windows.terminate()
+            windows.wait(30)
+    rows: list[dict[str, object]] = [
+        {
+            "name": f"windows: RSS with {workloads:,} workloads in the escalation history",
+            "value": first,
+            "baseline": idle,
+            "unit": "MB (baseline: idle)",
+        },
+        {
+            "name": f"windows: RSS with {workloads:,} others, the first forgotten",
+            "value": second,
+            "baseline": first,
+            "unit": "MB (baseline: the first ones)",
+        },
+    ]
+    return rows, {"history_workloads": workloads, "forget_after_s": forget_after}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workloads", type=int, default=100_000)
     parser.add_argument("--windows", type=int, default=10)
     parser.add_argument("--window-seconds", type=int, default=3)
     parser.add_argument("--cached-pods", type=int, default=100_000)
+    # longer than it takes the stage to take in every workload's offence
+    parser.add_argument("--forget-after", type=int, default=60)
     parser.add_argument("--cache-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.cache_child:
@@ -187,6 +320,7 @@ def main() -> None:
                 process.terminate()
                 process.wait(30)
         cached, cache_extra = cache_rows(args.cached_pods, Path(tmp))
+        laddered, ladder_extra = ladder_rows(args.workloads, args.forget_after, Path(tmp))
     rows = []
     for stage in ("ingest", "windows"):
         rows.append(
@@ -205,7 +339,7 @@ def main() -> None:
                 "unit": "MB (baseline: after the first)",
             }
         )
-    rows += cached
+    rows += laddered + cached
     report(
         "memory",
         rows,
@@ -216,6 +350,7 @@ def main() -> None:
             "per_window": per_window,
             "target": "<= 250 MB, no growth across windows",
             **cache_extra,
+            **ladder_extra,
         },
     )
 

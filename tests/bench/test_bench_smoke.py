@@ -60,13 +60,15 @@ def test_the_memory_benchmark_reports_each_process_against_its_idle_size(results
     out = run_bench(
         "memory.py",
         *("--workloads", "200", "--windows", "2", "--window-seconds", "2"),
-        *("--cached-pods", "1000"),
+        *("--cached-pods", "1000", "--forget-after", "4"),
     )
     assert "ingest: RSS with 200 live workloads" in out
     assert "cluster cache: RSS with 1,000 cached pods" in out
     written = json.loads((results / "memory.json").read_text())
     rss = [r for r in written["rows"] if "RSS" in r["name"]]
-    assert len(rss) == 5
+    assert len(rss) == 7
+    assert "windows: RSS with 200 workloads in the escalation history" in out
+    assert written["history_workloads"] == 200
     assert all(r["value"] > 0 and r["baseline"] > 0 for r in rss)
     [kept] = [r for r in written["rows"] if r["name"] == "cluster cache: kept per pod"]
     assert kept["value"] > 0
