@@ -250,6 +250,10 @@ async def read_topic(
         return found[:limit]
 
 
+class UnknownTopic(UnknownTopicOrPartitionError):  # type: ignore[misc]
+    """A topic to read that the brokers do not have."""
+
+
 async def read_range(
     settings: Settings,
     topic: str,
@@ -276,7 +280,7 @@ async def read_range(
         await reader.topics()  # fills the metadata partitions_for_topic reads
         partitions = [TopicPartition(topic, p) for p in reader.partitions_for_topic(topic) or ()]
         if not partitions:
-            raise UnknownTopicOrPartitionError(f"topic {topic!r} does not exist")
+            raise UnknownTopic(f"topic {topic!r} does not exist")
         ends = await _end_offsets(reader, partitions)
         starts = await reader.offsets_for_times(dict.fromkeys(partitions, since_ms))
         left = {

@@ -103,12 +103,7 @@ async def _simulate(request: Request) -> list[Report]:
     async with _simulations(request) as sims:
         count = workers_for(request)
         if request.topic is not None:
-            async for records, bad in kafka.read_range(
-                request.settings,
-                request.topic,
-                since_ms=request.since_ms,
-                until_ms=request.until_ms,
-            ):
+            async for records, bad in _topic_range(request):
                 for sim in sims:
                     sim.report.undecodable(bad)
                     await sim.feed(records)
@@ -121,6 +116,22 @@ async def _simulate(request: Request) -> list[Report]:
                 for sim, result in zip(sims, results, strict=True):
                     await sim.absorb(result)
         return [await sim.finish() for sim in sims]
+
+
+async def _topic_range(
+    request: Request,
+) -> AsyncIterator[tuple[list[kafka.ConsumerRecord], list[kafka.BadBatch]]]:
+    assert request.topic is not None
+    try:
+        async for found in kafka.read_range(
+            request.settings, request.topic, since_ms=request.since_ms, until_ms=request.until_ms
+        ):
+            yield found
+    except kafka.UnknownTopic:
+        raise SimulationError(
+            f"topic {request.topic!r} does not exist on {request.settings.bootstrap_servers}; "
+            "check --topic (simulate reads a topic, it never creates one)"
+        ) from None
 
 
 @contextlib.asynccontextmanager

@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from streamproc import topologies
 from streamproc.cli import main
 from streamproc.lab import samples
+from streamproc.lab.broker import EmbeddedBroker
 from streamproc.lab.cluster import sample_cluster
 from streamproc.settings import Settings
 from streamproc.simulating import parallel, session
@@ -209,6 +210,23 @@ def test_a_missing_broker_is_one_plain_line(tmp_path: Path) -> None:
     assert code == 1
     assert "cannot reach Kafka" in output
     assert "Traceback" not in output
+
+
+def test_a_missing_topic_is_one_plain_line_that_does_not_offer_to_create_it(
+    tmp_path: Path, broker: EmbeddedBroker
+) -> None:
+    code, output = run(
+        "--topology",
+        str(topology(tmp_path, "observe")),
+        "--topic",
+        "no-such-topic",
+        "--bootstrap-servers",
+        broker.bootstrap,
+    )
+    assert code == 1
+    assert output.strip().splitlines() == [output.strip()]
+    assert "'no-such-topic' does not exist" in output
+    assert "never creates one" in output
 
 
 def test_files_and_topic_together_are_refused(tmp_path: Path, falco: Path) -> None:
