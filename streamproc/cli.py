@@ -289,8 +289,10 @@ def _run(stages: tuple[str, ...], opts: dict[str, Any]) -> None:
 
 def _explain(exc: BaseException) -> str | None:
     """One line naming the cause and the fix, for every failure a person can act on."""
-    from streamproc import kube  # noqa: PLC0415 - only needed when something failed
+    from streamproc import kube, windowing  # noqa: PLC0415 - only needed when something failed
 
+    if isinstance(exc, windowing.StageCrashed):
+        return str(exc)
     if isinstance(exc, kube.KubeError):
         return kube.explain(exc)
     if isinstance(exc, kafka.KafkaError):

@@ -29,7 +29,7 @@ from streamproc.ownership import Ownership
 from streamproc.resolving import WorkloadResolver
 from streamproc.settings import Settings
 from streamproc.topologies import Topology
-from streamproc.windowing import build_app
+from streamproc.windowing import build_app, until_crashed
 
 log = logging.getLogger("streamproc")
 STAGES = ("ingest", "windows", "annotate")
@@ -262,6 +262,7 @@ async def run_stages(
             app.finalize()
             await app.start()
             cleanups.append(app.stop)
+            tasks.append(asyncio.create_task(until_crashed(app, stop), name="windows"))
         if "annotate" in stages:
             tasks += await _start_annotate(settings, topologies, stop, running, cleanups)
         running.ready.set()

@@ -16,6 +16,7 @@ This module is the only importer of faust. Faust pays a per-event cost that is f
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -85,6 +86,34 @@ def faust_credentials(security: KafkaSecurity) -> faust.types.auth.CredentialsT 
 def faust_broker_url(bootstrap_servers: str) -> str:
     """Faust wants ``kafka://h1:p1;kafka://h2:p2`` where Kafka clients take ``h1:p1,h2:p2``."""
     return ";".join(f"kafka://{server.strip()}" for server in bootstrap_servers.split(","))
+
+
+class StageCrashed(RuntimeError):
+    """The Faust app stopped on an error of its own (an agent or a timer raised)."""
+
+
+async def until_crashed(app: Any, stop: asyncio.Event) -> None:
+    """Return once ``stop`` is set; raise StageCrashed if the app crashes or stops first.
+
+    A crashed Faust app leaves the process running but processing nothing. Ending the process
+    instead lets its supervisor (Kubernetes) restart it, and the tallies it had not committed
+    are read again.
+    """
+    stopping = asyncio.ensure_future(stop.wait())
+    ended = asyncio.ensure_future(app.wait_until_stopped())
+    try:
+        await asyncio.wait({stopping, ended}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        ended.cancel()
+    if stop.is_set():
+        return
+    reason = app.crash_reason
+    what = f"failed ({type(reason).__name__}: {reason})" if reason else "stopped on its own"
+    raise StageCrashed(
+        f"the windows stage {what}; exiting so that it is restarted and reads the tallies it "
+        "had not committed again"
+    )
 
 
 def _forget_every_s(topologies: Sequence[Topology]) -> float:
