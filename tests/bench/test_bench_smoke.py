@@ -60,7 +60,7 @@ def test_the_memory_benchmark_reports_each_process_against_its_idle_size(results
     out = run_bench(
         "memory.py",
         *("--workloads", "200", "--windows", "2", "--window-seconds", "2"),
-        *("--cached-pods", "1000", "--forget-after", "4"),
+        *("--cached-pods", "1000", "--forget-after", "20"),
     )
     assert "ingest: RSS with 200 live workloads" in out
     assert "cluster cache: RSS with 1,000 cached pods" in out
