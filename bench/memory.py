@@ -235,7 +235,7 @@ def ladder_rows(
             "unit": "MB (baseline: idle)",
         },
         {
-            "name": "windows: RSS per workload in the escalation history",
+            "name": "windows: resident bytes per workload in the escalation history",
             "value": (loaded - idle) * 1024 * 1024 / workloads,
             "unit": "bytes (its window and action included)",
         },

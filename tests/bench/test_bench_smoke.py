@@ -66,7 +66,7 @@ def test_the_memory_benchmark_reports_each_process_against_its_idle_size(results
     assert "cluster cache: RSS with 1,000 cached pods" in out
     written = json.loads((results / "memory.json").read_text())
     rss = [r for r in written["rows"] if "RSS" in r["name"]]
-    assert len(rss) == 7
+    assert len(rss) == 6
     assert "windows: RSS with 200 workloads in the escalation history" in out
     assert written["history_workloads"] == 200
     assert all(r["value"] > 0 and r["baseline"] > 0 for r in rss)
