@@ -76,8 +76,15 @@ async def create_topic(bootstrap: str, name: str, partitions: int) -> None:
         await admin.close()
 
 
-async def load_topic(bootstrap: str, topic: str, values: list[bytes], partitions: int) -> float:
-    """Produce every value (round-robin over partitions); returns seconds taken."""
+async def load_topic(
+    bootstrap: str,
+    topic: str,
+    values: list[bytes],
+    partitions: int,
+    keys: list[bytes] | None = None,
+) -> float:
+    """Produce every value (round-robin over partitions, or by ``keys`` as the producer's
+    partitioner puts them); returns seconds taken."""
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=1 << 20, acks=1
     )
@@ -86,7 +93,10 @@ async def load_topic(bootstrap: str, topic: str, values: list[bytes], partitions
     try:
         futures = []
         for i, value in enumerate(values):
-            futures.append(await producer.send(topic, value, partition=i % partitions))
+            if keys is None:
+                futures.append(await producer.send(topic, value, partition=i % partitions))
+            else:
+                futures.append(await producer.send(topic, value, key=keys[i]))
             if len(futures) >= 20_000:
                 await asyncio.gather(*futures)
                 futures.clear()

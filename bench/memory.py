@@ -38,8 +38,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aiokafka import AIOKafkaProducer
-
 from bench.common import compact_event, create_topic, load_topic, report, topology_yaml
 from bench.end_to_end import scrape
 from streamproc import kube
@@ -147,30 +145,23 @@ spec:
 
 async def publish_tallies(bootstrap: str, cohort: int, workloads: int) -> None:
     """One offence each for ``workloads`` distinct workloads, keyed as ingest keys them."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=1 << 20, acks=1
-    )
-    await producer.start()
-    try:
-        now_ms = int(time.time() * 1000)
-        futures = []
-        for i in range(workloads):
-            ref = WorkloadRef(f"ns-{i % 100}", "Deployment", f"app-{cohort}-{i}", "api")
-            tally = start_tally("ladder", ref, now_ms, now_ms, "Terminal shell", 4, "", "")
-            futures.append(
-                await producer.send(
-                    Topics().tallies,
-                    tally.encode(),
-                    key=tally.workload_key.encode(),
-                    timestamp_ms=now_ms,
-                )
-            )
-            if len(futures) >= 20_000:
-                await asyncio.gather(*futures)
-                futures.clear()
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
+    now_ms = int(time.time() * 1000)
+    tallies = [
+        start_tally(
+            "ladder",
+            WorkloadRef(f"ns-{i % 100}", "Deployment", f"app-{cohort}-{i}", "api"),
+            now_ms,
+            now_ms,
+            "Terminal shell",
+            4,
+            "",
+            "",
+        )
+        for i in range(workloads)
+    ]
+    values = [t.encode() for t in tallies]
+    keys = [t.workload_key.encode() for t in tallies]
+    await load_topic(bootstrap, Topics().tallies, values, 1, keys)
 
 
 def until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
