@@ -116,7 +116,6 @@ class Ingestor:
         #: windows from the detection's own ``time`` rather than the Kafka record's: only for
         #: files, which have no record time (``streamproc simulate``); see the module's docstring
         self.payload_time = payload_time
-        self.resolver = resolver
         #: each cluster's resolver: this one's (``--cluster``), those of ``--cluster-contexts``,
         #: and for any other cluster one without API access (owner fields, name shape)
         self.resolvers: dict[str, WorkloadResolver] = {
