@@ -1,7 +1,7 @@
 """The audit trail: one JSON record per action outcome and per expiry, on ``streamproc.audit``.
 
 Who (topology, rule, a sample of detection uuids), what (object, pods, annotations), when, and
-the result (the README lists them all: applied, extended, extension-not-due, expired, ...).
+the result (docs/operating.md lists them all: applied, extended, extension-not-due, expired, ...).
 Records are produced without waiting on each one; the annotator flushes them before it commits
 a batch of actions (so a crash replays the batch rather than losing its records) and the expirer
 after each round. An audit that cannot be written is counted and logged, never a reason to hold

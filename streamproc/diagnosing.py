@@ -274,7 +274,7 @@ async def permission_checks(client: kube.Kube, loaded: Sequence[Topology]) -> li
                     area,
                     f"{stage} permissions",
                     "missing " + ", ".join(p.label for p in blocking),
-                    "apply k8s/rbac.yaml (README 'RBAC'); doctor checks the identity it runs "
+                    "apply k8s/rbac.yaml (docs/deploying.md); doctor checks the identity it runs "
                     f"as, so run it as streamproc-{stage} to check that account",
                 )
             )

@@ -425,7 +425,7 @@ def explain(exc: KafkaError) -> str:
             "password file and --kafka-sasl-mechanism"
         )
     if "Authorization" in name:
-        return f"Kafka refused access ({what}); grant this principal the ACLs in the README"
+        return f"Kafka refused access ({what}); grant this principal the ACLs in docs/deploying.md"
     if "UnknownTopic" in name:
         return f"a topic is missing ({what}); create it, or let streamproc create it"
     if isinstance(exc, KafkaConnectionError) or "Connection" in name or "NodeNotReady" in name:

@@ -213,7 +213,7 @@ def explain(exc: KubeError) -> str:
     if isinstance(exc, Forbidden):
         return (
             f"the Kubernetes API server refused: {exc}; grant streamproc's RBAC "
-            "(k8s/rbac.yaml, README 'Deploying') to the identity in your kubeconfig"
+            "(k8s/rbac.yaml, docs/deploying.md) to the identity in your kubeconfig"
         )
     if isinstance(exc, Unavailable):
         return (

@@ -1,6 +1,6 @@
 """The Kubernetes permissions each stage uses: one list for the code, the RBAC, the docs and doctor.
 
-``k8s/rbac.yaml`` grants exactly these (a test compares them), the README's RBAC table is
+``k8s/rbac.yaml`` grants exactly these (a test compares them), docs/deploying.md's table is
 rendered from them (a test compares that too), a test measures the requests each stage really
 makes at the emulated API server and finds each one here, and ``streamproc doctor`` asks the
 API server about every one with a SelfSubjectAccessReview. A permission a stage starts to use
@@ -70,7 +70,7 @@ def rules(stage: str) -> list[dict[str, list[str]]]:
 
 
 def markdown() -> str:
-    """The README's RBAC table (``python -m streamproc.permissions`` prints it)."""
+    """The RBAC table of docs/deploying.md (``python -m streamproc.permissions`` prints it)."""
     lines = ["| stage | permission | why |", "|---|---|---|"]
     for stage, needed in STAGES.items():
         if not needed:
@@ -82,4 +82,4 @@ def markdown() -> str:
 
 
 if __name__ == "__main__":
-    print(markdown())  # noqa: T201 - the README's table, for pasting
+    print(markdown())  # noqa: T201 - the docs' table, for pasting

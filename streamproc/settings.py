@@ -12,7 +12,7 @@ from typing import Any
 
 @dataclass(frozen=True, slots=True)
 class Topics:
-    """Kafka topic names; the defaults are what Falcosidekick and the README use."""
+    """Kafka topic names; the defaults are what Falcosidekick and the docs use."""
 
     input: str = "falco"
     tallies: str = "streamproc.tallies"
