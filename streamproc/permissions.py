@@ -70,7 +70,7 @@ def rules(stage: str) -> list[dict[str, list[str]]]:
 
 
 def markdown() -> str:
-    """The RBAC table of docs/deploying.md (``python -m streamproc.permissions`` prints it)."""
+    """The RBAC table of docs/deploying.md (running this module prints it)."""
     lines = ["| stage | permission | why |", "|---|---|---|"]
     for stage, needed in STAGES.items():
         if not needed:

@@ -227,7 +227,7 @@ def test_the_rbac_grants_exactly_what_the_code_lists(
 def test_the_docs_rbac_table_is_the_code_list() -> None:
     """The docs' RBAC table is rendered from permissions.py (regenerate it if this fails)."""
     page = (ROOT / "docs" / "deploying.md").read_text(encoding="utf-8")
-    assert permissions.markdown() in page, "paste `python -m streamproc.permissions` into the page"
+    assert permissions.markdown() in page, "paste what the permissions module prints into the page"
 
 
 def test_the_sasl_ssl_overlay_gives_each_stage_its_own_secret_as_files(
