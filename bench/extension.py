@@ -23,15 +23,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import report
-from streamproc import kube
-from streamproc.actions import Action
-from streamproc.applying import Annotator
-from streamproc.expiring import Expirer
+from streamproc.clients import kube
+from streamproc.cluster.resolving import WorkloadResolver
 from streamproc.lab.cluster import ClusterBuilder, SampleWorkload
 from streamproc.lab.kubeemu import KubeEmulator
-from streamproc.resolving import WorkloadResolver
+from streamproc.model.actions import Action
+from streamproc.model.topologies import Topology
 from streamproc.settings import Settings
-from streamproc.topologies import Topology
+from streamproc.stages.annotate.applying import Annotator
+from streamproc.stages.annotate.expiring import Expirer
 
 
 class SimulatedClock:

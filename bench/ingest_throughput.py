@@ -27,11 +27,12 @@ from aiokafka import AIOKafkaConsumer
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import compact_event, create_topic, load_topic, report, workload_pods
-from streamproc import metrics, topologies
-from streamproc.ingesting import Ingestor
+from streamproc.clients import metrics
+from streamproc.cluster.resolving import WorkloadResolver
 from streamproc.lab.broker import EmbeddedBroker
-from streamproc.resolving import WorkloadResolver
+from streamproc.model import topologies
 from streamproc.settings import Settings
+from streamproc.stages.ingest import Ingestor
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -40,14 +40,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import compact_event, create_topic, load_topic, report, topology_yaml
 from bench.end_to_end import scrape
-from streamproc import kube
-from streamproc.cluster_cache import ClusterCache
+from streamproc.clients import kube
+from streamproc.cluster.cache import ClusterCache
 from streamproc.lab.broker import EmbeddedBroker, free_port
 from streamproc.lab.cluster import ClusterBuilder
 from streamproc.lab.kubeemu import KubeEmulator
+from streamproc.model.tallies import start_tally
+from streamproc.model.workloads import WorkloadRef
 from streamproc.settings import Topics
-from streamproc.tallies import start_tally
-from streamproc.workloads import WorkloadRef
 
 
 def rss_mb(pid: int) -> float:

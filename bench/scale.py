@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import compact_event, create_topic, report, topology_yaml
 from bench.end_to_end import first_patches, request_log, scrape
-from streamproc import kafka
+from streamproc.clients import kafka
 from streamproc.lab.broker import EmbeddedBroker, free_port
 from streamproc.lab.cluster import ClusterBuilder, SampleWorkload
 

@@ -32,7 +32,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import compact_event, report, topology_yaml, workload_pods
-from streamproc import topologies
+from streamproc.model import topologies
 from streamproc.settings import Settings
 from streamproc.simulating import inputs, session
 

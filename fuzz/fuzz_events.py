@@ -15,7 +15,7 @@ import orjson
 from values import json_value
 
 with atheris.instrument_imports():
-    from streamproc import events
+    from streamproc.model import events
 
 #: a real Falcosidekick payload; the structured half of the fuzzer mutates its fields.
 TEMPLATE: dict[str, Any] = orjson.loads(

@@ -17,8 +17,8 @@ import orjson
 from values import json_value
 
 with atheris.instrument_imports():
-    from streamproc.actions import Action, ActionError
-    from streamproc.tallies import Tally, TallyError
+    from streamproc.model.actions import Action, ActionError
+    from streamproc.model.tallies import Tally, TallyError
 
 CORPUS = Path(__file__).resolve().parent / "corpus" / "records"
 #: a valid record of each kind; the structured half of the fuzzer mutates their fields

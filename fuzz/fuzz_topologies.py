@@ -14,7 +14,7 @@ import yaml
 from values import json_value
 
 with atheris.instrument_imports():
-    from streamproc import topologies
+    from streamproc.model import topologies
 
 SOURCE = Path("fuzzed.yaml")
 #: the shipped topology; the structured half of the fuzzer replaces values anywhere in it.

@@ -1,8 +1,10 @@
 """streamproc: Falco detections on Kafka become expiring Retina observation in Kubernetes.
 
-The package is laid out in the order data flows through it:
-events (parse) -> workloads (identify) -> topologies/matching -> ingesting (pre-aggregate)
--> windowing (Faust, window/dedup) -> actions -> annotating (apply) -> expiring.
+The folders follow the flow: ``stages/`` ingest -> windows -> annotate (apply, follow,
+expire); ``model/`` the pure domain they share (parse, identify, match, window/dedup,
+actions, marks); ``cluster/`` what is known of the cluster; ``clients/`` the only importers
+of Kafka, Kubernetes and Prometheus libraries. ``cli``, ``running``, ``doctor/``,
+``simulating/`` and ``lab/`` are the entry points.
 """
 
 __version__ = "0.1.0"

@@ -18,16 +18,9 @@ from typing import Any
 
 import click
 
-from streamproc import (
-    __version__,
-    conventions,
-    kafka,
-    logs,
-    metrics,
-    stopping,
-    topologies,
-    workloads,
-)
+from streamproc import __version__, logs, stopping
+from streamproc.clients import kafka, metrics
+from streamproc.model import conventions, topologies, workloads
 from streamproc.settings import (
     DEFAULTS,
     SASL_MECHANISMS,
@@ -289,7 +282,8 @@ def _run(stages: tuple[str, ...], opts: dict[str, Any]) -> None:
 
 def _explain(exc: BaseException) -> str | None:
     """One line naming the cause and the fix, for every failure a person can act on."""
-    from streamproc import kube, windowing  # noqa: PLC0415 - only needed when something failed
+    from streamproc.clients import kube  # noqa: PLC0415 - only needed when something failed
+    from streamproc.stages import windows as windowing  # noqa: PLC0415 - only needed when something failed
 
     if isinstance(exc, windowing.StageCrashed):
         return str(exc)
@@ -512,7 +506,7 @@ def lab(
 )
 def doctor(output: str, **opts: Any) -> None:
     """Check that Kafka, the cluster and Retina are ready; read only; exit 1 on a failure."""
-    from streamproc import diagnosing  # noqa: PLC0415 - only this command needs it
+    from streamproc.doctor import diagnosing  # noqa: PLC0415 - only this command needs it
 
     logs.setup("ERROR")  # the report says it all; library chatter would only interleave
     kafka.connect_errors.hide = True
@@ -559,8 +553,8 @@ def samples(span: float, seed: int) -> None:
 
 
 def _cluster_command(kubeconfig: str | None, work: Callable[..., Coroutine[Any, Any, Any]]) -> Any:
-    from streamproc import kube  # noqa: PLC0415 - only the cluster commands need it
-    from streamproc.resolving import WorkloadResolver  # noqa: PLC0415
+    from streamproc.clients import kube  # noqa: PLC0415 - only the cluster commands need it
+    from streamproc.cluster.resolving import WorkloadResolver  # noqa: PLC0415
 
     async def main() -> Any:
         # a person is waiting: a few quick attempts, then the plain reason
@@ -584,7 +578,7 @@ def status(kubeconfig: str | None, node_budget: int, output: str) -> None:
     from rich.console import Console  # noqa: PLC0415
     from rich.table import Table  # noqa: PLC0415
 
-    from streamproc import observing  # noqa: PLC0415
+    from streamproc.cluster import observing  # noqa: PLC0415
 
     found = _cluster_command(kubeconfig, observing.current)
     if output == "json":
@@ -627,7 +621,7 @@ def status(kubeconfig: str | None, node_budget: int, output: str) -> None:
 @settings_option("cluster")
 def release(target: str, kubeconfig: str | None, forget: bool, **opts: Any) -> None:
     """End an observation early: NAMESPACE/WORKLOAD or NAMESPACE/KIND/WORKLOAD."""
-    from streamproc import observing  # noqa: PLC0415
+    from streamproc.cluster import observing  # noqa: PLC0415
 
     parts = target.split("/")
     if len(parts) not in (2, 3) or not all(parts):
@@ -654,7 +648,7 @@ def release(target: str, kubeconfig: str | None, forget: bool, **opts: Any) -> N
 
 def _forget(opts: dict[str, Any], namespace: str, kind: str, name: str) -> None:
     """Ask the windows stage to drop the workload's history in every topology with a ladder."""
-    from streamproc.tallies import forget_tally  # noqa: PLC0415
+    from streamproc.model.tallies import forget_tally  # noqa: PLC0415
 
     if kind not in typing.get_args(workloads.Kind):
         raise click.BadParameter(f"{kind!r} is not a workload kind streamproc observes")
@@ -686,7 +680,7 @@ def _forget(opts: dict[str, Any], namespace: str, kind: str, name: str) -> None:
 
 def _moment(text: str, now: float, option: str) -> int:
     """Epoch ms of ``--since``/``--until``: a duration ago (``24h``) or an RFC 3339 time."""
-    from streamproc import durations, events  # noqa: PLC0415
+    from streamproc.model import durations, events  # noqa: PLC0415
 
     try:
         return int((now - durations.parse_duration(text)) * 1000)

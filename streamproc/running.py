@@ -17,19 +17,20 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from streamproc import auditing, kafka, kube
-from streamproc.annotating import AnnotateStage
-from streamproc.applying import Annotator
-from streamproc.cluster_cache import ClusterCache
-from streamproc.expiring import Expirer
-from streamproc.following import Follower
-from streamproc.ingesting import Ingestor
-from streamproc.node_budget import NodeBudget
-from streamproc.ownership import Ownership
-from streamproc.resolving import WorkloadResolver
+from streamproc.clients import kafka, kube
+from streamproc.cluster.cache import ClusterCache
+from streamproc.cluster.resolving import WorkloadResolver
+from streamproc.model.ownership import Ownership
+from streamproc.model.topologies import Topology
 from streamproc.settings import Settings
-from streamproc.topologies import Topology
-from streamproc.windowing import build_app, until_crashed
+from streamproc.stages.annotate import auditing
+from streamproc.stages.annotate.applying import Annotator
+from streamproc.stages.annotate.expiring import Expirer
+from streamproc.stages.annotate.following import Follower
+from streamproc.stages.annotate.loop import AnnotateStage
+from streamproc.stages.annotate.node_budget import NodeBudget
+from streamproc.stages.ingest import Ingestor
+from streamproc.stages.windows import build_app, until_crashed
 
 log = logging.getLogger("streamproc")
 STAGES = ("ingest", "windows", "annotate")

@@ -10,16 +10,16 @@ from typing import Any, TypeVar
 
 import pytest
 
-from streamproc import kube
-from streamproc.actions import Action
-from streamproc.applying import Annotator
-from streamproc.expiring import Expirer
+from streamproc.clients import kube
+from streamproc.cluster.resolving import WorkloadResolver
 from streamproc.lab.broker import BrokerUnavailable, EmbeddedBroker
 from streamproc.lab.cluster import ClusterBuilder, SampleWorkload, sample_cluster
 from streamproc.lab.kubeemu import KubeEmulator
-from streamproc.resolving import WorkloadResolver
+from streamproc.model.actions import Action
+from streamproc.model.topologies import Topology
 from streamproc.settings import Settings
-from streamproc.topologies import Topology
+from streamproc.stages.annotate.applying import Annotator
+from streamproc.stages.annotate.expiring import Expirer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 T = TypeVar("T")

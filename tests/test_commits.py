@@ -8,7 +8,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaConnectionError
 from prometheus_client import REGISTRY
 
-from streamproc import kafka
+from streamproc.clients import kafka
 from tests.conftest import async_wait_for
 
 TP = TopicPartition("streamproc.actions", 0)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streamproc import topologies
+from streamproc.model import topologies
 from streamproc.running import STAGES, stage_topics
 from streamproc.settings import Settings
 

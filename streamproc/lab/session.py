@@ -22,13 +22,16 @@ from typing import Any
 
 import orjson
 
-from streamproc import conventions, diagnosing, kafka, kube, metrics, running, stopping, topologies
-from streamproc.durations import format_duration
+from streamproc import running, stopping
+from streamproc.clients import kafka, kube, metrics
+from streamproc.doctor import diagnosing
 from streamproc.lab.broker import EmbeddedBroker, free_port
 from streamproc.lab.cluster import sample_cluster
 from streamproc.lab.kubeemu import KubeEmulator
 from streamproc.lab.replay import stamp, timeline
 from streamproc.lab.view import View
+from streamproc.model import conventions, topologies
+from streamproc.model.durations import format_duration
 from streamproc.settings import Settings
 
 log = logging.getLogger("streamproc.lab")

@@ -11,10 +11,10 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from streamproc import metrics
-from streamproc.durations import format_duration
+from streamproc.clients import metrics
+from streamproc.model.durations import format_duration
+from streamproc.model.topologies import Topology
 from streamproc.running import Running
-from streamproc.topologies import Topology
 
 _COUNTERS: tuple[tuple[str, str, dict[str, str]], ...] = (
     ("detections", "streamproc_records_consumed_total", {"stage": "ingest"}),

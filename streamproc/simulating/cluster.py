@@ -20,8 +20,9 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from streamproc import conventions, kube, patches
-from streamproc.workloads import WorkloadRef
+from streamproc.clients import kube
+from streamproc.model import conventions, patches
+from streamproc.model.workloads import WorkloadRef
 
 Json = dict[str, Any]
 #: where a pod the simulation knows came from

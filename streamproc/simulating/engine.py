@@ -21,17 +21,17 @@ import dataclasses
 import itertools
 from collections.abc import Sequence
 
-from streamproc import escalation, qualifying
-from streamproc.actions import Action
-from streamproc.applying import Annotator
-from streamproc.expiring import Expirer
-from streamproc.ingesting import BatchResult, Incoming, Ingestor
-from streamproc.node_budget import NodeBudget
-from streamproc.resolving import WorkloadResolver
+from streamproc.cluster.resolving import WorkloadResolver
+from streamproc.model import escalation, qualifying
+from streamproc.model.actions import Action
+from streamproc.model.topologies import Topology
 from streamproc.settings import Settings
 from streamproc.simulating.cluster import Follower, SimulatedCluster
 from streamproc.simulating.report import Collector, Report
-from streamproc.topologies import Topology
+from streamproc.stages.annotate.applying import Annotator
+from streamproc.stages.annotate.expiring import Expirer
+from streamproc.stages.annotate.node_budget import NodeBudget
+from streamproc.stages.ingest import BatchResult, Incoming, Ingestor
 
 #: how often (simulated) the escalation histories are pruned, as the windows stage's timer
 _PRUNE_EVERY_MS = 60_000

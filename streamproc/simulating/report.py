@@ -12,11 +12,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from streamproc import conventions, events
-from streamproc.actions import Action
-from streamproc.ingesting import BatchResult
-from streamproc.kafka import BadBatch
-from streamproc.topologies import Topology
+from streamproc.clients.kafka import BadBatch
+from streamproc.model import conventions, events
+from streamproc.model.actions import Action
+from streamproc.model.topologies import Topology
+from streamproc.stages.ingest import BatchResult
 
 #: how identities are named in the report, from ``WorkloadRef.resolved_by`` and the pod's source
 IDENTITY_SOURCES = ("owner-fields", "snapshot", "api", "name-shape")

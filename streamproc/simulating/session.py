@@ -13,7 +13,8 @@ from typing import Any
 import orjson
 from rich.console import Console
 
-from streamproc import kafka, kube, topologies
+from streamproc.clients import kafka, kube
+from streamproc.model import topologies
 from streamproc.settings import Settings
 from streamproc.simulating import inputs, parallel, plot, render
 from streamproc.simulating.cluster import SimulatedCluster, SnapshotError

@@ -16,7 +16,7 @@ import compose
 import pytest
 import yaml
 
-from streamproc import topologies
+from streamproc.model import topologies
 
 ROOT = Path(__file__).resolve().parents[2]
 BINARY = Path(next(iter(compose.__path__))) / "docker-compose"

@@ -15,14 +15,15 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from streamproc import kube, permissions
-from streamproc.applying import Annotator
-from streamproc.expiring import Expirer
-from streamproc.following import Follower
+from streamproc.clients import kube
+from streamproc.cluster import permissions
+from streamproc.cluster.resolving import WorkloadResolver
 from streamproc.lab.cluster import ClusterBuilder
 from streamproc.lab.kubeemu import KubeEmulator
-from streamproc.resolving import WorkloadResolver
 from streamproc.settings import Settings
+from streamproc.stages.annotate.applying import Annotator
+from streamproc.stages.annotate.expiring import Expirer
+from streamproc.stages.annotate.following import Follower
 from tests.conftest import Clock, action_for, time_passes, topology, workload
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -213,7 +214,7 @@ def _listed(stage: str) -> set[tuple[str, str, str]]:
 def test_the_rbac_grants_exactly_what_the_code_lists(
     rendered: list[dict[str, Any]], stage: str
 ) -> None:
-    """k8s/rbac.yaml and streamproc/permissions.py name the same permissions, no more."""
+    """k8s/rbac.yaml and streamproc/cluster/permissions.py name the same permissions, no more."""
     granted = {
         (group, resource, verb)
         for rule in _rules_for(rendered, f"streamproc-{stage}")

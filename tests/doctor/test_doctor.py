@@ -17,11 +17,13 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from streamproc import diagnosing, kafka, topologies
-from streamproc.checks import Check
+from streamproc.clients import kafka
+from streamproc.doctor import diagnosing
+from streamproc.doctor.checks import Check
 from streamproc.lab.broker import EmbeddedBroker, free_port
 from streamproc.lab.cluster import ClusterBuilder, sample_cluster
 from streamproc.lab.kubeemu import KubeEmulator
+from streamproc.model import topologies
 from streamproc.settings import Settings
 from tests.conftest import topology
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from streamproc import retina
-from streamproc.checks import Check
+from streamproc.doctor import retina
+from streamproc.doctor.checks import Check
 from streamproc.lab.cluster import ClusterBuilder
 
 

@@ -16,7 +16,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
-from streamproc import kafka
+from streamproc.clients import kafka
 from streamproc.lab.broker import EmbeddedBroker, free_port
 from streamproc.lab.kubeemu import KubeEmulator
 from streamproc.settings import Settings

@@ -39,11 +39,11 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from streamproc import conventions
 from streamproc.lab import samples
 from streamproc.lab.broker import EmbeddedBroker
 from streamproc.lab.cluster import ClusterBuilder, SampleWorkload
 from streamproc.lab.kubeemu import KubeEmulator
+from streamproc.model import conventions
 from tests.conftest import wait_for
 from tests.e2e.conftest import Pipeline, consume_all, topology_file
 

@@ -16,9 +16,9 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from streamproc.lab.broker import EmbeddedBroker
+from streamproc.model.tallies import Tally, forget_tally, start_tally
+from streamproc.model.workloads import WorkloadRef
 from streamproc.settings import Topics
-from streamproc.tallies import Tally, forget_tally, start_tally
-from streamproc.workloads import WorkloadRef
 from tests.conftest import wait_for
 from tests.e2e.conftest import Pipeline, consume_all
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from streamproc import conventions
 from streamproc.lab import samples
 from streamproc.lab.broker import EmbeddedBroker
 from streamproc.lab.cluster import ClusterBuilder, SampleWorkload
 from streamproc.lab.kubeemu import KubeEmulator
+from streamproc.model import conventions
 from streamproc.settings import Groups, Topics
 from tests.conftest import annotated, wait_for
 from tests.e2e.conftest import (

@@ -21,10 +21,10 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from streamproc import conventions
 from streamproc.lab import samples
 from streamproc.lab.broker import EmbeddedBroker
 from streamproc.lab.cluster import ClusterBuilder
+from streamproc.model import conventions
 from streamproc.settings import Topics
 from tests.conftest import wait_for
 from tests.e2e.conftest import Pipeline, consume_all

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-import streamproc.metrics  # noqa: F401 - registers every metric
+import streamproc.clients.metrics  # noqa: F401 - registers every metric
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "streamproc.json"

@@ -18,11 +18,11 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from streamproc import topologies
 from streamproc.cli import main
 from streamproc.lab import samples
 from streamproc.lab.broker import EmbeddedBroker
 from streamproc.lab.cluster import sample_cluster
+from streamproc.model import topologies
 from streamproc.settings import Settings
 from streamproc.simulating import parallel, session
 from tests.conftest import wait_for

@@ -1,0 +1,125 @@
+"""What is under observation now, read from the cluster, and ending an observation early.
+
+Both read the pods' own marks (the ``streamproc.io/observed`` label and the bookkeeping
+annotations), so they answer the same way whichever process, or none, is running.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+from streamproc.clients import kube
+from streamproc.cluster import releasing
+from streamproc.cluster.resolving import WorkloadResolver
+from streamproc.model import conventions, patches
+
+
+@dataclass
+class Observation:
+    """One workload under observation."""
+
+    namespace: str
+    kind: str
+    workload: str
+    topology: str
+    rule: str
+    expires_at: float
+    pods: list[str] = field(default_factory=list)
+    #: the node each pod runs on (Retina's per-node filter map holds their IPs)
+    nodes: list[str] = field(default_factory=list)
+    #: the escalation level, "3/4" (empty for a topology without a ladder)
+    level: str = ""
+
+    @property
+    def expires_in(self) -> float:
+        """Seconds left (negative when overdue)."""
+        return self.expires_at - time.time()
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON form for ``status --output json``."""
+        return {
+            **asdict(self),
+            "expires_at": conventions.format_time(self.expires_at),
+            "expires_in_s": round(self.expires_in),
+        }
+
+
+async def current(client: kube.Kube, resolver: WorkloadResolver) -> list[Observation]:
+    """Every workload with at least one pod carrying streamproc's observation, latest expiry."""
+    pods = await client.list_pods(None, label_selector=f"{conventions.OBSERVED_LABEL}=true")
+    found: dict[tuple[str, str, str], Observation] = {}
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        annotations = meta.get("annotations") or {}
+        ref = await resolver.workload_of(pod)
+        key = (ref.namespace, ref.kind, ref.name)
+        until = patches.expires_at(pod) or 0.0
+        entry = found.setdefault(
+            key,
+            Observation(
+                ref.namespace,
+                ref.kind,
+                ref.name,
+                annotations.get(conventions.TOPOLOGY, ""),
+                annotations.get(conventions.RULE, ""),
+                until,
+                level=annotations.get(conventions.LEVEL, ""),
+            ),
+        )
+        entry.pods.append(str(meta.get("name", "")))
+        entry.nodes.append(str((pod.get("spec") or {}).get("nodeName") or ""))
+        entry.expires_at = max(entry.expires_at, until)
+    selector = f"{conventions.OBSERVED_LABEL}=true"
+    for namespace in await client.list_observed_namespaces(selector):
+        meta = namespace.get("metadata") or {}
+        annotations = meta.get("annotations") or {}
+        name = str(meta.get("name", ""))
+        found[(name, "Namespace", name)] = Observation(
+            name,
+            "Namespace",
+            name,
+            annotations.get(conventions.TOPOLOGY, ""),
+            annotations.get(conventions.RULE, ""),
+            patches.expires_at(namespace) or 0.0,
+            level=annotations.get(conventions.LEVEL, ""),
+        )
+    return sorted(found.values(), key=lambda o: (o.namespace, o.kind, o.workload))
+
+
+async def release(
+    client: kube.Kube, resolver: WorkloadResolver, namespace: str, kind: str | None, name: str
+) -> tuple[list[str], str | None]:
+    """End a workload's observation now: remove exactly what streamproc added.
+
+    Returns the pods released and the kind of the workload found under observation (None
+    when none was).
+    """
+    released = []
+    found = None
+    for observation in await current(client, resolver):
+        if (observation.namespace, observation.workload) != (namespace, name):
+            continue
+        if kind is not None and observation.kind != kind:
+            continue
+        found = observation.kind
+        targets = (
+            [kube.ObjectRef.namespace_object(name)]
+            if observation.kind == "Namespace"
+            else [kube.ObjectRef.pod(namespace, pod) for pod in observation.pods]
+        )
+        for ref in targets:
+            done = await releasing.release(client, ref)
+            if done.outcome == "released":
+                released.append(ref.name)
+    return released, found
+
+
+def per_node(found: list[Observation]) -> dict[str, int]:
+    """Observed pods per node, busiest first (what Retina's filter map on each node holds)."""
+    counts: dict[str, int] = {}
+    for observation in found:
+        for node in observation.nodes:
+            if node:
+                counts[node] = counts.get(node, 0) + 1
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))

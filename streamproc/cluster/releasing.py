@@ -1,0 +1,80 @@
+"""Ending an observation on one object: read, compute the release patch, write it, retry on 409.
+
+The expirer (on schedule) and ``streamproc release`` (by hand) both end observations; both
+race the annotator of another replica extending the same pod. The patch names the
+resourceVersion it was computed from, so a concurrent change is refused with 409 rather than
+overwritten; this re-reads and recomputes, a bounded number of times, in one place for both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from streamproc.clients import kube, metrics
+from streamproc.model import patches
+
+Json = kube.Json
+#: re-reads after a 409 before giving up (the caller retries later or reports it)
+ATTEMPTS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """What a release found and did."""
+
+    #: ``elsewhere``: the object is another replica's to release now (``owned`` said no);
+    #: ``unmarked``: it carries nothing of streamproc's (released already, by someone else)
+    outcome: Literal["released", "extended", "gone", "elsewhere", "unmarked"]
+    #: the object as last read ({} when it was gone)
+    current: Json
+    #: the annotation keys it removed
+    removed: tuple[str, ...] = ()
+    #: for ``extended``: the expiry someone set meanwhile
+    until: float | None = None
+
+
+async def release(
+    client: kube.Kube,
+    ref: kube.ObjectRef,
+    *,
+    extended_after: float | None = None,
+    dry_run: bool = False,
+    owned: Callable[[Json], bool] | None = None,
+) -> Release:
+    """Remove what streamproc added to a pod or a Namespace object.
+
+    ``extended_after``: leave it if its expiry is later than this (the expirer's case, with
+    its "now": an annotator extended it meanwhile). ``owned``: leave it unless this says the
+    object as read now is the caller's (annotate replicas each expire their own). Conflict is
+    raised only after ``ATTEMPTS`` 409s; other API errors are the caller's to handle.
+    """
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            current = await client.get_observable(ref)
+        except kube.NotFound:
+            return Release("gone", {})
+        if owned is not None and not owned(current):
+            return Release("elsewhere", current)
+        until = patches.expires_at(current)
+        if extended_after is not None and until is not None and until > extended_after:
+            return Release("extended", current, until=until)
+        patch = patches.release(current)
+        if not (patch.annotations or patch.labels):
+            # already ended (a resync from a copy a moment old, a person, another tool):
+            # nothing to write, and no second "expired" to report
+            return Release("unmarked", current)
+        removed = tuple(sorted(k for k, v in patch.annotations.items() if v is None))
+        if not dry_run:
+            try:
+                await client.write_patch(ref, patch)
+            except kube.Conflict:
+                metrics.patches.labels(op="release", result="conflict").inc()
+                if attempt == ATTEMPTS:
+                    raise
+                continue
+            except kube.NotFound:
+                return Release("gone", current)
+        return Release("released", current, removed)
+    raise AssertionError("unreachable")  # pragma: no cover

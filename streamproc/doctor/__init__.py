@@ -1,0 +1,1 @@
+"""``streamproc doctor``: read-only checks of everything the pipeline will meet."""

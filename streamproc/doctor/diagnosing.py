@@ -1,0 +1,429 @@
+"""``streamproc doctor``: is this Kafka and this cluster ready for streamproc? Reads only.
+
+In the manner of ``linkerd check`` and ``cilium status``: one line per check, and for each
+warning or failure what to do. It never writes: topics are listed rather than described (which
+could create them where auto-creation is on), offsets are read without joining a group, the API
+server is asked with GETs and SelfSubjectAccessReviews. Each area is bounded in time, so a
+silent broker or API server becomes a failed line, not a hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+from streamproc.clients import kafka, kube
+from streamproc.cluster import permissions
+from streamproc.doctor import checks, retina
+from streamproc.doctor.checks import Check
+from streamproc.model import topologies
+
+__all__ = ["Check", "diagnose", "lines", "summary"]
+from streamproc.model.topologies import Topology
+from streamproc.settings import Settings
+
+#: the window for "recent" records when judging how detections spread over partitions
+RECENT_S = 3600.0
+#: below this many recent records a skew says nothing
+SKEW_MIN_RECORDS = 100
+#: one partition holding this share of recent records is the nil-key hashing case
+SKEW_SHARE = 0.9
+#: a group further behind than this is worth a look
+LAG_WARN = 10_000
+#: the longest any one area may take
+AREA_TIMEOUT_S = 30.0
+
+
+async def diagnose(settings: Settings, topology_path: Path | None = None) -> list[Check]:
+    """Every check, in the order a person would fix things: topologies, Kafka, the cluster."""
+    found, loaded = topology_checks(topologies.resolve_path(topology_path))
+    found += await _bounded("Kafka", kafka_checks(settings, loaded))
+    found += await _bounded("Kubernetes", cluster_checks(settings, loaded))
+    return found
+
+
+async def _bounded(area: str, work: Coroutine[Any, Any, list[Check]]) -> list[Check]:
+    try:
+        return await asyncio.wait_for(work, timeout=AREA_TIMEOUT_S)
+    except TimeoutError:
+        return [
+            checks.fail(
+                area,
+                "answer",
+                f"no answer within {AREA_TIMEOUT_S:g}s",
+                "check the address and that the servers run",
+            )
+        ]
+
+
+def topology_checks(path: Path) -> tuple[list[Check], list[Topology]]:
+    """The topologies load, as ``streamproc check`` would have them."""
+    loaded, errors = topologies.check_path(path)
+    found = [
+        checks.fail("Topologies", "topology", str(error), "fix the file (streamproc check)")
+        for error in errors
+    ]
+    if loaded:
+        names = ", ".join(t.name for t in loaded)
+        found.insert(
+            0, checks.ok("Topologies", "topologies", f"{len(loaded)} valid in {path} ({names})")
+        )
+    return found, loaded
+
+
+# ---- Kafka ---------------------------------------------------------------------------------
+
+
+async def kafka_checks(settings: Settings, loaded: Sequence[Topology]) -> list[Check]:
+    """Brokers reachable; source and internal topics; spread over partitions; groups' lag."""
+    area = "Kafka"
+    sources = list(dict.fromkeys(t.spec.source.topic for t in loaded))
+    names = settings.topics
+    internal = [names.tallies, settings.actions_topic, names.audit, names.dead_letters]
+    groups = settings.groups
+    reads = {
+        groups.ingest: sources,
+        groups.windows: [names.tallies],
+        settings.annotate_group: [settings.actions_topic],
+    }
+    try:
+        found = await kafka.survey(
+            settings,
+            [*sources, *internal],
+            reads,
+            since_ms=int((time.time() - RECENT_S) * 1000),
+        )
+    except (kafka.KafkaError, OSError, TimeoutError) as exc:
+        line = kafka.explain(exc) if isinstance(exc, kafka.KafkaError) else kafka.describe(exc)
+        return [checks.fail(area, "brokers", f"not usable at {settings.bootstrap_servers}", line)]
+    result = [
+        checks.ok(
+            area,
+            "brokers",
+            f"reachable at {settings.bootstrap_servers} ({settings.kafka_security.protocol})",
+        )
+    ]
+    for topic in sources:
+        result += _source_checks(topic, found.topics.get(topic))
+    result += _internal_checks(settings, internal, found)
+    for group, lag in found.lag.items():
+        if lag is None:
+            result.append(checks.ok(area, f"group {group}", "no committed offsets yet"))
+        elif lag > LAG_WARN:
+            result.append(
+                checks.warn(
+                    area,
+                    f"group {group}",
+                    f"{lag} records behind",
+                    "the stage is down or too slow: check it runs, then add replicas "
+                    "(up to the topic's partitions)",
+                )
+            )
+        else:
+            result.append(checks.ok(area, f"group {group}", f"{lag} records behind"))
+    return result
+
+
+def _source_checks(topic: str, survey: kafka.TopicSurvey | None) -> list[Check]:
+    area = "Kafka"
+    if survey is None:
+        return [
+            checks.warn(
+                area,
+                f"topic {topic}",
+                "does not exist yet: no detection has been published to it",
+                "point Falcosidekick's kafka.hostport and kafka.topic here "
+                "(kafka.topiccreation: true lets it create the topic), or create it",
+            )
+        ]
+    partitions = survey.partitions
+    found = [
+        checks.ok(
+            area,
+            f"topic {topic}",
+            f"{partitions} partition{'s' if partitions != 1 else ''}"
+            + ("" if partitions > 1 else ": ingest runs as one replica"),
+        )
+    ]
+    total = sum(survey.recent.values())
+    if partitions > 1 and total >= SKEW_MIN_RECORDS:
+        busiest, most = max(survey.recent.items(), key=lambda item: item[1])
+        share = most / total
+        if share >= SKEW_SHARE:
+            found.append(
+                checks.warn(
+                    area,
+                    f"topic {topic} spread",
+                    f"{share:.0%} of the last hour's {total} records are on partition "
+                    f"{busiest}: one ingest replica does all the work",
+                    "Falcosidekick sends no key, and kafka.balancer crc32 or murmur2 hash it "
+                    "to one partition: use round_robin (the default) or a *_random balancer",
+                )
+            )
+        else:
+            found.append(
+                checks.ok(
+                    area,
+                    f"topic {topic} spread",
+                    f"busiest partition has {share:.0%} of the last hour's {total} records",
+                )
+            )
+    return found
+
+
+def _internal_checks(
+    settings: Settings, internal: Sequence[str], found: kafka.Survey
+) -> list[Check]:
+    area = "Kafka"
+    result = []
+    for topic in internal:
+        survey = found.topics.get(topic)
+        if survey is None:
+            result.append(
+                checks.warn(
+                    area,
+                    f"topic {topic}",
+                    "not created yet",
+                    "streamproc creates it at first start; where its principal may not "
+                    f"create topics, create it with {settings.partitions} partition(s)",
+                )
+            )
+        elif topic == settings.topics.tallies and survey.partitions != settings.partitions:
+            result.append(
+                checks.fail(
+                    area,
+                    f"topic {topic}",
+                    f"{survey.partitions} partitions, but --partitions is "
+                    f"{settings.partitions}: the windows stage (Faust) refuses to start when "
+                    "its tables and their source topic differ",
+                    f"run every stage with --partitions {survey.partitions}",
+                )
+            )
+        else:
+            result.append(checks.ok(area, f"topic {topic}", f"{survey.partitions} partition(s)"))
+    return result
+
+
+# ---- Kubernetes and Retina -----------------------------------------------------------------
+
+
+async def cluster_checks(settings: Settings, loaded: Sequence[Topology]) -> list[Check]:
+    """API reachable, every permission the stages use, and Retina set up to honour annotations."""
+    area = "Kubernetes"
+    try:
+        client = await kube.Kube.connect(
+            settings.kubeconfig, timeout_s=min(settings.api_timeout_s, 10.0), attempts=2
+        )
+    except kube.KubeError as exc:
+        return [checks.fail(area, "credentials", "no usable credentials", kube.explain(exc))]
+    try:
+        try:
+            version = await client.server_version()
+        except kube.KubeError as exc:
+            return [checks.fail(area, "API server", f"{client.server} failed", kube.explain(exc))]
+        found = [
+            checks.ok(
+                area, "API server", f"{client.server} answers ({version.get('gitVersion', '?')})"
+            )
+        ]
+        found += await permission_checks(client, loaded)
+        found += await retina_checks(client, settings, loaded)
+        return found
+    finally:
+        await client.close()
+
+
+def _features(loaded: Sequence[Topology]) -> set[str]:
+    used = set()
+    for t in loaded:
+        if t.spec.action.capture is not None:
+            used.add("capture")
+        if t.spec.action.scope == "namespace":
+            used.add("namespace scope")
+    return used
+
+
+async def permission_checks(client: kube.Kube, loaded: Sequence[Topology]) -> list[Check]:
+    """Each stage's permissions (``permissions.STAGES``), asked of the API server itself."""
+    area = "Kubernetes"
+    wanted = {p for needed in permissions.STAGES.values() for p in needed}
+    unique = sorted({(p.group, p.resource, p.verb) for p in wanted})
+    try:
+        answers = await asyncio.gather(*(client.can_i(*key) for key in unique))
+    except kube.KubeError as exc:
+        return [
+            checks.warn(
+                area,
+                "permissions",
+                f"cannot ask the API server ({exc})",
+                "run doctor with an identity that may create SelfSubjectAccessReviews "
+                "(every authenticated one may, by default)",
+            )
+        ]
+    allowed = {key for key, (yes, _) in zip(unique, answers, strict=True) if yes}
+    used = _features(loaded)
+    found = []
+    for stage, needed in permissions.STAGES.items():
+        if not needed:
+            continue
+        missing = [p for p in needed if (p.group, p.resource, p.verb) not in allowed]
+        blocking = [p for p in missing if p.feature is None or p.feature in used]
+        if blocking:
+            found.append(
+                checks.fail(
+                    area,
+                    f"{stage} permissions",
+                    "missing " + ", ".join(p.label for p in blocking),
+                    "apply k8s/rbac.yaml (docs/deploying.md); doctor checks the identity it runs "
+                    f"as, so run it as streamproc-{stage} to check that account",
+                )
+            )
+        else:
+            spare = (
+                f"; unused features lack {', '.join(p.label for p in missing)}" if missing else ""
+            )
+            found.append(
+                checks.ok(
+                    area, f"{stage} permissions", f"{len(needed) - len(missing)} granted{spare}"
+                )
+            )
+    return found
+
+
+async def retina_checks(
+    client: kube.Kube, settings: Settings, loaded: Sequence[Topology]
+) -> list[Check]:
+    """Retina installed, recent, configured so that ``retina.sh: observe`` takes effect."""
+    area = retina.AREA
+    try:
+        agents = retina.find_agents(await client.list_daemonsets())
+    except kube.KubeError as exc:
+        return [
+            checks.warn(
+                area,
+                "agent",
+                f"cannot list DaemonSets to find Retina's agent ({exc})",
+                "run doctor with an identity that may list daemonsets, configmaps and "
+                "deployments (kubectl auth can-i list daemonsets -A)",
+            )
+        ]
+    found = retina.agent_checks(agents)
+    if not agents:
+        return found
+    agent = agents[0]
+    config = await _agent_config(client, agent, found)
+    if config is not None:
+        found += retina.config_checks(
+            config, f"{agent.namespace}/{agent.config_maps[0]}", settings.node_budget
+        )
+    served = await client.served_resources("retina.sh", "v1alpha1")
+    found.append(await _metrics_configurations(client, served))
+    captures = [t.spec.action.capture for t in loaded if t.spec.action.capture is not None]
+    found += retina.capture_checks(
+        served,
+        wanted=bool(captures),
+        version=agent.version,
+        host_path=any(c.output.host_path for c in captures),
+    )
+    needs = [
+        *(["the agent's remoteContext"] if config is not None and config.remote_context else []),
+        *(["captures"] if captures else []),
+    ]
+    try:
+        deployments = await client.list_deployments(agent.namespace)
+    except kube.KubeError as exc:
+        found.append(
+            checks.warn(
+                area, "operator", f"cannot list Deployments ({exc})", "grant list deployments"
+            )
+        )
+    else:
+        found.append(retina.operator_check(deployments, needed_for=" and ".join(needs)))
+    return found
+
+
+async def _agent_config(
+    client: kube.Kube, agent: retina.Agent, found: list[Check]
+) -> retina.AgentConfig | None:
+    area = retina.AREA
+    if not agent.config_maps:
+        found.append(
+            checks.fail(
+                area,
+                "config",
+                f"{agent.where} mounts no ConfigMap",
+                f"reinstall Retina with its chart: {retina.INSTALL}",
+            )
+        )
+        return None
+    name = agent.config_maps[0]
+    try:
+        config_map = await client.get_config_map(agent.namespace, name)
+        return retina.read_config(config_map, agent.env)
+    except kube.KubeError as exc:
+        found.append(
+            checks.warn(
+                area,
+                "config",
+                f"cannot read ConfigMap {agent.namespace}/{name} ({exc})",
+                "grant get configmaps in Retina's namespace, or check its config by hand",
+            )
+        )
+    except retina.ConfigUnreadable as exc:
+        found.append(
+            checks.fail(
+                area,
+                "config",
+                f"ConfigMap {agent.namespace}/{name}: {exc}",
+                f"install Retina's standard control plane: {retina.INSTALL}",
+            )
+        )
+    return None
+
+
+async def _metrics_configurations(client: kube.Kube, served: set[str] | None) -> Check:
+    if served is None or "metricsconfigurations" not in served:
+        return retina.metrics_configuration_check(None)
+    try:
+        items = await client.list_cluster_objects("retina.sh", "v1alpha1", "metricsconfigurations")
+    except kube.KubeError as exc:
+        return checks.warn(
+            retina.AREA,
+            "MetricsConfiguration",
+            f"cannot list MetricsConfigurations ({exc})",
+            "check by hand: kubectl get metricsconfigurations.retina.sh",
+        )
+    return retina.metrics_configuration_check(
+        [str((i.get("metadata") or {}).get("name", "")) for i in items]
+    )
+
+
+# ---- the report ----------------------------------------------------------------------------
+
+
+def summary(found: Sequence[Check]) -> dict[str, int]:
+    """How many checks passed, warned and failed."""
+    return {status: sum(1 for c in found if c.status == status) for status in checks.MARKS}
+
+
+def lines(found: Sequence[Check]) -> list[str]:
+    """The report for a person: grouped by area, a mark per check, the fix under it."""
+    out: list[str] = []
+    area = ""
+    for check in found:
+        if check.area != area:
+            area = check.area
+            out += ["", area] if out else [area]
+        out.append(f"  {checks.MARKS[check.status]} {check.name}: {check.detail}")
+        if check.fix:
+            out.append(f"      fix: {check.fix}")
+    counts = summary(found)
+    out += [
+        "",
+        f"{counts['ok']} passed, {counts['warn']} warnings, {counts['fail']} failed"
+        + ("" if counts["fail"] else ": ready" if not counts["warn"] else ": ready, with warnings"),
+    ]
+    return out

@@ -1,0 +1,453 @@
+"""Applying an action: the workload's pods as they are now get the topology's observation.
+
+For each action the annotator finds the workload's pods, merge-patches each pod's metadata
+with the topology's annotations plus bookkeeping (``patches.observe``), and hands the expiry to
+the expirer. Annotations come from the annotator's own loaded topology, never from the action's
+payload, so a record forged on the actions topic cannot choose what gets written. Reading
+actions from Kafka, retrying and committing is the stage's job (:mod:`streamproc.annotating`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from streamproc.clients import kube, metrics
+from streamproc.cluster.resolving import WorkloadResolver
+from streamproc.model import conventions, patches
+from streamproc.model.actions import Action
+from streamproc.model.durations import format_duration
+from streamproc.model.topologies import Topology
+from streamproc.model.workloads import WorkloadRef
+from streamproc.settings import Settings
+from streamproc.stages.annotate import auditing, capturing
+from streamproc.stages.annotate.node_budget import NodeBudget, Scheduler
+
+log = logging.getLogger("streamproc.annotate")
+#: per-pod outcomes after which the pod is under observation
+_OBSERVED = ("opened", "extended", "not-due", "unchanged")
+
+
+def _target(action: Action, topology: Topology) -> WorkloadRef:
+    """What the action observes: the whole workload, or only the pod that fired (scope: pod)."""
+    if topology.spec.action.scope == "pod" or action.kind == "Pod":
+        return WorkloadRef(action.namespace, "Pod", action.pod, "api")
+    return WorkloadRef(action.namespace, action.kind, action.name, "api")
+
+
+class Follows(Protocol):
+    """Who keeps new pods of an observed workload observed (the follower)."""
+
+    def follow(
+        self,
+        namespace: str,
+        kind: str,
+        name: str,
+        *,
+        until: float,
+        topology: str,
+        rule: str,
+        action_id: str,
+        level: str = "",
+    ) -> None:
+        """Follow a workload until ``until``."""
+
+    def observing(self, topology: str) -> set[tuple[str, str, str]]:
+        """Workloads under an unexpired observation of ``topology``."""
+
+
+class Annotator:
+    """Applies actions to the cluster."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        topologies: Sequence[Topology],
+        client: kube.Kube,
+        resolver: WorkloadResolver,
+        scheduler: Scheduler,
+        auditor: auditing.Auditor | None = None,
+        follower: Follows | None = None,
+        budget: NodeBudget | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        #: what "now" is (tests and the extension benchmark move it instead of waiting)
+        self.clock = clock
+        self.settings = settings
+        self.topologies = {t.name: t for t in topologies}
+        self.kube = client
+        self.resolver = resolver
+        self.scheduler = scheduler
+        self.auditor = auditor or auditing.NullAuditor()
+        self.follower = follower
+        self._in_flight = asyncio.Semaphore(settings.actions_in_flight)
+        #: topology -> workloads being opened right now: they count against maxObservations
+        #: from the check on, so a batch of workloads applied concurrently cannot all pass it
+        self._opening: dict[str, set[tuple[str, str, str]]] = {}
+        #: pods this annotator opened or extended an observation on (the lab reports it).
+        self.observed_pods: set[tuple[str, str]] = set()
+        #: shared with the follower where both run (``running``)
+        self.budget = budget or NodeBudget(scheduler, settings.node_budget)
+
+    async def apply(self, action: Action, listing: list[kube.Json] | None = None) -> str:
+        """Apply one action; the outcome is a short code (also the metric and audit result).
+
+        ``listing`` is the namespace's pods as listed for this batch, if the caller has it.
+        """
+        touched: list[str] = []
+        until = 0.0
+        # audited only once the outcome is known: an error not listed below (a cancellation at
+        # shutdown, a bug) propagates as itself, unaudited, and the batch is read again
+        result = ""
+        topology = self.topologies.get(action.topology)
+        try:
+            result, touched, until = await self._apply(action, listing)
+            if result == "applied" and topology is not None:
+                level = topology.spec.action.level_of(action.level)
+                metrics.observations_opened.labels(topology=topology.name, level=level).inc()
+        except kube.Forbidden:
+            result = "forbidden"
+            raise
+        except kube.Unavailable:
+            result = ""  # retried as part of the batch; audited when it finishes
+            raise
+        except kube.KubeError:
+            result = "failed"
+            raise
+        finally:
+            if result:
+                self.auditor.record(
+                    result=result,
+                    action=action.id,
+                    topology=action.topology,
+                    rule=action.rule,
+                    detections=action.count,
+                    uuids=action.uuids,
+                    namespace=action.namespace,
+                    kind=action.kind,
+                    name=action.name,
+                    pods=touched,
+                    annotations=dict(topology.spec.action.annotate) if topology else {},
+                    expires_at=conventions.format_time(until) if until else None,
+                    dry_run=result == "dry-run",
+                    **_level_fields(topology, action),
+                )
+        return result
+
+    async def _apply(
+        self, action: Action, listing: list[kube.Json] | None
+    ) -> tuple[str, list[str], float]:
+        topology = self.topologies.get(action.topology)
+        if topology is None:
+            return "unknown-topology", [], 0.0
+        until, skipped = self._until(action, topology)
+        if skipped == "dry-run" and topology.spec.action.scope != "namespace":
+            # say what would have been written where: the pods as they are now
+            would = await self.resolver.pods_of(_target(action, topology), listing)
+            return skipped, [str((p.get("metadata") or {}).get("name")) for p in would], until
+        if skipped:
+            return skipped, [], until
+        if topology.spec.action.scope == "namespace":
+            return await self._observe_namespace(action, topology, until)
+        target = _target(action, topology)
+        if self._over_cap(target, topology):
+            log.warning(
+                "%s: refused, %s already observes %d workloads (maxObservations)",
+                action.id,
+                topology.name,
+                topology.spec.action.max_observations,
+            )
+            return "refused-cap", [], 0.0
+        opening = self._opening.setdefault(topology.name, set())
+        key = (target.namespace, target.kind, target.name)
+        opening.add(key)  # no await since the check: the slot is this action's
+        try:
+            return await self._observe_workload(action, topology, target, until, listing)
+        finally:
+            opening.discard(key)
+
+    async def _observe_workload(  # noqa: C901 - one outcome per branch
+        self,
+        action: Action,
+        topology: Topology,
+        target: WorkloadRef,
+        until: float,
+        listing: list[kube.Json] | None,
+    ) -> tuple[str, list[str], float]:
+        pods = await self.resolver.pods_of(target, listing)
+        if not pods:
+            return "no-pods", [], 0.0
+        workload = WorkloadRef(action.namespace, action.kind, action.name, "api")
+        pods, reserved = self.budget.admit(
+            pods, self.auditor, workload, topology=topology.name, rule=action.rule, action=action.id
+        )
+        if not pods:
+            return "refused-node-budget", [], 0.0
+        try:
+            # Every pod gets its answer before the action's outcome is decided: no patch is
+            # left running unobserved when another pod's patch fails.
+            outcomes = await asyncio.gather(
+                *(self._observe_pod(pod, topology, action, until) for pod in pods),
+                return_exceptions=True,
+            )
+        finally:
+            self.budget.release(reserved)
+        done: list[tuple[str, float]] = []
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+            done.append(outcome)
+        results = [r for r, _ in done]
+        names = [str((p.get("metadata") or {}).get("name")) for p in pods]
+        touched = [n for n, r in zip(names, results, strict=True) if r in ("opened", "extended")]
+        # the workload is observed as long as its longest-observed pod (what new pods get)
+        lasting = max((u for r, u in done if r in _OBSERVED), default=0.0)
+        if lasting:
+            self._follow(target, lasting, topology, action)
+        if touched:
+            metrics.detection_to_annotation.observe(
+                max(0.0, time.time() - action.first_append_ms / 1000)
+            )
+        if touched or "not-due" in results:
+            # a window strong enough for a capture gets one, due extension or not
+            await capturing.capture(self.kube, self.auditor, action, topology, pods)
+        if touched:
+            return ("applied" if "opened" in results else "extended"), touched, until
+        if "not-due" in results:
+            return "extension-not-due", [], lasting
+        if "unchanged" in results:
+            return "already-applied", [], lasting
+        return "no-pods", [], 0.0
+
+    async def _observe_namespace(
+        self, action: Action, topology: Topology, until: float
+    ) -> tuple[str, list[str], float]:
+        """scope: namespace: the Namespace object itself, which Retina honours like a pod."""
+        ref = kube.ObjectRef.namespace_object(action.namespace)
+        outcome, lasting = await self._observe_pod(
+            await self.kube.get_observable(ref), topology, action, until
+        )
+        if outcome in ("opened", "extended"):
+            return ("applied" if outcome == "opened" else "extended"), [action.namespace], until
+        kept = {"not-due": "extension-not-due", "unchanged": "already-applied"}
+        return kept.get(outcome, "no-pods"), [], lasting
+
+    def _until(self, action: Action, topology: Topology) -> tuple[float, str]:
+        """When the observation would end, or why nothing is written at all."""
+        now = self.clock()
+        ttl = topology.spec.action.ttl_at(action.level)
+        until = min(action.window_end + ttl, now + ttl)
+        if until <= now:
+            return 0.0, "expired-before-apply"
+        if self.settings.dry_run or topology.spec.dry_run:
+            log.info(
+                "dry run: would observe %s/%s/%s until %s",
+                action.namespace,
+                action.kind,
+                action.name,
+                conventions.format_time(until),
+            )
+            return until, "dry-run"
+        return until, ""
+
+    def _over_cap(self, target: WorkloadRef, topology: Topology) -> bool:
+        if self.follower is None:
+            return False
+        active = self.follower.observing(topology.name) | self._opening.get(topology.name, set())
+        key = (target.namespace, target.kind, target.name)
+        return key not in active and len(active) >= topology.spec.action.max_observations
+
+    def _follow(
+        self, target: WorkloadRef, until: float, topology: Topology, action: Action
+    ) -> None:
+        if self.follower is not None:
+            self.follower.follow(
+                target.namespace,
+                target.kind,
+                target.name,
+                until=until,
+                topology=topology.name,
+                rule=action.rule,
+                action_id=action.id,
+                level=_level_text(topology, action),
+            )
+
+    def _extend_within(self, topology: Topology, action: Action) -> float:
+        """How much observation left makes an extension due (lazy extension).
+
+        A share of the TTL (``--extend-below``), but at least two windows: a workload that keeps
+        offending qualifies again within about one window, and finds its observation still on.
+        """
+        spec = topology.spec
+        ttl = spec.action.ttl_at(action.level)
+        return max(ttl * self.settings.extend_below, 2 * spec.window.size)
+
+    async def _observe_pod(
+        self, pod: kube.Json, topology: Topology, action: Action, until: float
+    ) -> tuple[str, float]:
+        """Open or extend one pod's observation: the outcome, and when it now ends."""
+        ref = kube.ObjectRef.of(pod)
+        annotate = topology.spec.action.annotate
+        for _attempt in range(3):
+            patch = patches.observe(
+                pod,
+                annotations=annotate,
+                until=until,
+                topology=topology.name,
+                rule=action.rule,
+                action_id=action.id,
+                level=_level_text(topology, action),
+            )
+            if patch is None:
+                metrics.patches.labels(op="observe", result="unchanged").inc()
+                lasting = patches.expires_at(pod) or until
+                self.scheduler.schedule(ref, lasting, topology.name)
+                return "unchanged", lasting
+            due = self.clock() + self._extend_within(topology, action)
+            if patches.lasts(pod, annotate, beyond=due):
+                # still observed for long enough: no write until an extension is due
+                metrics.patches.labels(op="observe", result="not-due").inc()
+                lasting = patches.expires_at(pod) or until
+                self.scheduler.schedule(ref, lasting, topology.name)
+                return "not-due", lasting
+            if patch.foreign:
+                log.warning(
+                    "%s: %s set by someone else to another value; left alone",
+                    ref,
+                    ", ".join(patch.foreign),
+                )
+            try:
+                await self.kube.write_patch(ref, patch)
+            except kube.Conflict:
+                metrics.patches.labels(op="observe", result="conflict").inc()
+                pod = await self.kube.get_observable(ref)
+                continue
+            except kube.NotFound:
+                metrics.patches.labels(op="observe", result="not-found").inc()
+                return "not-found", 0.0
+            metrics.patches.labels(op="observe", result="ok").inc()
+            current = (pod.get("metadata") or {}).get("annotations") or {}
+            opened = conventions.EXPIRES_AT not in current
+            self.kube.post_event(
+                pod,
+                "ObservationStarted" if opened else "ObservationExtended",
+                f"{', '.join(f'{k}={v}' for k, v in topology.spec.action.annotate.items())} "
+                f"until {conventions.format_time(until)} (topology {topology.name}, "
+                f"rule {action.rule!r}{_level_event(topology, action)})",
+            )
+            self.observed_pods.add((ref.namespace, ref.name))
+            node = str((pod.get("spec") or {}).get("nodeName") or "")
+            self.scheduler.schedule(ref, until, topology.name, node)
+            return ("opened" if opened else "extended"), until
+        return "conflict", 0.0
+
+    async def handle(self, actions: Sequence[Action]) -> None:
+        """Apply a batch: workloads concurrently, each workload's actions in order.
+
+        Raises the first kube.Unavailable after every workload had its turn, so the caller can
+        retry the batch as a whole (what already landed is then a no-op).
+        """
+        by_workload: dict[str, list[Action]] = {}
+        seen: set[str] = set()
+        for action in actions:
+            if action.id in seen:
+                metrics.actions_handled.labels(result="duplicate").inc()
+                continue  # a re-delivery of an action already in this batch
+            seen.add(action.id)
+            by_workload.setdefault(f"{action.namespace}/{action.kind}/{action.name}", []).append(
+                action
+            )
+        # One pod list per namespace for the whole batch; a pod deleted since is a 404 later.
+        # Beside it, the ReplicaSet each Deployment's firing pod names (no second round trip).
+        namespaces = sorted({a.namespace for a in actions if a.kind != "Pod"})
+        guesses = {(a.namespace, a.pod) for a in actions if self._will_walk_owners(a)}
+        found = await asyncio.gather(
+            *(self._list(ns) for ns in namespaces),
+            *(self._prefetch(ns, pod) for ns, pod in guesses),
+        )
+        listings = dict(zip(namespaces, found[: len(namespaces)], strict=True))
+        outcomes = await asyncio.gather(
+            *(self._handle_in_order(group, listings) for group in by_workload.values()),
+            return_exceptions=True,
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+
+    def _will_walk_owners(self, action: Action) -> bool:
+        """Whether applying the action looks for a Deployment's pods, through a pod that exists.
+
+        Only for workloads ingest resolved through the API (so the firing pod was there, with
+        a controller): a made-up workload would cost a wasted GET per action, and a flood of
+        them (50,000 in ``bench/flood.py``) would queue real work behind those GETs. Ingest's
+        lookup budget bounds how many such actions there can be.
+        """
+        topology = self.topologies.get(action.topology)
+        return (
+            topology is not None
+            and action.kind == "Deployment"
+            and action.resolved_by == "api"
+            and bool(action.pod)
+            and topology.spec.action.scope == "workload"
+            and not self._over_cap(_target(action, topology), topology)
+        )
+
+    async def _prefetch(self, namespace: str, pod: str) -> None:
+        async with self._in_flight:
+            await self.resolver.prefetch_replicaset(namespace, pod)
+
+    async def _list(self, namespace: str) -> list[kube.Json] | None:
+        async with self._in_flight:
+            try:
+                return await self.kube.list_pods(namespace)
+            except kube.Forbidden:
+                return None  # reported per action below, with the missing permission
+
+    async def _handle_in_order(
+        self, actions: list[Action], listings: dict[str, list[kube.Json] | None]
+    ) -> None:
+        for index, action in enumerate(actions):
+            # The batch's listing is only fresh for the workload's first action; later ones
+            # (later windows) read the pods again rather than patch against stale versions.
+            listing = listings.get(action.namespace) if index == 0 else None
+            async with self._in_flight:
+                try:
+                    result = await self.apply(action, listing)
+                except kube.Forbidden as exc:
+                    result = "forbidden"
+                    log.error(  # noqa: TRY400 - an expected refusal; a traceback adds nothing
+                        "RBAC refused %s: %s (needs get/list/patch on pods)", action.id, exc
+                    )
+                except kube.Unavailable:
+                    raise  # transient: the batch stays uncommitted and is retried
+                except kube.KubeError as exc:
+                    result = "failed"
+                    log.error("action %s failed permanently: %s", action.id, exc)  # noqa: TRY400
+            metrics.actions_handled.labels(result=result).inc()
+            log.info("action %s: %s", action.id, result)
+
+
+def _level_text(topology: Topology, action: Action) -> str:
+    """The ``streamproc.io/level`` annotation ("3/4"); empty for a topology without a ladder."""
+    spec = topology.spec.action
+    return f"{spec.level_of(action.level)}/{spec.levels}" if spec.escalation else ""
+
+
+def _level_event(topology: Topology, action: Action) -> str:
+    """What an Event says of the level: ", level 3 of 4, 6h"; nothing without a ladder."""
+    spec = topology.spec.action
+    if spec.escalation is None:
+        return ""
+    level = spec.level_of(action.level)
+    return f", level {level} of {spec.levels}, {format_duration(spec.ttl_at(level))}"
+
+
+def _level_fields(topology: Topology | None, action: Action) -> dict[str, int]:
+    """The audit record's ``level``, for a topology with a ladder."""
+    if topology is None or topology.spec.action.escalation is None:
+        return {}
+    return {"level": topology.spec.action.level_of(action.level)}

@@ -1,0 +1,252 @@
+"""Expiry: observations end on time, across restarts, and only what streamproc added goes.
+
+The schedule lives on the pods themselves (``streamproc.io/expires-at``, found through the
+``streamproc.io/observed`` label), never only in memory: on start the expirer lists the pods it
+manages and schedules each, so a restarted annotator still removes what it applied. It re-lists
+every ``expiry_resync_s`` to pick up extensions written by another replica. Before removing, it
+re-reads the pod and removes with a ``resourceVersion`` precondition, so an extension that lands
+in between wins (409, re-read, reschedule) instead of being erased. While the API server is
+unreachable, due expiries wait and are applied when it answers again. With several annotate
+replicas each expires only the pods of the workloads it owns (``ownership``), so every pod is
+released, and its Event and audit record written, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+
+from streamproc.clients import kube, metrics
+from streamproc.cluster import releasing
+from streamproc.cluster.cache import ClusterCache
+from streamproc.model import conventions, patches
+from streamproc.model.ownership import Ownership
+from streamproc.stages.annotate import auditing
+
+log = logging.getLogger("streamproc.expire")
+_RETRY_S = 2.0
+
+
+class Expirer:
+    """A schedule of (expires_at, object), fed by the annotator and by the cluster."""
+
+    def __init__(
+        self,
+        client: kube.Kube,
+        *,
+        resync_s: float,
+        dry_run: bool = False,
+        auditor: auditing.Auditor | None = None,
+        clock: Callable[[], float] = time.time,
+        ownership: Ownership | None = None,
+        cache: ClusterCache | None = None,
+    ) -> None:
+        #: the pods as listed and watched: a resync reads the marked ones there, not the API
+        self._cache = cache
+        #: which pods are this replica's to expire (all of them in a single process)
+        self.ownership = ownership or Ownership.everything()
+        self.ownership.on_change(self._reassigned)
+        self._resync_now = False
+        #: what "now" is (tests move it forward instead of waiting for a TTL to pass)
+        self.clock = clock
+        self._kube = client
+        self._auditor = auditor or auditing.NullAuditor()
+        self._resync_s = resync_s
+        self._dry_run = dry_run
+        self._heap: list[tuple[float, kube.ObjectRef]] = []
+        self._due: dict[kube.ObjectRef, tuple[float, str]] = {}
+        self._wake = asyncio.Event()
+        self._gauge_stale = False
+        self.expired = 0
+        #: the node of each observed pod, and how many observed pods each node has
+        self._nodes: dict[kube.ObjectRef, str] = {}
+        self._per_node: Counter[str] = Counter()
+
+    def schedule(self, key: kube.ObjectRef, until: float, topology: str, node: str = "") -> None:
+        """Remember when an observation ends (a later time replaces an earlier one)."""
+        if node and self._nodes.get(key) != node:
+            self._forget_node(key)
+            self._nodes[key] = node
+            self._per_node[node] += 1
+        known = self._due.get(key)
+        if known is not None and known[0] >= until:
+            return
+        self._due[key] = (until, topology)
+        heapq.heappush(self._heap, (until, key))
+        self._gauge_stale = True  # published by the run loop, once per turn
+        self._wake.set()
+
+    def _reassigned(self) -> None:
+        """Partitions moved: forget the schedule and rebuild it from the pods now owned."""
+        self._resync_now = True
+        self._wake.set()
+
+    def wake(self) -> None:
+        """Look at the schedule now (after ``clock`` moved, or anything else changed)."""
+        self._wake.set()
+
+    def observed_on(self, node: str) -> int:
+        """Pods under observation on ``node`` (Retina's filter map holds their IPs)."""
+        return self._per_node.get(node, 0)
+
+    def observing(self, ref: kube.ObjectRef) -> bool:
+        """Whether the pod (or Namespace object) is under observation now."""
+        return ref in self._due
+
+    def _forget_node(self, key: kube.ObjectRef) -> None:
+        node = self._nodes.pop(key, None)
+        if node is not None:
+            self._per_node[node] -= 1
+            if self._per_node[node] <= 0:
+                del self._per_node[node]
+
+    @property
+    def active(self) -> dict[kube.ObjectRef, tuple[float, str]]:
+        """Pods (and Namespace objects) under observation now, with expiry and topology."""
+        return dict(self._due)
+
+    def _publish_gauge(self) -> None:
+        if not self._gauge_stale:
+            return
+        self._gauge_stale = False
+        counts: dict[str, int] = {}
+        for _, topology in self._due.values():
+            counts[topology] = counts.get(topology, 0) + 1
+        for topology, n in counts.items():
+            metrics.observations_active.labels(topology=topology).set(n)
+        for sample in next(iter(metrics.observations_active.collect())).samples:
+            topology = sample.labels.get("topology", "")
+            if topology and topology not in counts:
+                metrics.observations_active.labels(topology=topology).set(0)
+
+    async def resync(self) -> None:
+        """Schedule every managed pod from its own annotations."""
+        selector = f"{conventions.OBSERVED_LABEL}=true"
+        if self._cache is not None and self._cache.pods_synced:
+            pods = [info.object() for info in self._cache.marked()]
+        else:
+            pods = await self._kube.list_pods(None, label_selector=selector)
+        # list items carry no kind: say which are Namespace objects (``scope: namespace``)
+        namespaces = await self._kube.list_observed_namespaces(selector)
+        found = [(kube.ObjectRef.of(p), p) for p in pods]
+        found += [(kube.ObjectRef.namespace_object(_name(n)), n) for n in namespaces]
+        for ref, obj in found:
+            if not self.ownership.owns(obj):
+                continue  # another annotate replica's: it expires it
+            until = patches.expires_at(obj)
+            annotations = (obj.get("metadata") or {}).get("annotations") or {}
+            node = str((obj.get("spec") or {}).get("nodeName") or "")
+            # A managed pod without a readable expiry is ended now rather than kept forever.
+            self.schedule(ref, until or 0.0, annotations.get(conventions.TOPOLOGY, "unknown"), node)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Expire on time until ``stop``; resync at start and periodically."""
+        next_resync = 0.0
+        while not stop.is_set():
+            now = self.clock()
+            if self._resync_now:
+                self._resync_now = False
+                self._forget_all()
+                next_resync = now
+            if now >= next_resync:
+                try:
+                    await self.resync()
+                    next_resync = now + self._resync_s
+                except kube.KubeError as exc:
+                    metrics.stage_errors.labels(stage="expire", error=type(exc).__name__).inc()
+                    log.warning("expiry resync failed: %s", exc)
+                    next_resync = now + _RETRY_S
+            await self.expire_due(stop)
+            # bounded, and shielded so a slow broker only delays the records, never an expiry
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._auditor.flush()), timeout=2.0)
+            self._publish_gauge()
+            wait = min(next_resync, self._heap[0][0] if self._heap else next_resync) - self.clock()
+            self._wake.clear()
+            stop_task = asyncio.ensure_future(stop.wait())
+            wake_task = asyncio.ensure_future(self._wake.wait())
+            await asyncio.wait(
+                {stop_task, wake_task}, timeout=max(0.01, wait), return_when=asyncio.FIRST_COMPLETED
+            )
+            stop_task.cancel()
+            wake_task.cancel()
+
+    async def expire_due(self, stop: asyncio.Event | None = None) -> None:
+        """End every observation due by ``clock()`` (``streamproc simulate`` calls it too)."""
+        while self._heap and self._heap[0][0] <= self.clock():
+            if stop is not None and stop.is_set():
+                return
+            until, ref = heapq.heappop(self._heap)
+            known = self._due.get(ref)
+            if known is None or known[0] != until:
+                continue  # superseded by a later schedule
+            await self._expire(ref, known[1])
+
+    async def _expire(self, key: kube.ObjectRef, topology: str) -> None:
+        try:
+            done = await releasing.release(
+                self._kube,
+                key,
+                extended_after=self.clock(),
+                dry_run=self._dry_run,
+                owned=self.ownership.owns,
+            )
+        except kube.Conflict:
+            self._retry_later(key, topology, "kept changing (409)")
+            return
+        except kube.KubeError as exc:
+            metrics.patches.labels(op="release", result="error").inc()
+            self._retry_later(key, topology, str(exc))
+            return
+        if done.outcome == "extended" and done.until is not None:
+            self._due.pop(key, None)
+            self.schedule(key, done.until, topology)  # extended meanwhile
+            return
+        if done.outcome in ("elsewhere", "unmarked"):
+            pass  # the partitions moved meanwhile (the new owner expires it), or already ended
+        elif done.outcome == "gone":
+            metrics.patches.labels(op="release", result="not-found").inc()
+        else:
+            metrics.patches.labels(op="release", result="ok").inc()
+            if not self._dry_run:
+                self._kube.post_event(
+                    done.current, "ObservationExpired", f"removed {', '.join(done.removed)}"
+                )
+            self.expired += 1
+            metrics.observations_expired.labels(topology=topology).inc()
+            self._auditor.record(
+                result="expired",
+                topology=topology,
+                namespace=key.namespace,
+                kind=key.kind,
+                name=key.name,
+                pods=[key.name] if key.kind == "Pod" else [],
+                removed=list(done.removed),
+                dry_run=self._dry_run,
+            )
+            log.info("observation of %s expired", key)
+        self._due.pop(key, None)
+        self._forget_node(key)
+        self._gauge_stale = True
+
+    def _forget_all(self) -> None:
+        self._heap.clear()
+        self._due.clear()
+        self._nodes.clear()
+        self._per_node.clear()
+        self._gauge_stale = True
+
+    def _retry_later(self, key: kube.ObjectRef, topology: str, why: str) -> None:
+        log.warning("expiry of %s failed (%s); will retry", key, why)
+        retry_at = self.clock() + _RETRY_S
+        heapq.heappush(self._heap, (retry_at, key))
+        self._due[key] = (retry_at, topology)
+
+
+def _name(obj: kube.Json) -> str:
+    return str((obj.get("metadata") or {}).get("name") or "")
