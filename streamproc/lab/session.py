@@ -461,7 +461,12 @@ async def run_lab(options: LabOptions, stop: asyncio.Event) -> Summary:
 def next_steps(options: LabOptions, summary: Summary) -> list[str]:
     """What a person can try after the run; the lab's own servers are gone by then."""
     out = ["", "What to try next:"]
-    if summary.interrupted or not summary.replay_finished:
+    if summary.interrupted:
+        out.append(
+            f"  the whole story, without Ctrl-C: streamproc lab --duration "
+            f"{options.duration_s:g} --speed {options.speed:g}"
+        )
+    elif not summary.replay_finished:
         longer = max(60, round(options.duration_s * 2))
         out.append(
             f"  the whole story: streamproc lab --duration {longer:g} --speed {options.speed:g}"

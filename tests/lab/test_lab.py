@@ -167,7 +167,7 @@ def test_ctrl_c_midway_stops_everything_cleanly(tmp_path: Path) -> None:
         r"The replay did not finish: \d+ of \d+ detections were sent \(Ctrl-C stopped it\)",
         output,
     )
-    assert "streamproc lab --duration 240 --speed 30" in output.split("What to try next:", 1)[1]
+    assert "streamproc lab --duration 120 --speed 30" in output.split("What to try next:", 1)[1]
     for name in ("broker", "api server"):
         match = re.search(rf"^{name}: (?:http://)?(\S+)", output, re.MULTILINE)
         assert match, output
