@@ -12,7 +12,8 @@ client in-process would test the mock. This serves the subset of the API that st
   ``fieldSelector`` on the fields the API server allows, 400 for others), get, create, put,
   delete;
 - ``kubectl get``'s Tables (``Accept: ...;as=Table;v=v1;g=meta.k8s.io``) for pods, deployments,
-  replicasets, statefulsets, daemonsets and events, in lists, gets and watches (``tables.py``);
+  replicasets, statefulsets, daemonsets, events, namespaces and configmaps, in lists, gets and
+  watches (``tables.py``);
 - RBAC as a set of denied (group, resource, verb): such requests get 403, and
   SelfSubjectAccessReviews answer from the same set; a CRD can be uninstalled (its resources
   leave discovery and answer 404), to play clusters that lack Retina's;
@@ -361,6 +362,8 @@ class KubeEmulator:
             meta.setdefault("creationTimestamp", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
             if kind == "Pod":
                 _started(obj, meta["creationTimestamp"])
+            if kind == "Namespace":  # as the API server's namespace strategy on create
+                obj.setdefault("status", {}).setdefault("phase", "Active")
             meta["resourceVersion"] = self._bump()
             group, version, _ = gvr
             obj.setdefault("apiVersion", f"{group}/{version}" if group else version)

@@ -4,9 +4,10 @@ kubectl asks every list and get for ``Accept: application/json;as=Table;v=v1;g=m
 and prints the columns the server sends; given a plain list it can only print NAME and AGE. The
 real API server's printers live in kubernetes ``pkg/printers/internalversion/printers.go``
 (v1.32: ``printPod``, ``printDeployment``, ``printDaemonSet``, ``printReplicaSet``,
-``printStatefulSet``, ``printEvent``); the columns and cell rules here
-follow them for what the sample cluster holds (no init containers, no sidecars). Ages are
-apimachinery's ``duration.HumanDuration`` (``pkg/util/duration/duration.go``), as kubectl shows.
+``printStatefulSet``, ``printEvent``, ``printNamespace``, ``printConfigMap``); the columns and
+cell rules here follow them for what the sample cluster holds (no init containers, no
+sidecars). Ages are apimachinery's ``duration.HumanDuration`` (``pkg/util/duration``), as
+kubectl shows them. Jobs and CronJobs still go as lists.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def age(obj: Json, now: float) -> str:
 
 
 def _column(name: str, description: str, *, priority: int = 0, fmt: str = "") -> Json:
-    numbers = ("Desired", "Current", "Up-to-date", "Available", "Count")
+    numbers = ("Desired", "Current", "Up-to-date", "Available", "Count", "Data")
     kind = "integer" if name in numbers else "string"
     return {
         "name": name,
@@ -302,7 +303,33 @@ def _event_cells(event: Json, now: float) -> list[object]:
     ]
 
 
+_NAMESPACE_COLUMNS = [
+    _NAME,
+    _column("Status", "The status of the namespace"),
+    _AGE,
+]
+
+
+def _namespace_cells(obj: Json, now: float) -> list[object]:
+    phase = (obj.get("status") or {}).get("phase", "")
+    return [obj["metadata"]["name"], phase, age(obj, now)]
+
+
+_CONFIGMAP_COLUMNS = [
+    _NAME,
+    _column("Data", "Number of keys in the config map."),
+    _AGE,
+]
+
+
+def _configmap_cells(obj: Json, now: float) -> list[object]:
+    keys = len(obj.get("data") or {}) + len(obj.get("binaryData") or {})
+    return [obj["metadata"]["name"], keys, age(obj, now)]
+
+
 _PRINTERS: dict[str, tuple[list[Json], Callable[[Json, float], list[object]]]] = {
+    "Namespace": (_NAMESPACE_COLUMNS, _namespace_cells),
+    "ConfigMap": (_CONFIGMAP_COLUMNS, _configmap_cells),
     "Pod": (_POD_COLUMNS, _pod_cells),
     "Deployment": (_DEPLOYMENT_COLUMNS, _deployment_cells),
     "DaemonSet": (_DAEMONSET_COLUMNS, _daemonset_cells),

@@ -63,6 +63,10 @@ def test_kubectl_knows_the_short_names_of_what_the_emulator_serves(kubectl: Kube
     assert deployments["retina-operator"]["NAMESPACE"] == "kube-system"
     assert "redis" in kubectl("get", "sts", "-n", "shop")
     assert "pod/redis-0" in kubectl("get", "all", "-n", "shop")
+    namespaces = {r["NAME"]: r["STATUS"] for r in rows(kubectl("get", "ns"))}
+    assert namespaces["kube-system"] == "Active"
+    config_maps = {r["NAME"]: r["DATA"] for r in rows(kubectl("get", "cm", "-n", "kube-system"))}
+    assert config_maps["retina-config"] == "1"
 
 
 def test_kubectl_get_pods_wide_shows_status_ip_and_node(kubectl: Kubectl) -> None:
