@@ -162,7 +162,7 @@ class View:
         counters.add_row(
             "replay", f"{'#' * int(done * 20):<20} {self.replay_sent}/{self.replay_total}"
         )
-        observed = Table(title=f"workloads under observation ({pods} pods)")
+        observed = Table(title=f"workloads under observation ({counted(pods, 'pod')})")
         for column in ("namespace", "workload", "topology", "expires in"):
             observed.add_column(column)
         now = time.time()
