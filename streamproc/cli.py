@@ -488,7 +488,7 @@ def lab(
     if output == "json":
         click.echo(json.dumps(summary.as_dict(), indent=2))
     else:
-        for line in summary.lines():
+        for line in [*summary.lines(), *session.next_steps(options, summary)]:
             click.echo(line)
     if summary.interrupted:
         stopping.finish(130)

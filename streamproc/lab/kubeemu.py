@@ -2,13 +2,18 @@
 
 No real API server can run on a developer laptop without a container runtime, and mocking the
 client in-process would test the mock. This serves the subset of the API that streamproc and
-``kubectl get/annotate`` use, on loopback, so the real ``kubernetes_asyncio`` client (or kubectl)
-reaches it through an ordinary kubeconfig:
+``kubectl get/describe/annotate`` use, on loopback, so the real ``kubernetes_asyncio`` client
+(or kubectl) reaches it through an ordinary kubeconfig:
 
-- discovery (``/api``, ``/apis``, ``/api/v1``, ``/apis/{group}/{version}``, ``/version``);
+- discovery (``/api``, ``/apis``, ``/api/v1``, ``/apis/{group}/{version}``, ``/version``), with
+  short names and the ``all`` category, and aggregated (apidiscovery.k8s.io/v2) when asked;
 - pods, namespaces, events, configmaps, deployments, replicasets, statefulsets, daemonsets, jobs,
   cronjobs, and Retina's captures and metricsconfigurations: list (``labelSelector``,
-  ``fieldSelector`` on name/namespace), get, create, put, delete;
+  ``fieldSelector`` on the fields the API server allows, 400 for others), get, create, put,
+  delete;
+- ``kubectl get``'s Tables (``Accept: ...;as=Table;v=v1;g=meta.k8s.io``) for pods, deployments,
+  replicasets, statefulsets, daemonsets, events, namespaces and configmaps, in lists, gets and
+  watches (``tables.py``);
 - RBAC as a set of denied (group, resource, verb): such requests get 403, and
   SelfSubjectAccessReviews answer from the same set; a CRD can be uninstalled (its resources
   leave discovery and answer 404), to play clusters that lack Retina's;
@@ -45,6 +50,8 @@ import orjson
 import yaml
 from aiohttp import web
 
+from streamproc.lab import tables
+
 Json = dict[str, Any]
 
 # (group, version, plural) -> (kind, namespaced)
@@ -63,6 +70,24 @@ RESOURCES: dict[tuple[str, str, str], tuple[str, bool]] = {
     ("retina.sh", "v1alpha1", "metricsconfigurations"): ("MetricsConfiguration", False),
 }
 _PLURAL_OF = {kind: key for key, (kind, _) in RESOURCES.items()}
+#: what ``kubectl get ds`` and ``kubectl get all`` resolve through discovery: the short names
+#: and categories the real API server (v1.31) and Retina's CRDs (v1.2.6) declare
+_SHORT_NAMES: dict[str, tuple[str, ...]] = {
+    "pods": ("po",),
+    "namespaces": ("ns",),
+    "events": ("ev",),
+    "configmaps": ("cm",),
+    "deployments": ("deploy",),
+    "replicasets": ("rs",),
+    "statefulsets": ("sts",),
+    "daemonsets": ("ds",),
+    "cronjobs": ("cj",),
+}
+_IN_ALL = {"pods", "deployments", "replicasets", "statefulsets", "daemonsets", "jobs", "cronjobs"}
+_VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]
+#: aggregated discovery (apidiscovery.k8s.io/v2, GA in Kubernetes 1.30): kubectl asks /api and
+#: /apis for it first and needs no per-group requests when it gets it
+_DISCOVERY_V2 = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
 _HISTORY = 10_000
 
 
@@ -165,6 +190,33 @@ def _labels_match(labels: dict[str, str], reqs: list[tuple[str, str, set[str]]])
     return True
 
 
+def _started(pod: Json, at: str) -> None:
+    """The kubelet's part: a running pod and its running containers started when created."""
+    status = pod.get("status")
+    if not isinstance(status, dict) or status.get("phase") != "Running":
+        return
+    status.setdefault("startTime", at)
+    for container in status.get("containerStatuses") or ():
+        running = (
+            (container.get("state") or {}).get("running") if isinstance(container, dict) else None
+        )
+        if isinstance(running, dict):
+            running.setdefault("startedAt", at)
+
+
+def _wants_aggregated(accept: str) -> bool:
+    """Whether an Accept header asks for aggregated discovery v2 (kubectl >= 1.30 does)."""
+    for entry in accept.split(","):
+        params = {k.strip(): v.strip() for k, _, v in (p.partition("=") for p in entry.split(";"))}
+        if (params.get("g"), params.get("v"), params.get("as")) == (
+            "apidiscovery.k8s.io",
+            "v2",
+            "APIGroupDiscoveryList",
+        ):
+            return True
+    return False
+
+
 def _verb(method: str, named: bool, watch: str) -> str:
     """The RBAC verb the API server would authorise a request as."""
     if method == "GET":
@@ -176,19 +228,65 @@ def _verb(method: str, named: bool, watch: str) -> str:
     )
 
 
-def _fields_match(obj: Json, selector: str) -> bool:
-    meta = obj.get("metadata", {})
+#: the field labels the API server lets a list select on, beyond metadata.name/namespace
+#: (kubernetes pkg/registry/core/{event,pod}/strategy.go ``ToSelectableFields``); ``kubectl
+#: describe`` finds an object's Events by ``involvedObject.{name,namespace,uid}`` (and ``kind``)
+_SELECTABLE: dict[str, dict[str, tuple[str, ...]]] = {
+    "Event": {
+        "involvedObject.kind": ("involvedObject", "kind"),
+        "involvedObject.namespace": ("involvedObject", "namespace"),
+        "involvedObject.name": ("involvedObject", "name"),
+        "involvedObject.uid": ("involvedObject", "uid"),
+        "involvedObject.apiVersion": ("involvedObject", "apiVersion"),
+        "involvedObject.resourceVersion": ("involvedObject", "resourceVersion"),
+        "involvedObject.fieldPath": ("involvedObject", "fieldPath"),
+        "reason": ("reason",),
+        "reportingComponent": ("reportingComponent",),
+        "source": ("source", "component"),
+        "type": ("type",),
+    },
+    "Pod": {
+        "spec.nodeName": ("spec", "nodeName"),
+        "spec.restartPolicy": ("spec", "restartPolicy"),
+        "spec.schedulerName": ("spec", "schedulerName"),
+        "spec.serviceAccountName": ("spec", "serviceAccountName"),
+        "spec.hostNetwork": ("spec", "hostNetwork"),
+        "status.phase": ("status", "phase"),
+        "status.podIP": ("status", "podIP"),
+        "status.nominatedNodeName": ("status", "nominatedNodeName"),
+    },
+}
+
+
+def _field_requirements(kind: str, selector: str) -> list[tuple[tuple[str, ...], bool, str]]:
+    """Parse a field selector into (path, equal, value); 400 for a field the kind lacks."""
+    fields = {
+        "metadata.name": ("metadata", "name"),
+        "metadata.namespace": ("metadata", "namespace"),
+        **_SELECTABLE.get(kind, {}),
+    }
+    reqs = []
     for term in filter(None, (t.strip() for t in selector.split(","))):
         m = re.fullmatch(r"([\w.]+)\s*(==|!=|=)\s*(.*)", term)
         if not m:
-            return False
-        actual = {"metadata.name": meta.get("name"), "metadata.namespace": meta.get("namespace")}
-        if m[1] not in actual:
-            return False
-        equal = actual[m[1]] == m[3]
-        if equal != (m[2] != "!="):
-            return False
-    return True
+            raise ValueError(f"invalid field selector: {term!r}")
+        if m[1] not in fields:
+            raise ValueError(f"field label not supported: {m[1]}")
+        reqs.append((fields[m[1]], m[2] != "!=", m[3]))
+    return reqs
+
+
+def _field_value(obj: Json, path: tuple[str, ...]) -> str:
+    value: Any = obj
+    for step in path:
+        value = value.get(step) if isinstance(value, dict) else None
+    if isinstance(value, bool):
+        return str(value).lower()
+    return "" if value is None else str(value)
+
+
+def _fields_match(obj: Json, reqs: list[tuple[tuple[str, ...], bool, str]]) -> bool:
+    return all((_field_value(obj, path) == value) == equal for path, equal, value in reqs)
 
 
 class KubeEmulator:
@@ -262,6 +360,10 @@ class KubeEmulator:
                 raise KeyError(f"{kind} {meta['name']} already exists")
             meta.setdefault("uid", str(uuidlib.uuid4()))
             meta.setdefault("creationTimestamp", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+            if kind == "Pod":
+                _started(obj, meta["creationTimestamp"])
+            if kind == "Namespace":  # as the API server's namespace strategy on create
+                obj.setdefault("status", {}).setdefault("phase", "Active")
             meta["resourceVersion"] = self._bump()
             group, version, _ = gvr
             obj.setdefault("apiVersion", f"{group}/{version}" if group else version)
@@ -345,6 +447,11 @@ class KubeEmulator:
             return web.Response(body=orjson.dumps(log), content_type="application/json")
         if parts == ["version"]:
             return web.json_response({"major": "1", "minor": "31", "gitVersion": "v1.31.0-emu"})
+        if parts in (["api"], ["apis"]) and _wants_aggregated(request.headers.get("Accept", "")):
+            return web.Response(
+                body=orjson.dumps(self._aggregated(legacy=parts == ["api"])),
+                headers={"Content-Type": _DISCOVERY_V2},
+            )
         if parts == ["api"]:
             return web.json_response({"kind": "APIVersions", "versions": ["v1"]})
         if parts == ["apis", "authorization.k8s.io", "v1", "selfsubjectaccessreviews"]:
@@ -406,30 +513,76 @@ class KubeEmulator:
             ],
         }
 
+    def _served(self, group: str, version: str) -> builtins.list[tuple[str, str, bool]]:
+        """(plural, kind, namespaced) of the resources served in one group version."""
+        return [
+            (plural, kind, namespaced)
+            for (g, v, plural), (kind, namespaced) in RESOURCES.items()
+            if (g, v) == (group, version) and (g, plural) not in self.uninstalled
+        ]
+
     def _resource_list(self, group: str, version: str) -> Json:
-        verbs = ["create", "delete", "get", "list", "patch", "update", "watch"]
+        resources = []
+        for plural, kind, namespaced in self._served(group, version):
+            resource: Json = {
+                "name": plural,
+                "singularName": kind.lower(),
+                "namespaced": namespaced,
+                "kind": kind,
+                "verbs": _VERBS,
+            }
+            if plural in _SHORT_NAMES:
+                resource["shortNames"] = list(_SHORT_NAMES[plural])
+            if plural in _IN_ALL:
+                resource["categories"] = ["all"]
+            resources.append(resource)
         return {
             "kind": "APIResourceList",
             "apiVersion": "v1",
             "groupVersion": f"{group}/{version}" if group else version,
-            "resources": [
+            "resources": resources,
+        }
+
+    def _aggregated(self, *, legacy: bool) -> Json:
+        """/api (the core group) or /apis as one apidiscovery.k8s.io/v2 APIGroupDiscoveryList."""
+        versions = sorted({(g, v) for g, v, _ in RESOURCES if (g == "") == legacy})
+        items = []
+        for group, version in versions:
+            resources = [
                 {
-                    "name": plural,
-                    "singularName": kind.lower(),
-                    "namespaced": namespaced,
-                    "kind": kind,
-                    "verbs": verbs,
+                    "resource": plural,
+                    "responseKind": {"group": group, "version": version, "kind": kind},
+                    "scope": "Namespaced" if namespaced else "Cluster",
+                    "singularResource": kind.lower(),
+                    "verbs": _VERBS,
+                    **(
+                        {"shortNames": list(_SHORT_NAMES[plural])} if plural in _SHORT_NAMES else {}
+                    ),
+                    **({"categories": ["all"]} if plural in _IN_ALL else {}),
                 }
-                for (g, v, plural), (kind, namespaced) in RESOURCES.items()
-                if (g, v) == (group, version) and (g, plural) not in self.uninstalled
-            ],
+                for plural, kind, namespaced in self._served(group, version)
+            ]
+            if resources:
+                items.append(
+                    {
+                        "metadata": {"name": group},
+                        "versions": [
+                            {"version": version, "resources": resources, "freshness": "Current"}
+                        ],
+                    }
+                )
+        return {
+            "kind": "APIGroupDiscoveryList",
+            "apiVersion": "apidiscovery.k8s.io/v2",
+            "metadata": {},
+            "items": items,
         }
 
     def _matching(
         self, gvr: tuple[str, str, str], namespace: str, request: web.Request
     ) -> builtins.list[Json]:
         reqs = _label_requirements(request.query.get("labelSelector", ""))
-        fields = request.query.get("fieldSelector", "")
+        fields = _field_requirements(RESOURCES[gvr][0], request.query.get("fieldSelector", ""))
         by_namespace = self._index.get((gvr[0], gvr[2]), {})
         buckets = [by_namespace.get(namespace, {})] if namespace else list(by_namespace.values())
         return [
@@ -437,8 +590,17 @@ class KubeEmulator:
             for bucket in buckets
             for obj in bucket.values()
             if _labels_match(obj["metadata"].get("labels") or {}, reqs)
-            and (not fields or _fields_match(obj, fields))
+            and _fields_match(obj, fields)
         ]
+
+    @staticmethod
+    def _table_for(request: web.Request, kind: str) -> bool:
+        """Whether to answer as kubectl asked: a Table, for the kinds it has printers for."""
+        if not tables.wants_table(request.headers.get("Accept", "")):
+            return False
+        if request.query.get("includeObject", "Metadata") not in tables.INCLUDE:
+            raise ValueError(f"includeObject must be one of {', '.join(tables.INCLUDE)}")
+        return tables.printable(kind)
 
     async def _collection(
         self, request: web.Request, gvr: tuple[str, str, str], kind: str, namespace: str
@@ -459,14 +621,18 @@ class KubeEmulator:
                 meta = {"resourceVersion": snapshot or str(self._rv)}
                 if limit and start + limit < len(items):
                     meta["continue"] = f"{meta['resourceVersion']}:{start + limit}"
-                body = orjson.dumps(
-                    {
-                        "kind": f"{kind}List",
-                        "apiVersion": f"{group}/{version}" if group else version,
-                        "metadata": meta,
-                        "items": page,
-                    }
-                )
+                if self._table_for(request, kind):
+                    include = request.query.get("includeObject", "Metadata")
+                    body = orjson.dumps(tables.table(kind, page, meta, include))
+                else:
+                    body = orjson.dumps(
+                        {
+                            "kind": f"{kind}List",
+                            "apiVersion": f"{group}/{version}" if group else version,
+                            "metadata": meta,
+                            "items": page,
+                        }
+                    )
             return web.Response(body=body, content_type="application/json")
         if request.method == "POST":
             body = orjson.loads(await request.read())
@@ -500,6 +666,11 @@ class KubeEmulator:
             current = self._objects.get(key)
             if current is None:
                 return _status(404, "NotFound", f'{gvr[2]} "{name}" not found')
+            if request.method == "GET" and self._table_for(request, kind):
+                include = request.query.get("includeObject", "Metadata")
+                meta = {"resourceVersion": current["metadata"]["resourceVersion"]}
+                body = orjson.dumps(tables.table(kind, [current], meta, include))
+                return web.Response(body=body, content_type="application/json")
             if request.method == "GET":
                 return web.Response(body=orjson.dumps(current), content_type="application/json")
             if request.method == "DELETE":
@@ -552,6 +723,7 @@ class KubeEmulator:
         self, request: web.Request, gvr: tuple[str, str, str], namespace: str
     ) -> web.StreamResponse:
         reqs = _label_requirements(request.query.get("labelSelector", ""))
+        fields = _field_requirements(RESOURCES[gvr][0], request.query.get("fieldSelector", ""))
         timeout = float(request.query.get("timeoutSeconds", "300"))
         bookmarks = request.query.get("allowWatchBookmarks", "").lower() in ("true", "1")
         since = request.query.get("resourceVersion", "")
@@ -564,11 +736,26 @@ class KubeEmulator:
             if obj is None:
                 return False
             meta = obj["metadata"]
-            return (not namespace or meta.get("namespace") == namespace) and _labels_match(
-                meta.get("labels") or {}, reqs
+            return (
+                (not namespace or meta.get("namespace") == namespace)
+                and _labels_match(meta.get("labels") or {}, reqs)
+                and _fields_match(obj, fields)
             )
 
+        as_table = self._table_for(request, RESOURCES[gvr][0])
+        include = request.query.get("includeObject", "Metadata")
+        columns_sent = False
+
         async def send(kind: str, obj: Json) -> None:
+            nonlocal columns_sent
+            if as_table and kind in ("ADDED", "MODIFIED", "DELETED"):
+                # as the API server's watch encoder: each object a one-row Table, the columns
+                # only on the first (``kubectl get -w`` prints the header once)
+                meta = {"resourceVersion": obj["metadata"]["resourceVersion"]}
+                obj = tables.table(RESOURCES[gvr][0], [obj], meta, include)
+                if columns_sent:
+                    obj["columnDefinitions"] = []
+                columns_sent = True
             await response.write(orjson.dumps({"type": kind, "object": obj}) + b"\n")
 
         gone = {

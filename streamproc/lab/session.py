@@ -29,7 +29,7 @@ from streamproc.lab.broker import EmbeddedBroker, free_port
 from streamproc.lab.cluster import sample_cluster
 from streamproc.lab.kubeemu import KubeEmulator
 from streamproc.lab.replay import stamp, timeline
-from streamproc.lab.view import View
+from streamproc.lab.view import View, counted
 from streamproc.model import conventions, topologies
 from streamproc.model.durations import format_duration
 from streamproc.settings import Settings
@@ -60,8 +60,11 @@ class Observed:
     topology: str
     rule: str
     pods: list[str] = field(default_factory=list)
-    #: from the first patch to the expiry it was last given (seconds)
+    #: from the first patch to the expiry it was last given (seconds); to the end of the run
+    #: for one still open then
     lasted_s: float = 0.0
+    #: its expiry was still ahead when the run ended (Ctrl-C, or a run shorter than the TTL)
+    still_open: bool = False
 
 
 @dataclass
@@ -86,6 +89,11 @@ class Summary:
     speed: float = 1.0
     #: ``streamproc doctor`` on the lab's broker and cluster, run as the stages started
     doctor: list[dict[str, str]] = field(default_factory=list)
+    #: the replay's detections sent, of all it had (0 of 0: it never started)
+    replay_sent: int = 0
+    replay_total: int = 0
+    #: the cluster was the lab's emulated one, gone with the run (not ``--kubeconfig``'s)
+    emulated_cluster: bool = True
 
     @property
     def clean(self) -> bool:
@@ -95,6 +103,11 @@ class Summary:
     def as_dict(self) -> dict[str, object]:
         """The summary as JSON (``lab --output json``)."""
         return {**dataclasses.asdict(self), "clean": self.clean}
+
+    @property
+    def replay_finished(self) -> bool:
+        """Every detection of the replay went out."""
+        return self.replay_total > 0 and self.replay_sent >= self.replay_total
 
     def lines(self) -> list[str]:
         """Human-readable summary: the counts, then what they mean."""
@@ -114,6 +127,7 @@ class Summary:
             f"  API requests       {self.api_requests}",
             f"  expired            {self.expired}",
             f"  still active       {self.still_active}",
+            "  replay             " + self._replay_line(),
             "  expiry check       "
             + (
                 "ok: every expired observation was removed"
@@ -124,31 +138,71 @@ class Summary:
             "",
             "What happened:",
         ]
+        if not self.replay_finished:
+            out.append("  " + self._replay_unfinished())
         if self.dead_letters:
             out.append(
-                f"  {self.dead_letters} dead letters are the replay's deliberately malformed "
-                f"lines ({reasons}): refused with a reason, nothing else lost."
+                f"  {counted(self.dead_letters, 'dead letter')} "
+                f"{'is' if self.dead_letters == 1 else 'are'} the replay's deliberately "
+                f"malformed lines ({reasons}): refused with a reason, nothing else lost."
             )
         out.append(
-            f"  {self.actions} actions (one per workload and window that reached the "
-            f"threshold) put {self.pods_annotated} pods under observation; {self.patches} "
-            f"patches in all, opening, extending and removing, with {self.api_requests} "
-            "API requests."
+            f"  {counted(self.actions, 'action')} (one per workload and window that reached the "
+            f"threshold) put {counted(self.pods_annotated, 'pod')} under observation; "
+            f"{counted(self.patches, 'patch', 'patches')} in all, opening, extending and "
+            f"removing, with {counted(self.api_requests, 'API request')}."
         )
         out.append(f"  detection to first patch: {latency} (estimated from the histogram).")
         for o in self.observed:
             real = format_duration(round(o.lasted_s * self.speed))
-            out.append(
-                f"  observed {o.namespace}/{o.kind}/{o.name}: {len(o.pods)} pods for "
-                f"{o.lasted_s:.0f}s ({real} at --speed {self.speed:g}), rule {o.rule!r} "
-                f"(topology {o.topology})"
+            lasted = (
+                f"still open, {o.lasted_s:.0f}s so far ({real} at --speed {self.speed:g})"
+                if o.still_open
+                else f"for {o.lasted_s:.0f}s ({real} at --speed {self.speed:g})"
             )
-        if self.interrupted:
             out.append(
-                "  Interrupted before the end: observations still open went away with the "
-                "emulated cluster (on a real one they expire on schedule)."
+                f"  observed {o.namespace}/{o.kind}/{o.name}: {counted(len(o.pods), 'pod')} "
+                f"{lasted}, rule {o.rule!r} (topology {o.topology})"
             )
+        still_open = sum(1 for o in self.observed if o.still_open)
+        if self.interrupted or still_open:
+            out.append("  " + self._still_open(still_open))
         return out
+
+    def _replay_line(self) -> str:
+        if not self.replay_total:
+            return "not started"
+        sent = f"{self.replay_sent} of {counted(self.replay_total, 'detection')} sent"
+        return sent if self.replay_finished else f"{sent} (not finished)"
+
+    def _replay_unfinished(self) -> str:
+        if not self.replay_total:
+            return (
+                "The replay never started: the run ended before the annotator had joined its "
+                "consumer group (a longer --duration gives it time)."
+            )
+        cause = "Ctrl-C stopped it" if self.interrupted else "the run's --duration ended first"
+        return (
+            f"The replay did not finish: {self.replay_sent} of {self.replay_total} detections "
+            f"were sent ({cause}); the counts cover only those."
+        )
+
+    def _still_open(self, still_open: int) -> str:
+        head = "Interrupted before the end: " if self.interrupted else "At the end: "
+        if not still_open:
+            return head + "no observation was still open."
+        which = f"{counted(still_open, 'observation')} still open"
+        if self.emulated_cluster:
+            return (
+                f"{head}{which} went away with the emulated cluster (on a real one each "
+                "ends at its expires-at, or at once with `streamproc release`)."
+            )
+        stays = (
+            "stays on its pods until its expires-at; the annotate stage removes it"
+            if still_open == 1
+            else "stay on their pods until their expires-at; the annotate stage removes them"
+        )
+        return f"{head}{which} {stays} then, or `streamproc release NAMESPACE/KIND/NAME` now."
 
     def _doctor_line(self) -> str:
         if not self.doctor:
@@ -162,8 +216,12 @@ class Summary:
         )
 
 
-def story(records: list[dict[str, Any]]) -> list[Observed]:
-    """Workloads observed, from the audit trail's ``applied``/``extended`` records."""
+def story(records: list[dict[str, Any]], now: float) -> list[Observed]:
+    """Workloads observed, from the audit trail's ``applied``/``extended`` records.
+
+    An observation whose expiry is after ``now`` (the end of the run) is still open: it lasted
+    until ``now`` so far, not the TTL it was given.
+    """
     found: dict[tuple[str, str, str], Observed] = {}
     opened: dict[tuple[str, str, str], float] = {}
     for record in records:
@@ -177,7 +235,8 @@ def story(records: list[dict[str, Any]]) -> list[Observed]:
         at = conventions.parse_time(str(record.get("time", ""))) or 0.0
         until = conventions.parse_time(str(record.get("expires_at", ""))) or at
         opened.setdefault(key, at)
-        entry.lasted_s = max(entry.lasted_s, until - opened[key])
+        entry.still_open = until > now
+        entry.lasted_s = max(entry.lasted_s, min(until, now) - opened[key])
     return sorted(found.values(), key=lambda o: (o.namespace, o.kind, o.name))
 
 
@@ -293,6 +352,7 @@ async def _summarise(
     settings: Settings,
     *,
     read_audit: bool,
+    ended: float,
 ) -> Summary:
     """The closing summary: the counts from metrics, the story from the audit trail."""
     active = set(handles.expirer.active) if handles.expirer else set()
@@ -313,7 +373,7 @@ async def _summarise(
     )
     summary.dead_letters = sum(summary.dead_letter_reasons.values())
     if read_audit:  # a broker of the lab's own: its audit topic holds only this run
-        summary.observed = story(await _read_audit(settings))
+        summary.observed = story(await _read_audit(settings), ended)
     return summary
 
 
@@ -377,6 +437,7 @@ async def run_lab(options: LabOptions, stop: asyncio.Event) -> Summary:
                 view.refresh(handles)
                 await stopping.pause(stop, 0.5)
         summary.interrupted = stop.is_set()
+        ended = time.time()  # observations still open now were open when the run ended
         stop.set()
         if doctor is not None and not doctor.done():
             doctor.cancel()
@@ -386,9 +447,46 @@ async def run_lab(options: LabOptions, stop: asyncio.Event) -> Summary:
             await replay
         pipeline_stop.set()
         await pipeline
-        interrupted = summary.interrupted
-        summary = await _summarise(handles, emulator, settings, read_audit=not options.broker)
-        summary.interrupted = interrupted
-        summary.speed = options.speed
-        summary.doctor = checked
+        summary = dataclasses.replace(
+            await _summarise(
+                handles, emulator, settings, read_audit=not options.broker, ended=ended
+            ),
+            interrupted=summary.interrupted,
+            speed=options.speed,
+            doctor=checked,
+            replay_sent=view.replay_sent,
+            replay_total=view.replay_total,
+            emulated_cluster=emulator is not None,
+        )
     return summary
+
+
+def next_steps(options: LabOptions, summary: Summary) -> list[str]:
+    """What a person can try after the run; the lab's own servers are gone by then."""
+    out = ["", "What to try next:"]
+    if summary.interrupted:
+        out.append(
+            f"  the whole story, without Ctrl-C: streamproc lab --duration "
+            f"{options.duration_s:g} --speed {options.speed:g}"
+        )
+    elif not summary.replay_finished:
+        longer = max(60, round(options.duration_s * 2))
+        out.append(
+            f"  the whole story: streamproc lab --duration {longer:g} --speed {options.speed:g}"
+        )
+    out += [
+        "  your topologies (as the lab found them) on the sample detections, offline:",
+        "    streamproc samples --span 600 > falco.jsonl && streamproc simulate falco.jsonl",
+    ]
+    if summary.emulated_cluster:
+        out += [
+            "  the sample cluster for kubectl (the lab's API server stopped with the run):",
+            "    python -m streamproc.lab.kubeemu --kubeconfig lab.kubeconfig   (until Ctrl-C)",
+            "    KUBECONFIG=lab.kubeconfig kubectl get pods -A -o wide",
+        ]
+    out += [
+        "  before you deploy, check your Kafka, cluster and Retina:",
+        "    streamproc doctor --bootstrap-servers HOST:9092 --kubeconfig ~/.kube/config",
+        "  README.md: 'Run against a real broker and cluster'; docs/: reliability, scaling",
+    ]
+    return out

@@ -28,8 +28,18 @@ _COUNTERS: tuple[tuple[str, str, dict[str, str]], ...] = (
 )
 
 
+def counted(n: int, noun: str, plural: str = "") -> str:
+    """``1 pod``, ``2 pods``, ``0 dead letters``: a count with its noun in the right number."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
 class View:
-    """Renders the lab's state; ``refresh`` is called about twice a second."""
+    """Renders the lab's state; ``refresh`` is called about twice a second.
+
+    Without a terminal (CI, a pipe, ``--output json``) it prints one short line when something a
+    person follows changed (the phase, dead letters, actions, observations, expiries, the end of
+    the replay), not at every tick: detections alone move on every tick of a replay.
+    """
 
     def __init__(self, *, live: bool) -> None:
         #: progress goes to stderr when stdout carries a machine-readable summary
@@ -43,6 +53,10 @@ class View:
         self._rate = 0.0
         self._live: Live | None = None
         self.phase = "starting"
+        self._started = time.monotonic()
+        #: what the last line without a terminal said, to print only what changed
+        self._logged_phase = ""
+        self._logged: tuple[int, ...] = (0, 0, 0, 0, 0, 0)
 
     def intro(
         self,
@@ -104,15 +118,35 @@ class View:
         if self._live is not None:
             self._live.update(self._render(values, workloads, len(active)))
         else:
-            changed = {k: v for k, v in values.items() if v != self._last.get(k)}
-            if changed:
-                parts = ", ".join(f"{k}={int(v)}" for k, v in values.items())
-                self._print(
-                    f"lab: {self.phase}: {parts}, workloads under observation={len(workloads)}, "
-                    f"pods under observation={len(active)}, "
-                    f"replay={self.replay_sent}/{self.replay_total}",
-                )
+            self._log_changes(values, len(workloads), len(active))
         self._last, self._last_at = values, now
+
+    @property
+    def replay_done(self) -> bool:
+        """Every detection of the replay was sent."""
+        return self.replay_total > 0 and self.replay_sent >= self.replay_total
+
+    def _log_changes(self, values: dict[str, float], workloads: int, pods: int) -> None:
+        """One short line per change, without a terminal."""
+        at = f"lab {time.monotonic() - self._started:.0f}s"
+        if self.phase != self._logged_phase:
+            self._logged_phase = self.phase
+            if self.phase != "running":
+                self._print(f"{at}: {self.phase}")
+        dead, actions, expired = (int(values[k]) for k in ("dead letters", "actions", "expired"))
+        state = (dead, actions, expired, pods, workloads, int(self.replay_done))
+        if state == self._logged:
+            return
+        self._logged = state
+        replay = (
+            "replay done" if self.replay_done else f"replay {self.replay_sent}/{self.replay_total}"
+        )
+        self._print(
+            f"{at}: {counted(int(values['detections']), 'detection')}, "
+            f"{counted(dead, 'dead letter')}, {counted(actions, 'action')}, "
+            f"observing {counted(pods, 'pod')} ({counted(workloads, 'workload')}), "
+            f"{expired} expired, {replay}"
+        )
 
     def _render(
         self,
@@ -128,7 +162,7 @@ class View:
         counters.add_row(
             "replay", f"{'#' * int(done * 20):<20} {self.replay_sent}/{self.replay_total}"
         )
-        observed = Table(title=f"workloads under observation ({pods} pods)")
+        observed = Table(title=f"workloads under observation ({counted(pods, 'pod')})")
         for column in ("namespace", "workload", "topology", "expires in"):
             observed.add_column(column)
         now = time.time()

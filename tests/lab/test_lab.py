@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -37,6 +38,15 @@ def summary_value(output: str, label: str) -> int:
     return int(match[1])
 
 
+#: a progress line without a terminal: ``lab 12s: 411 detections, ..., replay 411/659``
+PROGRESS = re.compile(r"^lab \d+s: (\d+ detections?, .*)$", re.MULTILINE)
+#: a count of 1 with a plural noun, or another count with a singular one
+MISCOUNTED = re.compile(
+    r"\b1 (pods|actions|workloads|detections|dead letters|patches|API requests|observations)\b"
+    r"|\b(?!1\b)\d+ (pod|action|workload|detection|dead letter|patch|API request|observation)\b"
+)
+
+
 def listening(address: str) -> bool:
     host, port = address.rsplit(":", 1)
     with socket.socket() as sock:
@@ -66,6 +76,21 @@ def test_the_lab_runs_end_to_end_and_cleans_up_after_itself(tmp_path: Path) -> N
     assert "5 dead letters are the replay's deliberately malformed lines" in output
     assert re.search(r"detection to first patch: p50 \d+ ms, p99 \d+ ms", output), output
     assert re.search(r"^  observed payments/Deployment/api: \d+ pods for", output, re.MULTILINE)
+    assert not MISCOUNTED.search(output), MISCOUNTED.search(output)
+    # without a terminal: a short line only when something changed
+    progress = PROGRESS.findall(output)
+    assert progress, output
+    assert all(len(line) < 120 for line in progress), progress
+    states = [re.sub(r"^\d+ detections?, ", "", line) for line in progress]
+    assert all(a != b for a, b in itertools.pairwise(states)), progress
+    assert progress[-1].endswith("replay done")
+    assert re.search(r"^  replay\s+(\d+) of \1 detections sent$", output, re.MULTILINE)
+    assert "did not finish" not in output
+    # and what to try next, with the lab's own servers gone
+    steps = output.split("What to try next:", 1)[1]
+    assert "streamproc simulate falco.jsonl" in steps
+    assert "streamproc doctor --bootstrap-servers" in steps
+    assert "python -m streamproc.lab.kubeemu --kubeconfig" in steps
 
 
 def test_the_lab_summary_as_json(tmp_path: Path) -> None:
@@ -122,16 +147,27 @@ def test_ctrl_c_midway_stops_everything_cleanly(tmp_path: Path) -> None:
     while time.monotonic() < deadline:
         line = process.stdout.readline()
         lines.append(line)
-        if re.search(r"actions=[1-9]", line):
+        if re.search(r"observing [1-9]\d* pods?", line):
             break
     else:
         process.kill()
-        pytest.fail("the lab never emitted an action:\n" + "".join(lines))
+        pytest.fail("the lab never observed a pod:\n" + "".join(lines))
     process.send_signal(signal.SIGINT)
     rest, _ = process.communicate(timeout=60)
     output = "".join(lines) + rest
     assert "streamproc lab summary (interrupted)" in output
     assert process.returncode == 130, output
+    # stopped at the first observation, seconds into its TTL: every one is still open, and
+    # the summary says for how long so far, not the TTL it was given
+    observed = re.findall(r"^  observed \S+: \d+ pods? (.*)$", output, re.MULTILINE)
+    assert observed, output
+    assert all(re.match(r"still open, \d+s so far", o) for o in observed), observed
+    assert re.search(r"still open went away with the emulated cluster", output)
+    assert re.search(
+        r"The replay did not finish: \d+ of \d+ detections were sent \(Ctrl-C stopped it\)",
+        output,
+    )
+    assert "streamproc lab --duration 120 --speed 30" in output.split("What to try next:", 1)[1]
     for name in ("broker", "api server"):
         match = re.search(rf"^{name}: (?:http://)?(\S+)", output, re.MULTILINE)
         assert match, output
@@ -153,3 +189,12 @@ def test_the_lab_can_use_a_broker_it_did_not_start(tmp_path: Path) -> None:
         assert f"broker: {external.bootstrap}" in output
         assert summary_value(output, "actions") >= 3
         assert listening(external.bootstrap)
+
+
+def test_a_run_too_short_for_the_replay_says_so(tmp_path: Path) -> None:
+    """A run that ends before the replay is done says the counts cover only part of it."""
+    process = lab("--duration", "2", "--speed", "30", cwd=tmp_path)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, output
+    assert re.search(r"The replay (never started|did not finish)", output), output
+    assert "streamproc lab --duration 60 --speed 30" in output.split("What to try next:", 1)[1]
