@@ -15,7 +15,7 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from streamproc import checks, kafka, kube, permissions, retina, topologies
+from streamproc import checks, conventions, fleets, kafka, kube, permissions, retina, topologies
 from streamproc.checks import Check
 
 __all__ = ["Check", "diagnose", "lines", "summary"]
@@ -92,6 +92,7 @@ async def kafka_checks(settings: Settings, loaded: Sequence[Topology]) -> list[C
             [*sources, *internal],
             reads,
             since_ms=int((time.time() - RECENT_S) * 1000),
+            readers=lambda topic: _annotate_group(settings, topic),
         )
     except (kafka.KafkaError, OSError, TimeoutError) as exc:
         line = kafka.explain(exc) if isinstance(exc, kafka.KafkaError) else kafka.describe(exc)
@@ -106,6 +107,7 @@ async def kafka_checks(settings: Settings, loaded: Sequence[Topology]) -> list[C
     for topic in sources:
         result += _source_checks(topic, found.topics.get(topic))
     result += _internal_checks(settings, internal, found)
+    result += action_checks(settings, found)
     for group, lag in found.lag.items():
         if lag is None:
             result.append(checks.ok(area, f"group {group}", "no committed offsets yet"))
@@ -201,6 +203,71 @@ def _internal_checks(
             )
         else:
             result.append(checks.ok(area, f"topic {topic}", f"{survey.partitions} partition(s)"))
+    return result
+
+
+def _cluster_of(settings: Settings, topic: str) -> str | None:
+    """The cluster whose actions ``topic`` holds ("" for the single cluster's); None: not one."""
+    actions = settings.topics.actions
+    if topic == actions:
+        return ""
+    cluster = topic.removeprefix(f"{actions}.")
+    return cluster if cluster != topic and conventions.is_dns1123_label(cluster) else None
+
+
+def _annotate_group(settings: Settings, topic: str) -> str | None:
+    cluster = _cluster_of(settings, topic)
+    return None if cluster is None else settings.annotate_group_of(cluster)
+
+
+def action_checks(settings: Settings, found: kafka.Survey) -> list[Check]:
+    """Every actions topic that holds actions is read by its cluster's annotators.
+
+    An action nobody reads is a detection that observed nothing, silently: the annotators of
+    another cluster name, or none at all, or a cluster this configuration does not route.
+    """
+    area = "Kafka"
+    fleet = fleets.Fleet.of(settings)
+    result = []
+    for topic, read in sorted(found.read.items()):
+        cluster = _cluster_of(settings, topic)
+        survey = found.topics.get(topic)
+        if cluster is None or survey is None:
+            continue
+        held = sum(survey.ends.values())
+        group = settings.annotate_group_of(cluster)
+        command = f"streamproc annotate{f' --cluster {cluster}' if cluster else ''}"
+        where = f"cluster {cluster}" if cluster else "the cluster"
+        if held and not read:
+            result.append(
+                checks.fail(
+                    area,
+                    f"actions in {topic}",
+                    f"{held} action(s) that no annotator has read (group {group} never "
+                    "committed): those detections observed nothing",
+                    f"run `{command}` in {where}"
+                    + (
+                        "; in one cluster, run every stage without --cluster, --clusters "
+                        "and --cluster-contexts"
+                        if cluster
+                        else "; in a fleet, give every stage the same --clusters and each "
+                        "annotator its --cluster (docs/scaling.md)"
+                    ),
+                )
+            )
+        elif not fleet.serves(cluster):
+            result.append(
+                checks.warn(
+                    area,
+                    f"actions in {topic}",
+                    f"for {where}, which this configuration does not route"
+                    + (f" (the fleet: {', '.join(fleet.clusters)})" if fleet.declared else ""),
+                    "run doctor with the stages' --cluster/--clusters; if no stage routes it, "
+                    f"delete {topic}",
+                )
+            )
+        elif held:
+            result.append(checks.ok(area, f"actions in {topic}", f"read by group {group}"))
     return result
 
 

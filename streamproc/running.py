@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from streamproc import auditing, kafka, kube
+from streamproc import auditing, fleets, kafka, kube
 from streamproc.annotating import AnnotateStage
 from streamproc.applying import Annotator
 from streamproc.cluster_cache import ClusterCache
@@ -211,7 +211,10 @@ def stage_topics(
     topics = settings.topics
     uses = {
         "ingest": [*(t.spec.source.topic for t in topologies), topics.tallies],
-        "windows": [topics.tallies, topics.actions],
+        "windows": [
+            topics.tallies,
+            *(settings.actions_topic_of(c) for c in fleets.Fleet.of(settings).clusters),
+        ],
         "annotate": [settings.actions_topic, topics.audit],
     }
     names = [name for stage in stages for name in uses[stage]] + [topics.dead_letters]

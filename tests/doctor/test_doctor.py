@@ -297,6 +297,42 @@ async def test_a_groups_lag_is_its_end_offsets_minus_its_commits(broker: Embedde
     assert found["group streamproc-windows"].detail == "no committed offsets yet"
 
 
+async def test_actions_that_no_annotator_ever_read_fail_naming_the_command(
+    broker: EmbeddedBroker,
+) -> None:
+    """Actions for prod-eu nobody read are ✘; read ones ✔; an unrouted cluster's topic is ⚠."""
+    for topic, records in (
+        ("streamproc.actions.prod-eu", 3),
+        ("streamproc.actions", 2),
+        ("streamproc.actions.gone", 0),
+    ):
+        await _create(broker.bootstrap, topic, 1)
+        await _produce(broker.bootstrap, topic, {0: records})
+    tp = TopicPartition("streamproc.actions", 0)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=broker.bootstrap, group_id="streamproc-annotate", enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        await consumer.commit({tp: 2})
+    finally:
+        await consumer.stop()
+    found = by_name(
+        await diagnosing.kafka_checks(Settings(bootstrap_servers=broker.bootstrap), PLAIN)
+    )
+    unread = found["actions in streamproc.actions.prod-eu"]
+    assert unread.status == "fail"
+    assert "3 action(s) that no annotator has read" in unread.detail
+    assert "streamproc annotate --cluster prod-eu" in unread.fix
+    assert found["actions in streamproc.actions"].status == "ok"
+    assert found["actions in streamproc.actions.gone"].status == "warn"
+    fleet = Settings(bootstrap_servers=broker.bootstrap, cluster="prod-eu", clusters="gone")
+    found = by_name(await diagnosing.kafka_checks(fleet, PLAIN))
+    assert found["actions in streamproc.actions.prod-eu"].status == "fail"  # still unread
+    assert "actions in streamproc.actions.gone" not in found  # routed, and holds nothing yet
+
+
 async def test_no_broker_is_one_failed_line_naming_the_fix() -> None:
     """Nothing listens at the address: ✘ brokers with the cause and what to check."""
     settings = Settings(bootstrap_servers=f"127.0.0.1:{free_port()}")
