@@ -892,6 +892,8 @@ class Survey:
     #: each topic ``survey(readers=...)`` picked -> whether its reading group ever committed
     #: offsets on it
     read: dict[str, bool] = field(default_factory=dict)
+    #: each topic ``survey(sample=...)`` named -> the values of its latest records
+    latest: dict[str, list[bytes]] = field(default_factory=dict)
 
 
 async def survey(
@@ -901,14 +903,16 @@ async def survey(
     *,
     since_ms: int,
     readers: Callable[[str], str | None] | None = None,
+    sample: Iterable[str] = (),
 ) -> Survey:
     """Read, never write: which topics exist, recent records per partition, groups' lag.
 
     Topics are listed (a Metadata request for all topics, which creates none even where
     auto-creation is on), offsets read without joining any group, and committed offsets
     fetched for explicit partitions. ``readers`` picks more of the existing topics by name,
-    each with the group that should read it (``Survey.read``: whether it ever did). Raises
-    KafkaError when the brokers cannot be reached.
+    each with the group that should read it (``Survey.read``: whether it ever did). Of each
+    topic in ``sample``, the latest ``SAMPLE_PER_PARTITION`` records of every partition are
+    read (``Survey.latest``). Raises KafkaError when the brokers cannot be reached.
     """
     admin = AIOKafkaAdminClient(**connection_options(settings), request_timeout_ms=5000)
     reader = AIOKafkaConsumer(
@@ -958,11 +962,44 @@ async def survey(
                 await admin.list_consumer_group_offsets(group, partitions=own) if own else {}
             )
             reading[topic] = any(meta.offset >= 0 for meta in committed.values())
-        return Survey(found, lag, reading)
+        sampled = [tp for tp in partitions if tp.topic in set(sample)]
+        return Survey(found, lag, reading, await _latest(reader, sampled, ends))
     finally:
         for client in (reader, admin):
             with contextlib.suppress(Exception):
                 await (client.stop() if isinstance(client, AIOKafkaConsumer) else client.close())
+
+
+#: records per partition ``survey(sample=...)`` reads from the end
+SAMPLE_PER_PARTITION = 50
+
+
+async def _latest(
+    reader: AIOKafkaConsumer, partitions: list[TopicPartition], ends: dict[TopicPartition, int]
+) -> dict[str, list[bytes]]:
+    """The values of the last records before ``ends`` of each partition (bounded rounds).
+
+    A sample, not a guarantee: what a batch that cannot be decoded hides is left out.
+    """
+    latest: dict[str, list[bytes]] = {tp.topic: [] for tp in partitions}
+    if not partitions:
+        return latest
+    reader.pause(*(tp for tp in reader.assignment() if tp not in partitions))
+    for tp in partitions:
+        reader.seek(tp, max(0, ends[tp] - SAMPLE_PER_PARTITION))
+    for _ in range(5):
+        try:
+            batch = await reader.getmany(*partitions, timeout_ms=500)
+        except KafkaError:
+            raise
+        except Exception:  # a corrupt batch: the codec libraries raise many kinds
+            return latest
+        for tp, records in batch.items():
+            latest[tp.topic] += [r.value for r in records if r.value and r.offset < ends[tp]]
+        positions = [await reader.position(tp) for tp in partitions]
+        if all(at >= ends[tp] for at, tp in zip(positions, partitions, strict=True)):
+            break
+    return latest
 
 
 async def _end_offsets(
