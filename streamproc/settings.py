@@ -119,8 +119,9 @@ class Settings:
         "",
         "--cluster",
         "STREAMPROC_CLUSTER",
-        "This cluster's name when many clusters share one Kafka: ingest gives it to detections "
-        "without a cluster field, annotate acts only on its actions [default: none, one cluster].",
+        "This cluster's name in a fleet sharing one Kafka (it is a member, see --clusters): "
+        "ingest gives it to detections without a cluster field, annotate acts only on its "
+        "actions [default: none, one cluster].",
     )
     #: the fleet: clusters whose detections and actions this deployment routes (with --cluster
     #: and the names of --cluster-contexts); none of the three set means one cluster
@@ -137,8 +138,8 @@ class Settings:
         "cluster",
         "--cluster-field",
         "STREAMPROC_CLUSTER_FIELD",
-        "The output_fields key that names a detection's cluster (Falcosidekick's "
-        "CUSTOMFIELDS=cluster:NAME adds it).",
+        "The output_fields key that names a detection's cluster in a fleet (Falcosidekick's "
+        "CUSTOMFIELDS=cluster:NAME adds it); one cluster does not route by it.",
     )
     cluster_contexts: str = knob(
         "",
