@@ -230,14 +230,19 @@ def _settings(**opts: Any) -> Settings:
     topics = Topics(dead_letters=opts["dead_letter_topic"])
     if opts.get("input_topic"):
         topics = Topics(input=opts["input_topic"], dead_letters=opts["dead_letter_topic"])
-    settings = dataclasses.replace(_kafka_settings(opts, *STAGE_SETTINGS), topics=topics)
-    # cluster names become topic and group names: DNS-1123 labels, as in the detections
-    for name in (settings.cluster, *settings.contexts()):
-        if name and not conventions.is_dns1123_label(name):
+    return _checked_clusters(
+        dataclasses.replace(_kafka_settings(opts, *STAGE_SETTINGS), topics=topics)
+    )
+
+
+def _checked_clusters(settings: Settings) -> Settings:
+    """Cluster names become topic and group names: DNS-1123 labels, as in the detections."""
+    for name in settings.fleet:
+        if not conventions.is_dns1123_label(name):
             raise click.BadParameter(
                 f"cluster name {name!r} is not a DNS-1123 label (lowercase letters, digits, "
                 "'-', at most 63)",
-                param_hint="--cluster / --cluster-contexts",
+                param_hint="--cluster / --clusters / --cluster-contexts",
             )
     return settings
 
@@ -263,6 +268,11 @@ def _run(stages: tuple[str, ...], opts: dict[str, Any]) -> None:
 
     logs.setup(opts["log_level"])
     settings = _settings(**opts)
+    if "annotate" in stages and settings.fleet and not settings.cluster:
+        raise click.UsageError(
+            "--clusters or --cluster-contexts names a fleet: the annotator acts on one of its "
+            "clusters, name it with --cluster (STREAMPROC_CLUSTER)"
+        )
     loaded = load_topologies(settings, opts.get("input_topic"))
     metrics.serve(settings.metrics_port, settings.metrics_host)
     log.info(
@@ -501,6 +511,9 @@ def lab(
 @settings_option("kubeconfig")
 @settings_option("node_budget")
 @settings_option("partitions")
+@settings_option("cluster")
+@settings_option("clusters")
+@settings_option("cluster_contexts")
 @click.option(
     "--output", "-o", type=click.Choice(["text", "json"]), default="text", show_default=True
 )
@@ -510,7 +523,18 @@ def doctor(output: str, **opts: Any) -> None:
 
     logs.setup("ERROR")  # the report says it all; library chatter would only interleave
     kafka.connect_errors.hide = True
-    settings = _kafka_settings(opts, "topology_path", "kubeconfig", "node_budget", "partitions")
+    settings = _checked_clusters(
+        _kafka_settings(
+            opts,
+            "topology_path",
+            "kubeconfig",
+            "node_budget",
+            "partitions",
+            "cluster",
+            "clusters",
+            "cluster_contexts",
+        )
+    )
     result: list[list[Any]] = []
 
     async def main(stop: asyncio.Event) -> None:
@@ -717,6 +741,7 @@ def _moment(text: str, now: float, option: str) -> int:
 )
 @settings_option("kubeconfig")
 @settings_option("cluster")
+@settings_option("clusters")
 @settings_option("node_budget")
 @settings_option("extend_below")
 @settings_option("simulate_workers")
@@ -753,8 +778,16 @@ def simulate(
         raise click.UsageError("give INPUT files or --topic, not both and not neither")
     logs.setup("ERROR")
     kafka.connect_errors.hide = True
-    settings = _kafka_settings(
-        opts, "topology_path", "cluster", "node_budget", "extend_below", "simulate_workers"
+    settings = _checked_clusters(
+        _kafka_settings(
+            opts,
+            "topology_path",
+            "cluster",
+            "clusters",
+            "node_budget",
+            "extend_below",
+            "simulate_workers",
+        )
     )
     sets = [load_topologies(settings)]
     if compare_path is not None:

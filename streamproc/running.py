@@ -20,6 +20,7 @@ from pathlib import Path
 from streamproc.clients import kafka, kube
 from streamproc.cluster.cache import ClusterCache
 from streamproc.cluster.resolving import WorkloadResolver
+from streamproc.model import fleets
 from streamproc.model.ownership import Ownership
 from streamproc.model.topologies import Topology
 from streamproc.settings import Settings
@@ -212,7 +213,10 @@ def stage_topics(
     topics = settings.topics
     uses = {
         "ingest": [*(t.spec.source.topic for t in topologies), topics.tallies],
-        "windows": [topics.tallies, topics.actions],
+        "windows": [
+            topics.tallies,
+            *(settings.actions_topic_of(c) for c in fleets.Fleet.of(settings).clusters),
+        ],
         "annotate": [settings.actions_topic, topics.audit],
     }
     names = [name for stage in stages for name in uses[stage]] + [topics.dead_letters]

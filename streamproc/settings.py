@@ -119,15 +119,27 @@ class Settings:
         "",
         "--cluster",
         "STREAMPROC_CLUSTER",
-        "This cluster's name when many clusters share one Kafka: ingest gives it to detections "
-        "without a cluster field, annotate acts only on its actions [default: none, one cluster].",
+        "This cluster's name in a fleet sharing one Kafka (it is a member, see --clusters): "
+        "ingest gives it to detections without a cluster field, annotate acts only on its "
+        "actions [default: none, one cluster].",
+    )
+    #: the fleet: clusters whose detections and actions this deployment routes (with --cluster
+    #: and the names of --cluster-contexts); none of the three set means one cluster
+    clusters: str = knob(
+        "",
+        "--clusters",
+        "STREAMPROC_CLUSTERS",
+        "The fleet sharing this Kafka: NAME,... (--cluster and --cluster-contexts' names are "
+        "members too). A detection naming another cluster is dead-lettered (unknown-cluster). "
+        "[default: none; with no --cluster either, one cluster: detections' cluster field is "
+        "not used for routing].",
     )
     cluster_field: str = knob(
         "cluster",
         "--cluster-field",
         "STREAMPROC_CLUSTER_FIELD",
-        "The output_fields key that names a detection's cluster (Falcosidekick's "
-        "CUSTOMFIELDS=cluster:NAME adds it).",
+        "The output_fields key that names a detection's cluster in a fleet (Falcosidekick's "
+        "CUSTOMFIELDS=cluster:NAME adds it); one cluster does not route by it.",
     )
     cluster_contexts: str = knob(
         "",
@@ -316,10 +328,23 @@ class Settings:
         """The actions topic this deployment's annotators read."""
         return self.actions_topic_of(self.cluster)
 
+    def annotate_group_of(self, cluster: str) -> str:
+        """The annotate consumer group of one cluster, so clusters never share partitions."""
+        return f"{self.groups.annotate}.{cluster}" if cluster else self.groups.annotate
+
     @property
     def annotate_group(self) -> str:
-        """The annotate consumer group: one per cluster, so clusters never share partitions."""
-        return f"{self.groups.annotate}.{self.cluster}" if self.cluster else self.groups.annotate
+        """The annotate consumer group of this deployment's annotators."""
+        return self.annotate_group_of(self.cluster)
+
+    @property
+    def fleet(self) -> frozenset[str]:
+        """The clusters named by ``--cluster``, ``--clusters`` and ``--cluster-contexts``.
+
+        Empty: this deployment is one cluster (``fleets.Fleet`` says what follows from that).
+        """
+        named = {self.cluster, *self.clusters.split(","), *self.contexts()}
+        return frozenset(name.strip() for name in named) - {""}
 
     def contexts(self) -> dict[str, str]:
         """``--cluster-contexts`` as cluster name -> kubeconfig context."""

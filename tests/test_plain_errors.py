@@ -156,3 +156,16 @@ def test_help_shows_each_options_environment_variable_and_default(tmp_path: Path
     assert "env var: STREAMPROC_API_QPS; default: 20.0" in text
     assert "env var: STREAMPROC_SHUTDOWN_TIMEOUT; default: 10.0" in text
     assert "env var: STREAMPROC_KAFKA_SASL_MECHANISM; default: SCRAM-SHA-512" in text
+
+
+def test_a_fleets_cluster_names_are_checked_and_its_annotators_must_name_theirs(
+    tmp_path: Path,
+) -> None:
+    """--clusters with a bad name, or an annotator in a fleet without --cluster: refused at once."""
+    bad = streamproc("ingest", "--clusters", "a,Not-A-Label", home=tmp_path)
+    assert bad.returncode == 2, bad.stderr
+    assert "'Not-A-Label' is not a DNS-1123 label" in bad.stderr
+    nameless = streamproc("annotate", "--clusters", "a,b", home=tmp_path)
+    assert nameless.returncode == 2, nameless.stderr
+    assert "name it with --cluster" in nameless.stderr
+    assert "Traceback" not in bad.stderr + nameless.stderr

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Self
 
 from aiokafka import (
@@ -36,7 +36,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.record.memory_records import MemoryRecords
 
-from streamproc import stopping
+from streamproc import reasons, stopping
 from streamproc.clients import metrics
 from streamproc.settings import KafkaSecurity, Settings
 
@@ -590,7 +590,7 @@ class Committer:
 
 
 def dead_letter_headers(
-    stage: str, reason: str, detail: str, topic: str, partition: int, offset: int
+    stage: str, reason: reasons.DeadLetter, detail: str, topic: str, partition: int, offset: int
 ) -> list[tuple[str, bytes]]:
     """Why a record was refused and where it came from, as Kafka headers on the original bytes.
 
@@ -616,7 +616,7 @@ class BadBatch:
     offset: int
     next_offset: int
     #: ``unsupported-codec``, ``corrupt-batch`` (CRC mismatch) or ``undecodable-batch``
-    reason: str
+    reason: reasons.DeadLetter
     detail: str
     #: the batch as the broker holds it, for whoever investigates (empty when too large)
     raw: bytes
@@ -637,7 +637,7 @@ _DECODE_ERRORS = (UnsupportedCodecError, CorruptRecordException)
 _MAX_DEAD_LETTER_BYTES = 1 << 20
 
 
-def _reason(exc: BaseException) -> str:
+def _reason(exc: BaseException) -> reasons.DeadLetter:
     if isinstance(exc, UnsupportedCodecError):
         return "unsupported-codec"
     if isinstance(exc, CorruptRecordException):
@@ -661,7 +661,7 @@ async def dead_letter_record(
     topic: str,
     record: ConsumerRecord[bytes, bytes],
     stage: str,
-    reason: str,
+    reason: reasons.DeadLetter,
     detail: str,
 ) -> None:
     """Publish one refused record, as it was, with the reason headers; wait for the broker."""
@@ -890,16 +890,30 @@ class Survey:
     topics: dict[str, TopicSurvey]
     #: group -> records not yet consumed over its topics; None: the group never committed
     lag: dict[str, int | None]
+    #: each topic ``survey(readers=...)`` picked -> whether its reading group ever committed
+    #: offsets on it
+    read: dict[str, bool] = field(default_factory=dict)
+    #: each topic ``survey(sample=...)`` named -> the values of its latest records
+    latest: dict[str, list[bytes]] = field(default_factory=dict)
 
 
 async def survey(
-    settings: Settings, topics: Iterable[str], groups: dict[str, list[str]], *, since_ms: int
+    settings: Settings,
+    topics: Iterable[str],
+    groups: dict[str, list[str]],
+    *,
+    since_ms: int,
+    readers: Callable[[str], str | None] | None = None,
+    sample: Iterable[str] = (),
 ) -> Survey:
     """Read, never write: which topics exist, recent records per partition, groups' lag.
 
     Topics are listed (a Metadata request for all topics, which creates none even where
     auto-creation is on), offsets read without joining any group, and committed offsets
-    fetched for explicit partitions. Raises KafkaError when the brokers cannot be reached.
+    fetched for explicit partitions. ``readers`` picks more of the existing topics by name,
+    each with the group that should read it (``Survey.read``: whether it ever did). Of each
+    topic in ``sample``, the latest ``SAMPLE_PER_PARTITION`` records of every partition are
+    read (``Survey.latest``). Raises KafkaError when the brokers cannot be reached.
     """
     admin = AIOKafkaAdminClient(**connection_options(settings), request_timeout_ms=5000)
     reader = AIOKafkaConsumer(
@@ -911,7 +925,8 @@ async def survey(
     try:
         await asyncio.wait_for(admin.start(), timeout=15)
         existing = set(await admin.list_topics())
-        wanted = [t for t in dict.fromkeys(topics) if t in existing]
+        picked = {t: g for t in sorted(existing) if readers and (g := readers(t))}
+        wanted = [t for t in dict.fromkeys([*topics, *picked]) if t in existing]
         await asyncio.wait_for(reader.start(), timeout=15)
         await reader.topics()  # fills the metadata partitions_for_topic reads
         partitions = [
@@ -941,11 +956,51 @@ async def survey(
             )
             offsets = {tp: meta.offset for tp, meta in committed.items() if meta.offset >= 0}
             lag[group] = sum(max(0, ends[tp] - offsets[tp]) for tp in offsets) if offsets else None
-        return Survey(found, lag)
+        reading: dict[str, bool] = {}
+        for topic, group in picked.items():
+            own = [tp for tp in partitions if tp.topic == topic]
+            committed = (
+                await admin.list_consumer_group_offsets(group, partitions=own) if own else {}
+            )
+            reading[topic] = any(meta.offset >= 0 for meta in committed.values())
+        sampled = [tp for tp in partitions if tp.topic in set(sample)]
+        return Survey(found, lag, reading, await _latest(reader, sampled, ends))
     finally:
         for client in (reader, admin):
             with contextlib.suppress(Exception):
                 await (client.stop() if isinstance(client, AIOKafkaConsumer) else client.close())
+
+
+#: records per partition ``survey(sample=...)`` reads from the end
+SAMPLE_PER_PARTITION = 50
+
+
+async def _latest(
+    reader: AIOKafkaConsumer, partitions: list[TopicPartition], ends: dict[TopicPartition, int]
+) -> dict[str, list[bytes]]:
+    """The values of the last records before ``ends`` of each partition (bounded rounds).
+
+    A sample, not a guarantee: what a batch that cannot be decoded hides is left out.
+    """
+    latest: dict[str, list[bytes]] = {tp.topic: [] for tp in partitions}
+    if not partitions:
+        return latest
+    reader.pause(*(tp for tp in reader.assignment() if tp not in partitions))
+    for tp in partitions:
+        reader.seek(tp, max(0, ends[tp] - SAMPLE_PER_PARTITION))
+    for _ in range(5):
+        try:
+            batch = await reader.getmany(*partitions, timeout_ms=500)
+        except KafkaError:
+            raise
+        except Exception:  # a corrupt batch: the codec libraries raise many kinds
+            return latest
+        for tp, records in batch.items():
+            latest[tp.topic] += [r.value for r in records if r.value and r.offset < ends[tp]]
+        positions = [await reader.position(tp) for tp in partitions]
+        if all(at >= ends[tp] for at, tp in zip(positions, partitions, strict=True)):
+            break
+    return latest
 
 
 async def _end_offsets(

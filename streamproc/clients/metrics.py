@@ -37,6 +37,11 @@ dead_letters = Counter(
     "Records sent to the dead-letter topic",
     ["stage", "reason"],
 )
+cluster_field_ignored = Counter(
+    "streamproc_cluster_field_ignored_total",
+    "Detections whose cluster field (Falcosidekick customfields) named a cluster while this "
+    "deployment is one cluster: they are its own, routed as if the field were absent",
+)
 detections_matched = Counter(
     "streamproc_detections_matched_total",
     "Detections that matched a topology",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from streamproc.clients import kafka, kube
 from streamproc.cluster import permissions
 from streamproc.doctor import checks, retina
 from streamproc.doctor.checks import Check
-from streamproc.model import topologies
+from streamproc.model import conventions, events, fleets, topologies
 
 __all__ = ["Check", "diagnose", "lines", "summary"]
 from streamproc.model.topologies import Topology
@@ -95,6 +96,8 @@ async def kafka_checks(settings: Settings, loaded: Sequence[Topology]) -> list[C
             [*sources, *internal],
             reads,
             since_ms=int((time.time() - RECENT_S) * 1000),
+            readers=lambda topic: _annotate_group(settings, topic),
+            sample=sources,
         )
     except (kafka.KafkaError, OSError, TimeoutError) as exc:
         line = kafka.explain(exc) if isinstance(exc, kafka.KafkaError) else kafka.describe(exc)
@@ -108,7 +111,9 @@ async def kafka_checks(settings: Settings, loaded: Sequence[Topology]) -> list[C
     ]
     for topic in sources:
         result += _source_checks(topic, found.topics.get(topic))
+        result += cluster_field_checks(settings, topic, found.latest.get(topic, []))
     result += _internal_checks(settings, internal, found)
+    result += action_checks(settings, found)
     for group, lag in found.lag.items():
         if lag is None:
             result.append(checks.ok(area, f"group {group}", "no committed offsets yet"))
@@ -204,6 +209,117 @@ def _internal_checks(
             )
         else:
             result.append(checks.ok(area, f"topic {topic}", f"{survey.partitions} partition(s)"))
+    return result
+
+
+def cluster_field_checks(settings: Settings, topic: str, latest: Sequence[bytes]) -> list[Check]:
+    """Whose the latest detections are, by their cluster field: none refused, none lost.
+
+    A sample of each partition's last records (``kafka.SAMPLE_PER_PARTITION``), so that a
+    Falcosidekick naming a cluster the deployment does not route shows before its detections
+    pile up in the dead letters.
+    """
+    fleet = fleets.Fleet.of(settings)
+    named: Counter[tuple[str, fleets.Placement]] = Counter()
+    for raw in latest:
+        try:
+            detection = events.parse(raw, cluster_field=settings.cluster_field)
+        except events.ParseError:
+            continue  # ingest dead-letters it with its own reason
+        named[(detection.cluster, fleet.place(detection.cluster)[1])] += 1
+    refused = sorted(n for (n, placement), _ in named.items() if placement in fleets.REFUSED)
+    ignored = sorted(n for (n, placement), _ in named.items() if placement == "ignored")
+    name, field = f"clusters in {topic}", settings.cluster_field
+    total = sum(named.values())
+    if refused:
+        shown = ", ".join(repr(n) if n else "(none)" for n in refused[:10])
+        count = sum(c for (n, p), c in named.items() if p in fleets.REFUSED)
+        return [
+            checks.fail(
+                "Kafka",
+                name,
+                f"{count} of the latest {total} detections name clusters the fleet does not "
+                f"route ({shown}; field {field!r}): ingest dead-letters them (unknown-cluster)",
+                "add them to --clusters of ingest and windows and run their annotators "
+                "(docs/scaling.md), or stop those Falcosidekicks writing here; give doctor "
+                "the stages' --cluster/--clusters",
+            )
+        ]
+    if ignored:
+        shown = ", ".join(repr(n) for n in ignored[:10])
+        return [
+            checks.ok(
+                "Kafka",
+                name,
+                f"the latest detections name {shown} (field {field!r}); one cluster: they are "
+                "its own (for a fleet: docs/scaling.md)",
+            )
+        ]
+    if fleet.declared and total:
+        return [checks.ok("Kafka", name, f"the latest {total} detections are the fleet's")]
+    return []
+
+
+def _cluster_of(settings: Settings, topic: str) -> str | None:
+    """The cluster whose actions ``topic`` holds ("" for the single cluster's); None: not one."""
+    actions = settings.topics.actions
+    if topic == actions:
+        return ""
+    cluster = topic.removeprefix(f"{actions}.")
+    return cluster if cluster != topic and conventions.is_dns1123_label(cluster) else None
+
+
+def _annotate_group(settings: Settings, topic: str) -> str | None:
+    cluster = _cluster_of(settings, topic)
+    return None if cluster is None else settings.annotate_group_of(cluster)
+
+
+def action_checks(settings: Settings, found: kafka.Survey) -> list[Check]:
+    """Every actions topic that holds actions is read by its cluster's annotators.
+
+    An action nobody reads is a detection that observed nothing, silently: the annotators of
+    another cluster name, or none at all, or a cluster this configuration does not route.
+    """
+    area = "Kafka"
+    fleet = fleets.Fleet.of(settings)
+    result = []
+    for topic, read in sorted(found.read.items()):
+        cluster = _cluster_of(settings, topic)
+        survey = found.topics.get(topic)
+        if cluster is None or survey is None:
+            continue
+        held = sum(survey.ends.values())
+        group = settings.annotate_group_of(cluster)
+        command = f"streamproc annotate{f' --cluster {cluster}' if cluster else ''}"
+        where = f"cluster {cluster}" if cluster else "the cluster"
+        if held and not read:
+            result.append(
+                checks.fail(
+                    area,
+                    f"actions in {topic}",
+                    f"{held} action(s) that no annotator has read (group {group} never "
+                    "committed): those detections observed nothing",
+                    f"run `{command}` in {where}"
+                    if fleet.serves(cluster)
+                    else f"{where} is not routed by the --cluster/--clusters given to doctor "
+                    "(give it the stages' own): if it is one of your clusters, run "
+                    f"`{command}` there (docs/scaling.md, 'From one cluster to a fleet'); "
+                    f"if not, nothing will read {topic}: delete it",
+                )
+            )
+        elif not fleet.serves(cluster):
+            result.append(
+                checks.warn(
+                    area,
+                    f"actions in {topic}",
+                    f"for {where}, which this configuration does not route"
+                    + (f" (the fleet: {', '.join(fleet.clusters)})" if fleet.declared else ""),
+                    "run doctor with the stages' --cluster/--clusters; if no stage routes it, "
+                    f"delete {topic}",
+                )
+            )
+        elif held:
+            result.append(checks.ok(area, f"actions in {topic}", f"read by group {group}"))
     return result
 
 

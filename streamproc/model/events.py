@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from streamproc import reasons
 from streamproc.model import conventions
 from streamproc.settings import DEFAULTS
 
@@ -73,10 +74,13 @@ _RFC3339 = re.compile(
 MAX_MESSAGE_BYTES = 1 << 20
 MAX_OUTPUT_FIELDS = 512
 _NOT_AVAILABLE = frozenset(("", "<NA>", "N/A"))
+#: what a cluster field becomes that is no string or too long for a DNS-1123 label (63): never
+#: a cluster's name, and nothing unbounded is kept of it
+NOT_A_NAME = "(not a cluster name)"
 
 
 #: every reason ``parse`` gives (a metric label and the dead letter's ``streamproc.reason``)
-REASONS = (
+REASONS: tuple[reasons.DeadLetter, ...] = (
     "too-large",
     "invalid-json",
     "not-an-object",
@@ -94,7 +98,7 @@ REASONS = (
 class ParseError(ValueError):
     """A detection that cannot be used; ``reason`` is a short, bounded code for metrics and DLQ."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: reasons.DeadLetter, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
@@ -114,8 +118,8 @@ class Detection(NamedTuple):
     namespace: str | None
     pod: str | None
     owners: tuple[tuple[str, str], ...]
-    #: the cluster it came from: its cluster field (Falcosidekick ``customfields``), else the
-    #: local cluster's name ("" in a single-cluster deployment)
+    #: the cluster its cluster field names (Falcosidekick ``customfields``), "" without one, as
+    #: written: whose detection it is, the ingestor decides (``fleets.Fleet.place``)
     cluster: str
     uuid: str
     time: str
@@ -158,7 +162,6 @@ class _Memo:
 
 _namespaces = _Memo()
 _pods = _Memo()
-_clusters = _Memo()
 _tag_lists = _Memo()
 _OWNER_KEYS = frozenset(field for field, _ in OWNER_FIELDS)
 
@@ -235,12 +238,12 @@ def epoch_ms(time: str) -> int:
 
 
 def parse(  # noqa: C901, PLR0912, PLR0915 - one flat pass is the fast path
-    raw: bytes, *, cluster_field: str = DEFAULTS.cluster_field, local_cluster: str = ""
+    raw: bytes, *, cluster_field: str = DEFAULTS.cluster_field
 ) -> Detection:
     """Decode and validate one detection; raise ParseError with a reason code otherwise.
 
-    ``cluster_field`` is the ``output_fields`` key naming the cluster; a detection without it
-    belongs to ``local_cluster``.
+    ``cluster_field`` is the ``output_fields`` key naming the cluster. Its value is kept as
+    written, not judged here: whether it matters depends on the deployment (``fleets``).
     """
     if len(raw) > MAX_MESSAGE_BYTES:
         raise ParseError("too-large", f"{len(raw)} bytes > {MAX_MESSAGE_BYTES}")
@@ -288,12 +291,9 @@ def parse(  # noqa: C901, PLR0912, PLR0915 - one flat pass is the fast path
         _pods.known.get(pod) or _pods.check(pod, conventions.is_dns1123_subdomain)
     ):
         raise ParseError("invalid-pod-name", f"pod {pod[:80]!r} is not a DNS-1123 subdomain")
-    cluster = fields.get(cluster_field, local_cluster) if fields else local_cluster
-    if cluster is not local_cluster and not (
-        cluster.__class__ is str
-        and (_clusters.known.get(cluster) or _clusters.check(cluster, conventions.is_dns1123_label))
-    ):
-        raise ParseError("invalid-cluster", f"cluster {str(cluster)[:80]!r} is not DNS-1123")
+    cluster = fields.get(cluster_field, "") if fields else ""
+    if cluster.__class__ is not str or len(cluster) > 63:
+        cluster = NOT_A_NAME if cluster is not None else ""
     time = doc.get("time")
     if type(time) is not str or _RFC3339(time) is None:
         raise ParseError("invalid-time", f"'time' is {str(time)[:60]!r}, not RFC 3339")

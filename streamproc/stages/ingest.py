@@ -22,9 +22,10 @@ from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
+from streamproc import reasons
 from streamproc.clients import kafka, metrics
 from streamproc.cluster.resolving import WorkloadResolver
-from streamproc.model import events
+from streamproc.model import events, fleets
 from streamproc.model.events import Detection, ParseError
 from streamproc.model.matching import Matcher
 from streamproc.model.tallies import UUID_SAMPLE, Tally, start_tally
@@ -73,6 +74,7 @@ class BatchResult:
         "dead",
         "excluded",
         "excluded_detections",
+        "fields",
         "host_events",
         "identities",
         "latest_ms",
@@ -84,7 +86,7 @@ class BatchResult:
 
     def __init__(self) -> None:
         self.tallies: dict[_Slot, Tally] = {}
-        self.dead: list[tuple[Incoming, str, str]] = []
+        self.dead: list[tuple[Incoming, reasons.DeadLetter, str]] = []
         self.consumed: Counter[tuple[int, str]] = Counter()
         self.matched: Counter[str] = Counter()
         #: counted detections by (topology, rule)
@@ -99,6 +101,9 @@ class BatchResult:
         #: counted detections by pod and the workload found for it: (cluster, namespace, pod,
         #: workload) -> detections (``streamproc simulate`` reports how identities were found)
         self.identities: Counter[tuple[str, str, str, WorkloadRef]] = Counter()
+        #: detections whose cluster field was not routed as written, by (the name it gave,
+        #: ignored or refused): what the stage reports once per name
+        self.fields: Counter[tuple[str, fleets.Placement]] = Counter()
 
 
 class Ingestor:
@@ -114,6 +119,18 @@ class Ingestor:
         payload_time: bool = False,
     ) -> None:
         self.settings = settings
+        #: whose each detection is: declared clusters only, or one cluster whatever it says
+        self.fleet = fleets.Fleet.of(settings)
+        self._sightings = fleets.Sightings()
+        for topology in topologies:
+            if unserved := sorted(set(topology.spec.match.clusters) - self.fleet.members):
+                log.warning(
+                    "topology %s matches clusters %s, which this deployment does not route "
+                    "(its clusters: %s): it never matches them; name them in --clusters",
+                    topology.name,
+                    ", ".join(unserved),
+                    ", ".join(sorted(self.fleet.members)) or "one, unnamed",
+                )
         #: windows from the detection's own ``time`` rather than the Kafka record's: only for
         #: files, which have no record time (``streamproc simulate``); see the module's docstring
         self.payload_time = payload_time
@@ -137,7 +154,7 @@ class Ingestor:
         """Topics the stage reads."""
         return sorted(self.matchers)
 
-    async def process(self, records: Iterable[Incoming]) -> BatchResult:
+    async def process(self, records: Iterable[Incoming]) -> BatchResult:  # noqa: C901 - one flat hot loop
         """Turn one batch of raw records into tallies and dead letters (no Kafka I/O).
 
         Per detection this costs one parse, one dict look-up of its *route* (what a detection
@@ -150,14 +167,12 @@ class Ingestor:
         waiting: dict[tuple[object, ...], list[tuple[Detection, int]]] = {}
         tallies = result.tallies
         parse, epoch_ms = events.parse, events.epoch_ms
-        cluster_field, local_cluster = self.settings.cluster_field, self.settings.cluster
+        cluster_field = self.settings.cluster_field
         payload_time = self.payload_time
         latest = 0
         for record in records:
             try:
-                detection = parse(
-                    record.value or b"", cluster_field=cluster_field, local_cluster=local_cluster
-                )
+                detection = parse(record.value or b"", cluster_field=cluster_field)
                 timestamp = epoch_ms(detection.time) if payload_time else record.timestamp
             except ParseError as exc:
                 result.dead.append((record, exc.reason, exc.detail))
@@ -170,16 +185,20 @@ class Ingestor:
                 route = routes[key] = self._route(detection, record.topic)
             route.count += 1
             if not route.targets:
+                if route.refused is not None:
+                    result.dead.append((record, route.refused, route.detail))
                 continue
             if route.workload is None:
                 waiting.setdefault(key, []).append((detection, timestamp))
                 continue
             _add(tallies, route, detection, timestamp)
         if waiting:
-            resolved = await self._resolve({(k[7], k[4], k[5]) for k in waiting})  # type: ignore[misc]
+            resolved = await self._resolve(
+                {(routes[k].cluster, k[4], k[5]) for k in waiting}  # type: ignore[misc]
+            )
             for key, detections in waiting.items():
                 route = routes[key]
-                route.workload = resolved[(key[7], key[4], key[5])]  # type: ignore[index]
+                route.workload = resolved[(route.cluster, key[4], key[5])]  # type: ignore[index]
                 route.workload_key = in_cluster(route.cluster, route.workload.key)
                 for detection, timestamp in detections:
                     _add(tallies, route, detection, timestamp)
@@ -188,6 +207,18 @@ class Ingestor:
         return result
 
     def _route(self, detection: Detection, topic: str) -> _Route:
+        named = detection.cluster
+        cluster, placement = self.fleet.place(named)
+        refused = fleets.REFUSED.get(placement)
+        if refused is not None:
+            route = _Route("refused", detection)
+            route.refused, route.detail = refused, self.fleet.refusal(named)
+        else:
+            route = self._matched(detection._replace(cluster=cluster), topic)
+        route.named, route.placement = named, placement
+        return route
+
+    def _matched(self, detection: Detection, topic: str) -> _Route:
         if detection.namespace is None or detection.pod is None:
             return _Route("host", detection)
         matcher = self.matchers[topic]
@@ -222,7 +253,7 @@ class Ingestor:
         self,
         producer: kafka.AIOKafkaProducer,
         tallies: Sequence[Tally],
-        dead: Sequence[tuple[Incoming, str, str]] = (),
+        dead: Sequence[tuple[Incoming, reasons.DeadLetter, str]] = (),
     ) -> None:
         """Produce tallies and dead letters and wait until the broker acknowledged all of them."""
         topics = self.settings.topics
@@ -272,6 +303,25 @@ class Ingestor:
             metrics.detections_matched.labels(topology=topology).inc(n)
         for _, reason, _ in result.dead:
             metrics.dead_letters.labels(stage=STAGE, reason=reason).inc()
+
+    def report_fields(self, result: BatchResult) -> None:
+        """Count ignored cluster fields; say once per name which were ignored or refused."""
+        for (named, placement), n in result.fields.items():
+            if placement == "ignored":
+                metrics.cluster_field_ignored.inc(n)
+            if not self._sightings.first(named):
+                continue
+            if placement == "ignored":
+                log.info(
+                    "detections name cluster %r (field %r); this deployment is one cluster and "
+                    "treats them as its own (to route by cluster, name the fleet: --clusters)",
+                    named,
+                    self.settings.cluster_field,
+                )
+            else:
+                log.warning(
+                    "detections dead-lettered (%s): %s", placement, self.fleet.refusal(named)
+                )
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; survive broker outages by retrying the same batch."""
@@ -337,6 +387,7 @@ class Ingestor:
             return False
         commits.handled(self.gate.batches, {tp: rs[-1].offset + 1 for tp, rs in batch.items()})
         self.record_metrics(result)
+        self.report_fields(result)
         return True
 
     async def _skip(
@@ -529,9 +580,13 @@ class _Route:
     __slots__ = (
         "cluster",
         "count",
+        "detail",
         "excluded",
         "kind",
+        "named",
+        "placement",
         "priority",
+        "refused",
         "source",
         "targets",
         "workload",
@@ -550,6 +605,12 @@ class _Route:
         self.workload_key = ""
         #: topologies that would have matched but for their excluded namespaces
         self.excluded: tuple[str, ...] = ()
+        #: the cluster field as written, and what placing it did (``fleets.Fleet.place``)
+        self.named = ""
+        self.placement: fleets.Placement = "own"
+        #: why every detection of this route is dead-lettered, with the dead letter's detail
+        self.refused: reasons.DeadLetter | None = None
+        self.detail = ""
 
 
 def _add(tallies: dict[_Slot, Tally], route: _Route, detection: Detection, timestamp: int) -> None:
@@ -584,6 +645,8 @@ def _summarise(routes: Mapping[tuple[object, ...], _Route], result: BatchResult)
     """Fold each route's count into the batch's counters (once per route, not per event)."""
     for key, route in routes.items():
         result.consumed[(route.priority, route.source)] += route.count
+        if route.placement not in ("own", "member"):
+            result.fields[(route.named, route.placement)] += route.count
         if route.kind == "host":
             result.host_events += route.count
         elif route.excluded:

@@ -26,8 +26,9 @@ from typing import Any
 import faust
 from faust.transport.drivers import aiokafka as faust_kafka
 
+from streamproc import reasons
 from streamproc.clients import kafka, metrics
-from streamproc.model import escalation, qualifying
+from streamproc.model import escalation, fleets, qualifying
 from streamproc.model.tallies import Tally, TallyError
 from streamproc.model.topologies import Topology
 from streamproc.settings import KafkaSecurity, Settings
@@ -159,23 +160,19 @@ def build_app(  # noqa: C901, PLR0915 - the agent and timer are closures over th
         value_serializer="raw",
         partitions=settings.partitions,
     )
-    #: the actions topic of each cluster seen: each cluster's annotators read only theirs
-    actions_of: dict[str, Any] = {
-        "": app.topic(settings.topics.actions, key_serializer="raw", value_serializer="raw")
+    #: the actions topic of each cluster of the fleet (each cluster's annotators read only
+    #: theirs), or the one topic of a single cluster: never one for a name a record brings
+    fleet = fleets.Fleet.of(settings)
+    actions_of = {
+        cluster: app.topic(
+            settings.actions_topic_of(cluster),
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=settings.partitions,
+        )
+        for cluster in fleet.clusters
     }
-
-    async def actions_topic(cluster: str) -> Any:
-        topic = actions_of.get(cluster)
-        if topic is None:  # a cluster's first action: its topic may not exist yet
-            topic = app.topic(
-                settings.actions_topic_of(cluster),
-                key_serializer="raw",
-                value_serializer="raw",
-                partitions=settings.partitions,
-            )
-            await topic.maybe_declare()
-            actions_of[cluster] = topic
-        return topic
+    sightings = fleets.Sightings()
 
     dead_letters = app.topic(
         settings.topics.dead_letters, key_serializer="raw", value_serializer="raw"
@@ -210,7 +207,7 @@ def build_app(  # noqa: C901, PLR0915 - the agent and timer are closures over th
             history[tally.workload_key] = verdict.history
         return verdict
 
-    async def dead_letter(event: Any, reason: str, detail: str) -> None:
+    async def dead_letter(event: Any, reason: reasons.DeadLetter, detail: str) -> None:
         metrics.dead_letters.labels(stage=STAGE, reason=reason).inc()
         message = event.message
         await dead_letters.send(
@@ -221,19 +218,33 @@ def build_app(  # noqa: C901, PLR0915 - the agent and timer are closures over th
             ),
         )
 
+    async def admitted(event: Any) -> tuple[Tally, Topology] | None:
+        """A record's tally and its topology; None once it was dead-lettered."""
+        try:
+            tally = Tally.decode(event.value)
+        except TallyError as exc:
+            await dead_letter(event, "invalid-tally", str(exc))
+            return None
+        topology = by_name.get(tally.topology)
+        if topology is None:
+            await dead_letter(event, "unknown-topology", tally.topology)
+            return None
+        if not fleet.serves(tally.cluster):  # a tally's cluster is as untrusted as the rest
+            detail = fleet.refusal(tally.cluster)
+            if sightings.first(tally.cluster):
+                log.warning("tallies dead-lettered (unknown-cluster): %s", detail)
+            await dead_letter(event, "unknown-cluster", detail)
+            return None
+        return tally, topology
+
     @app.agent(tallies, name="windows")
     async def windows(stream: Any) -> None:
         async for event in stream.events():
             metrics.records_consumed.labels(stage=STAGE).inc()
-            try:
-                tally = Tally.decode(event.value)
-            except TallyError as exc:
-                await dead_letter(event, "invalid-tally", str(exc))
+            found = await admitted(event)
+            if found is None:
                 continue
-            topology = by_name.get(tally.topology)
-            if topology is None:
-                await dead_letter(event, "unknown-topology", tally.topology)
-                continue
+            tally, topology = found
             if tally.forget:  # ``release --forget``: the workload starts the ladder again
                 if topology.name in histories:
                     histories[topology.name].pop(tally.workload_key, None)
@@ -247,7 +258,7 @@ def build_app(  # noqa: C901, PLR0915 - the agent and timer are closures over th
             if (action := verdict.action) is not None:
                 # Not awaited one by one: Faust flushes its producer before it commits the
                 # tally's offset, so the action is durable before its input is acknowledged.
-                topic = await actions_topic(tally.cluster)
+                topic = actions_of[tally.cluster]
                 await topic.send(key=event.key, value=action.encode())
                 metrics.actions_emitted.labels(topology=topology.name).inc()
                 log.info(

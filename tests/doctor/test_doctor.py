@@ -299,6 +299,71 @@ async def test_a_groups_lag_is_its_end_offsets_minus_its_commits(broker: Embedde
     assert found["group streamproc-windows"].detail == "no committed offsets yet"
 
 
+async def test_actions_that_no_annotator_ever_read_fail_naming_the_command(
+    broker: EmbeddedBroker,
+) -> None:
+    """Actions for prod-eu nobody read are ✘; read ones ✔; an unrouted cluster's topic is ⚠."""
+    for topic, records in (
+        ("streamproc.actions.prod-eu", 3),
+        ("streamproc.actions", 2),
+        ("streamproc.actions.gone", 0),
+    ):
+        await _create(broker.bootstrap, topic, 1)
+        await _produce(broker.bootstrap, topic, {0: records})
+    tp = TopicPartition("streamproc.actions", 0)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=broker.bootstrap, group_id="streamproc-annotate", enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        await consumer.commit({tp: 2})
+    finally:
+        await consumer.stop()
+    found = by_name(
+        await diagnosing.kafka_checks(Settings(bootstrap_servers=broker.bootstrap), PLAIN)
+    )
+    unread = found["actions in streamproc.actions.prod-eu"]
+    assert unread.status == "fail"
+    assert "3 action(s) that no annotator has read" in unread.detail
+    assert "streamproc annotate --cluster prod-eu" in unread.fix
+    assert "delete it" in unread.fix  # one cluster: nothing routes there any more
+    assert found["actions in streamproc.actions"].status == "ok"
+    assert found["actions in streamproc.actions.gone"].status == "warn"
+    fleet = Settings(bootstrap_servers=broker.bootstrap, cluster="prod-eu", clusters="gone")
+    found = by_name(await diagnosing.kafka_checks(fleet, PLAIN))
+    unread = found["actions in streamproc.actions.prod-eu"]
+    assert unread.status == "fail"  # still unread
+    assert unread.fix == "run `streamproc annotate --cluster prod-eu` in cluster prod-eu"
+    assert "actions in streamproc.actions.gone" not in found  # routed, and holds nothing yet
+
+
+async def test_detections_naming_a_cluster_the_fleet_does_not_route_fail(
+    broker: EmbeddedBroker,
+) -> None:
+    """The latest detections' cluster field: its own in one cluster, ✘ for a fleet without it."""
+    fixture = json.loads((ROOT / "tests" / "fixtures" / "falcosidekick.json").read_text())
+    fixture["output_fields"]["cluster"] = "prod-eu"
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
+    await producer.start()
+    try:
+        for value in (json.dumps(fixture).encode(), b"not json"):
+            await producer.send_and_wait("falco", value)
+    finally:
+        await producer.stop()
+    single = Settings(bootstrap_servers=broker.bootstrap)
+    named = by_name(await diagnosing.kafka_checks(single, PLAIN))["clusters in falco"]
+    assert named.status == "ok"
+    assert "'prod-eu'" in named.detail
+    assert "one cluster" in named.detail
+    fleet = dataclasses.replace(single, cluster="prod-us", clusters="prod-ap")
+    refused = by_name(await diagnosing.kafka_checks(fleet, PLAIN))["clusters in falco"]
+    assert refused.status == "fail"
+    assert "1 of the latest 1 detections" in refused.detail
+    assert "'prod-eu'" in refused.detail
+    assert "--clusters" in refused.fix
+
+
 async def test_no_broker_is_one_failed_line_naming_the_fix() -> None:
     """Nothing listens at the address: ✘ brokers with the cause and what to check."""
     settings = Settings(bootstrap_servers=f"127.0.0.1:{free_port()}")

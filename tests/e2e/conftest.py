@@ -14,6 +14,7 @@ from pathlib import Path
 import boto3
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamproc.clients import kafka
@@ -151,6 +152,20 @@ def consume_all(
     Read until idle rather than to the end offset: tansu answers ListOffsets(LATEST) wrongly.
     """
     return asyncio.run(_consume(bootstrap, topic, idle_s))
+
+
+async def _topic_names(bootstrap: str) -> set[str]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        return set(await admin.list_topics())
+    finally:
+        await admin.close()
+
+
+def topic_names(bootstrap: str) -> set[str]:
+    """Every topic on the broker (a Metadata request, which creates none)."""
+    return asyncio.run(_topic_names(bootstrap))
 
 
 def group_lag(bootstrap: str, group: str, topic: str) -> int | None:

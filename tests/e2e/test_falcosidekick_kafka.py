@@ -26,11 +26,12 @@ from streamproc.lab import samples
 from streamproc.lab.broker import EmbeddedBroker
 from streamproc.lab.cluster import ClusterBuilder, SampleWorkload
 from streamproc.lab.kubeemu import KubeEmulator
-from tests.conftest import annotated, wait_for
-from tests.e2e.conftest import Pipeline, consume_all, topology_file
+from tests.conftest import annotated, wait_for, workload
+from tests.e2e.conftest import Pipeline, consume_all, produce, topic_names, topology_file
 
 pytestmark = pytest.mark.e2e
 CODECS = ("gzip", "snappy", "lz4", "zstd")
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "falcosidekick.json"
 
 
 def detection(workload: SampleWorkload, rng: random.Random) -> bytes:
@@ -158,3 +159,57 @@ def test_an_undecodable_batch_is_dead_lettered_and_the_stage_keeps_going(
     log = pipeline.log.read_text()
     assert log.count("skipped an undecodable record batch in falco[0], offsets 1-5") == 1
     assert "Traceback" not in log
+
+
+def named(workload: SampleWorkload, pod: str, cluster: str) -> bytes:
+    """The fixture's payload for ``pod``, now, as ``customfields: cluster:NAME`` sends it."""
+    doc = orjson.loads(FIXTURE.read_bytes())
+    doc["time"] = time.strftime("%Y-%m-%dT%H:%M:%S.000000000Z", time.gmtime())
+    doc["output_fields"] |= {
+        "k8s.ns.name": workload.namespace,
+        "k8s.pod.name": pod,
+        "cluster": cluster,  # Falcosidekick sets each custom field in output_fields
+    }
+    return orjson.dumps(doc)
+
+
+def test_a_single_cluster_observes_its_pods_whatever_cluster_customfields_name(
+    tmp_path: Path,
+    env: dict[str, str],
+    broker: EmbeddedBroker,
+    emulator: KubeEmulator,
+    cluster: ClusterBuilder,
+    pipelines: list[Pipeline],
+) -> None:
+    """`streamproc run` as the README starts it (no --cluster): payloads naming their cluster
+    (`customfields: cluster:prod-eu`, or made-up names) are this cluster's, their pods are
+    observed, and no topic is made for any name.
+    """
+    frontend, checkout = workload(cluster, "frontend"), workload(cluster, "checkout")
+    pipeline = Pipeline("run", env, topology_file(tmp_path, "2s", "60s"), tmp_path / "run.log")
+    pipelines.append(pipeline)
+    produce(
+        broker.bootstrap,
+        "falco",
+        [named(frontend, pod, "prod-eu") for pod in frontend.pods]
+        + [named(checkout, checkout.pods[0], f"made-up-{i}") for i in range(20)],
+    )
+    expected = {*frontend.pods, *checkout.pods}  # a workload is observed as a whole
+    wait_for(
+        lambda: annotated(emulator) >= expected,
+        timeout=60,
+        what=f"the named clusters' pods observed; log: {pipeline.log}",
+    )
+    assert annotated(emulator) == expected
+    actions = consume_all(broker.bootstrap, "streamproc.actions", idle_s=0.5)
+    assert {orjson.loads(v or b"")["cluster"] for _, v, _ in actions} == {""}
+    assert not {t for t in topic_names(broker.bootstrap) if "actions." in t}
+    assert consume_all(broker.bootstrap, "streamproc.dlq", idle_s=0.5) == []
+    total = len(frontend.pods) + 20
+    wait_for(
+        lambda: pipeline.metric("streamproc_cluster_field_ignored_total") == total,
+        what="every ignored cluster field counted",
+    )
+    log = pipeline.log.read_text()
+    assert log.count("detections name cluster 'prod-eu'") == 1  # once, at INFO
+    assert "WARNING" not in log
