@@ -1,7 +1,8 @@
 """What is under observation now, read from the cluster, and ending an observation early.
 
 Both read the pods' own marks (the ``streamproc.io/observed`` label and the bookkeeping
-annotations), so they answer the same way whichever process, or none, is running.
+annotations), so they answer the same way whichever process, or none, is running. Marks are
+read through ``marks.read``: refused ones (a tenant's edit) are not shown as an observation.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 
-from streamproc import conventions, kube, patches, releasing
+from streamproc import conventions, kube, marks, releasing
 from streamproc.resolving import WorkloadResolver
 
 
@@ -43,26 +44,26 @@ class Observation:
         }
 
 
-async def current(client: kube.Kube, resolver: WorkloadResolver) -> list[Observation]:
+async def current(
+    client: kube.Kube, resolver: WorkloadResolver, policy: marks.Policy | None = None
+) -> list[Observation]:
     """Every workload with at least one pod carrying streamproc's observation, latest expiry."""
+    policy = policy or marks.Policy()
+    now = time.time()
     pods = await client.list_pods(None, label_selector=f"{conventions.OBSERVED_LABEL}=true")
     found: dict[tuple[str, str, str], Observation] = {}
     for pod in pods:
         meta = pod.get("metadata") or {}
-        annotations = meta.get("annotations") or {}
+        read = marks.read(pod, now=now, policy=policy)
+        if not isinstance(read, marks.Marks):
+            continue  # refused: not streamproc's observation (the expirer ends it)
         ref = await resolver.workload_of(pod)
         key = (ref.namespace, ref.kind, ref.name)
-        until = patches.expires_at(pod) or 0.0
+        until = read.until
         entry = found.setdefault(
             key,
             Observation(
-                ref.namespace,
-                ref.kind,
-                ref.name,
-                annotations.get(conventions.TOPOLOGY, ""),
-                annotations.get(conventions.RULE, ""),
-                until,
-                level=annotations.get(conventions.LEVEL, ""),
+                ref.namespace, ref.kind, ref.name, read.topology, read.rule, until, level=read.level
             ),
         )
         entry.pods.append(str(meta.get("name", "")))
@@ -70,18 +71,12 @@ async def current(client: kube.Kube, resolver: WorkloadResolver) -> list[Observa
         entry.expires_at = max(entry.expires_at, until)
     selector = f"{conventions.OBSERVED_LABEL}=true"
     for namespace in await client.list_observed_namespaces(selector):
-        meta = namespace.get("metadata") or {}
-        annotations = meta.get("annotations") or {}
-        name = str(meta.get("name", ""))
-        found[(name, "Namespace", name)] = Observation(
-            name,
-            "Namespace",
-            name,
-            annotations.get(conventions.TOPOLOGY, ""),
-            annotations.get(conventions.RULE, ""),
-            patches.expires_at(namespace) or 0.0,
-            level=annotations.get(conventions.LEVEL, ""),
-        )
+        name = str((namespace.get("metadata") or {}).get("name", ""))
+        read = marks.read(namespace, now=now, policy=policy)
+        if isinstance(read, marks.Marks):
+            found[(name, "Namespace", name)] = Observation(
+                name, "Namespace", name, read.topology, read.rule, read.until, level=read.level
+            )
     return sorted(found.values(), key=lambda o: (o.namespace, o.kind, o.workload))
 
 

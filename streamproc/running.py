@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from streamproc import auditing, kafka, kube
+from streamproc import auditing, kafka, kube, marks
 from streamproc.annotating import AnnotateStage
 from streamproc.applying import Annotator
 from streamproc.cluster_cache import ClusterCache
@@ -117,6 +117,7 @@ async def _start_annotate(
         auditor=auditor,
         ownership=ownership,
         cache=cache,
+        policy=marks.Policy.of(topologies),
     )
     budget = NodeBudget(expirer, settings.node_budget)  # one per process: both patch pods
     follower = Follower(

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from streamproc import kube
+from streamproc import kube, marks
 from streamproc.actions import Action
 from streamproc.applying import Annotator
 from streamproc.expiring import Expirer
@@ -195,10 +195,9 @@ def make(
     )
     resolver = WorkloadResolver(client, cache_size=100, ttl_s=60)
     clock = Clock()
-    expirer = Expirer(client, resync_s=60, clock=clock)
-    annotator = Annotator(
-        settings, [topology(ttl, dry_run, scope)], client, resolver, expirer, clock=clock
-    )
+    topologies = [topology(ttl, dry_run, scope)]
+    expirer = Expirer(client, resync_s=60, clock=clock, policy=marks.Policy.of(topologies))
+    annotator = Annotator(settings, topologies, client, resolver, expirer, clock=clock)
     return annotator, expirer
 
 

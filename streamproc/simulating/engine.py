@@ -21,7 +21,7 @@ import dataclasses
 import itertools
 from collections.abc import Sequence
 
-from streamproc import escalation, qualifying
+from streamproc import escalation, marks, qualifying
 from streamproc.actions import Action
 from streamproc.applying import Annotator
 from streamproc.expiring import Expirer
@@ -62,7 +62,13 @@ class _Site:
         collector: Collector,
     ) -> None:
         self.cluster = cluster
-        self.expirer = Expirer(cluster, resync_s=3600.0, auditor=collector, clock=clock)
+        self.expirer = Expirer(
+            cluster,
+            resync_s=3600.0,
+            auditor=collector,
+            clock=clock,
+            policy=marks.Policy.of(topologies),
+        )
         self.follower = Follower(clock)
         resolver = WorkloadResolver(
             cluster, cache_size=settings.resolver_cache_size, ttl_s=settings.resolver_cache_ttl_s
