@@ -214,14 +214,18 @@ def _level_ok(level: str) -> bool:
     return found is not None and int(found[1]) <= int(found[2]) <= MAX_LEVELS
 
 
+def _mapping(value: object) -> Mapping[str, Any]:
+    """A part of an object that should be a mapping; anything else reads as empty."""
+    return value if isinstance(value, Mapping) else {}
+
+
 _warned: OrderedDict[tuple[str, str, Reason], None] = OrderedDict()
 
 
 def read(obj: Mapping[str, Any], *, now: float, policy: Policy) -> Read:
     """Decode an API object's marks; a refusal is logged and counted once per object+reason."""
-    meta = obj.get("metadata") or {}
-    annotations = meta.get("annotations") or {}
-    labels = meta.get("labels") or {}
+    meta = _mapping(obj.get("metadata"))
+    annotations, labels = _mapping(meta.get("annotations")), _mapping(meta.get("labels"))
     # a Namespace object (scope: namespace) is its own namespace
     namespace = str(meta.get("namespace") or meta.get("name") or "")
     found = decode(annotations, labels, namespace=namespace, now=now, policy=policy)
