@@ -157,3 +157,22 @@ def test_a_policy_knows_each_topologys_ladder() -> None:
     assert policy.longest("retina-observe") == 6 * 3600
     assert policy.longest("plain") == 600
     assert policy.longest("unknown") == 6 * 3600
+
+
+def test_the_cluster_cache_keeps_no_oversized_mark_and_the_decoder_refuses_it() -> None:
+    """A 200 KiB rule on a pod costs the cache a placeholder, which reads as malformed."""
+    from streamproc.cluster_cache import PodInfo
+
+    pod = {
+        "metadata": {
+            "namespace": "shop",
+            "name": "frontend-1",
+            "labels": LABELLED,
+            "annotations": written(**{conventions.RULE: "x" * 200_000}),
+        }
+    }
+    info = PodInfo.of(pod)
+    assert len(info.marks[conventions.RULE]) < 100
+    found = marks.read(info.object(), now=NOW, policy=POLICY)
+    assert isinstance(found, marks.Refusal)
+    assert found.reason == "malformed"
