@@ -81,16 +81,22 @@ async def current(
 
 
 async def release(
-    client: kube.Kube, resolver: WorkloadResolver, namespace: str, kind: str | None, name: str
+    client: kube.Kube,
+    resolver: WorkloadResolver,
+    namespace: str,
+    kind: str | None,
+    name: str,
+    policy: marks.Policy | None = None,
 ) -> tuple[list[str], str | None]:
     """End a workload's observation now: remove exactly what streamproc added.
 
     Returns the pods released and the kind of the workload found under observation (None
-    when none was).
+    when none was). Without a ``policy`` (no topologies loaded) every owned key goes, whatever
+    its value now; with one, a key a person changed stays.
     """
     released = []
     found = None
-    for observation in await current(client, resolver):
+    for observation in await current(client, resolver, policy):
         if (observation.namespace, observation.workload) != (namespace, name):
             continue
         if kind is not None and observation.kind != kind:
@@ -102,7 +108,7 @@ async def release(
             else [kube.ObjectRef.pod(namespace, pod) for pod in observation.pods]
         )
         for ref in targets:
-            done = await releasing.release(client, ref)
+            done = await releasing.release(client, ref, policy=policy)
             if done.outcome == "released":
                 released.append(ref.name)
     return released, found
