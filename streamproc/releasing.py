@@ -92,5 +92,7 @@ async def release(
                 continue
             except kube.NotFound:
                 return Release("gone", current)
-        return Release("released", current, removed, yielded=patch.yielded, refused=refused)
+        # a refused mark's owned keys are a claim, not a record: nothing to say was yielded
+        yielded = patch.yielded if refused is None else ()
+        return Release("released", current, removed, yielded=yielded, refused=refused)
     raise AssertionError("unreachable")  # pragma: no cover
