@@ -20,7 +20,7 @@ from pathlib import Path
 from streamproc.clients import kafka, kube
 from streamproc.cluster.cache import ClusterCache
 from streamproc.cluster.resolving import WorkloadResolver
-from streamproc.model import fleets
+from streamproc.model import fleets, marks
 from streamproc.model.ownership import Ownership
 from streamproc.model.topologies import Topology
 from streamproc.settings import Settings
@@ -119,6 +119,7 @@ async def _start_annotate(
         auditor=auditor,
         ownership=ownership,
         cache=cache,
+        policy=marks.Policy.of(topologies),
     )
     budget = NodeBudget(expirer, settings.node_budget)  # one per process: both patch pods
     follower = Follower(

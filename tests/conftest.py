@@ -15,6 +15,7 @@ from streamproc.cluster.resolving import WorkloadResolver
 from streamproc.lab.broker import BrokerUnavailable, EmbeddedBroker
 from streamproc.lab.cluster import ClusterBuilder, SampleWorkload, sample_cluster
 from streamproc.lab.kubeemu import KubeEmulator
+from streamproc.model import marks
 from streamproc.model.actions import Action
 from streamproc.model.topologies import Topology
 from streamproc.settings import Settings
@@ -195,10 +196,9 @@ def make(
     )
     resolver = WorkloadResolver(client, cache_size=100, ttl_s=60)
     clock = Clock()
-    expirer = Expirer(client, resync_s=60, clock=clock)
-    annotator = Annotator(
-        settings, [topology(ttl, dry_run, scope)], client, resolver, expirer, clock=clock
-    )
+    topologies = [topology(ttl, dry_run, scope)]
+    expirer = Expirer(client, resync_s=60, clock=clock, policy=marks.Policy.of(topologies))
+    annotator = Annotator(settings, topologies, client, resolver, expirer, clock=clock)
     return annotator, expirer
 
 

@@ -77,6 +77,12 @@ pods_refused = Counter(
     "has --node-budget observed pods)",
     ["topology", "reason"],
 )
+marks_refused = Counter(
+    "streamproc_marks_refused_total",
+    "Pods (and Namespace objects) whose streamproc.io marks were refused as not streamproc's "
+    "(malformed, beyond-policy, foreign), counted once per object and reason",
+    ["reason"],
+)
 tallies_published = Counter(
     "streamproc_tallies_published_total",
     "Pre-aggregated tallies the ingest stage published",

@@ -32,6 +32,10 @@ _RETRY_S = 2.0
 #: a resource the process may not list (RBAC from before the cache) is asked again this rarely
 _FORBIDDEN_RETRY_S = 60.0
 _NO_MARKS: Mapping[str, str] = MappingProxyType({})
+#: the longest mark kept (streamproc writes at most a few hundred characters per mark)
+_MAX_MARK = 1024
+#: what an oversized mark is kept as: not printable, so refused as malformed by every check
+_OVERSIZED = "\x00oversized"
 #: the resources kept: pods, and the controllers between a pod and its workload
 RESOURCES = ("pods", "replicasets", "jobs")
 _CONTROLLER_KIND = {"replicasets": "ReplicaSet", "jobs": "Job"}
@@ -39,6 +43,15 @@ _CONTROLLER_KIND = {"replicasets": "ReplicaSet", "jobs": "Job"}
 #: what a subscriber is told: ("ADDED" | "MODIFIED" | "DELETED", pod) for each pod event, and
 #: ("LISTED", {}) after each full list of pods (at start, and after a 410)
 Subscriber = Callable[[str, kube.Json], None]
+
+
+def _kept(value: object) -> str:
+    """A mark as kept: one longer than streamproc writes is a placeholder ``marking.read`` refuses.
+
+    Tenants can edit marks; a cache of 10,000 pods should not hold 256 KiB of one per pod.
+    """
+    text = str(value)
+    return text if len(text) <= _MAX_MARK else _OVERSIZED
 
 
 def _interned(value: object) -> str:
@@ -66,7 +79,7 @@ class PodInfo(NamedTuple):
         if labels.get(conventions.OBSERVED_LABEL) == "true":
             annotations = meta.get("annotations") or {}
             keys = conventions.BOOKKEEPING_KEYS
-            marks = {k: str(annotations[k]) for k in keys if k in annotations}
+            marks = {k: _kept(annotations[k]) for k in keys if k in annotations}
         owner = kube.controller_of(pod)
         return cls(
             _interned(meta.get("namespace")),

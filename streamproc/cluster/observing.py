@@ -1,7 +1,8 @@
 """What is under observation now, read from the cluster, and ending an observation early.
 
 Both read the pods' own marks (the ``streamproc.io/observed`` label and the bookkeeping
-annotations), so they answer the same way whichever process, or none, is running.
+annotations), so they answer the same way whichever process, or none, is running. Marks are
+read through ``marking.read``: refused ones (a tenant's edit) are not shown as an observation.
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from streamproc.clients import kube
-from streamproc.cluster import releasing
+from streamproc.cluster import marking, releasing
 from streamproc.cluster.resolving import WorkloadResolver
-from streamproc.model import conventions, patches
+from streamproc.model import conventions, marks
 
 
 @dataclass
@@ -45,26 +46,26 @@ class Observation:
         }
 
 
-async def current(client: kube.Kube, resolver: WorkloadResolver) -> list[Observation]:
+async def current(
+    client: kube.Kube, resolver: WorkloadResolver, policy: marks.Policy | None = None
+) -> list[Observation]:
     """Every workload with at least one pod carrying streamproc's observation, latest expiry."""
+    policy = policy or marks.Policy()
+    now = time.time()
     pods = await client.list_pods(None, label_selector=f"{conventions.OBSERVED_LABEL}=true")
     found: dict[tuple[str, str, str], Observation] = {}
     for pod in pods:
         meta = pod.get("metadata") or {}
-        annotations = meta.get("annotations") or {}
+        read = marking.read(pod, now=now, policy=policy)
+        if not isinstance(read, marks.Marks):
+            continue  # refused: not streamproc's observation (the expirer ends it)
         ref = await resolver.workload_of(pod)
         key = (ref.namespace, ref.kind, ref.name)
-        until = patches.expires_at(pod) or 0.0
+        until = read.until
         entry = found.setdefault(
             key,
             Observation(
-                ref.namespace,
-                ref.kind,
-                ref.name,
-                annotations.get(conventions.TOPOLOGY, ""),
-                annotations.get(conventions.RULE, ""),
-                until,
-                level=annotations.get(conventions.LEVEL, ""),
+                ref.namespace, ref.kind, ref.name, read.topology, read.rule, until, level=read.level
             ),
         )
         entry.pods.append(str(meta.get("name", "")))
@@ -72,32 +73,32 @@ async def current(client: kube.Kube, resolver: WorkloadResolver) -> list[Observa
         entry.expires_at = max(entry.expires_at, until)
     selector = f"{conventions.OBSERVED_LABEL}=true"
     for namespace in await client.list_observed_namespaces(selector):
-        meta = namespace.get("metadata") or {}
-        annotations = meta.get("annotations") or {}
-        name = str(meta.get("name", ""))
-        found[(name, "Namespace", name)] = Observation(
-            name,
-            "Namespace",
-            name,
-            annotations.get(conventions.TOPOLOGY, ""),
-            annotations.get(conventions.RULE, ""),
-            patches.expires_at(namespace) or 0.0,
-            level=annotations.get(conventions.LEVEL, ""),
-        )
+        name = str((namespace.get("metadata") or {}).get("name", ""))
+        read = marking.read(namespace, now=now, policy=policy)
+        if isinstance(read, marks.Marks):
+            found[(name, "Namespace", name)] = Observation(
+                name, "Namespace", name, read.topology, read.rule, read.until, level=read.level
+            )
     return sorted(found.values(), key=lambda o: (o.namespace, o.kind, o.workload))
 
 
 async def release(
-    client: kube.Kube, resolver: WorkloadResolver, namespace: str, kind: str | None, name: str
+    client: kube.Kube,
+    resolver: WorkloadResolver,
+    namespace: str,
+    kind: str | None,
+    name: str,
+    policy: marks.Policy | None = None,
 ) -> tuple[list[str], str | None]:
     """End a workload's observation now: remove exactly what streamproc added.
 
     Returns the pods released and the kind of the workload found under observation (None
-    when none was).
+    when none was). Without a ``policy`` (no topologies loaded) every owned key goes, whatever
+    its value now; with one, a key a person changed stays.
     """
     released = []
     found = None
-    for observation in await current(client, resolver):
+    for observation in await current(client, resolver, policy):
         if (observation.namespace, observation.workload) != (namespace, name):
             continue
         if kind is not None and observation.kind != kind:
@@ -109,7 +110,7 @@ async def release(
             else [kube.ObjectRef.pod(namespace, pod) for pod in observation.pods]
         )
         for ref in targets:
-            done = await releasing.release(client, ref)
+            done = await releasing.release(client, ref, policy=policy)
             if done.outcome == "released":
                 released.append(ref.name)
     return released, found

@@ -8,12 +8,15 @@ overwritten; this re-reads and recomputes, a bounded number of times, in one pla
 
 from __future__ import annotations
 
+import functools
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 from streamproc.clients import kube, metrics
-from streamproc.model import patches
+from streamproc.cluster import marking
+from streamproc.model import marks, patches
 
 Json = kube.Json
 #: re-reads after a 409 before giving up (the caller retries later or reports it)
@@ -33,6 +36,10 @@ class Release:
     removed: tuple[str, ...] = ()
     #: for ``extended``: the expiry someone set meanwhile
     until: float | None = None
+    #: owned keys a person changed or removed: left as they are
+    yielded: tuple[str, ...] = ()
+    #: why the marks were refused, when they were (released at once, whatever their expiry)
+    refused: marks.Reason | None = None
 
 
 async def release(
@@ -42,6 +49,7 @@ async def release(
     extended_after: float | None = None,
     dry_run: bool = False,
     owned: Callable[[Json], bool] | None = None,
+    policy: marks.Policy | None = None,
 ) -> Release:
     """Remove what streamproc added to a pod or a Namespace object.
 
@@ -49,7 +57,11 @@ async def release(
     its "now": an annotator extended it meanwhile). ``owned``: leave it unless this says the
     object as read now is the caller's (annotate replicas each expire their own). Conflict is
     raised only after ``ATTEMPTS`` 409s; other API errors are the caller's to handle.
+    ``policy``: what the loaded topologies write (marks beyond it are refused and released
+    now; an owned key is removed only while it holds a value a topology writes).
     """
+    policy = policy or marks.Policy()
+    now = extended_after if extended_after is not None else time.time()
     for attempt in range(1, ATTEMPTS + 1):
         try:
             current = await client.get_observable(ref)
@@ -57,10 +69,16 @@ async def release(
             return Release("gone", {})
         if owned is not None and not owned(current):
             return Release("elsewhere", current)
-        until = patches.expires_at(current)
-        if extended_after is not None and until is not None and until > extended_after:
-            return Release("extended", current, until=until)
-        patch = patches.release(current)
+        found = marking.read(current, now=now, policy=policy)
+        if (
+            isinstance(found, marks.Marks)
+            and extended_after is not None
+            and found.until > extended_after
+        ):
+            return Release("extended", current, until=found.until)
+        topology = found.topology if found is not None else ""
+        patch = patches.release(current, found, functools.partial(policy.ours, topology))
+        refused = found.reason if isinstance(found, marks.Refusal) else None
         if not (patch.annotations or patch.labels):
             # already ended (a resync from a copy a moment old, a person, another tool):
             # nothing to write, and no second "expired" to report
@@ -76,5 +94,7 @@ async def release(
                 continue
             except kube.NotFound:
                 return Release("gone", current)
-        return Release("released", current, removed)
+        # a refused mark's owned keys are a claim, not a record: nothing to say was yielded
+        yielded = patch.yielded if refused is None else ()
+        return Release("released", current, removed, yielded=yielded, refused=refused)
     raise AssertionError("unreachable")  # pragma: no cover

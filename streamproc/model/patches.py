@@ -4,16 +4,18 @@ Pure functions from the pod as read to the smallest merge patch, so the annotato
 agree on the bookkeeping by construction. Ownership is explicit: a topology annotation is listed
 in ``owned-keys`` only if streamproc added it, so the removal takes away exactly what streamproc
 put there and never an annotation (``retina.sh: observe`` included) that someone else had set.
-A foreign *different* value under a topology key is left alone.
+A foreign *different* value under a topology key is left alone. A key streamproc added that a
+person changed or removed afterwards is theirs (*yielded*): never written back, never removed.
+The pod's previous marks come decoded (``marking.read``), never read raw here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from streamproc.model import conventions
+from streamproc.model import conventions, marks
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +27,8 @@ class Patch:
     resource_version: str | None = None
     #: topology keys left alone because someone else set them to another value.
     foreign: tuple[str, ...] = ()
+    #: keys streamproc had added that a person changed or removed since: theirs from now on
+    yielded: tuple[str, ...] = ()
 
 
 def _meta(pod: Mapping[str, Any]) -> tuple[dict[str, str], dict[str, str], str | None]:
@@ -36,30 +40,41 @@ def _meta(pod: Mapping[str, Any]) -> tuple[dict[str, str], dict[str, str], str |
     )
 
 
-def owned_keys(annotations: Mapping[str, str]) -> set[str]:
-    """Topology keys streamproc added to this pod."""
-    return {k for k in annotations.get(conventions.OWNED_KEYS, "").split(",") if k}
+def _observation(previous: marks.Read, topology: str) -> marks.Marks | None:
+    """The pod's observation by ``topology``, if its marks are streamproc's and it is labelled."""
+    if isinstance(previous, marks.Marks) and previous.labelled and previous.topology == topology:
+        return previous
+    return None
 
 
-def expires_at(pod: Mapping[str, Any]) -> float | None:
-    """When the pod's observation ends; None if it has none (or it was hand-edited away)."""
-    value = _meta(pod)[0].get(conventions.EXPIRES_AT)
-    return conventions.parse_time(value) if value else None
+def yielded(
+    pod: Mapping[str, Any], previous: marks.Read, ours: Callable[[str, str | None], bool]
+) -> tuple[str, ...]:
+    """Owned keys a person changed or removed: no longer streamproc's (``ours`` says the value)."""
+    if previous is None:
+        return ()
+    current = _meta(pod)[0]
+    return tuple(sorted(k for k in previous.owned if not ours(k, current.get(k))))
 
 
-def lasts(pod: Mapping[str, Any], annotations: Mapping[str, str], *, beyond: float) -> bool:
+def lasts(
+    pod: Mapping[str, Any],
+    annotations: Mapping[str, str],
+    *,
+    beyond: float,
+    previous: marks.Read,
+    topology: str,
+) -> bool:
     """Whether the pod's observation is intact and lasts until ``beyond`` or later.
 
-    Intact: the observed label and the topology's annotations are there as written.
+    Intact: streamproc's marks of this topology, labelled, every owned key still holds the
+    topology's value (else the yield is to be written), and nothing left to add.
     """
-    current, labels, _ = _meta(pod)
-    previous = expires_at(pod)
-    return (
-        previous is not None
-        and previous >= beyond
-        and labels.get(conventions.OBSERVED_LABEL) == "true"
-        and all(current.get(k) == v for k, v in annotations.items())
-    )
+    found = _observation(previous, topology)
+    if found is None or found.until < beyond:
+        return False
+    current = _meta(pod)[0]
+    return all(current.get(k) == v for k, v in annotations.items() if k in found.owned)
 
 
 def observe(
@@ -70,28 +85,38 @@ def observe(
     topology: str,
     rule: str,
     action_id: str,
+    previous: marks.Read,
     level: str = "",
 ) -> Patch | None:
     """Open or extend an observation; None when the pod already carries this or a later one.
 
+    ``previous`` is the pod's marks as read (``marking.read``): refused ones extend nothing.
+    A key streamproc added that a person changed or removed since is yielded: left as it is,
+    dropped from ``owned-keys``, and not added again while this observation lasts.
     ``level`` ("3/4") is written only for topologies with an escalation ladder.
     """
     current, _, version = _meta(pod)
-    previous = expires_at(pod)
-    if current.get(conventions.ACTION_ID) == action_id or lasts(pod, annotations, beyond=until):
+    found = _observation(previous, topology)
+    if (found is not None and found.action_id == action_id) or lasts(
+        pod, annotations, beyond=until, previous=previous, topology=topology
+    ):
         return None
-    owned = owned_keys(current)
+    owned = set(previous.owned) if previous is not None else set()
     changes: dict[str, str | None] = {}
     foreign: list[str] = []
+    gone: list[str] = []
     for key, value in annotations.items():
-        if key not in current:
-            changes[key] = value
-            owned.add(key)
-        elif current[key] != value and key not in owned:
-            foreign.append(key)
+        if key in owned:
+            if current.get(key) != value:  # a person changed or removed it: theirs now
+                owned.discard(key)
+                gone.append(key)
+        elif key not in current:
+            if found is None:  # absent on an observation of this topology: yielded before
+                changes[key] = value
+                owned.add(key)
         elif current[key] != value:
-            changes[key] = value
-    until = max(until, previous or 0.0)
+            foreign.append(key)
+    until = max(until, found.until if found is not None else 0.0)
     changes.update(
         {
             conventions.EXPIRES_AT: conventions.format_time(until),
@@ -108,15 +133,35 @@ def observe(
         labels={conventions.OBSERVED_LABEL: "true"},
         resource_version=version,
         foreign=tuple(foreign),
+        yielded=tuple(sorted(gone)),
     )
 
 
-def release(pod: Mapping[str, Any]) -> Patch:
-    """End the observation: remove what streamproc added and its bookkeeping, nothing else."""
+def release(
+    pod: Mapping[str, Any],
+    previous: marks.Read = None,
+    ours: Callable[[str, str | None], bool] | None = None,
+) -> Patch:
+    """End the observation: remove what streamproc added and its bookkeeping, nothing else.
+
+    An owned key is removed only while ``ours`` says it holds the value streamproc wrote; a
+    changed one is a person's now and stays (``yielded``). Without ``previous`` (a simulation's
+    own clean slate) every listed owned key goes.
+    """
     current, labels, version = _meta(pod)
-    removed: dict[str, str | None] = dict.fromkeys(owned_keys(current))
+    if previous is None:
+        owned = {k for k in str(current.get(conventions.OWNED_KEYS, "")).split(",") if k}
+    else:
+        owned = set(previous.owned)
+    gone = set(yielded(pod, previous, ours)) if ours is not None else set()
+    removed: dict[str, str | None] = dict.fromkeys(k for k in owned - gone if k in current)
     removed.update(dict.fromkeys(k for k in conventions.BOOKKEEPING_KEYS if k in current))
     label_changes: dict[str, str | None] = (
         {conventions.OBSERVED_LABEL: None} if conventions.OBSERVED_LABEL in labels else {}
     )
-    return Patch(annotations=removed, labels=label_changes, resource_version=version)
+    return Patch(
+        annotations=removed,
+        labels=label_changes,
+        resource_version=version,
+        yielded=tuple(sorted(gone)),
+    )

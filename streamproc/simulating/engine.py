@@ -22,7 +22,7 @@ import itertools
 from collections.abc import Sequence
 
 from streamproc.cluster.resolving import WorkloadResolver
-from streamproc.model import escalation, qualifying
+from streamproc.model import escalation, marks, qualifying
 from streamproc.model.actions import Action
 from streamproc.model.topologies import Topology
 from streamproc.settings import Settings
@@ -62,7 +62,13 @@ class _Site:
         collector: Collector,
     ) -> None:
         self.cluster = cluster
-        self.expirer = Expirer(cluster, resync_s=3600.0, auditor=collector, clock=clock)
+        self.expirer = Expirer(
+            cluster,
+            resync_s=3600.0,
+            auditor=collector,
+            clock=clock,
+            policy=marks.Policy.of(topologies),
+        )
         self.follower = Follower(clock)
         resolver = WorkloadResolver(
             cluster, cache_size=settings.resolver_cache_size, ttl_s=settings.resolver_cache_ttl_s

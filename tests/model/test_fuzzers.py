@@ -20,6 +20,7 @@ pytest.importorskip("atheris", reason="atheris is in the test extra; .ci/run ins
         ("fuzz_events.py", "events", 20_000),
         ("fuzz_topologies.py", "topologies", 300),
         ("fuzz_records.py", "records", 20_000),
+        ("fuzz_marks.py", "marks", 20_000),
     ],
 )
 def test_the_fuzzer_runs_clean(tmp_path: Path, fuzzer: str, corpus: str, runs: int) -> None:

@@ -16,8 +16,9 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from streamproc.clients import kube, metrics
+from streamproc.cluster import marking
 from streamproc.cluster.resolving import WorkloadResolver
-from streamproc.model import conventions, patches
+from streamproc.model import conventions, marks, patches
 from streamproc.model.actions import Action
 from streamproc.model.durations import format_duration
 from streamproc.model.topologies import Topology
@@ -79,6 +80,8 @@ class Annotator:
         self.clock = clock
         self.settings = settings
         self.topologies = {t.name: t for t in topologies}
+        #: what the topologies write: the bounds the pods' own marks are read against
+        self.policy = marks.Policy.of(topologies)
         self.kube = client
         self.resolver = resolver
         self.scheduler = scheduler
@@ -293,6 +296,7 @@ class Annotator:
         ref = kube.ObjectRef.of(pod)
         annotate = topology.spec.action.annotate
         for _attempt in range(3):
+            previous = marking.read(pod, now=self.clock(), policy=self.policy)
             patch = patches.observe(
                 pod,
                 annotations=annotate,
@@ -300,18 +304,18 @@ class Annotator:
                 topology=topology.name,
                 rule=action.rule,
                 action_id=action.id,
+                previous=previous,
                 level=_level_text(topology, action),
             )
+            lasting = previous.until if isinstance(previous, marks.Marks) else until
             if patch is None:
                 metrics.patches.labels(op="observe", result="unchanged").inc()
-                lasting = patches.expires_at(pod) or until
                 self.scheduler.schedule(ref, lasting, topology.name)
                 return "unchanged", lasting
             due = self.clock() + self._extend_within(topology, action)
-            if patches.lasts(pod, annotate, beyond=due):
+            if patches.lasts(pod, annotate, beyond=due, previous=previous, topology=topology.name):
                 # still observed for long enough: no write until an extension is due
                 metrics.patches.labels(op="observe", result="not-due").inc()
-                lasting = patches.expires_at(pod) or until
                 self.scheduler.schedule(ref, lasting, topology.name)
                 return "not-due", lasting
             if patch.foreign:
@@ -330,8 +334,9 @@ class Annotator:
                 metrics.patches.labels(op="observe", result="not-found").inc()
                 return "not-found", 0.0
             metrics.patches.labels(op="observe", result="ok").inc()
-            current = (pod.get("metadata") or {}).get("annotations") or {}
-            opened = conventions.EXPIRES_AT not in current
+            if patch.yielded:
+                self._yielded(ref, topology, action, patch.yielded)
+            opened = not isinstance(previous, marks.Marks) or not previous.labelled
             self.kube.post_event(
                 pod,
                 "ObservationStarted" if opened else "ObservationExtended",
@@ -344,6 +349,23 @@ class Annotator:
             self.scheduler.schedule(ref, until, topology.name, node)
             return ("opened" if opened else "extended"), until
         return "conflict", 0.0
+
+    def _yielded(
+        self, ref: kube.ObjectRef, topology: Topology, action: Action, keys: tuple[str, ...]
+    ) -> None:
+        """A person changed or removed keys streamproc had added: theirs now, said once."""
+        log.info("%s: %s changed by a person; left as they are", ref, ", ".join(keys))
+        self.auditor.record(
+            result="yielded",
+            action=action.id,
+            topology=topology.name,
+            rule=action.rule,
+            namespace=ref.namespace,
+            kind=ref.kind,
+            name=ref.name,
+            pods=[ref.name] if ref.kind == "Pod" else [],
+            annotations=list(keys),
+        )
 
     async def handle(self, actions: Sequence[Action]) -> None:
         """Apply a batch: workloads concurrently, each workload's actions in order.

@@ -22,9 +22,9 @@ from collections import Counter
 from collections.abc import Callable
 
 from streamproc.clients import kube, metrics
-from streamproc.cluster import releasing
+from streamproc.cluster import marking, releasing
 from streamproc.cluster.cache import ClusterCache
-from streamproc.model import conventions, patches
+from streamproc.model import conventions, marks
 from streamproc.model.ownership import Ownership
 from streamproc.stages.annotate import auditing
 
@@ -45,9 +45,12 @@ class Expirer:
         clock: Callable[[], float] = time.time,
         ownership: Ownership | None = None,
         cache: ClusterCache | None = None,
+        policy: marks.Policy | None = None,
     ) -> None:
         #: the pods as listed and watched: a resync reads the marked ones there, not the API
         self._cache = cache
+        #: what the loaded topologies write: marks beyond it are refused and ended at once
+        self.policy = policy or marks.Policy()
         #: which pods are this replica's to expire (all of them in a single process)
         self.ownership = ownership or Ownership.everything()
         self.ownership.on_change(self._reassigned)
@@ -138,11 +141,14 @@ class Expirer:
         for ref, obj in found:
             if not self.ownership.owns(obj):
                 continue  # another annotate replica's: it expires it
-            until = patches.expires_at(obj)
-            annotations = (obj.get("metadata") or {}).get("annotations") or {}
-            node = str((obj.get("spec") or {}).get("nodeName") or "")
-            # A managed pod without a readable expiry is ended now rather than kept forever.
-            self.schedule(ref, until or 0.0, annotations.get(conventions.TOPOLOGY, "unknown"), node)
+            read = marking.read(obj, now=self.clock(), policy=self.policy)
+            if isinstance(read, marks.Marks):
+                node = str((obj.get("spec") or {}).get("nodeName") or "")
+                self.schedule(ref, read.until, read.topology, node)
+            else:
+                # refused marks (or none under the label) are ended now, not kept forever, and
+                # take no slot of the node budget meanwhile
+                self.schedule(ref, 0.0, "unknown")
 
     async def run(self, stop: asyncio.Event) -> None:
         """Expire on time until ``stop``; resync at start and periodically."""
@@ -195,6 +201,7 @@ class Expirer:
                 extended_after=self.clock(),
                 dry_run=self._dry_run,
                 owned=self.ownership.owns,
+                policy=self.policy,
             )
         except kube.Conflict:
             self._retry_later(key, topology, "kept changing (409)")
@@ -228,11 +235,27 @@ class Expirer:
                 pods=[key.name] if key.kind == "Pod" else [],
                 removed=list(done.removed),
                 dry_run=self._dry_run,
+                **({"refused": done.refused} if done.refused else {}),
             )
             log.info("observation of %s expired", key)
+            if done.yielded:
+                self._yielded(key, topology, done.yielded)
         self._due.pop(key, None)
         self._forget_node(key)
         self._gauge_stale = True
+
+    def _yielded(self, key: kube.ObjectRef, topology: str, keys: tuple[str, ...]) -> None:
+        """Keys a person changed or removed were left alone at the end: say so, once."""
+        log.info("%s: left %s as a person set them", key, ", ".join(keys))
+        self._auditor.record(
+            result="yielded",
+            topology=topology,
+            namespace=key.namespace,
+            kind=key.kind,
+            name=key.name,
+            pods=[key.name] if key.kind == "Pod" else [],
+            annotations=list(keys),
+        )
 
     def _forget_all(self) -> None:
         self._heap.clear()

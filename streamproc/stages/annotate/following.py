@@ -19,12 +19,12 @@ from dataclasses import dataclass
 
 from streamproc import stopping
 from streamproc.clients import kube, metrics
+from streamproc.cluster import marking
 from streamproc.cluster.cache import ClusterCache
 from streamproc.cluster.resolving import WorkloadResolver
-from streamproc.model import conventions, patches
-from streamproc.model.ownership import Ownership, key_of
+from streamproc.model import conventions, marks, patches
+from streamproc.model.ownership import Ownership
 from streamproc.model.topologies import Topology
-from streamproc.model.workloads import cluster_of
 from streamproc.stages.annotate import auditing
 from streamproc.stages.annotate.node_budget import NodeBudget, Scheduler
 
@@ -80,6 +80,8 @@ class Follower:
         self._budget = budget or NodeBudget(scheduler, 0)
         self._resolver = resolver
         self._topologies = {t.name: t for t in topologies}
+        #: what the topologies write: the bounds the pods' own marks are read against
+        self._policy = marks.Policy.of(topologies)
         self._scheduler = scheduler
         self._auditor = auditor or auditing.NullAuditor()
         self._followed: dict[tuple[str, str, str], _Followed] = {}
@@ -182,20 +184,19 @@ class Follower:
                 except kube.NotFound:
                     continue
 
-    def _note(self, pod: kube.Json) -> None:
+    def _read(self, pod: kube.Json) -> marks.Marks | None:
+        """The pod's marks if they are an observation streamproc could have written, else None."""
+        found = marking.read(pod, now=self.clock(), policy=self._policy)
+        return found if isinstance(found, marks.Marks) and found.labelled else None
+
+    def _note(self, pod: kube.Json, found: marks.Marks | None = None) -> None:
         """Count a marked pod's workload as observed, whichever replica owns it."""
-        meta = pod.get("metadata") or {}
-        if (meta.get("labels") or {}).get(conventions.OBSERVED_LABEL) != "true":
+        found = found or self._read(pod)
+        if found is None or found.workload is None:
             return
-        until = patches.expires_at(pod)
-        action_id = str((meta.get("annotations") or {}).get(conventions.ACTION_ID) or "")
-        parts = cluster_of(key_of(action_id))[1].split("/")  # topology/namespace/Kind/name
-        if until is None or len(parts) != 4:
-            return
-        key = (parts[1], parts[2], parts[3])
-        known = self._everywhere.get(key)
-        if known is None or known[0] < until:
-            self._everywhere[key] = (until, parts[0])
+        known = self._everywhere.get(found.workload)
+        if known is None or known[0] < found.until:
+            self._everywhere[found.workload] = (found.until, found.topology)
         if len(self._everywhere) > self._prune_at:  # ended observations go, now and then
             now = self.clock()
             self._everywhere = {k: v for k, v in self._everywhere.items() if v[0] > now}
@@ -203,24 +204,22 @@ class Follower:
 
     async def _remember(self, pod: kube.Json) -> None:
         """Rebuild what is followed from a pod that carries streamproc's marks."""
-        meta = pod.get("metadata") or {}
-        if (meta.get("labels") or {}).get(conventions.OBSERVED_LABEL) != "true":
+        found = self._read(pod)
+        if found is None:
+            return  # refused marks are followed by nothing (and counted nowhere)
+        self._note(pod, found)
+        if found.until <= self.clock() or not self.ownership.owns(pod):
             return
-        self._note(pod)
-        until = patches.expires_at(pod)
-        if until is None or until <= self.clock() or not self.ownership.owns(pod):
-            return
-        annotations = meta.get("annotations") or {}
         ref = await self._resolver.workload_of(pod)
         self.follow(
             ref.namespace,
             ref.kind,
             ref.name,
-            until=until,
-            topology=annotations.get(conventions.TOPOLOGY, ""),
-            rule=annotations.get(conventions.RULE, ""),
-            action_id=annotations.get(conventions.ACTION_ID, ""),
-            level=annotations.get(conventions.LEVEL, ""),
+            until=found.until,
+            topology=found.topology,
+            rule=found.rule,
+            action_id=found.action_id,
+            level=found.level,
         )
 
     async def _consider(self, pod: kube.Json) -> None:
@@ -251,6 +250,7 @@ class Follower:
             topology=followed.topology,
             rule=followed.rule,
             action_id=followed.action_id,
+            previous=marking.read(pod, now=now, policy=self._policy),
             level=followed.level,
         )
         if patch is None:

@@ -13,11 +13,16 @@ from streamproc.clients import kube
 from streamproc.lab.cluster import ClusterBuilder
 from streamproc.lab.kubeemu import KubeEmulator
 from streamproc.model import conventions
-from streamproc.model.patches import expires_at
 from tests import doubles as testing
 from tests.conftest import action_for, async_wait_for, make, time_passes, topology, workload
 
 LADDER = {"ttls": ["15m", "1h", "6h", "24h"], "forgetAfter": "7d"}
+
+
+def expires_at(pod: dict[str, Any]) -> float | None:
+    """The pod's expiry as written (these tests read what streamproc wrote)."""
+    value = (pod.get("metadata", {}).get("annotations") or {}).get(conventions.EXPIRES_AT)
+    return conventions.parse_time(value) if value else None
 
 
 def annotations(emulator: KubeEmulator, pod: str) -> dict[str, str]:
