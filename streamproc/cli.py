@@ -416,7 +416,11 @@ def send(
 
 
 def _post_to_falcosidekick(files: tuple[Any, ...], url: str) -> None:
-    """``send --falcosidekick``: one POST per line, in order; stops on a signal or a refusal."""
+    """``send --falcosidekick``: one POST per line, in order, until done or a signal.
+
+    A refused line is named (a warning) and skipped, as the Kafka path publishes malformed lines
+    for the stages to dead-letter; only an unreachable Falcosidekick fails the command.
+    """
     from streamproc import posting  # noqa: PLC0415 - only this path needs the HTTP client
 
     detections = (
@@ -449,8 +453,6 @@ def _post_to_falcosidekick(files: tuple[Any, ...], url: str) -> None:
         f"posted {done[0]} detections to Falcosidekick at {url}"
         + (f"; it refused {len(refused)} (named above)" if refused else "")
     )
-    if refused:
-        stopping.finish(1)
 
 
 @main.command()

@@ -83,14 +83,14 @@ def test_a_refused_detection_is_named_by_file_and_line_and_the_rest_still_go(
     tmp_path: Path, sidekick: FalcosidekickStandIn, detections: Path
 ) -> None:
     """A 400 is final for that line: one warning names file:line and Falcosidekick's answer,
-    the next lines are posted, and the exit status says something was refused."""
+    the next lines are still posted, and the summary counts the refusal."""
     first = detections.read_bytes().splitlines()[0]
     broken = json.loads(first)
     broken["rule"] = ""  # Check: no rule, no detection
     source = tmp_path / "mixed.jsonl"
     source.write_bytes(first + b"\n" + json.dumps(broken).encode() + b"\n" + first + b"\n")
     result = send(str(source), "--falcosidekick", sidekick.url)
-    assert result.returncode == 1
+    assert result.returncode == 0
     assert result.stderr.startswith(f"streamproc: warning: {source}:2: Falcosidekick at ")
     assert f"refused it (HTTP 400 {BAD_BODY})" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
@@ -106,7 +106,7 @@ def test_the_labs_malformed_samples_are_refused_and_every_other_one_posted(
     result = send(str(detections), "--falcosidekick", sidekick.url)
     refused = [r for r in sidekick.received if r.status == 400]
     assert refused
-    assert result.returncode == 1
+    assert result.returncode == 0
     assert len(result.stderr.strip().splitlines()) == len(refused), result.stderr
     assert len(sidekick.received) == len(lines)
     assert f"posted {len(lines) - len(refused)} detections" in result.stdout
