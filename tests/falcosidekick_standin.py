@@ -13,7 +13,9 @@ Rules from falcosecurity/falcosidekick 2.34.1 (commit 03364bc2):
 - ``types/types.go`` ``FalcoPayload.Check``: a known priority (``types/priority.go``:
   case-insensitive, "info" is Informational, anything else is no priority), a non-empty rule, a
   non-zero RFC 3339 time, and non-empty ``output_fields``.
-- ``outputs/kafka.go``: the Kafka output publishes ``json.Marshal(payload)`` with no key.
+- ``outputs/kafka.go``: the Kafka output publishes ``json.Marshal(payload)`` with no key
+  (with ``publish_to``, the stand-in does too: struct fields in declaration order, map keys
+  sorted, ``<``, ``>`` and ``&`` escaped as Go's encoder does by default).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from aiokafka import AIOKafkaProducer
 
 PRIORITIES = {
     "emergency": "Emergency",
@@ -79,6 +82,12 @@ class FalcosidekickStandIn:
     fail_status: int = 503
     received: list[Received] = field(default_factory=list)
     port: int = 0
+    #: a Kafka bootstrap address: publish what is accepted there, as the Kafka output does
+    publish_to: str | None = None
+    topic: str = "falco"
+    #: KAFKA_COMPRESSION of the compose lab
+    compression: str = "lz4"
+    _producer: AIOKafkaProducer | None = None
 
     @property
     def url(self) -> str:
@@ -102,9 +111,18 @@ class FalcosidekickStandIn:
             site = web.TCPSite(runner, "127.0.0.1", 0)
             await site.start()
             self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            if self.publish_to:
+                self._producer = AIOKafkaProducer(
+                    bootstrap_servers=self.publish_to,
+                    compression_type=self.compression,
+                    acks="all",
+                )
+                await self._producer.start()
             ready.set()
             await stop.wait()
             await runner.cleanup()
+            if self._producer is not None:
+                await self._producer.stop()
 
         thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
         thread.start()
@@ -128,6 +146,8 @@ class FalcosidekickStandIn:
             published = self.judge(body)
             if published is None:
                 status, text = 400, BAD_BODY
+            elif self._producer is not None:
+                await self._producer.send_and_wait(self.topic, go_json(published), key=None)
         self.received.append(
             Received(
                 request.method,
@@ -169,3 +189,25 @@ class FalcosidekickStandIn:
             "source": payload.get("source") or "syscalls",
             "uuid": str(uuid.uuid4()),
         }
+
+
+def go_json(payload: dict[str, Any]) -> bytes:
+    """``json.Marshal`` of a FalcoPayload: declared field order, omitempty, sorted map keys."""
+    order = ("uuid", "output", "priority", "rule", "time", "output_fields", "source", "tags")
+    omitempty = {"uuid", "tags", "hostname"}
+    doc = {k: payload.get(k) for k in (*order, "hostname") if k not in omitempty or payload.get(k)}
+    doc["output"] = doc.get("output") or ""
+    doc["rule"] = doc.get("rule") or ""
+    doc["output_fields"] = dict(sorted((doc.get("output_fields") or {}).items()))
+    if "tags" in doc:
+        doc["tags"] = sorted(doc["tags"])  # newFalcoPayload sorts them
+    text = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+    for char, escaped in (
+        ("&", "\\u0026"),
+        ("<", "\\u003c"),
+        (">", "\\u003e"),
+        ("\u2028", "\\u2028"),
+        ("\u2029", "\\u2029"),
+    ):
+        text = text.replace(char, escaped)  # outside strings JSON has none of these
+    return text.encode()

@@ -17,7 +17,6 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -25,7 +24,6 @@ import pytest
 from aiokafka.protocol.admin import ApiVersionResponse_v0, CreateTopicsRequest_v1
 
 from streamproc.lab import samples
-from streamproc.lab.broker import EmbeddedBroker, free_port
 from streamproc.lab.cluster import ClusterBuilder
 from streamproc.lab.kubeemu import KubeEmulator
 from tests.conftest import annotated, wait_for
@@ -33,17 +31,6 @@ from tests.e2e.conftest import Pipeline, topology_file
 from tests.kafka_gate import API_NAMES, KAFKA_4_0, KafkaGate
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def kafka4(tmp_path: Path) -> Iterator[KafkaGate]:
-    """tansu behind a gate that answers and refuses like an Apache Kafka 4.0 broker."""
-    gate = KafkaGate(port=free_port(), upstream_port=free_port(), api_versions=KAFKA_4_0)
-    broker = EmbeddedBroker(
-        port=gate.upstream_port, advertised_port=gate.port, log=tmp_path / "tansu.log"
-    )
-    with broker.running(), gate.serving():
-        yield gate
 
 
 def _exchange(port: int, api_key: int, version: int, body: bytes) -> bytes:
