@@ -90,6 +90,7 @@ class KafkaGate:
     api_versions: dict[int, tuple[int, int]] | None = None
     #: (api key, version) of every request relayed after authentication, for the tests to read.
     requests: set[tuple[int, int]] = field(default_factory=set)
+    _open: set[asyncio.StreamWriter] = field(default_factory=set, init=False, repr=False)
 
     @contextlib.contextmanager
     def serving(self) -> Iterator[KafkaGate]:
@@ -103,6 +104,13 @@ class KafkaGate:
             ready.set()
             async with server:
                 await stop.wait()
+            # connections still open (a client that outlived the test) end here, not in a
+            # closed loop's garbage collection
+            for writer in list(self._open):
+                writer.close()
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            if others:
+                await asyncio.wait(others, timeout=5)
 
         thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
         thread.start()
@@ -117,6 +125,7 @@ class KafkaGate:
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection(self.host, self.upstream_port)
+        self._open |= {writer, up_writer}
         try:
             if self.users and not await self._authenticate(reader, writer, up_reader, up_writer):
                 return
@@ -131,6 +140,7 @@ class KafkaGate:
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
             pass
         finally:
+            self._open -= {writer, up_writer}
             for w in (writer, up_writer):
                 w.close()
 
@@ -270,13 +280,12 @@ def _intersect_api_versions(
 ) -> bytes:
     """Rewrite an ApiVersions answer (header v0, then the body of ``version``; v3+ compact).
 
-    An error answer (UNSUPPORTED_VERSION is always in the v0 layout) passes unchanged.
+    An error answer (UNSUPPORTED_VERSION, to a version newer than the broker's) is in the v0
+    layout whatever was asked, and lists the ranges too (KIP-511): rewritten the same way.
     """
     head, body = frame[:4], io.BytesIO(frame[4:])
     error = struct.unpack(">h", body.read(2))[0]
-    if error:
-        return frame
-    flexible = version >= 3
+    flexible = version >= 3 and not error
     count = _read_uvarint(body) - 1 if flexible else struct.unpack(">i", body.read(4))[0]
     rows = []
     for _ in range(count):

@@ -63,6 +63,33 @@ def test_the_gate_lists_kafka_4_0s_floors_and_the_brokers_ceilings(kafka4: Kafka
     assert all(KAFKA_4_0[k][0] <= lo <= hi <= KAFKA_4_0[k][1] for k, (lo, hi) in rows.items())
 
 
+def test_a_flexible_api_versions_answer_is_cut_to_kafka_4_0_as_well(kafka4: KafkaGate) -> None:
+    """ApiVersions v3 (compact arrays and tagged fields: librdkafka's and Java's choice) gets the
+    same floors; the answer still parses to its end."""
+    name = b"\x05test"  # compact string "test": length + 1
+    header = struct.pack(">hhih", 18, 3, 9, 4) + b"test" + b"\0"  # request header v2
+    body = name + b"\x021" + b"\0"  # client software name, version "1", no tagged fields
+    with socket.create_connection(("127.0.0.1", kafka4.port), timeout=10) as sock:
+        sock.sendall(struct.pack(">i", len(header + body)) + header + body)
+        size = struct.unpack(">i", sock.recv(4))[0]
+        data = b""
+        while len(data) < size:
+            data += sock.recv(65536)
+    answer = io.BytesIO(data[4:])
+    assert struct.unpack(">h", answer.read(2))[0] == 0
+    count = answer.read(1)[0] - 1  # fewer than 127 rows: one byte
+    rows = {}
+    for _ in range(count):
+        key, low, high = struct.unpack(">hhh", answer.read(6))
+        assert answer.read(1) == b"\0"
+        rows[key] = (low, high)
+    answer.read(4)  # throttle time
+    assert answer.read(1)  # the top-level tagged fields are still there
+    assert rows[1][0] == 4
+    assert rows[19][0] == 2
+    assert set(rows) <= set(KAFKA_4_0)
+
+
 @pytest.mark.parametrize(
     ("api_key", "version"),
     [(19, 1), (0, 2), (1, 3), (11, 1), (8, 1), (2, 0)],
