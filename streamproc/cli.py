@@ -12,6 +12,7 @@ import signal
 import sys
 import time
 import typing
+import urllib.parse
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -379,6 +380,7 @@ def annotate(**opts: Any) -> None:
     envvar="STREAMPROC_FALCOSIDEKICK_URL",
     show_envvar=True,
     metavar="URL",
+    callback=lambda _ctx, _param, url: _http_url(url),
     help="POST each detection to this Falcosidekick (as Falco's http_output does) instead of "
     "writing to Kafka: Falcosidekick publishes it, with its customfields and codec.",
 )
@@ -389,7 +391,10 @@ def send(
     falcosidekick_url: str | None,
     **opts: Any,
 ) -> None:
-    """Publish JSON-lines detections (as Falcosidekick would) to the input topic."""
+    """Publish JSON-lines detections (as Falcosidekick would) to the input topic.
+
+    With --falcosidekick, post them to a Falcosidekick instead, which publishes them itself.
+    """
     if falcosidekick_url:
         _post_to_falcosidekick(files, falcosidekick_url)
         return
@@ -413,6 +418,19 @@ def send(
 
     count = asyncio.run(publish())
     click.echo(f"sent {count} detections to {topic} on {bootstrap_servers}")
+
+
+def _http_url(url: str | None) -> str | None:
+    """The URL as given, if it is http(s) with a host; else a usage error naming the fix."""
+    if url is None:
+        return None
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise click.BadParameter(
+            f"{url!r} is not an http(s) URL; e.g. http://falcosidekick:2801/",
+            param_hint="'--falcosidekick'",
+        )
+    return url
 
 
 def _post_to_falcosidekick(files: tuple[Any, ...], url: str) -> None:

@@ -145,6 +145,14 @@ def test_an_unreachable_falcosidekick_is_named_after_bounded_retries(detections:
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+def test_a_url_that_is_not_http_is_a_usage_error(detections: Path) -> None:
+    """No retries on a typo: exit 2 and the fix, before anything is read or sent."""
+    result = send(str(detections), "--falcosidekick", "falcosidekick:2801")
+    assert result.returncode == 2
+    assert "is not an http(s) URL; e.g. http://falcosidekick:2801/" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_send_stops_on_sigterm_while_retrying(detections: Path) -> None:
     """A signal ends the retries at once (exit 143, no traceback), well before they run out."""
     with FalcosidekickStandIn(fail_first=1000).serving() as standin:
