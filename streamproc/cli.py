@@ -12,6 +12,7 @@ import signal
 import sys
 import time
 import typing
+import urllib.parse
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -377,8 +378,30 @@ def annotate(**opts: Any) -> None:
     show_default=True,
     show_envvar=True,
 )
-def send(files: tuple[Any, ...], bootstrap_servers: str, topic: str, **opts: Any) -> None:
-    """Publish JSON-lines detections (as Falcosidekick would) to the input topic."""
+@click.option(
+    "--falcosidekick",
+    "falcosidekick_url",
+    envvar="STREAMPROC_FALCOSIDEKICK_URL",
+    show_envvar=True,
+    metavar="URL",
+    callback=lambda _ctx, _param, url: _http_url(url),
+    help="POST each detection to this Falcosidekick (as Falco's http_output does) instead of "
+    "writing to Kafka: Falcosidekick publishes it, with its customfields and codec.",
+)
+def send(
+    files: tuple[Any, ...],
+    bootstrap_servers: str,
+    topic: str,
+    falcosidekick_url: str | None,
+    **opts: Any,
+) -> None:
+    """Publish JSON-lines detections (as Falcosidekick would) to the input topic.
+
+    With --falcosidekick, post them to a Falcosidekick instead, which publishes them itself.
+    """
+    if falcosidekick_url:
+        _post_to_falcosidekick(files, falcosidekick_url)
+        return
     settings = _kafka_settings({**opts, "bootstrap_servers": bootstrap_servers})
     kafka.connect_errors.hide = True  # a failure is explained in one line instead
 
@@ -399,6 +422,59 @@ def send(files: tuple[Any, ...], bootstrap_servers: str, topic: str, **opts: Any
 
     count = asyncio.run(publish())
     click.echo(f"sent {count} detections to {topic} on {bootstrap_servers}")
+
+
+def _http_url(url: str | None) -> str | None:
+    """The URL as given, if it is http(s) with a host; else a usage error naming the fix."""
+    if url is None:
+        return None
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise click.BadParameter(
+            f"{url!r} is not an http(s) URL; e.g. http://falcosidekick:2801/",
+            param_hint="'--falcosidekick'",
+        )
+    return url
+
+
+def _post_to_falcosidekick(files: tuple[Any, ...], url: str) -> None:
+    """``send --falcosidekick``: one POST per line, in order, until done or a signal.
+
+    A refused line is named (a warning) and skipped, as the Kafka path publishes malformed lines
+    for the stages to dead-letter; only an unreachable Falcosidekick fails the command.
+    """
+    from streamproc.clients import falcosidekick as posting  # noqa: PLC0415 - only this path needs the HTTP client
+
+    detections = (
+        (f"{getattr(file, 'name', '-')}:{number}", line.strip())
+        for file in files
+        for number, line in enumerate(file, 1)
+        if line.strip()
+    )
+    done: list[int] = []
+    refused: list[posting.PostFailed] = []
+
+    def refuse(exc: posting.PostFailed) -> None:
+        refused.append(exc)
+        click.echo(f"streamproc: warning: {exc}", err=True)
+
+    async def main(stop: asyncio.Event) -> None:
+        count = await posting.post_all(url, detections, stop, refuse)
+        if count is not None:
+            done.append(count)
+
+    try:
+        received = stopping.run(main, grace_s=DEFAULTS.shutdown_timeout_s, name="streamproc send")
+    except posting.PostFailed as exc:
+        click.echo(f"streamproc: error: {exc}", err=True)
+        stopping.finish(1)
+    if not done:
+        click.echo("streamproc: interrupted", err=True)
+        stopping.finish(stopping.exit_code(received or signal.SIGINT))
+    click.echo(
+        f"posted {done[0]} detections to Falcosidekick at {url}"
+        + (f"; it refused {len(refused)} (named above)" if refused else "")
+    )
 
 
 @main.command()

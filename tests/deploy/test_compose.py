@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import pytest
 import yaml
 
 from streamproc.model import topologies
+from streamproc.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 BINARY = Path(next(iter(compose.__path__))) / "docker-compose"
@@ -110,3 +112,24 @@ def test_the_dockerfile_fetches_nothing_at_run_time() -> None:
     assert 'ENTRYPOINT ["streamproc"]' in final
     for copied in re.findall(r"^COPY (?!--from)(\S+)", text, re.MULTILINE):
         assert (ROOT / copied).exists(), copied
+
+
+def test_the_replay_goes_through_falcosidekick_on_kafka_4(model: dict[str, Any]) -> None:
+    """The replay posts to Falcosidekick's HTTP input (never straight to Kafka), Falcosidekick
+    names the cluster in the field streamproc reads, and the broker is an Apache Kafka 4."""
+    services = model["services"]
+    replay, sidekick = services["replay"], services["falcosidekick"]
+    url = urllib.parse.urlsplit(replay["environment"]["STREAMPROC_FALCOSIDEKICK_URL"])
+    published = {p["target"] for p in sidekick.get("ports", [])}
+    assert (url.scheme, url.hostname, url.port) == ("http", "falcosidekick", 2801)
+    assert url.port in published
+    assert "streamproc send" in " ".join(replay["entrypoint"])
+    assert "STREAMPROC_BOOTSTRAP_SERVERS" not in replay["environment"]
+    assert replay["depends_on"]["falcosidekick"]["condition"] == "service_healthy"
+    assert sidekick["healthcheck"]["test"]
+    # CUSTOMFIELDS=key:value,... (falcosidekick config.go); the key is streamproc's cluster field
+    fields = dict(pair.split(":", 1) for pair in sidekick["environment"]["CUSTOMFIELDS"].split(","))
+    assert fields.get(Settings().cluster_field), fields
+    image, _, tag = services["kafka"]["image"].partition(":")
+    assert image == "apache/kafka"
+    assert int(tag.split(".")[0]) >= 4, tag

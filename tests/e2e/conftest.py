@@ -22,6 +22,7 @@ from streamproc.lab.broker import EmbeddedBroker, free_port
 from streamproc.lab.kubeemu import KubeEmulator
 from streamproc.settings import Settings
 from tests.conftest import wait_for
+from tests.kafka_gate import KAFKA_4_0, KafkaGate
 
 TOPOLOGY = """\
 apiVersion: streamproc/v1
@@ -184,6 +185,17 @@ def env(broker: EmbeddedBroker, kubeconfig: Path) -> dict[str, str]:
         "KUBECONFIG": str(kubeconfig),
         "STREAMPROC_LOG_LEVEL": "INFO",
     }
+
+
+@pytest.fixture
+def kafka4(tmp_path: Path) -> Iterator[KafkaGate]:
+    """tansu behind a gate that answers and refuses like an Apache Kafka 4.0 broker."""
+    gate = KafkaGate(port=free_port(), upstream_port=free_port(), api_versions=KAFKA_4_0)
+    broker = EmbeddedBroker(
+        port=gate.upstream_port, advertised_port=gate.port, log=tmp_path / "tansu.log"
+    )
+    with broker.running(), gate.serving():
+        yield gate
 
 
 @pytest.fixture
