@@ -20,7 +20,7 @@ from streamproc.running import stage_topics
 from streamproc.settings import Settings
 from streamproc.stages.ingest import Ingestor
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 ONE = Fleet()
 FLEET = Fleet("a", frozenset({"a", "b"}))
 
