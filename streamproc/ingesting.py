@@ -19,7 +19,7 @@ import asyncio
 import logging
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Protocol
 
 from streamproc import events, kafka, metrics
@@ -76,6 +76,7 @@ class BatchResult:
         "identities",
         "latest_ms",
         "matched",
+        "out_of_step",
         "rules",
         "tallies",
         "unmatched",
@@ -98,6 +99,54 @@ class BatchResult:
         #: counted detections by pod and the workload found for it: (cluster, namespace, pod,
         #: workload) -> detections (``streamproc simulate`` reports how identities were found)
         self.identities: Counter[tuple[str, str, str, WorkloadRef]] = Counter()
+        #: with payload time, the records whose ``time`` was out of step with their neighbours'
+        #: and was replaced by the running clock (``in_step``)
+        self.out_of_step: list[Incoming] = []
+
+
+#: a payload time this far from both its neighbours' (which agree with each other) is out of step
+OUT_OF_STEP_MS = 3_600_000
+
+_Parsed = tuple[Incoming, Detection, int]
+
+
+def in_step(parsed: list[_Parsed], out_of_step: list[Incoming]) -> list[_Parsed]:
+    """Payload times, with each lone outlier replaced by the running clock; outliers listed.
+
+    Only ``streamproc simulate`` windows on the payload's ``time`` (files have no record time),
+    and any valid RFC 3339 time passes Falcosidekick: epoch 0, or the year 2999. One such time
+    would move the simulated clock decades away and change the decisions on the payloads around
+    it, while live, windowed on the record time, would not notice. So a time more than
+    ``OUT_OF_STEP_MS`` from each of its two neighbours on either side in the file, while two of
+    them agree with each other, is taken for what live would have seen: the running clock (the
+    time of the last in-step payload before it in the batch, else of the first after it). Two
+    or more adjacent payloads at a new time are a jump in the input and kept (a file may hold
+    days apart). Each batch decides alone, so worker processes cut the input as one process does.
+    """
+    times = [timestamp for _, _, timestamp in parsed]
+    count = len(times)
+    step = OUT_OF_STEP_MS
+    lone = [False] * count
+    for i, here in enumerate(times):
+        if (i and abs(here - times[i - 1]) <= step) or (
+            i + 1 < count and abs(here - times[i + 1]) <= step
+        ):
+            continue  # the common case: next to a payload of its own time
+        around = [times[j] for j in (i - 2, i - 1, i + 1, i + 2) if 0 <= j < count]
+        lone[i] = all(abs(here - t) > step for t in around) and any(
+            abs(a - b) <= step for k, a in enumerate(around) for b in around[k + 1 :]
+        )
+    if not any(lone) or all(lone):
+        return parsed  # all lone: times that agree nowhere leave no clock to trust
+    fixed = list(parsed)
+    clock = next(t for t, out in zip(times, lone, strict=True) if not out)
+    for i, (record, detection, timestamp) in enumerate(parsed):
+        if lone[i]:
+            out_of_step.append(record)
+            fixed[i] = (record, detection, clock)
+        else:
+            clock = timestamp
+    return fixed
 
 
 class Ingestor:
@@ -148,19 +197,13 @@ class Ingestor:
         routes: dict[tuple[object, ...], _Route] = {}
         waiting: dict[tuple[object, ...], list[tuple[Detection, int]]] = {}
         tallies = result.tallies
-        parse, epoch_ms = events.parse, events.epoch_ms
-        cluster_field, local_cluster = self.settings.cluster_field, self.settings.cluster
         payload_time = self.payload_time
         latest = 0
-        for record in records:
-            try:
-                detection = parse(
-                    record.value or b"", cluster_field=cluster_field, local_cluster=local_cluster
-                )
-                timestamp = epoch_ms(detection.time) if payload_time else record.timestamp
-            except ParseError as exc:
-                result.dead.append((record, exc.reason, exc.detail))
-                continue
+        for record, detection, timestamp in (
+            self._on_payload_time(records, result)
+            if payload_time
+            else self._parsed(records, result)
+        ):
             if timestamp > latest:  # noqa: PLR1730 - in the hot loop a compare beats a call
                 latest = timestamp
             key: tuple[object, ...] = detection[:8]  # rule ... owners, cluster
@@ -185,6 +228,31 @@ class Ingestor:
         result.latest_ms = latest
         _summarise(routes, result)
         return result
+
+    def _on_payload_time(self, records: Iterable[Incoming], result: BatchResult) -> list[_Parsed]:
+        """The batch parsed, windowed on each payload's ``time`` kept in step (``in_step``)."""
+        epoch_ms = events.epoch_ms
+        parsed = []
+        for record, detection, _ in self._parsed(records, result):
+            try:
+                parsed.append((record, detection, epoch_ms(detection.time)))
+            except ParseError as exc:
+                result.dead.append((record, exc.reason, exc.detail))
+        return in_step(parsed, result.out_of_step)
+
+    def _parsed(self, records: Iterable[Incoming], result: BatchResult) -> Iterator[_Parsed]:
+        """Each record that parses, with its record time; the others become dead letters."""
+        parse = events.parse
+        cluster_field, local_cluster = self.settings.cluster_field, self.settings.cluster
+        for record in records:
+            try:
+                detection = parse(
+                    record.value or b"", cluster_field=cluster_field, local_cluster=local_cluster
+                )
+            except ParseError as exc:
+                result.dead.append((record, exc.reason, exc.detail))
+                continue
+            yield record, detection, record.timestamp
 
     def _route(self, detection: Detection, topic: str) -> _Route:
         if detection.namespace is None or detection.pod is None:

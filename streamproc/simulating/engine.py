@@ -154,8 +154,11 @@ class Simulation:
                     self._site(cluster).cluster.seen(namespace, pod, workload)
         self._latest_ms = max(self._latest_ms, result.latest_ms)
         decided = []
+        # ties broken by name: a batch's tallies come in an order its resolver's cache decides,
+        # and a worker process's cache has seen other batches than this process's
         for tally in sorted(
-            result.tallies.values(), key=lambda t: (t.window_start, t.first_append_ms)
+            result.tallies.values(),
+            key=lambda t: (t.window_start, t.first_append_ms, t.topology, t.workload_key),
         ):
             topology = self._by_name[tally.topology]
             windows = self._windows[topology.name]

@@ -62,7 +62,11 @@ def topology(
 
 
 def lines(days: tuple[float, ...] = (0,), per_pod: int = 1) -> list[bytes]:
-    """Detections of every sample workload on each day: one per pod, ``per_pod`` times."""
+    """Detections of every sample workload on each day: one per pod, ``per_pod`` times.
+
+    In time order, as a topic's records are: simulate takes a payload whose time is far from
+    all its neighbours' for an absurd one (``ingesting.in_step``).
+    """
     rng = random.Random(1)
     found = []
     for workload in sample_cluster().workloads:
@@ -71,8 +75,8 @@ def lines(days: tuple[float, ...] = (0,), per_pod: int = 1) -> list[bytes]:
                 for n in range(per_pod):
                     at = T0 + day * DAY_S + n
                     payload = samples.detection(workload, pod, samples.RULES[0], at, rng)
-                    found.append(orjson.dumps(payload))
-    return found
+                    found.append((at, orjson.dumps(payload)))
+    return [line for _, line in sorted(found, key=lambda item: item[0])]
 
 
 def run(*args: str) -> tuple[int, str]:
