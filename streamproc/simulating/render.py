@@ -99,6 +99,14 @@ def _overview(first: Report, console: Console) -> None:
     )
     identities = ", ".join(f"{k} {first.identities.get(k, 0):,}" for k in IDENTITY_SOURCES)
     console.print(f"workload identities (detections): {identities}")
+    if first.ambiguous:
+        pods = sorted(first.ambiguous)
+        more = f" and {len(pods) - 5:,} more" if len(pods) > 5 else ""
+        console.print(
+            f"ambiguous identities: {len(pods):,} pods named as a DaemonSet or a Job names its "
+            f"pods were each taken for a bare Pod ({', '.join(pods[:5])}{more}); give --pods "
+            "(kubectl get pods,replicasets,jobs -A -o json) or --kubeconfig for their owners"
+        )
     if first.out_of_step:
         console.print(
             f"payload times out of step with their neighbours: {first.out_of_step:,} (e.g. "

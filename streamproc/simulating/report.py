@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from streamproc import conventions, events
+from streamproc import conventions, events, workloads
 from streamproc.actions import Action
 from streamproc.ingesting import BatchResult
 from streamproc.kafka import BadBatch
@@ -110,6 +110,8 @@ class Report:
         self.dead: Counter[str] = Counter()
         self.dead_examples: dict[str, list[str]] = {}
         self.identities: Counter[str] = Counter()
+        #: pods taken for bare Pods by a name a DaemonSet or a Job could have generated
+        self.ambiguous: set[str] = set()
         #: payloads whose ``time`` was out of step with their neighbours' (``ingesting.in_step``)
         self.out_of_step = 0
         self.out_of_step_examples: list[str] = []
@@ -186,6 +188,8 @@ class Report:
             self.identities[source] += n
             prefix = f"{cluster}:" if cluster else ""
             self.workload_detections[f"{prefix}{workload.key}"] += n
+            if workloads.is_ambiguous(workload):
+                self.ambiguous.add(f"{prefix}{namespace}/{pod}")
 
     def decided(self, action: Action) -> None:
         """The windows decision emitted ``action``."""
@@ -246,6 +250,7 @@ class Report:
             "times_out_of_step_examples": self.out_of_step_examples,
             "time_range": self.time_range(),
             "identities": {k: self.identities.get(k, 0) for k in IDENTITY_SOURCES},
+            "ambiguous_identities": sorted(self.ambiguous),
             "most_live_windows": self.most_live_windows,
             "skipped": dict(self.skipped),
             "dead_letters": dict(self.dead),

@@ -180,10 +180,10 @@ async def _ingest_batches(
                 put([await sim.ingestor.process(batch) for sim in sims])
 
 
-def draw(report: Report, path: Path) -> None:
-    """``--plot``."""
+def draw(reports: list[Report], path: Path) -> None:
+    """``--plot``: every topology set's observations, as the table counts them."""
     try:
-        plot.timeline(report, path)
+        plot.timeline(reports, path)
     except plot.PlotError as exc:
         raise SimulationError(str(exc)) from None
 
