@@ -103,9 +103,8 @@ def _overview(first: Report, console: Console) -> None:
         pods = sorted(first.ambiguous)
         more = f" and {len(pods) - 5:,} more" if len(pods) > 5 else ""
         console.print(
-            f"ambiguous identities: {len(pods):,} pods named as a DaemonSet or a Job names its "
-            f"pods were each taken for a bare Pod ({', '.join(pods[:5])}{more}); give --pods "
-            "(kubectl get pods,replicasets,jobs -A -o json) or --kubeconfig for their owners"
+            f"ambiguous identities: {len(pods):,} pods named as a DaemonSet's or a Job's, taken "
+            f"for bare Pods ({', '.join(pods[:5])}{more}); give --pods or --kubeconfig for owners"
         )
     if first.out_of_step:
         console.print(
