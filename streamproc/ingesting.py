@@ -110,7 +110,11 @@ OUT_OF_STEP_MS = 3_600_000
 _Parsed = tuple[Incoming, Detection, int]
 
 
-def in_step(parsed: list[_Parsed], out_of_step: list[Incoming]) -> list[_Parsed]:
+def in_step(
+    parsed: list[_Parsed],
+    out_of_step: list[Incoming],
+    context: tuple[Sequence[int], Sequence[int]] = ((), ()),
+) -> list[_Parsed]:
     """Payload times, with each lone outlier replaced by the running clock; outliers listed.
 
     Only ``streamproc simulate`` windows on the payload's ``time`` (files have no record time),
@@ -119,12 +123,16 @@ def in_step(parsed: list[_Parsed], out_of_step: list[Incoming]) -> list[_Parsed]
     it, while live, windowed on the record time, would not notice. So a time more than
     ``OUT_OF_STEP_MS`` from each of its two neighbours on either side in the file, while two of
     them agree with each other, is taken for what live would have seen: the running clock (the
-    time of the last in-step payload before it in the batch, else of the first after it). Two
-    or more adjacent payloads at a new time are a jump in the input and kept (a file may hold
-    days apart). Each batch decides alone, so worker processes cut the input as one process does.
+    time of the last in-step payload before it, else of the first after it). Two or more
+    adjacent payloads at a new time are a jump in the input and kept (a file may hold days
+    apart). ``context`` holds the times of the payloads just before and after the batch in the
+    file, so its first and last payloads have neighbours on both sides too; each batch decides
+    from its own lines and that context alone, so worker processes decide as one process does.
     """
-    times = [timestamp for _, _, timestamp in parsed]
+    before, after = context
+    times = [*before, *(timestamp for _, _, timestamp in parsed), *after]
     count = len(times)
+    first, end = len(before), len(before) + len(parsed)
     step = OUT_OF_STEP_MS
     lone = [False] * count
     for i, here in enumerate(times):
@@ -136,16 +144,21 @@ def in_step(parsed: list[_Parsed], out_of_step: list[Incoming]) -> list[_Parsed]
         lone[i] = all(abs(here - t) > step for t in around) and any(
             abs(a - b) <= step for k, a in enumerate(around) for b in around[k + 1 :]
         )
-    if not any(lone) or all(lone):
+    if not any(lone[first:end]) or all(lone):
         return parsed  # all lone: times that agree nowhere leave no clock to trust
     fixed = list(parsed)
-    clock = next(t for t, out in zip(times, lone, strict=True) if not out)
-    for i, (record, detection, timestamp) in enumerate(parsed):
-        if lone[i]:
+    previous: int | None = None
+    for i in range(end):
+        if not lone[i]:
+            previous = times[i]
+        elif i >= first:
+            # the last in-step time before it, else (none yet) the first after it
+            clock = previous
+            if clock is None:
+                clock = next(t for t, out in zip(times[i:], lone[i:], strict=True) if not out)
+            record, detection, _ = parsed[i - first]
             out_of_step.append(record)
-            fixed[i] = (record, detection, clock)
-        else:
-            clock = timestamp
+            fixed[i - first] = (record, detection, clock)
     return fixed
 
 
@@ -185,8 +198,16 @@ class Ingestor:
         """Topics the stage reads."""
         return sorted(self.matchers)
 
-    async def process(self, records: Iterable[Incoming]) -> BatchResult:
+    async def process(
+        self,
+        records: Iterable[Incoming],
+        *,
+        context: tuple[Sequence[bytes], Sequence[bytes]] = ((), ()),
+    ) -> BatchResult:
         """Turn one batch of raw records into tallies and dead letters (no Kafka I/O).
+
+        ``context``: with payload time, the lines just before and after the batch in its file,
+        for telling a lone outlier from a jump at the batch's edges (``in_step``).
 
         Per detection this costs one parse, one dict look-up of its *route* (what a detection
         with this rule, priority, source, tags, namespace, pod and owners does: skipped, or
@@ -200,7 +221,7 @@ class Ingestor:
         payload_time = self.payload_time
         latest = 0
         for record, detection, timestamp in (
-            self._on_payload_time(records, result)
+            self._on_payload_time(records, result, context)
             if payload_time
             else self._parsed(records, result)
         ):
@@ -229,7 +250,12 @@ class Ingestor:
         _summarise(routes, result)
         return result
 
-    def _on_payload_time(self, records: Iterable[Incoming], result: BatchResult) -> list[_Parsed]:
+    def _on_payload_time(
+        self,
+        records: Iterable[Incoming],
+        result: BatchResult,
+        context: tuple[Sequence[bytes], Sequence[bytes]],
+    ) -> list[_Parsed]:
         """The batch parsed, windowed on each payload's ``time`` kept in step (``in_step``)."""
         epoch_ms = events.epoch_ms
         parsed = []
@@ -238,7 +264,23 @@ class Ingestor:
                 parsed.append((record, detection, epoch_ms(detection.time)))
             except ParseError as exc:
                 result.dead.append((record, exc.reason, exc.detail))
-        return in_step(parsed, result.out_of_step)
+        before, after = context
+        return in_step(parsed, result.out_of_step, (self._times(before), self._times(after)))
+
+    def _times(self, lines: Sequence[bytes]) -> list[int]:
+        """The payload times of context lines; a line that does not parse has none."""
+        found = []
+        for line in lines:
+            try:
+                detection = events.parse(
+                    line,
+                    cluster_field=self.settings.cluster_field,
+                    local_cluster=self.settings.cluster,
+                )
+                found.append(events.epoch_ms(detection.time))
+            except ParseError:
+                continue
+        return found
 
     def _parsed(self, records: Iterable[Incoming], result: BatchResult) -> Iterator[_Parsed]:
         """Each record that parses, with its record time; the others become dead letters."""

@@ -141,9 +141,16 @@ class Simulation:
             self._sites[cluster] = site
         return site
 
-    async def feed(self, records: Sequence[Incoming]) -> None:
-        """One batch, as the ingest stage would take it from a ``getmany``."""
-        await self.absorb(await self.ingestor.process(records))
+    async def feed(
+        self,
+        records: Sequence[Incoming],
+        context: tuple[Sequence[bytes], Sequence[bytes]] = ((), ()),
+    ) -> None:
+        """One batch, as the ingest stage would take it from a ``getmany``.
+
+        ``context``: for files, the lines just before and after the batch (``inputs.Batch``).
+        """
+        await self.absorb(await self.ingestor.process(records, context=context))
 
     async def absorb(self, result: BatchResult) -> None:
         """What the ingest code made of one batch (here, or in a worker process), in order."""

@@ -110,7 +110,7 @@ async def _simulate(request: Request) -> list[Report]:
         elif count == 1:
             for batch in inputs.batches(request.files, FILES_TOPIC, request.batch_lines):
                 for sim in sims:
-                    await sim.feed(batch)
+                    await sim.feed(batch.lines, (batch.before, batch.after))
         else:
             async for results in parallel.in_order(_ingest_share, request, count):
                 for sim, result in zip(sims, results, strict=True):
@@ -177,7 +177,8 @@ async def _ingest_batches(
             for batch in inputs.batches(
                 request.files, FILES_TOPIC, request.batch_lines, share=share
             ):
-                put([await sim.ingestor.process(batch) for sim in sims])
+                context = (batch.before, batch.after)
+                put([await sim.ingestor.process(batch.lines, context=context) for sim in sims])
 
 
 def draw(reports: list[Report], path: Path) -> None:

@@ -7,17 +7,22 @@ either.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 from pathlib import Path
+from random import Random
 
 import orjson
 from click.testing import CliRunner
 
+from streamproc import topologies
 from streamproc.cli import main
 from streamproc.ingesting import OUT_OF_STEP_MS, in_step
 from streamproc.lab import samples
 from streamproc.lab.cluster import SampleWorkload, sample_cluster
+from streamproc.settings import Settings
+from streamproc.simulating import inputs, session
 
 TOPOLOGY = """\
 apiVersion: streamproc/v1
@@ -172,3 +177,64 @@ def test_times_that_agree_nowhere_are_left_alone() -> None:
     out: list[object] = []
     assert in_step(parsed, out) == parsed  # type: ignore[arg-type]
     assert out == []
+
+
+def simulated_in_batches(tmp_path: Path, payloads: list[bytes], size: int) -> dict[str, object]:
+    source = tmp_path / "batched.jsonl"
+    source.write_bytes(b"\n".join(payloads) + b"\n")
+    topology = tmp_path / "ladder.yaml"
+    topology.write_text(TOPOLOGY)
+    request = session.Request(
+        settings=Settings(simulate_workers=1),
+        topology_sets=[topologies.load_path(topology)],
+        names=["t"],
+        files=[source],
+        batch_lines=size,
+    )
+    return session.as_json(asyncio.run(session.simulate(request)))
+
+
+def at(seconds: float, *, time: str | None = None) -> bytes:
+    workload = user_workloads()[0]
+    payload = samples.detection(workload, workload.pods[0], samples.RULES[0], seconds, Random(1))
+    if time is not None:
+        payload["time"] = time
+    return orjson.dumps(payload)
+
+
+def test_a_jump_at_a_batch_edge_is_kept_and_an_outlier_there_is_not(tmp_path: Path) -> None:
+    """Batches of 4: a new day on a batch's last line is a jump its context shows, kept."""
+    days = [at(T0 + day * 86_400 + n) for day in range(3) for n in range(4)][1:]
+    kept = simulated_in_batches(tmp_path, days, 4)
+    assert kept["times_out_of_step"] == 0
+    absurd = [*days[:2], at(T0, time=ABSURD[1]), *days[2:]]  # the 3rd line of a batch of 4
+    found = simulated_in_batches(tmp_path, absurd, 4)
+    assert found["times_out_of_step"] == 1
+    assert found["time_range"] == kept["time_range"]
+
+
+def test_every_batch_comes_with_the_lines_around_it_for_every_share(tmp_path: Path) -> None:
+    """The context of a batch is the same whether one process or a worker reads it."""
+    source = tmp_path / "lines.jsonl"
+    source.write_bytes(b"\n".join(b"line %d" % n for n in range(1, 11)) + b"\n")
+    alone = list(inputs.batches([source], "t", 3))
+    assert [b.before for b in alone] == [
+        [],
+        [b"line 2", b"line 3"],
+        [b"line 5", b"line 6"],
+        [
+            b"line 8",
+            b"line 9",
+        ],
+    ]
+    assert [b.after for b in alone] == [
+        [b"line 4", b"line 5"],
+        [b"line 7", b"line 8"],
+        [b"line 10"],
+        [],
+    ]
+    shared = [
+        *inputs.batches([source], "t", 3, share=(0, 2)),
+        *inputs.batches([source], "t", 3, share=(1, 2)),
+    ]
+    assert sorted(shared, key=lambda b: b.lines[0].offset) == alone
