@@ -827,7 +827,8 @@ def _moment(text: str, now: float, option: str) -> int:
 @click.option(
     "--plot",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Draw the observations of --topology as a timeline (PNG; needs streamproc[plot]).",
+    help="Draw the observations of --topology and --compare as a timeline (PNG; needs "
+    "streamproc[plot]).",
 )
 @_kafka_options
 def simulate(
@@ -900,7 +901,7 @@ def simulate(
             stopping.finish(stopping.exit_code(received or signal.SIGINT))
         reports = done[0]
         if plot is not None:
-            session.draw(reports[0], plot)
+            session.draw(reports, plot)
     except session.SimulationError as exc:
         raise click.ClickException(str(exc)) from None
     if output == "json":

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from streamproc import stopping
 from streamproc.clients import kafka, kube
 from streamproc.cluster.cache import ClusterCache
 from streamproc.cluster.resolving import WorkloadResolver
@@ -86,17 +87,58 @@ def _started_cache(
     return cache
 
 
+#: how often a stage still waiting for the API server says so again
+API_WAIT_REPORT_S = 30.0
+
+
+async def wait_for_api_server(
+    client: kube.Kube, stop: asyncio.Event, *, report_every_s: float = API_WAIT_REPORT_S
+) -> bool:
+    """Wait until the API server answers, or ``stop`` is set; True when it answered.
+
+    The annotator may start before the cluster is reachable (a control-plane upgrade, a VPN not
+    yet up, a wrong server address). Starting its watches anyway would log a warning per watch
+    every few seconds and say nothing of the cause; instead one line says what it waits for, and
+    again every ``report_every_s``, as the wait for the broker does. Any answer ends the wait,
+    a refusal too: the stages then meet it and explain it.
+    """
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    next_report = began
+    reported = False
+    delay = 0.5
+    while not stop.is_set():
+        try:
+            answered = await stopping.unless_stopped(client.server_version(), stop)
+        except kube.Unavailable as exc:
+            if loop.time() >= next_report:
+                log.warning(
+                    "waiting for the API server at %s%s (%s); check that the cluster is up and "
+                    "that the kubeconfig's server address is right",
+                    client.server,
+                    f", for {loop.time() - began:.0f}s now" if reported else "",
+                    exc,
+                )
+                next_report = loop.time() + report_every_s
+                reported = True
+        except kube.KubeError:
+            return True  # it answered, if only to refuse
+        else:
+            return answered is not None
+        await stopping.pause(stop, delay)
+        delay = min(delay * 2, 5.0)
+    return False
+
+
 async def _start_annotate(
     settings: Settings,
     topologies: Sequence[Topology],
     stop: asyncio.Event,
     running: Running,
+    client: kube.Kube,
     cleanups: list[Callable[[], Awaitable[None]]],
 ) -> list[asyncio.Task[None]]:
     """The annotator and the expirer, sharing one API connection, its limits and the audit."""
-    client = await _kube_or_none(settings, required=True)
-    assert client is not None
-    cleanups.append(client.close)
     tasks: list[asyncio.Task[None]] = []
     cache = _cache_of(client, running, stop, tasks)
     resolver = WorkloadResolver(
@@ -233,20 +275,26 @@ async def run_stages(
 ) -> None:
     """Run the given stages until ``stop`` is set or one of them fails."""
     running = running or Running()
-    if not await kafka.wait_for_broker(settings, stop):
-        return  # asked to stop before Kafka ever answered: nothing was started
-    await kafka.ensure_topics(
-        settings,
-        [
-            kafka.TopicSpec(name, settings.partitions)
-            for name in stage_topics(settings, topologies, stages)
-        ],
-    )
     cleanups: list[Callable[[], Awaitable[None]]] = []
-    tasks: list[asyncio.Task[None]] = [
-        asyncio.create_task(kafka.watch_broker(settings, stop), name="kafka-watch")
-    ]
+    tasks: list[asyncio.Task[None]] = []
+    # Credentials are read before waiting for anything: without them the annotator cannot run,
+    # and a person hears so at once, in one line, not after the broker answered.
+    api = await _kube_or_none(settings, required=True) if "annotate" in stages else None
+    if api is not None:
+        cleanups.append(api.close)
     try:
+        if not await kafka.wait_for_broker(settings, stop):
+            return  # asked to stop before Kafka ever answered: nothing was started
+        if api is not None and not await wait_for_api_server(api, stop):
+            return  # asked to stop before the API server ever answered
+        await kafka.ensure_topics(
+            settings,
+            [
+                kafka.TopicSpec(name, settings.partitions)
+                for name in stage_topics(settings, topologies, stages)
+            ],
+        )
+        tasks.append(asyncio.create_task(kafka.watch_broker(settings, stop), name="kafka-watch"))
         if "ingest" in stages:
             ingestor = await _ingestor(settings, topologies, stop, running, cleanups, tasks)
             tasks.append(asyncio.create_task(ingestor.run(stop), name="ingest"))
@@ -270,7 +318,8 @@ async def run_stages(
             cleanups.append(app.stop)
             tasks.append(asyncio.create_task(until_crashed(app, stop), name="windows"))
         if "annotate" in stages:
-            tasks += await _start_annotate(settings, topologies, stop, running, cleanups)
+            assert api is not None
+            tasks += await _start_annotate(settings, topologies, stop, running, api, cleanups)
         running.ready.set()
         log.info("running: %s", ", ".join(stages))
         stopper = asyncio.create_task(stop.wait())

@@ -25,6 +25,7 @@ from urllib.request import getproxies, proxy_bypass
 
 import aiohttp
 import orjson
+import yaml
 from aiolimiter import AsyncLimiter
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -189,9 +190,16 @@ async def _configuration(kubeconfig: str | None, context: str | None) -> client.
             await config.load_kube_config(
                 config_file=kubeconfig, client_configuration=configuration, context=context
             )
-        except (config.ConfigException, OSError, TypeError, ValueError) as exc:
+        except (
+            config.ConfigException,
+            OSError,
+            TypeError,
+            ValueError,
+            AttributeError,
+            yaml.YAMLError,
+        ) as exc:
             raise ConfigError(
-                f"kubeconfig {where} is not usable ({str(exc).splitlines()[0][:200]}); check "
+                f"kubeconfig {where} is not usable ({_config_problem(exc)}); check "
                 "it with `kubectl --kubeconfig " + where + " config view`"
             ) from None
         return configuration
@@ -204,6 +212,17 @@ async def _configuration(kubeconfig: str | None, context: str | None) -> client.
             "kubeconfig"
         ) from None
     return configuration
+
+
+def _config_problem(exc: Exception) -> str:
+    """What is wrong with a kubeconfig, in a few words: YAML's own message has five lines."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        return f"not YAML: {exc.problem} at line {mark.line + 1}, column {mark.column + 1}"
+    if isinstance(exc, yaml.YAMLError):
+        return "not YAML"
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
 
 
 def explain(exc: KubeError) -> str:

@@ -35,6 +35,8 @@ _DEPLOYMENT_POD = re.compile(rf"(?P<name>.+)-{_SAFE}{{6,10}}-{_SAFE}{{5}}")
 _CRONJOB_POD = re.compile(rf"(?P<name>.+)-\d{{8,10}}-{_SAFE}{{5}}")
 _STATEFULSET_POD = re.compile(r"(?P<name>.+)-\d+")
 _REPLICASET = re.compile(rf"(?P<name>.+)-{_SAFE}{{6,10}}")
+#: a name a controller generated (``generateName`` plus five characters): a DaemonSet's or Job's
+_GENERATED_POD = re.compile(rf"(?P<name>.+)-{_SAFE}{{5}}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +119,19 @@ def from_name_shape(namespace: str, pod: str) -> WorkloadRef:
         return WorkloadRef(namespace, "StatefulSet", match["name"], "name-shape")
     # ``name-xxxxx`` is a DaemonSet's or a Job's pod; the name cannot tell which.
     return WorkloadRef(namespace, "Pod", pod, "name-shape")
+
+
+def is_ambiguous(ref: WorkloadRef) -> bool:
+    """A bare Pod by name shape whose name a DaemonSet or a Job could have generated.
+
+    The name cannot tell (``node-exporter-nsxsp``): such a pod may well be one of many of a
+    DaemonSet, so ``simulate`` flags it rather than count each pod as a workload of its own.
+    """
+    return (
+        ref.resolved_by == "name-shape"
+        and ref.kind == "Pod"
+        and _GENERATED_POD.fullmatch(ref.name) is not None
+    )
 
 
 def parent_kind(kind: str) -> str | None:

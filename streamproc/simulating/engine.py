@@ -147,9 +147,16 @@ class Simulation:
             self._sites[cluster] = site
         return site
 
-    async def feed(self, records: Sequence[Incoming]) -> None:
-        """One batch, as the ingest stage would take it from a ``getmany``."""
-        await self.absorb(await self.ingestor.process(records))
+    async def feed(
+        self,
+        records: Sequence[Incoming],
+        context: tuple[Sequence[bytes], Sequence[bytes]] = ((), ()),
+    ) -> None:
+        """One batch, as the ingest stage would take it from a ``getmany``.
+
+        ``context``: for files, the lines just before and after the batch (``inputs.Batch``).
+        """
+        await self.absorb(await self.ingestor.process(records, context=context))
 
     async def absorb(self, result: BatchResult) -> None:
         """What the ingest code made of one batch (here, or in a worker process), in order."""
@@ -160,8 +167,11 @@ class Simulation:
                     self._site(cluster).cluster.seen(namespace, pod, workload)
         self._latest_ms = max(self._latest_ms, result.latest_ms)
         decided = []
+        # ties broken by name: a batch's tallies come in an order its resolver's cache decides,
+        # and a worker process's cache has seen other batches than this process's
         for tally in sorted(
-            result.tallies.values(), key=lambda t: (t.window_start, t.first_append_ms)
+            result.tallies.values(),
+            key=lambda t: (t.window_start, t.first_append_ms, t.topology, t.workload_key),
         ):
             topology = self._by_name[tally.topology]
             windows = self._windows[topology.name]

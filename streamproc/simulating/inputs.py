@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import zlib
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -51,29 +52,63 @@ class Line(NamedTuple):
     key: bytes | None = None
 
 
-def batches(
-    paths: list[Path], topic: str, size: int = BATCH_LINES, *, share: tuple[int, int] = (0, 1)
-) -> Iterator[list[Line]]:
-    """Records of every non-blank line, ``size`` at a time; partition is the file's index.
+#: lines of context on each side of a batch (``ingesting.in_step`` looks two lines each way)
+CONTEXT_LINES = 2
 
-    ``share=(k, n)`` yields only batches k, k+n, k+2n... (a worker process's share): the
-    others are counted through, not built, so every worker cuts the input at the same lines.
-    """
-    mine, every = share
-    batch: list[Line] = []
-    ordinal = counted = 0
+
+class Batch(NamedTuple):
+    """A batch of lines, and the lines just before and after it in the input (its context)."""
+
+    lines: list[Line]
+    before: list[bytes]
+    after: list[bytes]
+
+
+def _numbered(paths: list[Path]) -> Iterator[tuple[int, int, bytes]]:
+    """(file index, line number, line) of every non-blank line."""
     for index, path in enumerate(paths):
         for number, line in enumerate(lines(path), start=1):
             if len(line) < 3 and not line.strip():
                 continue
-            if ordinal % every == mine:
-                batch.append(Line(topic, index, number, line))
-            counted += 1
-            if counted >= size:
-                if batch:
-                    yield batch
-                batch = []
-                ordinal += 1
-                counted = 0
+            yield index, number, line
+
+
+def batches(
+    paths: list[Path], topic: str, size: int = BATCH_LINES, *, share: tuple[int, int] = (0, 1)
+) -> Iterator[Batch]:
+    """Records of every non-blank line, ``size`` at a time; partition is the file's index.
+
+    ``share=(k, n)`` yields only batches k, k+n, k+2n... (a worker process's share): the
+    others are counted through, not built, so every worker cuts the input at the same lines.
+    Each batch comes with ``CONTEXT_LINES`` lines of the input on either side, the same for
+    every share.
+    """
+    mine, every = share
+    recent: deque[bytes] = deque(maxlen=CONTEXT_LINES)
+    before: list[bytes] = []
+    batch: list[Line] = []
+    waiting: Batch | None = None  # full, waiting for the lines after it
+    ordinal = counted = 0
+    for index, number, line in _numbered(paths):
+        if waiting is not None:
+            waiting.after.append(line)
+            if len(waiting.after) >= CONTEXT_LINES:
+                yield waiting
+                waiting = None
+        if counted == 0:
+            before = list(recent)
+        if ordinal % every == mine:
+            batch.append(Line(topic, index, number, line))
+        recent.append(line)
+        counted += 1
+        if counted >= size:
+            if waiting is not None:  # batches shorter than their context
+                yield waiting
+            waiting = Batch(batch, before, []) if batch else None
+            batch = []
+            ordinal += 1
+            counted = 0
+    if waiting is not None:
+        yield waiting
     if batch:
-        yield batch
+        yield Batch(batch, before, [])

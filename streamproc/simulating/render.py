@@ -99,6 +99,19 @@ def _overview(first: Report, console: Console) -> None:
     )
     identities = ", ".join(f"{k} {first.identities.get(k, 0):,}" for k in IDENTITY_SOURCES)
     console.print(f"workload identities (detections): {identities}")
+    if first.ambiguous:
+        pods = sorted(first.ambiguous)
+        more = f" and {len(pods) - 5:,} more" if len(pods) > 5 else ""
+        console.print(
+            f"ambiguous identities: {len(pods):,} pods named as a DaemonSet's or a Job's, taken "
+            f"for bare Pods ({', '.join(pods[:5])}{more}); give --pods or --kubeconfig for owners"
+        )
+    if first.out_of_step:
+        console.print(
+            f"payload times out of step with their neighbours: {first.out_of_step:,} (e.g. "
+            f"{', '.join(first.out_of_step_examples)}), windowed at the running clock as live "
+            "windows on the record time"
+        )
     skipped = ", ".join(f"{k} {v:,}" for k, v in first.skipped.items() if v)
     if skipped:
         console.print(f"not counted: {skipped}")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from streamproc.clients.kafka import BadBatch
-from streamproc.model import conventions, events
+from streamproc.model import conventions, events, workloads
 from streamproc.model.actions import Action
 from streamproc.model.topologies import Topology
 from streamproc.stages.ingest import BatchResult
@@ -110,6 +110,11 @@ class Report:
         self.dead: Counter[str] = Counter()
         self.dead_examples: dict[str, list[str]] = {}
         self.identities: Counter[str] = Counter()
+        #: pods taken for bare Pods by a name a DaemonSet or a Job could have generated
+        self.ambiguous: set[str] = set()
+        #: payloads whose ``time`` was out of step with their neighbours' (``ingesting.in_step``)
+        self.out_of_step = 0
+        self.out_of_step_examples: list[str] = []
         self.skipped: Counter[str] = Counter()
         self.priorities: Counter[str] = Counter()
         self.workload_detections: Counter[str] = Counter()
@@ -132,6 +137,11 @@ class Report:
         """Fold one ingest batch's counters in."""
         self.records += sum(result.consumed.values()) + len(result.dead)
         self._add_dead(result)
+        self.out_of_step += len(result.out_of_step)
+        for record in result.out_of_step[: max(0, 3 - len(self.out_of_step_examples))]:
+            self.out_of_step_examples.append(
+                self._where(record.topic, record.partition, record.offset)
+            )
         for (priority, _), n in result.consumed.items():
             self.priorities[events.PRIORITIES[len(events.PRIORITIES) - 1 - priority]] += n
         self.skipped["host event (no pod)"] += result.host_events
@@ -178,6 +188,8 @@ class Report:
             self.identities[source] += n
             prefix = f"{cluster}:" if cluster else ""
             self.workload_detections[f"{prefix}{workload.key}"] += n
+            if workloads.is_ambiguous(workload):
+                self.ambiguous.add(f"{prefix}{namespace}/{pod}")
 
     def decided(self, action: Action) -> None:
         """The windows decision emitted ``action``."""
@@ -234,8 +246,11 @@ class Report:
             "topologies_from": self.name,
             "records": self.records,
             "windows_from": self.windows_from,
+            "times_out_of_step": self.out_of_step,
+            "times_out_of_step_examples": self.out_of_step_examples,
             "time_range": self.time_range(),
             "identities": {k: self.identities.get(k, 0) for k in IDENTITY_SOURCES},
+            "ambiguous_identities": sorted(self.ambiguous),
             "most_live_windows": self.most_live_windows,
             "skipped": dict(self.skipped),
             "dead_letters": dict(self.dead),

@@ -111,7 +111,7 @@ async def _simulate(request: Request) -> list[Report]:
         elif count == 1:
             for batch in inputs.batches(request.files, FILES_TOPIC, request.batch_lines):
                 for sim in sims:
-                    await sim.feed(batch)
+                    await sim.feed(batch.lines, (batch.before, batch.after))
         else:
             async for results in parallel.in_order(_ingest_share, request, count):
                 for sim, result in zip(sims, results, strict=True):
@@ -178,13 +178,14 @@ async def _ingest_batches(
             for batch in inputs.batches(
                 request.files, FILES_TOPIC, request.batch_lines, share=share
             ):
-                put([await sim.ingestor.process(batch) for sim in sims])
+                context = (batch.before, batch.after)
+                put([await sim.ingestor.process(batch.lines, context=context) for sim in sims])
 
 
-def draw(report: Report, path: Path) -> None:
-    """``--plot``."""
+def draw(reports: list[Report], path: Path) -> None:
+    """``--plot``: every topology set's observations, as the table counts them."""
     try:
-        plot.timeline(report, path)
+        plot.timeline(reports, path)
     except plot.PlotError as exc:
         raise SimulationError(str(exc)) from None
 

@@ -19,7 +19,7 @@ import asyncio
 import logging
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Protocol
 
 from streamproc import reasons
@@ -79,6 +79,7 @@ class BatchResult:
         "identities",
         "latest_ms",
         "matched",
+        "out_of_step",
         "rules",
         "tallies",
         "unmatched",
@@ -104,6 +105,67 @@ class BatchResult:
         #: detections whose cluster field was not routed as written, by (the name it gave,
         #: ignored or refused): what the stage reports once per name
         self.fields: Counter[tuple[str, fleets.Placement]] = Counter()
+        #: with payload time, the records whose ``time`` was out of step with their neighbours'
+        #: and was replaced by the running clock (``in_step``)
+        self.out_of_step: list[Incoming] = []
+
+
+#: a payload time this far from both its neighbours' (which agree with each other) is out of step
+OUT_OF_STEP_MS = 3_600_000
+
+_Parsed = tuple[Incoming, Detection, int]
+
+
+def in_step(
+    parsed: list[_Parsed],
+    out_of_step: list[Incoming],
+    context: tuple[Sequence[int], Sequence[int]] = ((), ()),
+) -> list[_Parsed]:
+    """Payload times, with each lone outlier replaced by the running clock; outliers listed.
+
+    Only ``streamproc simulate`` windows on the payload's ``time`` (files have no record time),
+    and any valid RFC 3339 time passes Falcosidekick: epoch 0, or the year 2999. One such time
+    would move the simulated clock decades away and change the decisions on the payloads around
+    it, while live, windowed on the record time, would not notice. So a time more than
+    ``OUT_OF_STEP_MS`` from each of its two neighbours on either side in the file, while two of
+    them agree with each other, is taken for what live would have seen: the running clock (the
+    time of the last in-step payload before it, else of the first after it). Two or more
+    adjacent payloads at a new time are a jump in the input and kept (a file may hold days
+    apart). ``context`` holds the times of the payloads just before and after the batch in the
+    file, so its first and last payloads have neighbours on both sides too; each batch decides
+    from its own lines and that context alone, so worker processes decide as one process does.
+    """
+    before, after = context
+    times = [*before, *(timestamp for _, _, timestamp in parsed), *after]
+    count = len(times)
+    first, end = len(before), len(before) + len(parsed)
+    step = OUT_OF_STEP_MS
+    lone = [False] * count
+    for i, here in enumerate(times):
+        if (i and abs(here - times[i - 1]) <= step) or (
+            i + 1 < count and abs(here - times[i + 1]) <= step
+        ):
+            continue  # the common case: next to a payload of its own time
+        around = [times[j] for j in (i - 2, i - 1, i + 1, i + 2) if 0 <= j < count]
+        lone[i] = all(abs(here - t) > step for t in around) and any(
+            abs(a - b) <= step for k, a in enumerate(around) for b in around[k + 1 :]
+        )
+    if not any(lone[first:end]) or all(lone):
+        return parsed  # all lone: times that agree nowhere leave no clock to trust
+    fixed = list(parsed)
+    previous: int | None = None
+    for i in range(end):
+        if not lone[i]:
+            previous = times[i]
+        elif i >= first:
+            # the last in-step time before it, else (none yet) the first after it
+            clock = previous
+            if clock is None:
+                clock = next(t for t, out in zip(times[i:], lone[i:], strict=True) if not out)
+            record, detection, _ = parsed[i - first]
+            out_of_step.append(record)
+            fixed[i - first] = (record, detection, clock)
+    return fixed
 
 
 class Ingestor:
@@ -154,8 +216,16 @@ class Ingestor:
         """Topics the stage reads."""
         return sorted(self.matchers)
 
-    async def process(self, records: Iterable[Incoming]) -> BatchResult:  # noqa: C901 - one flat hot loop
+    async def process(
+        self,
+        records: Iterable[Incoming],
+        *,
+        context: tuple[Sequence[bytes], Sequence[bytes]] = ((), ()),
+    ) -> BatchResult:
         """Turn one batch of raw records into tallies and dead letters (no Kafka I/O).
+
+        ``context``: with payload time, the lines just before and after the batch in its file,
+        for telling a lone outlier from a jump at the batch's edges (``in_step``).
 
         Per detection this costs one parse, one dict look-up of its *route* (what a detection
         with this rule, priority, source, tags, namespace, pod and owners does: skipped, or
@@ -166,17 +236,13 @@ class Ingestor:
         routes: dict[tuple[object, ...], _Route] = {}
         waiting: dict[tuple[object, ...], list[tuple[Detection, int]]] = {}
         tallies = result.tallies
-        parse, epoch_ms = events.parse, events.epoch_ms
-        cluster_field = self.settings.cluster_field
         payload_time = self.payload_time
         latest = 0
-        for record in records:
-            try:
-                detection = parse(record.value or b"", cluster_field=cluster_field)
-                timestamp = epoch_ms(detection.time) if payload_time else record.timestamp
-            except ParseError as exc:
-                result.dead.append((record, exc.reason, exc.detail))
-                continue
+        for record, detection, timestamp in (
+            self._on_payload_time(records, result, context)
+            if payload_time
+            else self._parsed(records, result)
+        ):
             if timestamp > latest:  # noqa: PLR1730 - in the hot loop a compare beats a call
                 latest = timestamp
             key: tuple[object, ...] = detection[:8]  # rule ... owners, cluster
@@ -205,6 +271,46 @@ class Ingestor:
         result.latest_ms = latest
         _summarise(routes, result)
         return result
+
+    def _on_payload_time(
+        self,
+        records: Iterable[Incoming],
+        result: BatchResult,
+        context: tuple[Sequence[bytes], Sequence[bytes]],
+    ) -> list[_Parsed]:
+        """The batch parsed, windowed on each payload's ``time`` kept in step (``in_step``)."""
+        epoch_ms = events.epoch_ms
+        parsed = []
+        for record, detection, _ in self._parsed(records, result):
+            try:
+                parsed.append((record, detection, epoch_ms(detection.time)))
+            except ParseError as exc:
+                result.dead.append((record, exc.reason, exc.detail))
+        before, after = context
+        return in_step(parsed, result.out_of_step, (self._times(before), self._times(after)))
+
+    def _times(self, lines: Sequence[bytes]) -> list[int]:
+        """The payload times of context lines; a line that does not parse has none."""
+        found = []
+        for line in lines:
+            try:
+                detection = events.parse(line, cluster_field=self.settings.cluster_field)
+                found.append(events.epoch_ms(detection.time))
+            except ParseError:
+                continue
+        return found
+
+    def _parsed(self, records: Iterable[Incoming], result: BatchResult) -> Iterator[_Parsed]:
+        """Each record that parses, with its record time; the others become dead letters."""
+        parse = events.parse
+        cluster_field = self.settings.cluster_field
+        for record in records:
+            try:
+                detection = parse(record.value or b"", cluster_field=cluster_field)
+            except ParseError as exc:
+                result.dead.append((record, exc.reason, exc.detail))
+                continue
+            yield record, detection, record.timestamp
 
     def _route(self, detection: Detection, topic: str) -> _Route:
         named = detection.cluster

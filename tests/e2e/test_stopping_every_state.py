@@ -137,10 +137,10 @@ def _kill_leftovers(processes: list[Streamproc]) -> object:
 
 
 def test_sigterm_while_the_broker_was_never_reachable_stops_at_once(
-    tmp_path: Path, processes: list[Streamproc]
+    tmp_path: Path, kubeconfig: Path, processes: list[Streamproc]
 ) -> None:
     """Waiting for a missing broker: reported every few seconds, and SIGTERM ends the wait."""
-    args = stage_args("run", f"127.0.0.1:{free_port()}", tmp_path, None)
+    args = stage_args("run", f"127.0.0.1:{free_port()}", tmp_path, kubeconfig)
     proc = Streamproc(args, tmp_path / "run.log")
     processes.append(proc)
     proc.wait_for_line(r"Kafka not reachable at 127\.0\.0\.1:\d+ for \d+s .*retrying")

@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from streamproc.cli import main
-from streamproc.lab import samples
+from streamproc.lab import replay, samples
 from streamproc.lab.broker import EmbeddedBroker
 from streamproc.lab.cluster import sample_cluster
 from streamproc.model import topologies
@@ -62,7 +62,11 @@ def topology(
 
 
 def lines(days: tuple[float, ...] = (0,), per_pod: int = 1) -> list[bytes]:
-    """Detections of every sample workload on each day: one per pod, ``per_pod`` times."""
+    """Detections of every sample workload on each day: one per pod, ``per_pod`` times.
+
+    In time order, as a topic's records are: simulate takes a payload whose time is far from
+    all its neighbours' for an absurd one (``ingesting.in_step``).
+    """
     rng = random.Random(1)
     found = []
     for workload in sample_cluster().workloads:
@@ -71,8 +75,8 @@ def lines(days: tuple[float, ...] = (0,), per_pod: int = 1) -> list[bytes]:
                 for n in range(per_pod):
                     at = T0 + day * DAY_S + n
                     payload = samples.detection(workload, pod, samples.RULES[0], at, rng)
-                    found.append(orjson.dumps(payload))
-    return found
+                    found.append((at, orjson.dumps(payload)))
+    return [line for _, line in sorted(found, key=lambda item: item[0])]
 
 
 def run(*args: str) -> tuple[int, str]:
@@ -359,3 +363,85 @@ def test_a_signal_ends_the_simulation_and_its_workers_while_they_wait(
     assert "Traceback" not in text
     assert "streamproc: interrupted" in text
     wait_for(lambda: all(_gone(pid) for pid in workers), timeout=10, what="workers to end")
+
+
+def _table_workloads(report: session.Report) -> set[str]:
+    """The workloads the table counts as observed, as the plot labels its rows."""
+    return {
+        f"{name}: {ns}/{kind}/{workload}"
+        for name, stats in report.stats.items()
+        for ns, kind, workload, _ in stats.workloads
+    }
+
+
+def test_the_plot_draws_what_the_table_says_for_both_sides_with_a_legend(
+    tmp_path: Path,
+) -> None:
+    """Rows with a bar of set A are A's observed workloads, as with B; the legend names both."""
+    from matplotlib import pyplot as plt
+
+    from streamproc.simulating import plot
+
+    falco = tmp_path / "falco.jsonl"
+    falco.write_bytes(
+        b"".join(
+            replay.stamp(item.value, T0 + item.at) + b"\n"
+            for item in replay.timeline(sample_cluster().workloads, 600, seed=11)
+        )
+    )
+    shipped = topologies.resolve_path(None)
+    strict = Path(__file__).resolve().parents[2] / "examples" / "strict"
+    request = session.Request(
+        settings=Settings(),
+        topology_sets=[topologies.load_path(shipped), topologies.load_path(strict)],
+        names=[str(shipped), str(strict)],
+        files=[falco],
+    )
+    reports = asyncio.run(session.simulate(request))
+    a, b = (_table_workloads(r) for r in reports)
+    assert a != b  # the sides differ, so a plot of one side only would show
+    # an action that was only an extension not yet due observes nothing: no row of its own
+    assert reports[0].stats["retina-observe"].not_due > 0
+    drawn = plot.figure(reports)
+    try:
+        axes = drawn.axes[0]
+        labels = [t.get_text() for t in axes.get_yticklabels()]
+        sides = {}
+        for container in axes.containers:
+            rows = {labels[round(bar.get_y() + bar.get_height() / 2)] for bar in container}
+            sides[container.get_label()] = rows
+        assert sides == {f"A: {shipped}": a, f"B: {strict}": b}
+        legend = axes.get_legend()
+        assert legend is not None
+        assert [t.get_text() for t in legend.get_texts()] == [f"A: {shipped}", f"B: {strict}"]
+    finally:
+        plt.close(drawn)
+
+
+def test_daemonset_pods_told_by_name_shape_alone_are_flagged_with_the_fix(tmp_path: Path) -> None:
+    """Without --pods a DaemonSet's pods look like bare Pods: the report names them, says --pods."""
+    falco = tmp_path / "falco.jsonl"
+    daemonset = next(w for w in sample_cluster().workloads if w.kind == "DaemonSet")
+    rng = random.Random(2)
+    falco.write_bytes(
+        b"\n".join(
+            orjson.dumps(
+                samples.detection(daemonset, pod, samples.RULES[0], T0, rng, owner_fields=False)
+            )
+            for pod in daemonset.pods
+        )
+    )
+    shipped = str(topology(tmp_path, "observe"))
+    found = report("--topology", shipped, str(falco))
+    assert found["ambiguous_identities"] == sorted(
+        f"{daemonset.namespace}/{pod}" for pod in daemonset.pods
+    )
+    code, output = run("--topology", shipped, str(falco))
+    assert code == 0, output
+    text = " ".join(output.split())
+    assert f"ambiguous identities: {len(daemonset.pods)} pods" in text
+    assert "give --pods" in text
+    snapshot = Path(__file__).resolve().parents[2] / "examples" / "pods.json"
+    exact = report("--topology", shipped, "--pods", str(snapshot), str(falco))
+    assert exact["ambiguous_identities"] == []
+    assert exact["topologies"]["observe"]["workloads"] == 1  # type: ignore[index]
