@@ -85,7 +85,11 @@ def parse_priority(text: str) -> PriorityBound:
     return PriorityBound(op="==" if op == "=" else op, rank=ranks[name])  # type: ignore[arg-type]
 
 
-Seconds = Annotated[float, Field(gt=0)]
+#: the longest duration a topology may give (a window, a TTL, a capture, forgetAfter): a year.
+#: Durations become RFC 3339 times on pods and Faust window ranges, and an unbounded one
+#: (``ttl: 1e300``) would overflow the time it is added to in the annotator.
+MAX_SECONDS = 366 * 86400.0
+Seconds = Annotated[float, Field(gt=0, le=MAX_SECONDS)]
 
 
 class Namespaces(_Strict):

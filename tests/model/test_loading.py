@@ -65,6 +65,9 @@ def test_durations_and_priority_expressions_are_read(tmp_path: Path) -> None:
         ('priority: ">=Warning"', 'priority: ">=Loud"', 7, "spec.match.priority"),
         ("retina.sh: observe", "streamproc.io/x: observe", 13, "spec.action.annotate"),
         ("ttl: 15m", "tll: 15m", 14, "spec.action.tll"),
+        # a duration past a year would overflow the expiry written on pods (and Faust's ranges)
+        ("ttl: 15m", "ttl: 9000h", 14, "spec.action.ttl"),
+        ("ttl: 15m", "ttl: 1e300", 14, "spec.action.ttl"),
         ("name: t1", "name: Bad_Name", 4, "metadata.name"),
     ],
 )
