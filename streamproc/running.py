@@ -21,7 +21,7 @@ from streamproc import auditing, kafka, kube
 from streamproc.annotating import AnnotateStage
 from streamproc.applying import Annotator
 from streamproc.cluster_cache import ClusterCache
-from streamproc.expiring import Expirer
+from streamproc.expiring import Expirer, concurrency_of
 from streamproc.following import Follower
 from streamproc.ingesting import Ingestor
 from streamproc.node_budget import NodeBudget
@@ -117,6 +117,7 @@ async def _start_annotate(
         auditor=auditor,
         ownership=ownership,
         cache=cache,
+        concurrency=concurrency_of(settings.api_concurrency),
     )
     budget = NodeBudget(expirer, settings.node_budget)  # one per process: both patch pods
     follower = Follower(
