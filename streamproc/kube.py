@@ -41,9 +41,9 @@ from streamproc.settings import DEFAULTS, Settings
 Json = dict[str, Any]
 MERGE_PATCH = "application/merge-patch+json"
 #: Events waiting for their budget at most; past it a new one is dropped and counted, as
-#: client-go's event broadcaster drops past its queue of 1,000 (kubernetes/client-go
-#: ``tools/record/event.go``, ``maxQueuedEvents``, v0.31): an Event is never worth memory or a
-#: request of the observations themselves
+#: client-go's event broadcaster drops past its queue of 1,000 ("too many queued events";
+#: kubernetes/client-go ``tools/record/event.go``, ``maxQueuedEvents``, at 0d54cf5): an Event is
+#: never worth memory or a request of the observations themselves
 EVENT_BACKLOG = 1000
 #: at shutdown, how long Events still waiting for their budget may take before they are dropped
 _EVENT_DRAIN_S = 2.0

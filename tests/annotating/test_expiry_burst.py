@@ -243,12 +243,15 @@ async def test_a_new_action_is_not_queued_behind_an_expiry_burst(tmp_path: Path)
         made = [
             r
             for r in cluster.emulator.requests
-            if asked <= r.at <= done and ("/ns-probe/" in r.path or r.path.endswith("/ns-probe"))
+            if asked <= r.at <= done
+            and ("/ns-probe/" in r.path or r.path.endswith("/ns-probe"))
+            and not r.path.endswith("/events")  # those have a budget of their own
         ]
         behind = [
             r for r in pod_requests(cluster.emulator, "PATCH", names) if asked <= r.at <= done
         ]
-        assert len(behind) <= len(made) + 2, (len(behind), len(made))
+        # in turns: about one expiry per request of its own (in line ahead of it: the 8 workers)
+        assert len(behind) <= 2 * len(made) + 2, (len(behind), len(made))
 
 
 async def test_expiry_keeps_its_share_of_the_budget_while_a_storm_of_actions_is_applied(
