@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from streamproc import conventions, kube, patches
 from streamproc.applying import Annotator
@@ -26,7 +27,7 @@ from tests.conftest import action_for, async_wait_for, topology
 
 @dataclass
 class Burst:
-    """A cluster whose marked pods all end at ``until``, and a workload nobody observes yet."""
+    """A cluster whose marked pods all ended a minute ago, and workloads nobody observes yet."""
 
     emulator: KubeEmulator
     kubeconfig: Path
@@ -79,10 +80,12 @@ def burst(tmp_path: Path, deployments: int, fresh: int = 0) -> Iterator[Burst]:
 
 
 @contextlib.asynccontextmanager
-async def running(*tasks: object) -> AsyncIterator[asyncio.Event]:
-    """Run coroutines (a cache, an expirer) until the block ends; stop and await them."""
+async def running(
+    *runs: Callable[[asyncio.Event], Coroutine[Any, Any, None]],
+) -> AsyncIterator[asyncio.Event]:
+    """Run loops (a cache's, an expirer's) until the block ends; stop them and await them."""
     stop = asyncio.Event()
-    started = [asyncio.create_task(t(stop)) for t in tasks]  # type: ignore[operator]
+    started = [asyncio.create_task(run(stop)) for run in runs]
     try:
         yield stop
     finally:
