@@ -197,22 +197,26 @@ class Expirer:
     async def expire_due(self, stop: asyncio.Event | None = None) -> None:
         """End every observation due by ``clock()`` (``streamproc simulate`` calls it too).
 
-        ``concurrency`` at once, in the API budget's ``expire`` lane; what ``stop`` cut short
-        stays scheduled.
+        ``concurrency`` at once, in the API budget's ``expire`` lane; what ``stop`` (or
+        partitions moving: the schedule is rebuilt) cut short stays scheduled.
         """
         with kube.lane("expire"):
-            while not (stop is not None and stop.is_set()) and (due := self._take_due()):
+            while not self._cut_short(stop) and (due := self._take_due()):
                 pending = deque(due)
                 workers = min(self._concurrency, len(due))
                 await asyncio.gather(*(self._work(pending, stop) for _ in range(workers)))
                 for ref, _ in pending:
-                    heapq.heappush(self._heap, (self._due[ref][0], ref))
+                    if (entry := self._due.get(ref)) is not None:
+                        heapq.heappush(self._heap, (entry[0], ref))
+
+    def _cut_short(self, stop: asyncio.Event | None) -> bool:
+        return (stop is not None and stop.is_set()) or self._resync_now
 
     async def _work(
         self, pending: deque[tuple[kube.ObjectRef, str]], stop: asyncio.Event | None
     ) -> None:
-        """Expire from ``pending`` one after the other until it is empty or ``stop``."""
-        while pending and not (stop is not None and stop.is_set()):
+        """Expire from ``pending`` one after the other until it is empty or cut short."""
+        while pending and not self._cut_short(stop):
             await self._expire(*pending.popleft())
 
     def _take_due(self) -> list[tuple[kube.ObjectRef, str]]:
