@@ -97,6 +97,7 @@ class Deployment:
                 # hundreds of pods per emulated node, and the pipeline measured rather than the
                 # client-side rate limit: no per-node budget, a high API budget
                 *("--node-budget", "0", "--api-qps", "5000", "--api-burst", "5000"),
+                *("--event-qps", "5000"),  # the Events are counted: none may wait or drop
             ],
             env=self.env,
             stdout=(self.workdir / f"{stage}-{self.started}.log").open("wb"),

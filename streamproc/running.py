@@ -27,7 +27,7 @@ from streamproc.model.topologies import Topology
 from streamproc.settings import Settings
 from streamproc.stages.annotate import auditing
 from streamproc.stages.annotate.applying import Annotator
-from streamproc.stages.annotate.expiring import Expirer
+from streamproc.stages.annotate.expiring import Expirer, concurrency_of
 from streamproc.stages.annotate.following import Follower
 from streamproc.stages.annotate.loop import AnnotateStage
 from streamproc.stages.annotate.node_budget import NodeBudget
@@ -162,6 +162,7 @@ async def _start_annotate(
         ownership=ownership,
         cache=cache,
         policy=marks.Policy.of(topologies),
+        concurrency=concurrency_of(settings.api_concurrency),
     )
     budget = NodeBudget(expirer, settings.node_budget)  # one per process: both patch pods
     follower = Follower(

@@ -259,6 +259,15 @@ class Settings:
         "STREAMPROC_EVENTS",
         "Record Kubernetes Events on observed objects.",
     )
+    #: Events' own budget beside --api-qps (burst: two seconds' worth), so the Events of an
+    #: expiry burst never delay an observation's requests; past 1,000 waiting, Events are dropped
+    event_qps: float = knob(
+        5.0,
+        "--event-qps",
+        "STREAMPROC_EVENT_QPS",
+        "Kubernetes Events/s per process, a budget of their own beside --api-qps (Events "
+        "beyond 1,000 waiting are dropped and counted).",
+    )
     #: observed pods per node at most: Retina's agent keeps the IPs of observed pods in an eBPF
     #: map of ``filterMapMaxEntries`` per node (default 255) and fails past it.
     node_budget: int = knob(

@@ -26,7 +26,6 @@ from urllib.request import getproxies, proxy_bypass
 import aiohttp
 import orjson
 import yaml
-from aiolimiter import AsyncLimiter
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 from tenacity import (
@@ -37,11 +36,20 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from streamproc.clients import metrics
+from streamproc.clients import metrics, throttling
 from streamproc.settings import DEFAULTS, Settings
 
 Json = dict[str, Any]
 MERGE_PATCH = "application/merge-patch+json"
+#: Events waiting for their budget at most; past it a new one is dropped and counted, as
+#: client-go's event broadcaster drops past its queue of 1,000 ("too many queued events";
+#: kubernetes/client-go ``tools/record/event.go``, ``maxQueuedEvents``, at 0d54cf5): an Event is
+#: never worth memory or a request of the observations themselves
+EVENT_BACKLOG = 1000
+#: at shutdown, how long Events still waiting for their budget may take before they are dropped
+_EVENT_DRAIN_S = 2.0
+#: spend the API budget in a lane for the requests made within (``throttling``)
+lane = throttling.lane
 
 
 class ObjectRef(NamedTuple):
@@ -262,8 +270,10 @@ class Limits:
     qps: float = DEFAULTS.api_qps
     burst: int = DEFAULTS.api_burst
     concurrency: int = DEFAULTS.api_concurrency
-    #: record Kubernetes Events (one more request per pod and change)
+    #: record Kubernetes Events (one more request per pod and change, from their own budget)
     events: bool = DEFAULTS.kube_events
+    #: Events' own budget, beside ``qps``: they never delay an observation's requests
+    event_qps: float = DEFAULTS.event_qps
 
     @classmethod
     def of(cls, settings: Settings) -> Limits:
@@ -273,7 +283,13 @@ class Limits:
             burst=settings.api_burst,
             concurrency=settings.api_concurrency,
             events=settings.kube_events,
+            event_qps=settings.event_qps,
         )
+
+    @property
+    def event_burst(self) -> int:
+        """Events allowed at once above ``event_qps``: two seconds' worth (a workload's pods)."""
+        return max(1, round(2 * self.event_qps))
 
 
 class Kube:
@@ -291,11 +307,13 @@ class Kube:
         self._version = client.VersionApi(api)
         self._timeout = timeout_s
         self._attempts = attempts
-        # Leaky bucket: ``burst`` requests at once, ``qps`` sustained; shared by every caller of
-        # this connection (apply and expiry alike), retries included.
+        # Token bucket: ``burst`` requests at once, ``qps`` sustained; shared by every caller of
+        # this connection, retries included, with apply and expiry taking turns (``throttling``).
+        # Events have a bucket of their own, so they never delay an observation's requests.
         self._limits = limits
-        self._limiter = AsyncLimiter(limits.burst, limits.burst / limits.qps)
-        self._in_flight = asyncio.Semaphore(limits.concurrency)
+        self._limiter = throttling.FairLimiter(limits.qps, limits.burst)
+        self._event_limiter = throttling.FairLimiter(limits.event_qps, limits.event_burst)
+        self._in_flight = throttling.FairSlots(limits.concurrency)
         self._events: set[asyncio.Future[None]] = set()
         self._post_events = limits.events
         self._connector_session: aiohttp.ClientSession | None = None
@@ -306,8 +324,15 @@ class Kube:
         Annotate replicas split the one budget an operator set by the partitions each owns.
         """
         share = min(1.0, max(share, 0.05))
-        burst = max(1, round(self._limits.burst * share))
-        self._limiter = AsyncLimiter(burst, burst / (self._limits.qps * share))
+        self._limiter.retune(self._limits.qps * share, round(self._limits.burst * share))
+        self._event_limiter.retune(
+            self._limits.event_qps * share, round(self._limits.event_burst * share)
+        )
+
+    @property
+    def granted(self) -> dict[str, int]:
+        """Requests let through so far, per lane of the API budget, and ``events`` (their own)."""
+        return {**self._limiter.granted, "events": self._event_limiter.granted["events"]}
 
     @classmethod
     async def connect(
@@ -350,9 +375,14 @@ class Kube:
         self._connector_session = original  # owns the connector; closed last
 
     async def close(self) -> None:
-        """Wait for events still being posted, then release the HTTP session."""
+        """Wait (briefly) for events still being posted, then release the HTTP session."""
         if self._events:
-            await asyncio.gather(*self._events, return_exceptions=True)
+            _, waiting = await asyncio.wait(set(self._events), timeout=_EVENT_DRAIN_S)
+            for task in waiting:
+                task.cancel()
+            if waiting:
+                metrics.stage_errors.labels(stage="events", error="Shutdown").inc(len(waiting))
+            await asyncio.gather(*waiting, return_exceptions=True)
         await self._api.close()
         if self._connector_session is not None:
             await self._connector_session.close()
@@ -361,9 +391,14 @@ class Kube:
         """Record a Kubernetes Event on a pod, in the background (best effort, counted).
 
         ``kubectl describe pod`` shows it, as operators expect from a controller. An event that
-        cannot be written never holds back or fails the observation itself.
+        cannot be written never holds back or fails the observation itself: Events are sent
+        from their own budget (``--event-qps``), and past ``EVENT_BACKLOG`` waiting ones a new
+        one is dropped and counted (``streamproc_stage_errors_total{stage="events"}``).
         """
         if not self._post_events:
+            return
+        if len(self._events) >= EVENT_BACKLOG:
+            metrics.stage_errors.labels(stage="events", error="BacklogFull").inc()
             return
         meta = pod.get("metadata") or {}
         kind = str(pod.get("kind") or "Pod")
@@ -402,6 +437,7 @@ class Kube:
                     lambda: self._core.create_namespaced_event(
                         namespace, body, _preload_content=False, _request_timeout=self._timeout
                     ),
+                    events=True,
                 )
             except KubeError as exc:
                 metrics.stage_errors.labels(stage="events", error=type(exc).__name__).inc()
@@ -411,16 +447,29 @@ class Kube:
         task.add_done_callback(self._events.discard)
 
     async def _throttle(self) -> None:
-        """Wait for the rate limit (counted when it makes a request wait)."""
+        """Wait for the rate limit, in the caller's lane (counted when it makes a request wait)."""
         if not self._limiter.has_capacity():
             metrics.rate_limit_waits.inc()
-        await self._limiter.acquire()
+        await self._limiter.acquire(throttling.current_lane())
 
-    async def _call(self, verb: str, what: str, request: Callable[[], Awaitable[Any]]) -> Json:
+    async def _call(
+        self,
+        verb: str,
+        what: str,
+        request: Callable[[], Awaitable[Any]],
+        *,
+        events: bool = False,
+    ) -> Json:
         async def once() -> Json:
+            if events:
+                # an Event's token first: Events waiting for their budget never hold a slot
+                await self._event_limiter.acquire("events")
+                async with self._in_flight.slot("events"):
+                    return await send()
             # A slot first, then the token: a token taken while queueing for a slot would let
-            # the queue leave at the server's pace rather than the limit's.
-            async with self._in_flight:
+            # the queue leave at the server's pace rather than the limit's. Both are handed to
+            # the lanes in turn.
+            async with self._in_flight.slot(throttling.current_lane()):
                 await self._throttle()
                 return await send()
 

@@ -7,9 +7,10 @@ instead of asking the API server per pod, so a cluster of 10,000 pods costs thre
 not 10,000 GETs, and a detection costs no request at all.
 
 Only what those readers use is kept, as small tuples with interned strings: a pod's name,
-namespace, controller, node and labels, plus streamproc's own annotations on the pods it marked;
-a ReplicaSet's or Job's controller. The full object of each watch event is handed to subscribers
-as it arrives and then dropped.
+namespace, controller, node and labels, plus streamproc's own annotations and the
+resourceVersion on the pods it marked (so the expirer can end an observation with one
+request); a ReplicaSet's or Job's controller. The full object of each watch event is handed to
+subscribers as it arrives and then dropped.
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ class PodInfo(NamedTuple):
     labels: Mapping[str, str]
     #: streamproc's bookkeeping annotations, on pods it marked (empty on the others)
     marks: Mapping[str, str]
+    #: the resourceVersion the marks were seen at, on pods it marked ("" on the others)
+    version: str = ""
 
     @classmethod
     def of(cls, pod: kube.Json) -> PodInfo:
@@ -76,10 +79,12 @@ class PodInfo(NamedTuple):
         meta = pod.get("metadata") or {}
         labels = {_interned(k): _interned(v) for k, v in (meta.get("labels") or {}).items()}
         marks: Mapping[str, str] = _NO_MARKS
+        version = ""
         if labels.get(conventions.OBSERVED_LABEL) == "true":
             annotations = meta.get("annotations") or {}
             keys = conventions.BOOKKEEPING_KEYS
             marks = {k: _kept(annotations[k]) for k in keys if k in annotations}
+            version = str(meta.get("resourceVersion") or "")
         owner = kube.controller_of(pod)
         return cls(
             _interned(meta.get("namespace")),
@@ -88,6 +93,7 @@ class PodInfo(NamedTuple):
             _interned((pod.get("spec") or {}).get("nodeName")),
             labels,
             marks,
+            version,
         )
 
     @property
@@ -96,13 +102,19 @@ class PodInfo(NamedTuple):
         return self.labels.get(conventions.OBSERVED_LABEL) == "true"
 
     def object(self) -> kube.Json:
-        """The pod as a (partial) API object, for code that reads pods as the API returns them."""
+        """The pod as a (partial) API object, for code that reads pods as the API returns them.
+
+        A marked pod's carries the resourceVersion it was seen at: a write computed from it is
+        refused (409) if the pod changed since.
+        """
         meta: kube.Json = {
             "namespace": self.namespace,
             "name": self.name,
             "labels": dict(self.labels),
             "annotations": dict(self.marks),
         }
+        if self.version:
+            meta["resourceVersion"] = self.version
         if self.owner is not None:
             meta["ownerReferences"] = [
                 {"kind": self.owner[0], "name": self.owner[1], "controller": True}

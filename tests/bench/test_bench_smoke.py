@@ -127,3 +127,18 @@ def test_the_simulate_benchmark_reports_its_rate_and_memory_against_the_baseline
     assert written["events"] == 4000
     assert written["workers"] == 1  # a small file is simulated in one process
     assert written["observations_opened"] > 0
+
+
+def test_the_expiry_benchmark_reports_lateness_next_to_the_ideal(results: Path) -> None:
+    """Small run: every pod released with one PATCH and no read, lateness rows beside pods/qps,
+    and the new detection's apply measured.
+    """
+    out = run_bench("expiry.py", "--pods", "60", "--qps", "50", "--probe-after", "0.2")
+    assert "60 pods: lateness max (s)" in out
+    written = json.loads((results / "expiry-60.json").read_text())
+    rows = {r["name"]: r for r in written["rows"]}
+    assert written["released"] == 60
+    assert rows["60 pods: lateness max (s)"]["baseline"] == 60 / 50
+    assert rows["GETs of a pod per expired pod"]["value"] == 0
+    assert rows["PATCHes per expired pod"]["value"] == 1
+    assert rows["a new detection's apply during the burst (s)"]["value"] > 0

@@ -3,10 +3,14 @@
 The schedule lives on the pods themselves (``streamproc.io/expires-at``, found through the
 ``streamproc.io/observed`` label), never only in memory: on start the expirer lists the pods it
 manages and schedules each, so a restarted annotator still removes what it applied. It re-lists
-every ``expiry_resync_s`` to pick up extensions written by another replica. Before removing, it
-re-reads the pod and removes with a ``resourceVersion`` precondition, so an extension that lands
-in between wins (409, re-read, reschedule) instead of being erased. While the API server is
-unreachable, due expiries wait and are applied when it answers again. With several annotate
+every ``expiry_resync_s`` to pick up extensions written by another replica. It removes with a
+``resourceVersion`` precondition, computed from the pod as the cluster cache last saw it (one
+request per pod) or, without a current copy, as re-read; an extension that lands in between
+wins (409, re-read, reschedule) instead of being erased. Observations that end together (windows
+are epoch-aligned, so under an incident thousands do) are ended several at once, in the API
+budget's ``expire`` lane: at the budget's rate, taking turns with new actions rather than
+queueing them behind the burst; their Events have a budget of their own. While the API server
+is unreachable, due expiries wait and are applied when it answers again. With several annotate
 replicas each expires only the pods of the workloads it owns (``ownership``), so every pod is
 released, and its Event and audit record written, once.
 """
@@ -18,7 +22,7 @@ import contextlib
 import heapq
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 
 from streamproc.clients import kube, metrics
@@ -26,10 +30,20 @@ from streamproc.cluster import marking, releasing
 from streamproc.cluster.cache import ClusterCache
 from streamproc.model import conventions, marks
 from streamproc.model.ownership import Ownership
+from streamproc.settings import DEFAULTS
 from streamproc.stages.annotate import auditing
 
 log = logging.getLogger("streamproc.expire")
 _RETRY_S = 2.0
+
+
+def concurrency_of(api_concurrency: int) -> int:
+    """Expiries in flight at once: half the API requests in flight (``--api-concurrency``).
+
+    So new actions always find a connection free: the budget's lanes share the rate, this
+    shares the connections.
+    """
+    return max(1, api_concurrency // 2)
 
 
 class Expirer:
@@ -46,11 +60,14 @@ class Expirer:
         ownership: Ownership | None = None,
         cache: ClusterCache | None = None,
         policy: marks.Policy | None = None,
+        concurrency: int = concurrency_of(DEFAULTS.api_concurrency),
     ) -> None:
-        #: the pods as listed and watched: a resync reads the marked ones there, not the API
+        #: the pods as listed and watched: a resync reads the marked ones there, not the API,
+        #: and a release is written from the copy there without reading the pod first
         self._cache = cache
         #: what the loaded topologies write: marks beyond it are refused and ended at once
         self.policy = policy or marks.Policy()
+        self._concurrency = max(1, concurrency)
         #: which pods are this replica's to expire (all of them in a single process)
         self.ownership = ownership or Ownership.everything()
         self.ownership.on_change(self._reassigned)
@@ -152,6 +169,10 @@ class Expirer:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Expire on time until ``stop``; resync at start and periodically."""
+        with kube.lane("expire"):
+            await self._run(stop)
+
+    async def _run(self, stop: asyncio.Event) -> None:
         next_resync = 0.0
         while not stop.is_set():
             now = self.clock()
@@ -183,17 +204,51 @@ class Expirer:
             wake_task.cancel()
 
     async def expire_due(self, stop: asyncio.Event | None = None) -> None:
-        """End every observation due by ``clock()`` (``streamproc simulate`` calls it too)."""
-        while self._heap and self._heap[0][0] <= self.clock():
-            if stop is not None and stop.is_set():
-                return
+        """End every observation due by ``clock()`` (``streamproc simulate`` calls it too).
+
+        ``concurrency`` at once, in the API budget's ``expire`` lane; what ``stop`` (or
+        partitions moving: the schedule is rebuilt) cut short stays scheduled.
+        """
+        with kube.lane("expire"):
+            while not self._cut_short(stop) and (due := self._take_due()):
+                pending = deque(due)
+                workers = min(self._concurrency, len(due))
+                await asyncio.gather(*(self._work(pending, stop) for _ in range(workers)))
+                for ref, _ in pending:
+                    if (entry := self._due.get(ref)) is not None:
+                        heapq.heappush(self._heap, (entry[0], ref))
+
+    def _cut_short(self, stop: asyncio.Event | None) -> bool:
+        return (stop is not None and stop.is_set()) or self._resync_now
+
+    async def _work(
+        self, pending: deque[tuple[kube.ObjectRef, str]], stop: asyncio.Event | None
+    ) -> None:
+        """Expire from ``pending`` one after the other until it is empty or cut short."""
+        while pending and not self._cut_short(stop):
+            await self._expire(*pending.popleft())
+
+    def _take_due(self) -> list[tuple[kube.ObjectRef, str]]:
+        """Take what is due now off the heap: (object, topology), each once."""
+        now = self.clock()
+        due: dict[kube.ObjectRef, str] = {}
+        while self._heap and self._heap[0][0] <= now:
             until, ref = heapq.heappop(self._heap)
             known = self._due.get(ref)
             if known is None or known[0] != until:
                 continue  # superseded by a later schedule
-            await self._expire(ref, known[1])
+            due[ref] = known[1]
+        return list(due.items())
+
+    def _cached(self, key: kube.ObjectRef) -> kube.Json | None:
+        """The pod as the cluster cache last saw it, if that copy has a resourceVersion."""
+        if self._cache is None or key.kind != "Pod" or not self._cache.pods_synced:
+            return None
+        info = self._cache.pod(key.namespace, key.name)
+        return info.object() if info is not None and info.version else None
 
     async def _expire(self, key: kube.ObjectRef, topology: str) -> None:
+        scheduled = self._due.get(key)
         try:
             done = await releasing.release(
                 self._kube,
@@ -202,6 +257,7 @@ class Expirer:
                 dry_run=self._dry_run,
                 owned=self.ownership.owns,
                 policy=self.policy,
+                known=self._cached(key),
             )
         except kube.Conflict:
             self._retry_later(key, topology, "kept changing (409)")
@@ -240,8 +296,9 @@ class Expirer:
             log.info("observation of %s expired", key)
             if done.yielded:
                 self._yielded(key, topology, done.yielded)
-        self._due.pop(key, None)
-        self._forget_node(key)
+        if self._due.get(key) is scheduled:  # not scheduled anew meanwhile (a new observation)
+            self._due.pop(key, None)
+            self._forget_node(key)
         self._gauge_stale = True
 
     def _yielded(self, key: kube.ObjectRef, topology: str, keys: tuple[str, ...]) -> None:
