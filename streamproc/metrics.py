@@ -111,6 +111,11 @@ actions_handled = Counter(
     "Actions the annotator finished, by outcome",
     ["result"],
 )
+actions_refused = Counter(
+    "streamproc_actions_refused_total",
+    "Actions the annotator refused before writing anything (its topology's rules), by reason",
+    ["reason"],
+)
 patches = Counter(
     "streamproc_patches_total",
     "Pod metadata patches, by kind and result",

@@ -233,6 +233,16 @@ class Settings:
         "STREAMPROC_ACTIONS_IN_FLIGHT",
         "Workloads the annotator applies actions to at once (requests: --api-concurrency).",
     )
+    #: how long an action whose writes keep failing for now (5xx, timeouts) is retried on its
+    #: own while other actions land, before it is dead-lettered: one object that always fails
+    #: (an admission webhook down with failurePolicy Fail) never holds back the others
+    retry_for_s: float = knob(
+        120.0,
+        "--retry-for",
+        "STREAMPROC_RETRY_FOR",
+        "How long an action whose writes keep failing (5xx, timeouts) while other actions land "
+        "is retried on its own before it is dead-lettered (s).",
+    )
     #: sustained Kubernetes API requests per second per process, and the burst above it.
     api_qps: float = knob(
         20.0, "--api-qps", "STREAMPROC_API_QPS", "Sustained Kubernetes API requests/s per process."
