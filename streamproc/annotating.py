@@ -177,6 +177,11 @@ class AnnotateStage:
         self._consumer: kafka.AIOKafkaConsumer | None = None
 
     @property
+    def consumer(self) -> kafka.AIOKafkaConsumer | None:
+        """The actions topic's consumer while the stage runs."""
+        return self._consumer
+
+    @property
     def joined(self) -> bool:
         """Whether the consumer group gave this stage partitions to read (it is ready)."""
         return self._consumer is not None and bool(self._consumer.assignment())

@@ -158,6 +158,15 @@ class Settings:
         "STREAMPROC_SESSION_TIMEOUT",
         "Consumer group session timeout (s): how soon a dead replica's partitions move.",
     )
+    #: how often a consumer refreshes the topics' metadata: how soon the group leader sees a
+    #: changed partition count (partitions added to scale, a re-created topic) and has the
+    #: group rebalance so every new partition gets a reader. aiokafka's default is 5 minutes.
+    metadata_max_age_s: float = knob(
+        30.0,
+        "--metadata-max-age",
+        "STREAMPROC_METADATA_MAX_AGE",
+        "How often consumers refresh topic metadata (s): how soon added partitions are read.",
+    )
     #: the longest the ingest stage waits for detections before publishing their tallies.
     flush_interval_s: float = knob(
         0.05,
