@@ -175,6 +175,10 @@ class AnnotateStage:
         #: told the partitions this replica holds after each rebalance
         self.ownership = ownership
         self._consumer: kafka.AIOKafkaConsumer | None = None
+        #: since when the topic's partition count differs from the assignment's, and the
+        #: (count, assigned) pair last reported
+        self._behind_since: float | None = None
+        self._behind_reported: tuple[int, int] | None = None
 
     @property
     def consumer(self) -> kafka.AIOKafkaConsumer | None:
@@ -222,6 +226,7 @@ class AnnotateStage:
         read_to: dict[kafka.TopicPartition, int] = {}
         sent: dict[kafka.TopicPartition, int] = {}
         while not stop.is_set():
+            self._check_assignment(reader.consumer)
             assigned = reader.consumer.assignment()
             retries.keep_only(functools.partial(_read_from, assigned))
             read_to = {tp: offset for tp, offset in read_to.items() if tp in assigned}
@@ -290,6 +295,38 @@ class AnnotateStage:
     ) -> None:
         await kafka.dead_letter_record(
             producer, self._settings.topics.dead_letters, record, STAGE, reason, detail
+        )
+
+    def _check_assignment(self, consumer: kafka.AIOKafkaConsumer) -> None:
+        """Say once when the topic's partition count and the group's assignment disagree.
+
+        Workloads keep an owner meanwhile (``kafka.CountingAssignor``), but records on
+        partitions the assignment does not cover are not read until the group rebalances,
+        which the leader starts after a metadata refresh (``--metadata-max-age``).
+        """
+        if self.ownership is None or not self.ownership.total:
+            return
+        count = len(consumer.partitions_for_topic(self._settings.actions_topic) or ())
+        now = time.monotonic()
+        if count == self.ownership.total:
+            self._behind_since = None
+            return
+        if self._behind_since is None:
+            self._behind_since = now
+        grace = 2 * self._settings.metadata_max_age_s + self._settings.rebalance_timeout_s
+        if now - self._behind_since < grace or self._behind_reported == (
+            count,
+            self.ownership.total,
+        ):
+            return
+        self._behind_reported = (count, self.ownership.total)
+        log.warning(
+            "%s has %d partitions but the group's assignment covers %d for %.0fs: records on "
+            "the others are not read until it rebalances; restart the annotators if it does not",
+            self._settings.actions_topic,
+            count,
+            self.ownership.total,
+            now - self._behind_since,
         )
 
     def _assigned(self, partitions: set[int], total: int) -> None:
