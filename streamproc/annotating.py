@@ -76,6 +76,8 @@ class Retries(Generic[W]):
         self._retry_for_s = retry_for_s
         self._clock = clock
         self._parked: dict[str, _Parked[W]] = {}
+        #: when an attempt last finished an action (applied, skipped, refused, failed for good)
+        self._landed_at = float("-inf")
 
     def __len__(self) -> int:
         """How many actions are parked."""
@@ -118,6 +120,8 @@ class Retries(Generic[W]):
             return []
         failed = await self._annotator.attempt([a for a, _ in attempt])
         now = self._clock()
+        if len(failed) < len(attempt):
+            self._landed_at = now
         for action, where in attempt:
             exc = failed.get(action.id)
             if exc is not None:
@@ -138,22 +142,28 @@ class Retries(Generic[W]):
             delay = min(before.delay * 2, _BACKOFF_MAX_S) if before else 1.0
             first = before.first_failed if before else now
             parked = self._parked[key] = _Parked([], first, str(exc), now + delay, delay)
-            log.warning(
-                "%s: %s; retried on its own in %.0fs, other workloads go on", key, exc, delay
+            log.log(
+                logging.DEBUG if before else logging.WARNING,
+                "%s: %s; retried on its own in %.0fs, other workloads go on",
+                key,
+                exc,
+                delay,
             )
         parked.actions.append((action, where))
 
     def _give_up(self, now: float) -> list[tuple[Action, W, str]]:
-        """Actions failing for ``retry_for`` while the API server answered other requests.
+        """Actions failing for ``retry_for`` while other actions landed and the API answered.
 
-        Its answering since shows the failure is the object's own (a webhook refusing its
-        writes); while the server answers nothing at all, the actions wait for it.
+        Both since it began to fail show the failure is the object's own (a webhook refusing
+        its writes); while the server answers nothing, or nothing else lands, the actions wait
+        (until their observation would have ended: ``expired-before-apply``).
         """
         answered = self._annotator.kube.answered_at
         given_up: list[tuple[Action, W, str]] = []
         for key, parked in list(self._parked.items()):
             failing = now - parked.first_failed
-            if failing < self._retry_for_s or answered <= parked.first_failed:
+            confined = min(answered, self._landed_at) > parked.first_failed
+            if failing < self._retry_for_s or not confined:
                 continue
             del self._parked[key]
             why = f"writes failed for {failing:.0f}s while the API server answered: {parked.error}"
@@ -255,6 +265,7 @@ class AnnotateStage:
             for record in retries.positions():
                 tp = kafka.TopicPartition(record.topic, record.partition)
                 offsets[tp] = min(offsets.get(tp, record.offset), record.offset)
+            metrics.actions_parked.set(len(retries))
             changed = {tp: o for tp, o in offsets.items() if sent.get(tp) != o}
             if changed:
                 committer.commit(changed)

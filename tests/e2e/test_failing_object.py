@@ -73,6 +73,7 @@ def test_a_namespace_whose_patches_always_fail_delays_no_other_workload(
         what=f"the other workloads applied while one fails; log: {pipeline.log}",
     )
     assert fault.times > 0  # still failing: the others did not wait for it
+    assert pipeline.metric("streamproc_actions_parked") == 1
     wait_for(
         lambda: pipeline.metric("streamproc_dead_letters_total", reason="retries-exhausted"),
         timeout=60,
@@ -90,6 +91,7 @@ def test_a_namespace_whose_patches_always_fail_delays_no_other_workload(
     ]
     assert b"HTTP 500" in letter["streamproc.detail"]
     assert not set(api.pods) & annotated(emulator)
+    assert pipeline.metric("streamproc_actions_parked") == 0
     assert pipeline.process.poll() is None
 
 
