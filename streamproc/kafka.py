@@ -162,10 +162,15 @@ class CountingAssignor:
     An aiokafka partition assignor (``name``, ``metadata``, ``assign``, ``on_assignment``,
     aiokafka 0.14 ``coordinator/assignors/abstract.py``), used by one consumer, so its state
     is that consumer's.
+
+    It keeps round robin's protocol name, metadata and assignment, and only adds user data,
+    which round robin ignores: members of an older version join the same group (a second
+    protocol name would need every member to offer it, and makes tansu's first join twice as
+    slow); where one of them leads, assignments carry no counts and members use their own.
     """
 
-    name = "streamproc-roundrobin"
-    version = 0
+    name = RoundRobinPartitionAssignor.name
+    version = RoundRobinPartitionAssignor.version
 
     def __init__(self) -> None:
         #: topic -> partition count of the last assignment; None: not known (plain roundrobin)
@@ -242,7 +247,7 @@ class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
         self._held -= {tp.partition for tp in revoked if tp.topic == self._topic}
         if self._assignor.fallback:
             self._held = set()  # the next assignment names the fallback owner again
-        # the next assignment stamps its own counts, unless the group agrees on plain roundrobin
+        # the next assignment brings its own counts, unless an older member made it
         self._assignor.counted, self._assignor.fallback = None, False
         self._on_change(set(self._held), self._total)
 
@@ -290,8 +295,7 @@ def consumer(
         fetch_max_wait_ms=settings.fetch_max_wait_ms,
         # how soon the group leader sees a changed partition count, and has the group rebalance
         metadata_max_age_ms=int(settings.metadata_max_age_s * 1000),
-        # a member of an older version knows only roundrobin: the group then agrees on that
-        partition_assignment_strategy=(assignor, RoundRobinPartitionAssignor),
+        partition_assignment_strategy=(assignor,),
     )
     if on_assignment is not None:
         listener = _Assignment(created, topics[0], on_assignment, assignor)

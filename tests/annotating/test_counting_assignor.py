@@ -64,3 +64,12 @@ def test_an_assignment_without_counts_leaves_them_unknown() -> None:
         member.on_assignment(ConsumerProtocolMemberAssignment(0, [], user_data))
         assert member.counted is None
         assert not member.fallback
+
+
+def test_members_of_an_older_version_share_the_protocol() -> None:
+    """Round robin's name and metadata: a group of old and new members agrees on one protocol."""
+    assignor = kafka.CountingAssignor()
+    assert assignor.name == "roundrobin"
+    assert assignor.metadata([TOPIC]).encode() == (
+        ConsumerProtocolMemberMetadata(0, [TOPIC], b"").encode()
+    )
