@@ -250,7 +250,6 @@ class AnnotateStage:
             if bad:
                 # an undecodable batch cannot be applied: dead-lettered, then passed
                 await kafka.dead_letter_batches(producer, dead_letters, bad, STAGE)
-                read_to |= {kafka.TopicPartition(b.topic, b.partition): b.next_offset for b in bad}
             records = [r for rs in batch.values() for r in rs]
             metrics.records_consumed.labels(stage=STAGE).inc(len(records))
             fresh: list[tuple[Action, kafka.ConsumerRecord]] = []
@@ -259,6 +258,9 @@ class AnnotateStage:
                 if action is not None:
                     fresh.append((action, record))
             read_to |= {tp: rs[-1].offset + 1 for tp, rs in batch.items() if rs}
+            for skipped in bad:  # after the good records before it, whichever comes last
+                tp = kafka.TopicPartition(skipped.topic, skipped.partition)
+                read_to[tp] = max(read_to.get(tp, 0), skipped.next_offset)
             for _action, record, why in await retries.apply(fresh):
                 await self._dead_letter(producer, record, "retries-exhausted", why)
             offsets = dict(read_to)
