@@ -2,7 +2,10 @@
 
 Anyone who can write to ``streamproc.tallies`` or ``streamproc.actions`` reaches these decoders;
 any exception other than TallyError/ActionError would stop the windows or annotate stage, and
-stop it again after every restart. Run: ``python fuzz/fuzz_records.py fuzz/corpus/records``.
+stop it again after every restart. An action that decodes then meets the annotator's last
+check (``guarding``) against the shipped topologies and a restrictive one: it answers a
+declared refusal or None, never an exception. Run:
+``python fuzz/fuzz_records.py fuzz/corpus/records``.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import orjson
 from values import json_value
 
 with atheris.instrument_imports():
+    from streamproc.model import guarding, topologies
     from streamproc.model.actions import Action, ActionError
     from streamproc.model.tallies import Tally, TallyError
 
@@ -24,6 +28,29 @@ CORPUS = Path(__file__).resolve().parent / "corpus" / "records"
 #: a valid record of each kind; the structured half of the fuzzer mutates their fields
 TEMPLATES: list[dict[str, Any]] = [
     orjson.loads((CORPUS / name).read_bytes()) for name in ("tally.json", "action.json")
+]
+
+
+#: the annotator's own copies: the shipped topologies, and one with every rule narrowed
+OWN = [
+    None,
+    *topologies.load_path(topologies.default_path()),
+    topologies.Topology.model_validate(
+        {
+            "apiVersion": "streamproc/v1",
+            "kind": "Topology",
+            "metadata": {"name": "retina-observe"},
+            "spec": {
+                "match": {
+                    "priority": ">=Error",
+                    "rules": ["Terminal shell in container"],
+                    "namespaces": {"include": ["shop"], "exclude": ["payments"]},
+                    "clusters": ["east"],
+                },
+                "action": {"scope": "pod"},
+            },
+        }
+    ),
 ]
 
 
@@ -43,8 +70,14 @@ def _mutated(fdp: atheris.FuzzedDataProvider) -> bytes:
 def _check(raw: bytes) -> None:
     with contextlib.suppress(TallyError):
         Tally.decode(raw)
-    with contextlib.suppress(ActionError):
-        Action.decode(raw)
+    try:
+        action = Action.decode(raw)
+    except ActionError:
+        return
+    for own in OWN:
+        refused = guarding.refusal(action, own)
+        if refused is not None and refused[0] not in guarding.REFUSALS:
+            raise AssertionError(f"undeclared refusal {refused}")
 
 
 def test_one_input(data: bytes) -> None:

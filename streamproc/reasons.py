@@ -9,30 +9,48 @@ from __future__ import annotations
 
 from typing import Literal
 
-DeadLetter = Literal[
-    # ingest: a detection that cannot be used (``events.parse``)
-    "too-large",
-    "invalid-json",
-    "not-an-object",
-    "missing-rule",
-    "invalid-priority",
-    "invalid-output-fields",
-    "too-many-fields",
-    "invalid-tags",
-    "invalid-namespace",
-    "invalid-pod-name",
-    "invalid-time",
-    # ingest and windows: a record for a cluster the deployment does not route (``fleets``)
-    "invalid-cluster",
-    "unknown-cluster",
-    # windows: a record on the tallies topic
-    "invalid-tally",
+#: annotate: why the annotator refuses an action it decoded, checked against its own copy of
+#: the topology before any request (``model.guarding``)
+ActionRefusal = Literal[
     "unknown-topology",
-    # annotate: a record on the actions topic
-    "invalid-action",
-    "other-cluster",
-    # any stage: a record batch no client can decode (``kafka.Reader``)
-    "unsupported-codec",
-    "corrupt-batch",
-    "undecodable-batch",
+    "protected-namespace",
+    "excluded-namespace",
+    "namespace-not-included",
+    "cluster-not-matched",
+    "rule-not-matched",
+    "priority-not-matched",
+    "scope-mismatch",
 ]
+
+DeadLetter = (
+    Literal[
+        # ingest: a detection that cannot be used (``events.parse``)
+        "too-large",
+        "invalid-json",
+        "not-an-object",
+        "missing-rule",
+        "invalid-priority",
+        "invalid-output-fields",
+        "too-many-fields",
+        "invalid-tags",
+        "invalid-namespace",
+        "invalid-pod-name",
+        "invalid-time",
+        # ingest and windows: a record for a cluster the deployment does not route (``fleets``)
+        "invalid-cluster",
+        "unknown-cluster",
+        # windows: a record on the tallies topic
+        "invalid-tally",
+        "unknown-topology",
+        # annotate: a record on the actions topic
+        "invalid-action",
+        "other-cluster",
+        # annotate: an action whose writes kept failing while other workloads' landed
+        "retries-exhausted",
+        # any stage: a record batch no client can decode (``kafka.Reader``)
+        "unsupported-codec",
+        "corrupt-batch",
+        "undecodable-batch",
+    ]
+    | ActionRefusal
+)

@@ -170,6 +170,15 @@ class Settings:
         "STREAMPROC_SESSION_TIMEOUT",
         "Consumer group session timeout (s): how soon a dead replica's partitions move.",
     )
+    #: how often a consumer refreshes the topics' metadata: how soon the group leader sees a
+    #: changed partition count (partitions added to scale, a re-created topic) and has the
+    #: group rebalance so every new partition gets a reader. aiokafka's default is 5 minutes.
+    metadata_max_age_s: float = knob(
+        30.0,
+        "--metadata-max-age",
+        "STREAMPROC_METADATA_MAX_AGE",
+        "How often consumers refresh topic metadata (s): how soon added partitions are read.",
+    )
     #: the longest the ingest stage waits for detections before publishing their tallies.
     flush_interval_s: float = knob(
         0.05,
@@ -244,6 +253,16 @@ class Settings:
         "--actions-in-flight",
         "STREAMPROC_ACTIONS_IN_FLIGHT",
         "Workloads the annotator applies actions to at once (requests: --api-concurrency).",
+    )
+    #: how long an action whose writes keep failing for now (5xx, timeouts) is retried on its
+    #: own while other actions land, before it is dead-lettered: one object that always fails
+    #: (an admission webhook down with failurePolicy Fail) never holds back the others
+    retry_for_s: float = knob(
+        120.0,
+        "--retry-for",
+        "STREAMPROC_RETRY_FOR",
+        "How long an action whose writes keep failing (5xx, timeouts) while other actions land "
+        "is retried on its own before it is dead-lettered (s).",
     )
     #: sustained Kubernetes API requests per second per process, and the burst above it.
     api_qps: float = knob(

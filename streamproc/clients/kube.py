@@ -317,6 +317,9 @@ class Kube:
         self._events: set[asyncio.Future[None]] = set()
         self._post_events = limits.events
         self._connector_session: aiohttp.ClientSession | None = None
+        #: when (``time.monotonic``) the API server last answered a request other than with a
+        #: 5xx or 429: a failure while it answers others is confined to one object
+        self.answered_at = 0.0
 
     def share_limits(self, share: float) -> None:
         """Take ``share`` of the configured request rate and burst; never below 5 %.
@@ -479,6 +482,8 @@ class Kube:
             try:
                 response = await request()
                 code = str(response.status)
+                if response.status < 500 and response.status != 429:
+                    self.answered_at = time.monotonic()
                 body = await response.read()
                 if response.status >= 400:
                     message = body.decode("utf-8", "replace")[:300]

@@ -122,6 +122,15 @@ actions_handled = Counter(
     "Actions the annotator finished, by outcome",
     ["result"],
 )
+actions_refused = Counter(
+    "streamproc_actions_refused_total",
+    "Actions the annotator refused before writing anything (its topology's rules), by reason",
+    ["reason"],
+)
+actions_parked = Gauge(
+    "streamproc_actions_parked",
+    "Actions waiting for a retry of their own after a transient failure (their workload's)",
+)
 patches = Counter(
     "streamproc_patches_total",
     "Pod metadata patches, by kind and result",

@@ -60,6 +60,11 @@ class Ownership:
         return self._owned
 
     @property
+    def total(self) -> int:
+        """The partition count the assignment was made from (0 before the first one)."""
+        return self._total
+
+    @property
     def share(self) -> float:
         """The fraction of partitions owned (1.0 for ``everything``)."""
         if self._everything:

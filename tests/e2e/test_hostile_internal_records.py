@@ -3,7 +3,9 @@
 A mistaken tool or a bad replay writing to ``streamproc.tallies`` or ``streamproc.actions`` used
 to stop a stage (TypeError in the windows stage, in the annotator's DNS check) and stop it
 again on every restart, since the record was never committed. Now every stage dead-letters
-such records with a reason and the source position, and good work keeps flowing.
+such records with a reason and the source position, and good work keeps flowing. A record that
+decodes but that the annotator's own topology would never make (``kube-system``, streamproc's
+own namespace, a Capture there) is refused as well: the annotator is the last line.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from streamproc.lab import samples
 from streamproc.lab.broker import EmbeddedBroker
 from streamproc.lab.cluster import ClusterBuilder
 from streamproc.lab.kubeemu import KubeEmulator
-from tests.conftest import annotated, wait_for
+from tests.conftest import annotated, wait_for, workload
 from tests.e2e.conftest import Pipeline, consume_all, produce, topology_file
 
 pytestmark = pytest.mark.e2e
@@ -118,3 +120,94 @@ def test_hostile_records_on_both_internal_topics_are_dead_lettered_while_work_go
         b"invalid-action": len(HOSTILE_ACTIONS),
     }
     assert "Traceback" not in pipeline.log.read_text()
+
+
+CAPTURING = """\
+apiVersion: streamproc/v1
+kind: Topology
+metadata:
+  name: capture-all
+spec:
+  action:
+    ttl: 60s
+    capture:
+      priority: ">=Debug"
+"""
+
+
+def _forged(topology: str, namespace: str, kind: str, name: str, pod: str) -> bytes:
+    """An action that decodes, for a workload no topology here may observe; current window."""
+    start = int(time.time())
+    return orjson.dumps(
+        {
+            **ACTION,
+            "id": f"{topology}/{namespace}/{kind}/{name}/{start * 1000}",
+            "topology": topology,
+            "namespace": namespace,
+            "kind": kind,
+            "name": name,
+            "pod": pod,
+            "window_start": start,
+            "window_end": start + 60,
+            "first_append_ms": start * 1000,
+        }
+    )
+
+
+def test_forged_actions_on_protected_namespaces_are_refused_and_dead_lettered(
+    tmp_path: Path,
+    env: dict[str, str],
+    broker: EmbeddedBroker,
+    emulator: KubeEmulator,
+    cluster: ClusterBuilder,
+    pipelines: list[Pipeline],
+) -> None:
+    """Pods in kube-system and in streamproc's own namespace get no mark and no Capture."""
+    emulator.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "streamproc"}})
+    emulator.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "annotator", "namespace": "streamproc", "labels": {}},
+            "spec": {"nodeName": "node-1", "containers": [{"name": "c", "image": "x"}]},
+            "status": {"phase": "Running", "podIP": "10.0.9.9"},
+        }
+    )
+    topologies = topology_file(tmp_path, "2s", "60s")
+    (topologies / "capture-all.yaml").write_text(CAPTURING)
+    pipeline = Pipeline("run", env, topologies, tmp_path / "run.log")
+    pipelines.append(pipeline)
+    wait_for(
+        lambda: "running: ingest, windows, annotate" in pipeline.log.read_text(),
+        timeout=60,
+        what="the pipeline to start",
+    )
+    coredns = workload(cluster, "coredns")
+    forged = [
+        _forged(name, "kube-system", "Deployment", "coredns", coredns.pods[0])
+        for name in ("retina-observe", "capture-all")
+    ] + [
+        _forged(name, "streamproc", "Pod", "annotator", "annotator")
+        for name in ("retina-observe", "capture-all")
+    ]
+    produce(broker.bootstrap, "streamproc.actions", forged)
+    good = cluster.workloads[0]
+    rule = samples.RULES[1]
+    detection = samples.detection(good, good.pods[0], rule, time.time(), random.Random(2))
+    produce(broker.bootstrap, "falco", [orjson.dumps(detection)])
+    wait_for(
+        lambda: good.pods[0] in annotated(emulator),
+        timeout=90,
+        what=f"the good detection applied; log: {pipeline.log}",
+    )
+    wait_for(
+        lambda: pipeline.metric("streamproc_actions_refused_total") >= len(forged),
+        timeout=30,
+        what="every forged action refused",
+    )
+    assert not annotated(emulator) & {*coredns.pods, "annotator"}
+    assert emulator.list("Capture", "kube-system") == []
+    assert emulator.list("Capture", "streamproc") == []
+    letters = consume_all(broker.bootstrap, "streamproc.dlq", idle_s=1.0)
+    assert [h["streamproc.reason"] for _, _, h in letters] == [b"protected-namespace"] * 4
+    assert pipeline.process.poll() is None

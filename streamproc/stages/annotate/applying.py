@@ -3,8 +3,10 @@
 For each action the annotator finds the workload's pods, merge-patches each pod's metadata
 with the topology's annotations plus bookkeeping (``patches.observe``), and hands the expiry to
 the expirer. Annotations come from the annotator's own loaded topology, never from the action's
-payload, so a record forged on the actions topic cannot choose what gets written. Reading
-actions from Kafka, retrying and committing is the stage's job (:mod:`streamproc.annotating`).
+payload, so a record forged on the actions topic cannot choose what gets written, and before
+anything is written each action is checked against that topology's rules (:mod:`guarding`): the
+annotator holds the write permissions, so it is the last line. Reading actions from Kafka,
+retrying and committing is the stage's job (:mod:`streamproc.annotating`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Protocol
 from streamproc.clients import kube, metrics
 from streamproc.cluster import marking
 from streamproc.cluster.resolving import WorkloadResolver
-from streamproc.model import conventions, marks, patches
+from streamproc.model import conventions, guarding, marks, patches
 from streamproc.model.actions import Action
 from streamproc.model.durations import format_duration
 from streamproc.model.topologies import Topology
@@ -95,6 +97,19 @@ class Annotator:
         self.observed_pods: set[tuple[str, str]] = set()
         #: shared with the follower where both run (``running``)
         self.budget = budget or NodeBudget(scheduler, settings.node_budget)
+        self._refusals_logged: set[str] = set()
+
+    def refuse(self, action: Action) -> tuple[guarding.Refusal, str] | None:
+        """Why this annotator's own topology forbids ``action`` (counted, logged), or None."""
+        refused = guarding.refusal(action, self.topologies.get(action.topology))
+        if refused is not None:
+            reason, detail = refused
+            metrics.actions_refused.labels(reason=reason).inc()
+            # the first of each reason is a warning; a flood of forged records is not a log flood
+            level = logging.INFO if reason in self._refusals_logged else logging.WARNING
+            self._refusals_logged.add(reason)
+            log.log(level, "refused action %s: %s (%s)", action.id[:200], reason, detail)
+        return refused
 
     async def apply(self, action: Action, listing: list[kube.Json] | None = None) -> str:
         """Apply one action; the outcome is a short code (also the metric and audit result).
@@ -144,9 +159,10 @@ class Annotator:
     async def _apply(
         self, action: Action, listing: list[kube.Json] | None
     ) -> tuple[str, list[str], float]:
+        refused = self.refuse(action)
         topology = self.topologies.get(action.topology)
-        if topology is None:
-            return "unknown-topology", [], 0.0
+        if refused is not None or topology is None:
+            return refused[0] if refused else "unknown-topology", [], 0.0
         until, skipped = self._until(action, topology)
         if skipped == "dry-run" and topology.spec.action.scope != "namespace":
             # say what would have been written where: the pods as they are now
@@ -368,10 +384,22 @@ class Annotator:
         )
 
     async def handle(self, actions: Sequence[Action]) -> None:
+        """Apply a batch; raise the first kube.Unavailable once every workload had its turn.
+
+        For callers that retry a batch as a whole (what already landed is then a no-op); the
+        stage retries each failing workload on its own instead (:meth:`attempt`).
+        """
+        failed = await self.attempt(actions)
+        if failed:
+            raise next(iter(failed.values()))
+
+    async def attempt(self, actions: Sequence[Action]) -> dict[str, kube.Unavailable]:
         """Apply a batch: workloads concurrently, each workload's actions in order.
 
-        Raises the first kube.Unavailable after every workload had its turn, so the caller can
-        retry the batch as a whole (what already landed is then a no-op).
+        Returns the actions (by id) that met a transient failure, with it: the one that failed
+        and the later actions of its workload, which wait behind it so windows land in order.
+        Every other action finished (applied, skipped, refused or failed for good); one object
+        that keeps failing holds back nothing but its own workload.
         """
         by_workload: dict[str, list[Action]] = {}
         seen: set[str] = set()
@@ -380,25 +408,33 @@ class Annotator:
                 metrics.actions_handled.labels(result="duplicate").inc()
                 continue  # a re-delivery of an action already in this batch
             seen.add(action.id)
-            by_workload.setdefault(f"{action.namespace}/{action.kind}/{action.name}", []).append(
-                action
-            )
+            by_workload.setdefault(workload_key(action), []).append(action)
         # One pod list per namespace for the whole batch; a pod deleted since is a 404 later.
         # Beside it, the ReplicaSet each Deployment's firing pod names (no second round trip).
-        namespaces = sorted({a.namespace for a in actions if a.kind != "Pod"})
-        guesses = {(a.namespace, a.pod) for a in actions if self._will_walk_owners(a)}
+        # An action the topology refuses costs no request at all.
+        allowed = [
+            a for a in actions if guarding.refusal(a, self.topologies.get(a.topology)) is None
+        ]
+        namespaces = sorted({a.namespace for a in allowed if a.kind != "Pod"})
+        guesses = {(a.namespace, a.pod) for a in allowed if self._will_walk_owners(a)}
         found = await asyncio.gather(
             *(self._list(ns) for ns in namespaces),
             *(self._prefetch(ns, pod) for ns, pod in guesses),
         )
         listings = dict(zip(namespaces, found[: len(namespaces)], strict=True))
+        groups = list(by_workload.values())
         outcomes = await asyncio.gather(
-            *(self._handle_in_order(group, listings) for group in by_workload.values()),
+            *(self._handle_in_order(group, listings) for group in groups),
             return_exceptions=True,
         )
-        for outcome in outcomes:
+        failed: dict[str, kube.Unavailable] = {}
+        for group, outcome in zip(groups, outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 raise outcome
+            if outcome is not None:
+                index, exc = outcome
+                failed |= dict.fromkeys((a.id for a in group[index:]), exc)
+        return failed
 
     def _will_walk_owners(self, action: Action) -> bool:
         """Whether applying the action looks for a Deployment's pods, through a pod that exists.
@@ -426,12 +462,14 @@ class Annotator:
         async with self._in_flight:
             try:
                 return await self.kube.list_pods(namespace)
-            except kube.Forbidden:
-                return None  # reported per action below, with the missing permission
+            except (kube.Forbidden, kube.Unavailable):
+                # reported per action below (the missing permission), or retried per workload
+                return None
 
     async def _handle_in_order(
         self, actions: list[Action], listings: dict[str, list[kube.Json] | None]
-    ) -> None:
+    ) -> tuple[int, kube.Unavailable] | None:
+        """Apply one workload's actions in order; where a transient failure stopped them."""
         for index, action in enumerate(actions):
             # The batch's listing is only fresh for the workload's first action; later ones
             # (later windows) read the pods again rather than patch against stale versions.
@@ -444,13 +482,19 @@ class Annotator:
                     log.error(  # noqa: TRY400 - an expected refusal; a traceback adds nothing
                         "RBAC refused %s: %s (needs get/list/patch on pods)", action.id, exc
                     )
-                except kube.Unavailable:
-                    raise  # transient: the batch stays uncommitted and is retried
+                except kube.Unavailable as exc:
+                    return index, exc  # transient: this one and the later ones wait
                 except kube.KubeError as exc:
                     result = "failed"
                     log.error("action %s failed permanently: %s", action.id, exc)  # noqa: TRY400
             metrics.actions_handled.labels(result=result).inc()
             log.info("action %s: %s", action.id, result)
+        return None
+
+
+def workload_key(action: Action) -> str:
+    """The workload an action is for: its actions are applied one after another, in order."""
+    return f"{action.namespace}/{action.kind}/{action.name}"
 
 
 def _level_text(topology: Topology, action: Action) -> str:

@@ -19,7 +19,7 @@ from streamproc.model import conventions
 from streamproc.model.actions import Action
 from streamproc.stages.annotate import capturing
 from streamproc.stages.annotate.expiring import Expirer
-from streamproc.stages.annotate.loop import AnnotateStage
+from streamproc.stages.annotate.loop import Retries
 from tests import doubles as testing
 from tests.conftest import (
     action_for,
@@ -257,16 +257,21 @@ async def test_a_restarted_expirer_expires_from_the_pods_own_annotations(
     assert fresh.expired == len(redis.pods)
 
 
-async def test_an_unavailable_api_keeps_the_batch_and_applies_it_later(
+async def test_an_unavailable_api_parks_the_action_and_applies_it_on_a_retry(
     client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
 ) -> None:
-    """While the API server fails, actions wait; once it answers, they are applied."""
+    """While the API server fails, the action waits, parked; on its retry, it is applied."""
     annotator, _ = make(client)
-    emulator.faults.append(Fault(method="GET", path="/namespaces/shop/pods$", status=503, times=4))
-    stop = asyncio.Event()
-    await AnnotateStage(annotator.settings, annotator).apply_until_done(
-        [action_for(workload(cluster, "frontend"))], stop
-    )
+    # every attempt of the batch's list and of the action's own list fails (3 tries each)
+    emulator.faults.append(Fault(method="GET", path="/namespaces/shop/pods$", status=503, times=6))
+    now = [0.0]
+    retries: Retries[None] = Retries(annotator, retry_for_s=60, clock=lambda: now[0])
+    assert await retries.apply([(action_for(workload(cluster, "frontend")), None)]) == []
+    assert len(retries) == 1
+    assert not annotated(emulator)
+    now[0] += retries.wait_s()
+    assert await retries.apply([]) == []
+    assert len(retries) == 0
     assert annotated(emulator) == set(workload(cluster, "frontend").pods)
 
 
@@ -288,13 +293,9 @@ async def test_forbidden_is_reported_once_and_not_retried_forever(
     emulator.faults.append(Fault(method="PATCH", path="/pods/", status=403, times=1000))
     annotator, _ = make(client)
     before = testing.metric("streamproc_actions_handled_total", result="forbidden")
-    stop = asyncio.Event()
-    await asyncio.wait_for(
-        AnnotateStage(annotator.settings, annotator).apply_until_done(
-            [action_for(workload(cluster, "frontend"))], stop
-        ),
-        10,
-    )
+    retries: Retries[None] = Retries(annotator, retry_for_s=60)
+    await asyncio.wait_for(retries.apply([(action_for(workload(cluster, "frontend")), None)]), 10)
+    assert len(retries) == 0  # finished for good: not parked for a retry
     assert testing.metric("streamproc_actions_handled_total", result="forbidden") == before + 1
     # one refused patch per pod of the workload, none retried
     assert sum(1 for r in emulator.requests if r.status == 403) == len(
