@@ -117,4 +117,4 @@ def test_an_option_a_stage_does_not_take_may_still_be_in_its_environment() -> No
 def test_the_docs_option_table_is_the_code() -> None:
     """docs/getting-started.md shows the table options.markdown() renders (regenerate it)."""
     page = (ROOT / "docs" / "getting-started.md").read_text(encoding="utf-8")
-    assert options.markdown() in page, "paste what streamproc.cli.options.markdown() prints"
+    assert options.markdown() in page, "paste what options.markdown() returns into the page"

@@ -270,6 +270,7 @@ def markdown() -> str:
     """The table of every knob: flag, variable, default and the commands that take it.
 
     ``docs/getting-started.md`` holds it; a test checks that the page shows what the code says.
+    Regenerate: ``python -c "from streamproc.cli import options; print(options.markdown())"``.
     """
     rows = [
         "| Option | Environment | Default | Commands |",
