@@ -73,6 +73,7 @@ def test_every_knob_shows_its_variable_and_default_in_the_help(
         (["windows", "--kubeconfig", "x"], "--kubeconfig"),
         (["annotate", "--flush-interval", "1"], "--flush-interval"),
         (["ingest", "--workers", "2"], "--workers"),
+        (["windows", "--input-topic", "x"], "--input-topic"),
     ],
 )
 def test_a_stage_refuses_an_option_it_does_not_use(args: list[str], option: str) -> None:

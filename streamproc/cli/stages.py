@@ -22,15 +22,20 @@ log = logging.getLogger("streamproc")
 
 
 def _stage_options(command: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """The command's knobs, then the topics every stage may override and the log level."""
+    """The command's knobs, the topics it may override, and the log level.
+
+    Only ingest reads the topologies' source topics, so only it (and ``run``) takes
+    ``--input-topic``.
+    """
+    input_topic = click.option(
+        "--input-topic",
+        envvar="STREAMPROC_INPUT_TOPIC",
+        default=None,
+        show_envvar=True,
+        help="Override every topology's source topic.",
+    )
     extra = [
-        click.option(
-            "--input-topic",
-            envvar="STREAMPROC_INPUT_TOPIC",
-            default=None,
-            show_envvar=True,
-            help="Override every topology's source topic.",
-        ),
+        *([input_topic] if command in ("run", "ingest") else []),
         click.option(
             "--dead-letter-topic",
             envvar="STREAMPROC_DLQ_TOPIC",
