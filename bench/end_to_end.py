@@ -190,8 +190,9 @@ class Processes:
         bootstrap: str,
         *,
         topology: str | None = None,
-        # measure the pipeline, not the client-side rate limit (default 20/s)
-        stage_args: tuple[str, ...] = ("--api-qps", "5000", "--api-burst", "5000"),
+        # measure the pipeline, not the client-side rate limit (default 20/s); variables, as
+        # each stage takes only the options it uses (windows has no --api-qps)
+        stage_env: dict[str, str] | None = None,
     ) -> None:
         self.children: list[subprocess.Popen[bytes]] = []
         kubeconfig = workdir / "kubeconfig"
@@ -219,6 +220,15 @@ class Processes:
             "KUBECONFIG": str(kubeconfig),
             "STREAMPROC_BOOTSTRAP_SERVERS": bootstrap,
             "STREAMPROC_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
+            # the emulated cluster puts hundreds of pods on each of two nodes, more than
+            # Retina's filter map would hold: these benchmarks measure the pipeline and the
+            # API economy, so the per-node budget is off
+            "STREAMPROC_NODE_BUDGET": "0",
+            **(
+                {"STREAMPROC_API_QPS": "5000", "STREAMPROC_API_BURST": "5000"}
+                if stage_env is None
+                else stage_env
+            ),
         }
         self.ports = {}
         for stage in ("ingest", "windows", "annotate"):
@@ -238,12 +248,6 @@ class Processes:
                         "127.0.0.1",
                         "--metrics-port",
                         str(self.ports[stage]),
-                        # the emulated cluster puts hundreds of pods on each of two nodes,
-                        # more than Retina's filter map would hold: these benchmarks measure
-                        # the pipeline and the API economy, so the per-node budget is off
-                        "--node-budget",
-                        "0",
-                        *stage_args,
                         *os.environ.get("BENCH_STAGE_ARGS", "").split(),
                     ],
                     env=env,

@@ -94,7 +94,7 @@ async def run(args: argparse.Namespace) -> None:
             500,
             broker.bootstrap,
             topology=topology_yaml(window_s=600, threshold=1, max_observations=CAP),
-            stage_args=(),
+            stage_env={},
         )
         try:
             warm = real[0]

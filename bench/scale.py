@@ -79,6 +79,13 @@ class Deployment:
             "KUBECONFIG": str(kubeconfig),
             "STREAMPROC_BOOTSTRAP_SERVERS": bootstrap,
             "STREAMPROC_PARTITIONS": str(partitions),
+            # hundreds of pods per emulated node, and the pipeline measured rather than the
+            # client-side rate limit: no per-node budget, a high API budget (variables: each
+            # stage reads those it takes, as the k8s ConfigMap does)
+            "STREAMPROC_NODE_BUDGET": "0",
+            "STREAMPROC_API_QPS": "5000",
+            "STREAMPROC_API_BURST": "5000",
+            "STREAMPROC_EVENT_QPS": "5000",  # the Events are counted: none may wait or drop
             "STREAMPROC_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
         }
         self.started = 0
@@ -94,10 +101,6 @@ class Deployment:
                 *(sys.executable, "-m", "streamproc", stage),
                 *("--topology", str(self.workdir / "topologies")),
                 *("--metrics-host", "127.0.0.1", "--metrics-port", str(port)),
-                # hundreds of pods per emulated node, and the pipeline measured rather than the
-                # client-side rate limit: no per-node budget, a high API budget
-                *("--node-budget", "0", "--api-qps", "5000", "--api-burst", "5000"),
-                *("--event-qps", "5000"),  # the Events are counted: none may wait or drop
             ],
             env=self.env,
             stdout=(self.workdir / f"{stage}-{self.started}.log").open("wb"),

@@ -1,10 +1,13 @@
 """Every knob in one place, filled from flags and environment by the CLI and passed explicitly.
 
 Nothing reads the environment behind the caller's back: a stage gets a Settings and uses it.
+Each knob names the commands that take it (``commands=``): a stage offers only what it uses,
+and the lab's time-lapse is offered by ``lab`` alone.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,16 +83,52 @@ class KafkaSecurity:
         return self.protocol.startswith("SASL_")
 
 
-def knob(
-    default: Any, flag: str, env: str, help_text: str, *, stage: bool = True, **click_args: Any
-) -> Any:
-    """A setting an operator may tune: its default, flag, environment variable and help.
+#: The pipeline's stage commands, one each; ``run`` runs all three and takes what any takes.
+INGEST = frozenset({"ingest"})
+WINDOWS = frozenset({"windows"})
+ANNOTATE = frozenset({"annotate"})
+STAGES = INGEST | WINDOWS | ANNOTATE
+#: The stages that talk to the Kubernetes API (ingest resolves pods, annotate marks them).
+KUBE_STAGES = INGEST | ANNOTATE
+#: The commands that are not stages, by name.
+DOCTOR = frozenset({"doctor"})
+STATUS = frozenset({"status"})
+RELEASE = frozenset({"release"})
+SIMULATE = frozenset({"simulate"})
+SEND = frozenset({"send"})
+LAB = frozenset({"lab"})
 
-    The CLI builds its options from these (``cli.settings_options``), so a default, a variable
-    name or a help text is written once, here. ``stage=False``: an option of one command
-    only, not of every pipeline stage.
+#: the lab's time-lapse by default: 60 s windows become 5 s.
+LAB_SPEED = 12.0
+
+
+def knob(
+    default: Any,
+    flag: str,
+    env: str,
+    help_text: str,
+    *,
+    commands: Iterable[str] | None = None,
+    stage: bool = True,
+    **click_args: Any,
+) -> Any:
+    """A setting an operator may tune: its default, flag, environment variable, help, commands.
+
+    The CLI builds each command's options from these (``streamproc.cli.options``), so a
+    default, a variable name, a help text and where the option is offered are written once,
+    here. ``commands``: the commands that take it (``run`` takes what any stage takes); a
+    stage is named only if it uses the setting. Without ``commands``, every stage (and
+    ``run``) takes it, or, with ``stage=False``, only commands that ask for it by name.
     """
-    meta = {"flag": flag, "env": env, "help": help_text, "stage": stage, "click": click_args}
+    if commands is None:
+        commands = STAGES if stage else frozenset()
+    meta = {
+        "flag": flag,
+        "env": env,
+        "help": help_text,
+        "commands": frozenset(commands),
+        "click": click_args,
+    }
     return field(default=default, metadata=meta)
 
 
@@ -102,6 +141,7 @@ class Settings:
         "--bootstrap-servers",
         "STREAMPROC_BOOTSTRAP_SERVERS",
         "Kafka bootstrap servers (host:port, comma-separated).",
+        commands=STAGES | SEND | DOCTOR | RELEASE | SIMULATE,
     )
     kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
     #: a topology file or folder; None means ./topologies if present, else the shipped one.
@@ -111,6 +151,7 @@ class Settings:
         "STREAMPROC_TOPOLOGY",
         "Topology file or folder [default: ./topologies if present, else the shipped one].",
         type=Path,
+        commands=STAGES | DOCTOR | RELEASE | SIMULATE | LAB,
     )
     topics: Topics = field(default_factory=Topics)
     groups: Groups = field(default_factory=Groups)
@@ -122,6 +163,7 @@ class Settings:
         "This cluster's name in a fleet sharing one Kafka (it is a member, see --clusters): "
         "ingest gives it to detections without a cluster field, annotate acts only on its "
         "actions [default: none, one cluster].",
+        commands=STAGES | DOCTOR | RELEASE | SIMULATE,
     )
     #: the fleet: clusters whose detections and actions this deployment routes (with --cluster
     #: and the names of --cluster-contexts); none of the three set means one cluster
@@ -133,6 +175,7 @@ class Settings:
         "members too). A detection naming another cluster is dead-lettered (unknown-cluster). "
         "[default: none; with no --cluster either, one cluster: detections' cluster field is "
         "not used for routing].",
+        commands=STAGES | DOCTOR | SIMULATE,
     )
     cluster_field: str = knob(
         "cluster",
@@ -140,6 +183,7 @@ class Settings:
         "STREAMPROC_CLUSTER_FIELD",
         "The output_fields key that names a detection's cluster in a fleet (Falcosidekick's "
         "CUSTOMFIELDS=cluster:NAME adds it); one cluster does not route by it.",
+        commands=INGEST,
     )
     cluster_contexts: str = knob(
         "",
@@ -147,19 +191,29 @@ class Settings:
         "STREAMPROC_CLUSTER_CONTEXTS",
         "Ingest: NAME=CONTEXT,... the kubeconfig context of each other cluster whose pods it "
         "resolves (others: owner fields and name shape).",
+        commands=INGEST | WINDOWS | DOCTOR,
     )
     dry_run: bool = knob(
-        False, "--dry-run", "STREAMPROC_DRY_RUN", "Do everything except write to the cluster."
+        False,
+        "--dry-run",
+        "STREAMPROC_DRY_RUN",
+        "Do everything except write to the cluster.",
+        commands=ANNOTATE,
     )
     kubeconfig: str | None = knob(
         None,
         "--kubeconfig",
         "KUBECONFIG",
         "Kubeconfig file [default: KUBECONFIG, ~/.kube/config, else in-cluster].",
+        commands=KUBE_STAGES | DOCTOR | STATUS | RELEASE | SIMULATE,
     )
     #: partitions for the internal topics; also the Faust table partitions.
     partitions: int = knob(
-        1, "--partitions", "STREAMPROC_PARTITIONS", "Partitions of the internal topics it creates."
+        1,
+        "--partitions",
+        "STREAMPROC_PARTITIONS",
+        "Partitions of the internal topics it creates.",
+        commands=STAGES | DOCTOR,
     )
     #: consumer group session timeout; tansu's first join takes half of it. 8 s (Kafka's
     #: broker minimum is 6 s) keeps a dead replica's failover within 15 s on the test broker
@@ -169,6 +223,7 @@ class Settings:
         "--session-timeout",
         "STREAMPROC_SESSION_TIMEOUT",
         "Consumer group session timeout (s): how soon a dead replica's partitions move.",
+        commands=STAGES,
     )
     #: how often a consumer refreshes the topics' metadata: how soon the group leader sees a
     #: changed partition count (partitions added to scale, a re-created topic) and has the
@@ -178,6 +233,7 @@ class Settings:
         "--metadata-max-age",
         "STREAMPROC_METADATA_MAX_AGE",
         "How often consumers refresh topic metadata (s): how soon added partitions are read.",
+        commands=INGEST | ANNOTATE,
     )
     #: the longest the ingest stage waits for detections before publishing their tallies.
     flush_interval_s: float = knob(
@@ -185,6 +241,7 @@ class Settings:
         "--flush-interval",
         "STREAMPROC_FLUSH_INTERVAL",
         "Longest ingest collects a batch before publishing its tallies (s).",
+        commands=INGEST,
     )
     #: how long counts for windows that already qualified may wait before being published.
     tally_hold_s: float = knob(
@@ -192,6 +249,7 @@ class Settings:
         "--tally-hold",
         "STREAMPROC_TALLY_HOLD",
         "How long ingest merges counts of windows that already qualified (s).",
+        commands=INGEST,
     )
     #: the longest a fetch waits for records. Apache Kafka answers a waiting fetch as soon as
     #: records arrive, so there it only sets how often an idle consumer asks (raise it to save
@@ -204,10 +262,15 @@ class Settings:
         "often an idle consumer asks; on brokers that do not wake a waiting fetch it adds up "
         "to this much latency per stage.",
         type="ms",
+        commands=STAGES,
     )
     #: most records per ingest batch.
     batch_max_records: int = knob(
-        20_000, "--batch-size", "STREAMPROC_BATCH_SIZE", "Most records ingest reads per batch."
+        20_000,
+        "--batch-size",
+        "STREAMPROC_BATCH_SIZE",
+        "Most records ingest reads per batch.",
+        commands=INGEST,
     )
     #: keep a broker-side idempotent producer where the broker supports it (Apache Kafka does).
     enable_idempotence: bool = knob(
@@ -215,6 +278,7 @@ class Settings:
         "--enable-idempotence/--no-enable-idempotence",
         "STREAMPROC_ENABLE_IDEMPOTENCE",
         "Idempotent producer (Apache Kafka supports it; tansu does not).",
+        commands=STAGES,
     )
     #: bounded TTL cache of pod -> workload resolutions.
     resolver_cache_size: int = knob(
@@ -222,12 +286,14 @@ class Settings:
         "--resolver-cache-size",
         "STREAMPROC_RESOLVER_CACHE_SIZE",
         "Pods whose workload ingest remembers.",
+        commands=KUBE_STAGES,
     )
     resolver_cache_ttl_s: float = knob(
         300.0,
         "--resolver-cache-ttl",
         "STREAMPROC_RESOLVER_CACHE_TTL",
         "How long ingest remembers a pod's workload (s).",
+        commands=KUBE_STAGES,
     )
     #: API lookups per second for pods not in that cache; beyond it, the pod name's shape.
     resolver_lookups_per_s: float = knob(
@@ -235,10 +301,15 @@ class Settings:
         "--pod-lookups",
         "STREAMPROC_POD_LOOKUPS",
         "API lookups/s for pods not yet cached (ingest); beyond, the pod name's shape.",
+        commands=INGEST,
     )
     #: Kubernetes API request timeout.
     api_timeout_s: float = knob(
-        10.0, "--api-timeout", "STREAMPROC_API_TIMEOUT", "Kubernetes API request timeout (s)."
+        10.0,
+        "--api-timeout",
+        "STREAMPROC_API_TIMEOUT",
+        "Kubernetes API request timeout (s).",
+        commands=KUBE_STAGES,
     )
     #: concurrent API requests per process.
     api_concurrency: int = knob(
@@ -246,6 +317,7 @@ class Settings:
         "--api-concurrency",
         "STREAMPROC_API_CONCURRENCY",
         "Kubernetes API requests in flight per process.",
+        commands=KUBE_STAGES,
     )
     #: workloads the annotator works on at once (each is a few requests; those are capped apart)
     actions_in_flight: int = knob(
@@ -253,6 +325,7 @@ class Settings:
         "--actions-in-flight",
         "STREAMPROC_ACTIONS_IN_FLIGHT",
         "Workloads the annotator applies actions to at once (requests: --api-concurrency).",
+        commands=ANNOTATE,
     )
     #: how long an action whose writes keep failing for now (5xx, timeouts) is retried on its
     #: own while other actions land, before it is dead-lettered: one object that always fails
@@ -263,13 +336,22 @@ class Settings:
         "STREAMPROC_RETRY_FOR",
         "How long an action whose writes keep failing (5xx, timeouts) while other actions land "
         "is retried on its own before it is dead-lettered (s).",
+        commands=ANNOTATE,
     )
     #: sustained Kubernetes API requests per second per process, and the burst above it.
     api_qps: float = knob(
-        20.0, "--api-qps", "STREAMPROC_API_QPS", "Sustained Kubernetes API requests/s per process."
+        20.0,
+        "--api-qps",
+        "STREAMPROC_API_QPS",
+        "Sustained Kubernetes API requests/s per process.",
+        commands=KUBE_STAGES,
     )
     api_burst: int = knob(
-        40, "--api-burst", "STREAMPROC_API_BURST", "Requests allowed at once above --api-qps."
+        40,
+        "--api-burst",
+        "STREAMPROC_API_BURST",
+        "Requests allowed at once above --api-qps.",
+        commands=KUBE_STAGES,
     )
     #: record Kubernetes Events on observed objects
     kube_events: bool = knob(
@@ -277,6 +359,7 @@ class Settings:
         "--events/--no-events",
         "STREAMPROC_EVENTS",
         "Record Kubernetes Events on observed objects.",
+        commands=ANNOTATE,
     )
     #: Events' own budget beside --api-qps (burst: two seconds' worth), so the Events of an
     #: expiry burst never delay an observation's requests; past 1,000 waiting, Events are dropped
@@ -286,6 +369,7 @@ class Settings:
         "STREAMPROC_EVENT_QPS",
         "Kubernetes Events/s per process, a budget of their own beside --api-qps (Events "
         "beyond 1,000 waiting are dropped and counted).",
+        commands=ANNOTATE,
     )
     #: observed pods per node at most: Retina's agent keeps the IPs of observed pods in an eBPF
     #: map of ``filterMapMaxEntries`` per node (default 255) and fails past it.
@@ -295,6 +379,7 @@ class Settings:
         "STREAMPROC_NODE_BUDGET",
         "Observed pods per node at most; keep it below Retina's filterMapMaxEntries "
         "(default 255). 0 turns the check off.",
+        commands=ANNOTATE | DOCTOR | STATUS | SIMULATE,
     )
     #: lazy extension: a qualifying window extends an observation only once less than this
     #: share of its TTL is left (and never less than two windows' worth, so it cannot lapse
@@ -305,6 +390,7 @@ class Settings:
         "STREAMPROC_EXTEND_BELOW",
         "Extend an observation only once less than this share of its TTL is left "
         "(at least two windows' worth); 1 extends on every qualifying window.",
+        commands=ANNOTATE | SIMULATE,
     )
     #: how often the expirer re-lists managed pods to catch changes made elsewhere.
     expiry_resync_s: float = knob(
@@ -312,19 +398,30 @@ class Settings:
         "--expiry-resync",
         "STREAMPROC_EXPIRY_RESYNC",
         "How often the expirer re-lists the pods it manages (s).",
+        commands=ANNOTATE,
     )
-    #: divides every window size and TTL (the lab's ``--speed``).
+    #: divides every window size and TTL: the lab's time-lapse (``LAB_SPEED`` there), 1 in the
+    #: stages, which never offer it
     speed: float = knob(
-        1.0, "--speed", "STREAMPROC_SPEED", "Divide window sizes and TTLs (time-lapse)."
+        1.0,
+        "--speed",
+        "STREAMPROC_SPEED",
+        "Divide window sizes and TTLs (time-lapse: 60s windows become 5s at 12).",
+        commands=LAB,
     )
     metrics_port: int = knob(
-        9108, "--metrics-port", "STREAMPROC_METRICS_PORT", "Port for /metrics; 0 turns it off."
+        9108,
+        "--metrics-port",
+        "STREAMPROC_METRICS_PORT",
+        "Port for /metrics; 0 turns it off.",
+        commands=STAGES,
     )
     metrics_host: str = knob(
         "0.0.0.0",  # noqa: S104 - a metrics endpoint must be scrapeable
         "--metrics-host",
         "STREAMPROC_METRICS_HOST",
         "Address /metrics listens on.",
+        commands=STAGES,
     )
     #: after SIGINT/SIGTERM, the longest a clean stop may take before the process just exits.
     shutdown_timeout_s: float = knob(
@@ -332,6 +429,7 @@ class Settings:
         "--shutdown-timeout",
         "STREAMPROC_SHUTDOWN_TIMEOUT",
         "After SIGINT/SIGTERM, the longest a clean stop may take before exiting anyway (s).",
+        commands=STAGES,
     )
     #: ``streamproc simulate`` of files: processes that run the ingest code (parse, match,
     #: identify) over shares of the input while this one decides; 0 picks one per CPU (at most
@@ -342,8 +440,8 @@ class Settings:
         "STREAMPROC_SIMULATE_WORKERS",
         "Processes that parse and match the files (0: one per CPU for inputs of 8 MiB or more; "
         "1: this process alone).",
-        stage=False,
         type="count",
+        commands=SIMULATE,
     )
     client_id: str = "streamproc"
 

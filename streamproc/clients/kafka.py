@@ -138,6 +138,24 @@ def producer(settings: Settings, *, linger_ms: int = 5) -> AIOKafkaProducer:
     )
 
 
+async def publish(
+    settings: Settings, topic: str, records: Iterable[tuple[bytes | None, bytes]]
+) -> int:
+    """Publish (key, value) records to one topic and wait until the brokers have every one.
+
+    For the commands a person runs (``send``, ``release --forget``); returns how many.
+    """
+    client = producer(settings)
+    futures = []
+    try:
+        await client.start()
+        futures = [await client.send(topic, key=key, value=value) for key, value in records]
+        await asyncio.gather(*futures)
+    finally:
+        await client.stop()
+    return len(futures)
+
+
 def partition_of(key: bytes, partitions: int) -> int:
     """The partition a keyed record goes to, as the producers' default partitioner puts it.
 

@@ -32,7 +32,7 @@ from streamproc.lab.replay import stamp, timeline
 from streamproc.lab.view import View, counted
 from streamproc.model import conventions, topologies
 from streamproc.model.durations import format_duration
-from streamproc.settings import Settings
+from streamproc.settings import LAB_SPEED, Settings
 
 log = logging.getLogger("streamproc.lab")
 
@@ -42,7 +42,7 @@ class LabOptions:
     """What the ``lab`` command was asked to do."""
 
     duration_s: float = 60.0
-    speed: float = 12.0
+    speed: float = LAB_SPEED
     topology_path: Path | None = None
     broker: str | None = None
     kubeconfig: str | None = None

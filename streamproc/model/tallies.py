@@ -9,14 +9,18 @@ workload becomes a handful of tallies.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import orjson
 from pydantic import ConfigDict
 
 from streamproc.model import records
-from streamproc.model.workloads import Kind, ResolvedBy, WorkloadRef, in_cluster
+from streamproc.model.workloads import WORKLOAD_KINDS, Kind, ResolvedBy, WorkloadRef, in_cluster
+
+if TYPE_CHECKING:
+    from streamproc.model.topologies import Topology
 
 UUID_SAMPLE = 5
 
@@ -117,3 +121,21 @@ def forget_tally(topology: str, namespace: str, kind: Kind, name: str, cluster: 
         cluster=cluster,
         forget=True,
     )
+
+
+def forgetting(
+    topologies: Iterable[Topology], namespace: str, kind: str, name: str, cluster: str = ""
+) -> list[Tally]:
+    """``release --forget``: one forget record per topology with an escalation ladder.
+
+    Topologies without a ladder keep no history to forget. A ``kind`` streamproc does not
+    observe is a ValueError (it comes from a person's command line).
+    """
+    if kind not in WORKLOAD_KINDS:
+        raise ValueError(f"{kind!r} is not a workload kind streamproc observes")
+    checked = WORKLOAD_KINDS[WORKLOAD_KINDS.index(kind)]  # the Literal, not the str
+    return [
+        forget_tally(t.name, namespace, checked, name, cluster)
+        for t in topologies
+        if t.spec.action.escalation
+    ]
