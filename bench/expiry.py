@@ -68,6 +68,7 @@ def mark(pod: dict, workload: SampleWorkload, until: float) -> None:
         topology="bench",
         rule="Terminal shell in container",
         action_id=f"bench/{workload.namespace}/Deployment/{workload.name}/0",
+        previous=None,  # a pod not observed before
     )
     assert patch is not None
     meta = pod["metadata"]

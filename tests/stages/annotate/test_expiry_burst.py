@@ -47,6 +47,7 @@ def marked(pod: dict[str, object], workload: SampleWorkload, until: float) -> No
         topology="retina-observe",
         rule="Read sensitive file untrusted",
         action_id=f"retina-observe/{workload.namespace}/Deployment/{workload.name}/0",
+        previous=None,  # a pod not observed before
     )
     assert patch is not None
     meta = pod["metadata"]
