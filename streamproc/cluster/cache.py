@@ -26,6 +26,7 @@ from typing import NamedTuple
 from streamproc import stopping
 from streamproc.clients import kube, metrics
 from streamproc.model import conventions
+from streamproc.model import marks as model_marks
 
 log = logging.getLogger("streamproc.cache")
 _WATCH_S = 60
@@ -82,7 +83,11 @@ class PodInfo(NamedTuple):
         version = ""
         if labels.get(conventions.OBSERVED_LABEL) == "true":
             annotations = meta.get("annotations") or {}
-            keys = conventions.BOOKKEEPING_KEYS
+            # the bookkeeping, and the keys it says streamproc added (``retina.sh``): a release
+            # computed from this copy must see whether a person changed or removed them
+            owned = str(annotations.get(conventions.OWNED_KEYS) or "")
+            named = owned.split(",", model_marks.MAX_OWNED)[: model_marks.MAX_OWNED]
+            keys = (*conventions.BOOKKEEPING_KEYS, *named)
             marks = {k: _kept(annotations[k]) for k in keys if k in annotations}
             version = str(meta.get("resourceVersion") or "")
         owner = kube.controller_of(pod)

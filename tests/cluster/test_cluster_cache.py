@@ -123,3 +123,45 @@ async def test_a_watch_too_old_lists_again(
     await async_wait_for(lambda: "LISTED" in heard, timeout=80, what="a new list")
     assert len(_pod_lists(emulator)) == lists + 1
     assert cache.pod("shop", "after-compaction") is not None
+
+
+def test_a_marked_pods_copy_keeps_the_keys_streamproc_added_so_a_release_from_it_removes_them() -> (
+    None
+):
+    """The cached copy of a marked pod holds its owned keys' values: an expiry written from the
+    copy must not take a key it cannot see for one a person removed (and leave it behind)."""
+    from streamproc.cluster.cache import PodInfo
+    from streamproc.model import conventions, marks, patches
+
+    annotations = {
+        "retina.sh": "observe",
+        "team": "payments",
+        conventions.EXPIRES_AT: "2026-12-06T06:00:00Z",
+        conventions.TOPOLOGY: "t",
+        conventions.RULE: "r",
+        conventions.ACTION_ID: "t/shop/Deployment/web/1000",
+        conventions.OWNED_KEYS: "retina.sh",
+    }
+    api_pod = {
+        "metadata": {
+            "namespace": "shop",
+            "name": "web-1",
+            "resourceVersion": "7",
+            "labels": {conventions.OBSERVED_LABEL: "true"},
+            "annotations": annotations,
+        }
+    }
+    copy = PodInfo.of(api_pod).object()
+    assert copy["metadata"]["annotations"]["retina.sh"] == "observe"
+    assert "team" not in copy["metadata"]["annotations"]  # only what streamproc may write
+    policy = marks.Policy(ttls={"t": 900.0}, writes={"t": {"retina.sh": "observe"}})
+    found = marks.decode(
+        copy["metadata"]["annotations"],
+        copy["metadata"]["labels"],
+        namespace="shop",
+        now=conventions.parse_time("2026-12-06T06:00:00Z"),
+        policy=policy,
+    )
+    patch = patches.release(copy, found, lambda key, value: policy.ours("t", key, value))
+    assert patch.annotations.get("retina.sh", "kept") is None
+    assert not patch.yielded
