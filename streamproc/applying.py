@@ -235,10 +235,18 @@ class Annotator:
         return kept.get(outcome, "no-pods"), [], lasting
 
     def _until(self, action: Action, topology: Topology) -> tuple[float, str]:
-        """When the observation would end, or why nothing is written at all."""
+        """When the observation would end, or why nothing is written at all.
+
+        It ends a TTL after the window, by the action's own times, and never more than a TTL
+        from now. Those times come from other clocks (Kafka's records, the ingest replica's)
+        that may disagree with this one by up to ``--clock-tolerance``: an action is expired
+        before apply only once its end is that much behind now, and meanwhile it is given that
+        allowance, so a clock ahead by less than the tolerance cuts no observation short.
+        """
         now = self.clock()
         ttl = topology.spec.action.ttl_at(action.level)
-        until = min(action.window_end + ttl, now + ttl)
+        tolerance = self.settings.clock_tolerance_s
+        until = min(action.window_end + ttl + tolerance, now + ttl)
         if until <= now:
             return 0.0, "expired-before-apply"
         if self.settings.dry_run or topology.spec.dry_run:

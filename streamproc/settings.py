@@ -266,6 +266,16 @@ class Settings:
         "Extend an observation only once less than this share of its TTL is left "
         "(at least two windows' worth); 1 extends on every qualifying window.",
     )
+    #: how far two clocks (a producer's, a replica's, the API server's) may disagree before
+    #: streamproc stops believing a time: docs/reliability.md "Time and clocks" says why a minute
+    clock_tolerance_s: float = knob(
+        60.0,
+        "--clock-tolerance",
+        "STREAMPROC_CLOCK_TOLERANCE",
+        "How far clocks may disagree (s): a record stamped further ahead of its arrival, or "
+        "further behind it while fresh, is windowed at its arrival; an action counts as "
+        "expired only this long after its end; doctor fails a larger skew.",
+    )
     #: how often the expirer re-lists managed pods to catch changes made elsewhere.
     expiry_resync_s: float = knob(
         60.0,

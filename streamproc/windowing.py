@@ -21,18 +21,20 @@ import logging
 import time
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 import faust
 from faust.transport.drivers import aiokafka as faust_kafka
 
-from streamproc import escalation, kafka, metrics, qualifying
+from streamproc import clocks, escalation, kafka, metrics, qualifying
 from streamproc.settings import KafkaSecurity, Settings
 from streamproc.tallies import Tally, TallyError
 from streamproc.topologies import Topology
 
 log = logging.getLogger("streamproc.windows")
 STAGE = "windows"
+#: why the windows stage dead-letters a tally (the metric label and ``streamproc.reason``)
+DeadLetterReason = Literal["invalid-tally", "unknown-topology", "invalid-timestamp"]
 
 
 class _ConsumerThread(faust_kafka.AIOKafkaConsumerThread):
@@ -209,7 +211,7 @@ def build_app(  # noqa: C901, PLR0915 - the agent and timer are closures over th
             history[tally.workload_key] = verdict.history
         return verdict
 
-    async def dead_letter(event: Any, reason: str, detail: str) -> None:
+    async def dead_letter(event: Any, reason: DeadLetterReason, detail: str) -> None:
         metrics.dead_letters.labels(stage=STAGE, reason=reason).inc()
         message = event.message
         await dead_letters.send(
@@ -220,19 +222,33 @@ def build_app(  # noqa: C901, PLR0915 - the agent and timer are closures over th
             ),
         )
 
+    async def admitted(event: Any) -> tuple[Tally, Topology] | None:
+        """The event's tally and its topology, or None once it is dead-lettered (and why)."""
+        try:
+            tally = Tally.decode(event.value)
+        except TallyError as exc:
+            await dead_letter(event, "invalid-tally", str(exc))
+            return None
+        topology = by_name.get(tally.topology)
+        if topology is None:
+            await dead_letter(event, "unknown-topology", tally.topology)
+            return None
+        # before Faust sees the times: one forged year 9999 stalled this stage for good
+        refused = clocks.tally_time_refused(
+            event.message.timestamp, tally.window_start, topology.spec.window.size, time.time()
+        )
+        if refused is not None:
+            await dead_letter(event, "invalid-timestamp", refused)
+            return None
+        return tally, topology
+
     @app.agent(tallies, name="windows")
     async def windows(stream: Any) -> None:
         async for event in stream.events():
             metrics.records_consumed.labels(stage=STAGE).inc()
-            try:
-                tally = Tally.decode(event.value)
-            except TallyError as exc:
-                await dead_letter(event, "invalid-tally", str(exc))
+            if (found := await admitted(event)) is None:
                 continue
-            topology = by_name.get(tally.topology)
-            if topology is None:
-                await dead_letter(event, "unknown-topology", tally.topology)
-                continue
+            tally, topology = found
             if tally.forget:  # ``release --forget``: the workload starts the ladder again
                 if topology.name in histories:
                     histories[topology.name].pop(tally.workload_key, None)
