@@ -64,17 +64,18 @@ def _check_times(fdp: atheris.FuzzedDataProvider) -> None:
     size = _SIZES_S[fdp.ConsumeIntInRange(0, len(_SIZES_S) - 1)]
     message_s = fdp.ConsumeRegularFloat() if fdp.ConsumeBool() else fdp.ConsumeInt(8) / 1000
     window_start_ms = fdp.ConsumeInt(8)
-    if clocks.tally_time_refused(message_s, window_start_ms, size, _NOW_S) is None:
+    ahead_s = clocks.ahead_bound_s(60)
+    if clocks.tally_time_refused(message_s, window_start_ms, size, _NOW_S, ahead_s) is None:
         for seconds in (message_s, window_start_ms / 1000):
             assert math.isfinite(seconds)
             assert 0 <= seconds < size * 2**31 - size
-            assert seconds <= _NOW_S + clocks.FAR_AHEAD_S
+            assert seconds <= _NOW_S + ahead_s
     # whatever CreateTime a producer writes, ingest windows it where the windows stage admits
     arrival_ms, tolerance_ms = int(_NOW_S * 1000), 60_000
     fresh = arrival_ms - fdp.ConsumeIntInRange(0, 10**7) if fdp.ConsumeBool() else None
     windowed, _ = clocks.record_time(fdp.ConsumeInt(8), arrival_ms, tolerance_ms, fresh)
     start_ms = windowed - windowed % int(size * 1000)
-    assert clocks.tally_time_refused(start_ms / 1000, start_ms, size, _NOW_S) is None
+    assert clocks.tally_time_refused(start_ms / 1000, start_ms, size, _NOW_S, ahead_s) is None
 
 
 def test_one_input(data: bytes) -> None:

@@ -11,7 +11,7 @@ that every replica reads. So (docs/reliability.md, "Time and clocks"):
   negative, more than the tolerance ahead of the arrival, or more than the tolerance behind
   while the record is provably fresh (appended after the consumer last saw the partition's
   end): that is a producer's clock behind, not a backlog. A backlog keeps its record times.
-- the windows stage refuses a tally stamped absurdly far ahead of its own clock, or beyond
+- the windows stage refuses a tally stamped more than an hour ahead of its own clock, or beyond
   what Faust's window arithmetic holds: anyone who can write ``streamproc.tallies`` is untrusted.
 - processes that talk to the API server keep its time: each response's ``Date`` header bounds
   the difference between the two clocks, and the estimate is exported and applied, so every
@@ -28,9 +28,12 @@ from typing import Literal
 
 #: why a record was windowed at its arrival rather than at its own time (a metric label)
 Retimed = Literal["absent", "ahead", "behind"]
-#: a tally further ahead of the windows stage's clock than this is refused: no honest clock is
-#: a day off, and a bound this loose never refuses a tally because two replicas' clocks differ
-FAR_AHEAD_S = 86_400.0
+#: a tally further ahead of the windows stage's clock than this (or than twice the tolerance,
+#: if that is more) is refused. Faust keeps each partition's latest window time and drops every
+#: window older than it by the window's expiry, so one tally stamped ahead disturbs counting on
+#: its partition until real time catches up: the bound caps that at an hour, Kafka 4's own
+#: default bound for CreateTime (``message.timestamp.after.max.ms``, KIP-1030).
+FAR_AHEAD_S = 3600.0
 #: the API server's clock is believed within this distance of ours; a ``Date`` further off is
 #: reported but not applied (a broken or hostile answer must not move our clock by years)
 MAX_CORRECTION_S = 86_400.0
@@ -57,13 +60,23 @@ def record_time(
     return timestamp_ms, None
 
 
+def ahead_bound_s(tolerance_s: float) -> float:
+    """How far ahead of the windows stage's clock a tally may be stamped.
+
+    Ingest stamps tallies at most the tolerance ahead of its own clock, and that clock may be
+    the tolerance ahead of the windows stage's: twice the tolerance, and never less than an hour.
+    """
+    return max(FAR_AHEAD_S, 2 * tolerance_s)
+
+
 def tally_time_refused(
-    message_s: float, window_start_ms: int, window_size_s: float, now_s: float
+    message_s: float, window_start_ms: int, window_size_s: float, now_s: float, ahead_s: float
 ) -> str | None:
     """Why the windows stage must not let Faust see this tally's times; None when it may.
 
     ``message_s`` is the Kafka record time Faust windows by, ``window_start_ms`` the tally's
-    own field the action is built from; both must be sane, whoever wrote the record.
+    own field the action is built from; both must be sane, whoever wrote the record, and
+    neither more than ``ahead_s`` ahead of ``now_s``.
     """
     # Faust's compiled HoppingWindow.ranges counts in a C int of window steps: past
     # size x (2**31 - 1) seconds its loop never ends (faust-streaming 0.15.3, windows.pyx)
@@ -73,10 +86,10 @@ def tally_time_refused(
             return f"{what} {seconds!r} is before 1970"
         if seconds >= limit:
             return f"{what} {seconds:.0f} is beyond what Faust's windows hold ({limit:.0f})"
-        if seconds > now_s + FAR_AHEAD_S:
+        if seconds > now_s + ahead_s:
             return (
                 f"{what} {seconds:.0f} is {seconds - now_s:.0f}s ahead of this stage's clock "
-                f"(at most {FAR_AHEAD_S:.0f}s)"
+                f"(at most {ahead_s:.0f}s)"
             )
     return None
 

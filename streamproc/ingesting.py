@@ -118,10 +118,11 @@ class Ingestor:
         *,
         clusters: Mapping[str, WorkloadResolver] | None = None,
         payload_time: bool = False,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = time.time,
     ) -> None:
         self.settings = settings
-        #: the arrival clock record times are judged by (the API server's time where known)
+        #: the arrival clock record times are judged by (the API server's time where known);
+        #: None believes every record time (``streamproc simulate`` reads long after arrival)
         self.clock = clock
         #: windows from the detection's own ``time`` rather than the Kafka record's: only for
         #: files, which have no record time (``streamproc simulate``); see the module's docstring
@@ -158,10 +159,12 @@ class Ingestor:
         was read: records past them are fresh.
         """
         result = BatchResult()
-        arrival = int(self.clock() * 1000)
+        arrival = int(self.clock() * 1000) if self.clock else 0
         tolerance = int(self.settings.clock_tolerance_s * 1000)
         # the common case, a record time near its arrival, costs two comparisons
         lowest, highest = arrival - tolerance, arrival + tolerance
+        if self.payload_time or self.clock is None:
+            lowest, highest = -(2**63), 2**63  # every time is believed
         routes: dict[tuple[object, ...], _Route] = {}
         waiting: dict[tuple[object, ...], list[tuple[Detection, int]]] = {}
         tallies = result.tallies
@@ -178,7 +181,7 @@ class Ingestor:
             except ParseError as exc:
                 result.dead.append((record, exc.reason, exc.detail))
                 continue
-            if not lowest <= timestamp <= highest and not payload_time:  # the rare case
+            if not lowest <= timestamp <= highest:  # the rare case
                 timestamp = _retime(record, timestamp, arrival, tolerance, ends, result)
             if timestamp > latest:  # noqa: PLR1730 - in the hot loop a compare beats a call
                 latest = timestamp

@@ -10,6 +10,11 @@ recognises it on the pods and writes nothing (``conventions.ACTION_ID``). That g
 broker's transactions, is what keeps "one patch per pod per window" true, so it holds on brokers
 without exactly-once support too.
 
+Faust windows by each tally's Kafka record time, and its window arithmetic never returns for a
+time past window size x 2**31 s (year 9999 stalled the stage for good): a tally whose times are
+negative, past that, or too far ahead of this stage's clock is dead-lettered ``invalid-timestamp``
+before Faust sees it (``clocks.tally_time_refused``).
+
 This module is the only importer of faust. Faust pays a per-event cost that is fine for tallies
 (one per workload per ingest flush) and would not be for raw detections.
 """
@@ -182,6 +187,7 @@ def build_app(  # noqa: C901, PLR0915 - the agent and timer are closures over th
         settings.topics.dead_letters, key_serializer="raw", value_serializer="raw"
     )
     by_name = {t.name: t for t in topologies}
+    ahead_s = clocks.ahead_bound_s(settings.clock_tolerance_s)
     tables = {
         t.name: app.Table(
             f"windows-{t.name}",
@@ -235,7 +241,11 @@ def build_app(  # noqa: C901, PLR0915 - the agent and timer are closures over th
             return None
         # before Faust sees the times: one forged year 9999 stalled this stage for good
         refused = clocks.tally_time_refused(
-            event.message.timestamp, tally.window_start, topology.spec.window.size, time.time()
+            event.message.timestamp,
+            tally.window_start,
+            topology.spec.window.size,
+            time.time(),
+            ahead_s,
         )
         if refused is not None:
             await dead_letter(event, "invalid-timestamp", refused)

@@ -35,7 +35,9 @@ def test_record_time_keeps_what_is_near_its_arrival_and_replaces_the_rest() -> N
         (0.0, 0, 1, None),
         (253_402_300_800.0, NOW_MS, 60, "record time"),  # year 9999: Faust's ranges never end
         (NOW_S, 253_402_300_800_000, 60, "window_start"),
-        (NOW_S + 86_401, NOW_MS, 60, "ahead of this stage's clock"),
+        (NOW_S + 3601, NOW_MS, 60, "ahead of this stage's clock"),
+        (NOW_S, NOW_MS + 3_601_000, 60, "ahead of this stage's clock"),
+        (NOW_S + 3599, NOW_MS + 3_599_000, 60, None),
         (-0.001, NOW_MS, 60, "before 1970"),  # Kafka's -1 ms, "no timestamp"
         (math.nan, NOW_MS, 60, "before 1970"),
         (float(2**31), NOW_MS, 1, "beyond what Faust's windows hold"),
@@ -44,10 +46,10 @@ def test_record_time_keeps_what_is_near_its_arrival_and_replaces_the_rest() -> N
 def test_the_windows_stage_refuses_times_faust_cannot_window(
     message_s: float, window_start_ms: int, size_s: float, refused: str | None
 ) -> None:
-    """Far ahead of its clock, negative, or past size x 2**31 s: refused with the reason."""
-    reason = clocks.tally_time_refused(
-        message_s, window_start_ms, size_s, NOW_S if size_s > 1 else 2.0**31 - 86_400 * 2
-    )
+    """An hour ahead of its clock, negative, or past size x 2**31 s: refused with the reason."""
+    now_s = NOW_S if size_s > 1 else 2.0**31 - 86_400 * 2
+    ahead_s = clocks.ahead_bound_s(60)
+    reason = clocks.tally_time_refused(message_s, window_start_ms, size_s, now_s, ahead_s)
     if refused is None:
         assert reason is None
     else:
@@ -88,3 +90,9 @@ def test_a_stepped_clock_is_followed_and_nonsense_is_ignored() -> None:
     far.add(_date(253_402_200_000.0), NOW_S, NOW_S)
     assert far.seconds < -clocks.MAX_CORRECTION_S
     assert far.applied == 0.0
+
+
+def test_the_windows_stages_bound_is_an_hour_or_twice_the_tolerance() -> None:
+    """Ingest's tallies are at most the tolerance ahead of a clock the tolerance ahead."""
+    assert clocks.ahead_bound_s(60) == 3600
+    assert clocks.ahead_bound_s(7200) == 14_400
