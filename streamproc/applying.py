@@ -238,15 +238,15 @@ class Annotator:
         """When the observation would end, or why nothing is written at all.
 
         It ends a TTL after the window, by the action's own times, and never more than a TTL
-        from now. Those times come from other clocks (Kafka's records, the ingest replica's)
-        that may disagree with this one by up to ``--clock-tolerance``: an action is expired
-        before apply only once its end is that much behind now, and meanwhile it is given that
-        allowance, so a clock ahead by less than the tolerance cuts no observation short.
+        from now. Those times come from other clocks (Kafka records', ingest's) that may
+        disagree with this one by up to ``--clock-tolerance``, so a window that ended less than
+        that ago cannot be told from one ending now: it is observed a full TTL from now. Only an
+        action later than that is shortened by its lateness, or expired before apply.
         """
         now = self.clock()
         ttl = topology.spec.action.ttl_at(action.level)
-        tolerance = self.settings.clock_tolerance_s
-        until = min(action.window_end + ttl + tolerance, now + ttl)
+        timely = action.window_end >= now - self.settings.tolerance_s
+        until = now + ttl if timely else action.window_end + ttl
         if until <= now:
             return 0.0, "expired-before-apply"
         if self.settings.dry_run or topology.spec.dry_run:

@@ -120,6 +120,7 @@ class Skew:
         self.seconds = 0.0
         #: whether any ``Date`` was read yet
         self.measured = False
+        self._last = 0.0
 
     def add(self, date: str | None, sent: float, received: float) -> bool:
         """Take one answer's ``Date`` with our clock when asked and answered; False if unread."""
@@ -138,9 +139,21 @@ class Skew:
 
     @property
     def applied(self) -> float:
-        """The correction a clock applies: the skew, unless it is beyond belief."""
-        return self.seconds if abs(self.seconds) <= MAX_CORRECTION_S else 0.0
+        """The correction a clock applies: the skew, unless too small or beyond belief.
+
+        Below a ``Date``'s resolution nothing is measurable, and a host in step keeps its own
+        clock exactly.
+        """
+        if DATE_RESOLUTION_S < abs(self.seconds) <= MAX_CORRECTION_S:
+            return self.seconds
+        return 0.0
 
     def now(self) -> float:
-        """The server's time, by our clock corrected for the skew."""
-        return time.time() - self.applied
+        """The server's time, by our clock corrected for the skew; it never runs backwards.
+
+        The estimate moves by fractions of a second as answers come in. A clock that stepped
+        back could show an expirer's "ended" moment as not yet reached to a follower that
+        then put a pod just released under observation again.
+        """
+        self._last = max(self._last, time.time() - self.applied)
+        return self._last

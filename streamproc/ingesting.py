@@ -160,7 +160,7 @@ class Ingestor:
         """
         result = BatchResult()
         arrival = int(self.clock() * 1000) if self.clock else 0
-        tolerance = int(self.settings.clock_tolerance_s * 1000)
+        tolerance = int(self.settings.tolerance_s * 1000)
         # the common case, a record time near its arrival, costs two comparisons
         lowest, highest = arrival - tolerance, arrival + tolerance
         if self.payload_time or self.clock is None:

@@ -187,7 +187,7 @@ def build_app(  # noqa: C901, PLR0915 - the agent and timer are closures over th
         settings.topics.dead_letters, key_serializer="raw", value_serializer="raw"
     )
     by_name = {t.name: t for t in topologies}
-    ahead_s = clocks.ahead_bound_s(settings.clock_tolerance_s)
+    ahead_s = clocks.ahead_bound_s(settings.tolerance_s)
     tables = {
         t.name: app.Table(
             f"windows-{t.name}",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import math
+import time
 
 import pytest
 
@@ -96,3 +97,17 @@ def test_the_windows_stages_bound_is_an_hour_or_twice_the_tolerance() -> None:
     """Ingest's tallies are at most the tolerance ahead of a clock the tolerance ahead."""
     assert clocks.ahead_bound_s(60) == 3600
     assert clocks.ahead_bound_s(7200) == 14_400
+
+
+def test_a_clock_in_step_is_not_corrected_and_a_corrected_one_never_runs_backwards() -> None:
+    """Below a Date's one-second resolution nothing is applied; estimates moving back are not."""
+    skew = clocks.Skew()
+    now = time.time()
+    skew.add(_date(int(now)), now, now + 0.01)
+    assert abs(skew.seconds) <= 1
+    assert skew.applied == 0.0
+    skew.add(_date(int(now) - 90), now, now + 0.01)  # 90 s ahead, newest answer wins
+    assert skew.applied > 85
+    before = skew.now()
+    skew.add(_date(int(now) - 80), now, now + 0.01)  # the estimate drops by 10 s
+    assert skew.now() >= before

@@ -75,7 +75,7 @@ async def test_a_later_window_extends_the_expiry(
     """With --extend-below 1, every qualifying window after the first moves expires-at later."""
     annotator, _ = make(client, extend_below=1.0)
     frontend = workload(cluster, "frontend")
-    # windows that ended long enough ago that TTL + clock tolerance is not capped at now + TTL
+    # windows that ended longer ago than the clock tolerance: each lasts a TTL after its end
     start = int(time.time()) // 10 * 10 - 200
     await annotator.apply(action_for(frontend, window_start=start))
     first = (emulator.get("Pod", "shop", frontend.pods[0]) or {})["metadata"]["annotations"]
