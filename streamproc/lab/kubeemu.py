@@ -773,11 +773,18 @@ def main(argv: builtins.list[str] | None = None) -> None:
         default=0,
         help="seed N Deployments (2 pods each) instead of the lab's sample cluster",
     )
+    parser.add_argument(
+        "--clock-offset",
+        type=float,
+        default=0.0,
+        help="seconds the server's clock (its Date headers) is ahead of this host's",
+    )
     args = parser.parse_args(argv)
     builder = sample_cluster() if not args.deployments else ClusterBuilder(seed=3)
     for i in range(args.deployments):
         builder.deployment(f"ns-{i % 25}", f"app-{i}", 2, "nginx:1.27")
     emulator = KubeEmulator()
+    emulator.clock_offset_s = args.clock_offset
     for obj in builder.objects:
         emulator.create(obj)
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
