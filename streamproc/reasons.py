@@ -42,6 +42,8 @@ DeadLetter = (
         # windows: a record on the tallies topic
         "invalid-tally",
         "unknown-topology",
+        # windows: a tally whose times Faust cannot window (``clocks.tally_time_refused``)
+        "invalid-timestamp",
         # annotate: a record on the actions topic
         "invalid-action",
         "other-cluster",

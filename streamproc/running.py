@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,11 +155,13 @@ async def _start_annotate(
     cleanups.append(auditor.flush)
     # what this replica expires and follows: the workloads of the action partitions it holds
     ownership = Ownership(kafka.partition_of)
+    # every replica keeps the API server's time, so all read the pods' expiry times alike
     expirer = Expirer(
         client,
         resync_s=settings.expiry_resync_s,
         dry_run=settings.dry_run,
         auditor=auditor,
+        clock=client.now,
         ownership=ownership,
         cache=cache,
         policy=marks.Policy.of(topologies),
@@ -174,9 +177,18 @@ async def _start_annotate(
         budget=budget,
         ownership=ownership,
         cache=cache,
+        clock=client.now,
     )
     annotator = Annotator(
-        settings, topologies, client, resolver, expirer, auditor, follower, budget=budget
+        settings,
+        topologies,
+        client,
+        resolver,
+        expirer,
+        auditor,
+        follower,
+        budget=budget,
+        clock=client.now,
     )
     stage = AnnotateStage(settings, annotator, ownership)
     running.expirer, running.annotate, running.follower = expirer, stage, follower
@@ -217,7 +229,9 @@ async def _ingestor(
         cleanups.append(other.close)
         clusters[name] = resolver(other, _started_cache(other, stop, tasks, f"cache-{name}"))
     own = resolver(client, _cache_of(client, running, stop, tasks) if client else None)
-    return Ingestor(settings, topologies, own, clusters=clusters)
+    # record times are judged by the API server's time where ingest reaches it
+    clock = client.now if client is not None else time.time
+    return Ingestor(settings, topologies, own, clusters=clusters, clock=clock)
 
 
 SCRATCH_PREFIX = "streamproc-windows-"

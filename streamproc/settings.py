@@ -392,6 +392,17 @@ class Settings:
         "(at least two windows' worth); 1 extends on every qualifying window.",
         commands=ANNOTATE | SIMULATE,
     )
+    #: how far two clocks (a producer's, a replica's, the API server's) may disagree before
+    #: streamproc stops believing a time: docs/reliability.md "Time and clocks" says why a minute
+    clock_tolerance_s: float = knob(
+        60.0,
+        "--clock-tolerance",
+        "STREAMPROC_CLOCK_TOLERANCE",
+        "How far clocks may disagree (s): a record stamped further ahead of its arrival, or "
+        "further behind it while fresh, is windowed at its arrival; an action whose window "
+        "ended less than this ago is observed a full TTL; doctor fails a larger skew.",
+        commands=STAGES | DOCTOR,
+    )
     #: how often the expirer re-lists managed pods to catch changes made elsewhere.
     expiry_resync_s: float = knob(
         60.0,
@@ -476,6 +487,11 @@ class Settings:
         """``--cluster-contexts`` as cluster name -> kubeconfig context."""
         pairs = (item.partition("=") for item in self.cluster_contexts.split(",") if item.strip())
         return {name.strip(): context.strip() for name, _, context in pairs}
+
+    @property
+    def tolerance_s(self) -> float:
+        """``--clock-tolerance`` time-lapsed by ``--speed`` like every window and TTL (>= 1 s)."""
+        return max(1.0, self.clock_tolerance_s / self.speed)
 
     @property
     def rebalance_timeout_s(self) -> float:

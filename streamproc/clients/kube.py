@@ -5,7 +5,9 @@ the client can be swapped for the emulator at the HTTP level (tests and the lab 
 at it) and nothing else in the code knows. Responses are read raw and decoded with orjson: the
 generated models are slow and drop fields. Transient failures (5xx, 429, timeouts, refused
 connections) are retried over an exponential backoff with jitter, honouring ``Retry-After``; the
-rest surface as NotFound, Conflict or Forbidden for the caller to decide.
+rest surface as NotFound, Conflict or Forbidden for the caller to decide. Every answer's ``Date``
+header also tells how far this host's clock is from the API server's (``clocks.Skew``): the
+stages keep the API server's time (``Kube.now``), so replicas agree on the pods' expiry times.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from streamproc import clocks
 from streamproc.clients import metrics, throttling
 from streamproc.settings import DEFAULTS, Settings
 
@@ -320,6 +323,17 @@ class Kube:
         #: when (``time.monotonic``) the API server last answered a request other than with a
         #: 5xx or 429: a failure while it answers others is confined to one object
         self.answered_at = 0.0
+        #: this host's clock against the API server's, from the answers' ``Date`` headers
+        self.skew = clocks.Skew()
+
+    def now(self) -> float:
+        """The API server's time: this host's clock corrected by the skew measured so far."""
+        return self.skew.now()
+
+    def _clock_sample(self, headers: Mapping[str, str] | None, sent: float) -> None:
+        """Read one answer's ``Date`` into the skew estimate and its gauge."""
+        if headers is not None and self.skew.add(headers.get("Date"), sent, time.time()):
+            metrics.clock_skew.labels(server=self.server).set(self.skew.seconds)
 
     def share_limits(self, share: float) -> None:
         """Take ``share`` of the configured request rate and burst; never below 5 %.
@@ -478,9 +492,11 @@ class Kube:
 
         async def send() -> Json:
             started = time.perf_counter()
+            sent = time.time()
             code = "error"
             try:
                 response = await request()
+                self._clock_sample(response.headers, sent)
                 code = str(response.status)
                 if response.status < 500 and response.status != 429:
                     self.answered_at = time.monotonic()
@@ -575,6 +591,7 @@ class Kube:
         """
         what = f"watch {resource}"
         await self._throttle()
+        sent = time.time()
         try:
             # with _preload_content=False the call returns the raw aiohttp response
             response: Any = await self._lister(resource)(
@@ -585,6 +602,7 @@ class Kube:
                 _preload_content=False,
                 _request_timeout=timeout_s + self._timeout,
             )
+            self._clock_sample(response.headers, sent)
             if response.status >= 400:
                 body = (await response.read()).decode("utf-8", "replace")[:300]
                 raise _translate(response.status, body, response.headers, what)

@@ -42,6 +42,13 @@ cluster_field_ignored = Counter(
     "Detections whose cluster field (Falcosidekick customfields) named a cluster while this "
     "deployment is one cluster: they are its own, routed as if the field were absent",
 )
+record_times_retimed = Counter(
+    "streamproc_record_times_retimed_total",
+    "Records windowed at the stage's arrival clock instead of their own Kafka time, by why: "
+    "absent (none or negative), ahead (further ahead than --clock-tolerance), behind (fresh "
+    "yet further behind: a producer's clock)",
+    ["stage", "reason"],
+)
 detections_matched = Counter(
     "streamproc_detections_matched_total",
     "Detections that matched a topology",
@@ -145,6 +152,12 @@ api_request_duration = Histogram(
 rate_limit_waits = Counter(
     "streamproc_api_rate_limit_waits_total",
     "Kubernetes API requests that waited for the client-side rate limit",
+)
+clock_skew = Gauge(
+    "streamproc_clock_skew_seconds",
+    "This process's clock minus the Kubernetes API server's, from its Date headers (positive: "
+    "ahead); the stages keep the API server's time",
+    ["server"],
 )
 api_retries = Counter(
     "streamproc_api_retries_total",

@@ -16,6 +16,7 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
+from streamproc import clocks
 from streamproc.clients import kafka, kube
 from streamproc.cluster import permissions
 from streamproc.doctor import checks, retina
@@ -343,13 +344,46 @@ async def cluster_checks(settings: Settings, loaded: Sequence[Topology]) -> list
         found = [
             checks.ok(
                 area, "API server", f"{client.server} answers ({version.get('gitVersion', '?')})"
-            )
+            ),
+            clock_check(client.skew, settings.clock_tolerance_s),
         ]
         found += await permission_checks(client, loaded)
         found += await retina_checks(client, settings, loaded)
         return found
     finally:
         await client.close()
+
+
+def clock_check(skew: clocks.Skew, tolerance_s: float) -> Check:
+    """How far this host's clock is from the API server's ``Date`` (each stage exports its own).
+
+    Within the header's one-second resolution it is in step. The stages keep the API server's
+    time, but compare it with times from Kafka: a skew within ``--clock-tolerance`` is
+    tolerated and worth fixing; beyond it, record times are replaced by arrival times and late
+    actions are judged expired (docs/reliability.md, "Time and clocks").
+    """
+    area, name = "Kubernetes", "clock"
+    if not skew.measured:
+        return checks.warn(
+            area,
+            name,
+            "the API server sent no readable Date header, so clock skew is unknown",
+            "keep every host on NTP (chrony, systemd-timesyncd)",
+        )
+    seconds = skew.seconds
+    side = "ahead of" if seconds > 0 else "behind"
+    detail = f"this host's clock is {abs(seconds):.1f}s {side} the API server's"
+    fix = (
+        "synchronise this host and the API server with NTP (chrony, systemd-timesyncd); "
+        "every stage exports its own as streamproc_clock_skew_seconds"
+    )
+    if abs(seconds) > tolerance_s:
+        return checks.fail(area, name, f"{detail}, beyond --clock-tolerance {tolerance_s:g}s", fix)
+    if abs(seconds) > 2 * clocks.DATE_RESOLUTION_S:
+        return checks.warn(
+            area, name, f"{detail} (tolerated up to --clock-tolerance {tolerance_s:g}s)", fix
+        )
+    return checks.ok(area, name, f"in step with the API server's ({seconds:+.1f}s)")
 
 
 def _features(loaded: Sequence[Topology]) -> set[str]:

@@ -25,7 +25,9 @@ client in-process would test the mock. This serves the subset of the API that st
 - watch with label filtering, resume from a ``resourceVersion``, ``410 Gone`` when too old,
   bookmarks and ``timeoutSeconds``;
 - faults injected per request that fail *before* any state changes (status, ``Retry-After``,
-  delay), and a request log with timestamps for assertions on rate and order.
+  delay), and a request log with timestamps for assertions on rate and order;
+- a ``Date`` header on every answer, from a clock ``clock_offset_s`` away from this host's, to
+  play an API server whose clock differs from its clients'.
 
 It runs in its own thread and event loop, so synchronous tests and subprocesses can use it alike.
 """
@@ -35,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import copy
+import email.utils
 import re
 import threading
 import time
@@ -312,6 +315,8 @@ class KubeEmulator:
         self.denied: set[tuple[str, str, str]] = set()
         #: (group, plural) of custom resources whose CRD is not installed
         self.uninstalled: set[tuple[str, str]] = set()
+        #: how far the server's clock, as its ``Date`` headers tell it, is ahead of this host's
+        self.clock_offset_s = 0.0
 
     # ---- state ---------------------------------------------------------------------------
     def _bump(self) -> str:
@@ -840,6 +845,12 @@ class KubeEmulator:
             )
         return response
 
+    async def _date(self, _request: web.Request, response: web.StreamResponse) -> None:
+        """Every answer's ``Date``, by the server's clock (RFC 9110 IMF-fixdate)."""
+        response.headers["Date"] = email.utils.formatdate(
+            time.time() + self.clock_offset_s, usegmt=True
+        )
+
     # ---- serving -------------------------------------------------------------------------
     @contextmanager
     def serve(self, host: str = "127.0.0.1", port: int = 0) -> Iterator[KubeEmulator]:
@@ -870,6 +881,7 @@ class KubeEmulator:
 
         async def main() -> None:
             app = web.Application(middlewares=[self._log], client_max_size=8 << 20)
+            app.on_response_prepare.append(self._date)
             app.router.add_route("*", "/{tail:.*}", self._dispatch)
             runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
             await runner.setup()
@@ -948,11 +960,18 @@ def main(argv: builtins.list[str] | None = None) -> None:
         default=0,
         help="seed N Deployments (2 pods each) instead of the lab's sample cluster",
     )
+    parser.add_argument(
+        "--clock-offset",
+        type=float,
+        default=0.0,
+        help="seconds the server's clock (its Date headers) is ahead of this host's",
+    )
     args = parser.parse_args(argv)
     builder = sample_cluster() if not args.deployments else ClusterBuilder(seed=3)
     for i in range(args.deployments):
         builder.deployment(f"ns-{i % 25}", f"app-{i}", 2, "nginx:1.27")
     emulator = KubeEmulator()
+    emulator.clock_offset_s = args.clock_offset
     for obj in builder.objects:
         emulator.create(obj)
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})

@@ -121,8 +121,9 @@ class Simulation:
             cache_size=settings.resolver_cache_size,
             ttl_s=settings.resolver_cache_ttl_s,
         )
+        # no arrival clock: a simulation reads long after the records arrived
         self.ingestor = Ingestor(
-            self.settings, self.topologies, resolver, payload_time=payload_time
+            self.settings, self.topologies, resolver, payload_time=payload_time, clock=None
         )
         #: topology -> (workload key, window start ms) -> [count, acted]
         self._windows: dict[str, dict[tuple[str, int], list[int]]] = {

@@ -10,7 +10,11 @@ batches and scales out by partition.
 
 Windows are aligned on the Kafka record timestamp (the moment the detection was appended), not on
 the ``time`` field inside the event: that is what the broker vouches for, and a hostile or
-skewed producer clock inside a payload cannot stretch an observation.
+skewed producer clock inside a payload cannot stretch an observation. A record time that is
+absent, too far ahead of the stage's own arrival clock, or too far behind it while the record is
+provably fresh (a producer's clock, not a backlog) is replaced by the arrival time and counted
+(:func:`streamproc.clocks.record_time`): no record time can stall the windows stage or cut an
+observation short.
 """
 
 from __future__ import annotations
@@ -19,10 +23,10 @@ import asyncio
 import logging
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Protocol
 
-from streamproc import reasons
+from streamproc import clocks, reasons
 from streamproc.clients import kafka, metrics
 from streamproc.cluster.resolving import WorkloadResolver
 from streamproc.model import events, fleets
@@ -80,6 +84,7 @@ class BatchResult:
         "latest_ms",
         "matched",
         "out_of_step",
+        "retimed",
         "rules",
         "tallies",
         "unmatched",
@@ -99,6 +104,8 @@ class BatchResult:
         self.excluded_detections = 0
         #: the latest detection time in the batch (record or payload time, as windowed)
         self.latest_ms = 0
+        #: records windowed at their arrival instead of their own time, by why
+        self.retimed: Counter[clocks.Retimed] = Counter()
         #: counted detections by pod and the workload found for it: (cluster, namespace, pod,
         #: workload) -> detections (``streamproc simulate`` reports how identities were found)
         self.identities: Counter[tuple[str, str, str, WorkloadRef]] = Counter()
@@ -179,6 +186,7 @@ class Ingestor:
         *,
         clusters: Mapping[str, WorkloadResolver] | None = None,
         payload_time: bool = False,
+        clock: Callable[[], float] | None = time.time,
     ) -> None:
         self.settings = settings
         #: whose each detection is: declared clusters only, or one cluster whatever it says
@@ -193,6 +201,9 @@ class Ingestor:
                     ", ".join(unserved),
                     ", ".join(sorted(self.fleet.members)) or "one, unnamed",
                 )
+        #: the arrival clock record times are judged by (the API server's time where known);
+        #: None believes every record time (``streamproc simulate`` reads long after arrival)
+        self.clock = clock
         #: windows from the detection's own ``time`` rather than the Kafka record's: only for
         #: files, which have no record time (``streamproc simulate``); see the module's docstring
         self.payload_time = payload_time
@@ -216,9 +227,10 @@ class Ingestor:
         """Topics the stage reads."""
         return sorted(self.matchers)
 
-    async def process(
+    async def process(  # noqa: C901 - the hot loop stays whole: a call per record costs more
         self,
         records: Iterable[Incoming],
+        ends: PartitionEnds | None = None,
         *,
         context: tuple[Sequence[bytes], Sequence[bytes]] = ((), ()),
     ) -> BatchResult:
@@ -230,9 +242,16 @@ class Ingestor:
         Per detection this costs one parse, one dict look-up of its *route* (what a detection
         with this rule, priority, source, tags, namespace, pod and owners does: skipped, or
         counted for which topologies and which workload; decided once per batch) and one tally
-        update per matched topology.
+        update per matched topology. ``ends`` are the partitions' ends as seen before the batch
+        was read: records past them are fresh.
         """
         result = BatchResult()
+        arrival = int(self.clock() * 1000) if self.clock else 0
+        tolerance = int(self.settings.tolerance_s * 1000)
+        # the common case, a record time near its arrival, costs two comparisons
+        lowest, highest = arrival - tolerance, arrival + tolerance
+        if self.payload_time or self.clock is None:
+            lowest, highest = -(2**63), 2**63  # every time is believed
         routes: dict[tuple[object, ...], _Route] = {}
         waiting: dict[tuple[object, ...], list[tuple[Detection, int]]] = {}
         tallies = result.tallies
@@ -243,6 +262,8 @@ class Ingestor:
             if payload_time
             else self._parsed(records, result)
         ):
+            if not lowest <= timestamp <= highest:  # the rare case
+                timestamp = _retime(record, timestamp, arrival, tolerance, ends, result)  # noqa: PLW2901 - the time it is windowed at
             if timestamp > latest:  # noqa: PLR1730 - in the hot loop a compare beats a call
                 latest = timestamp
             key: tuple[object, ...] = detection[:8]  # rule ... owners, cluster
@@ -409,6 +430,8 @@ class Ingestor:
             metrics.detections_matched.labels(topology=topology).inc(n)
         for _, reason, _ in result.dead:
             metrics.dead_letters.labels(stage=STAGE, reason=reason).inc()
+        for why, n in result.retimed.items():
+            metrics.record_times_retimed.labels(stage=STAGE, reason=why).inc(n)
 
     def report_fields(self, result: BatchResult) -> None:
         """Count ignored cluster fields; say once per name which were ignored or refused."""
@@ -448,13 +471,15 @@ class Ingestor:
         commits = CommitPoint()
         committer = kafka.Committer(consumer, STAGE)
         reader = kafka.Reader(consumer, self.settings, STAGE)
+        ends = PartitionEnds()
         try:
             while not stop.is_set():
+                ends.note(consumer)
                 batch, bad = await reader.getmany(
                     timeout_ms=int(self.settings.flush_interval_s * 1000) or 1,
                     max_records=self.settings.batch_max_records,
                 )
-                handled = not batch or await self._handle(reader, producer, batch, commits)
+                handled = not batch or await self._handle(reader, producer, batch, commits, ends)
                 if bad and handled:
                     # only past records that were handled: after a failed batch the reader
                     # went back before them, and reading again finds the bad batch again
@@ -476,12 +501,13 @@ class Ingestor:
         producer: kafka.AIOKafkaProducer,
         batch: Mapping[kafka.TopicPartition, list[kafka.ConsumerRecord]],
         commits: CommitPoint,
+        ends: PartitionEnds | None = None,
     ) -> bool:
         """Publish one batch's tallies and dead letters; False when it must be read again."""
         records = [r for rs in batch.values() for r in rs]
         metrics.records_consumed.labels(stage=STAGE).inc(len(records))
         try:
-            result = await self.process(records)
+            result = await self.process(records, ends)
             await self.publish(producer, self.gate.admit(result.tallies), result.dead)
         except kafka.KafkaError as exc:
             # Nothing of this batch is committed: rewind and take it again once Kafka is back.
@@ -717,6 +743,64 @@ class _Route:
         #: why every detection of this route is dead-lettered, with the dead letter's detail
         self.refused: reasons.DeadLetter | None = None
         self.detail = ""
+
+
+class PartitionEnds:
+    """Where each partition ended, and when: which records were appended after a known moment.
+
+    Kafka tells a consumer the partition's end offset (high watermark) with every fetch; this
+    keeps the latest few ends seen before each batch, with when (ms, this host's clock). A
+    record at or past an end seen at time T was appended after T, whatever time its producer
+    wrote on it: a record that claims to be much older is a producer's clock behind, not a
+    backlog. Several ends are kept because the fetch that brings a record usually lands before
+    the batch that returns it: the end to go by is the last one seen *below* the record.
+    """
+
+    KEEP = 16
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, int], deque[tuple[int, int]]] = {}
+
+    def note(self, consumer: kafka.AIOKafkaConsumer) -> None:
+        """Remember each assigned partition's end as last fetched (before reading a batch)."""
+        for tp in consumer.assignment():
+            end, when = consumer.highwater(tp), consumer.last_poll_timestamp(tp)
+            if end is None or when is None:
+                continue
+            seen = self._seen.setdefault((tp.topic, tp.partition), deque(maxlen=self.KEEP))
+            if seen and seen[-1][0] == end:
+                seen[-1] = (end, when)  # the same end seen later: a tighter bound
+            else:
+                if seen and seen[-1][0] > end:
+                    seen.clear()  # the log was truncated or recreated: start again
+                seen.append((end, when))
+
+    def appended_after(self, topic: str, partition: int, offset: int) -> int | None:
+        """When (ms, this host's clock) the record was known not yet appended; None if unknown."""
+        for end, when in reversed(self._seen.get((topic, partition), ())):
+            if end <= offset:
+                return when
+        return None
+
+
+def _retime(
+    record: Incoming,
+    timestamp: int,
+    arrival: int,
+    tolerance: int,
+    ends: PartitionEnds | None,
+    result: BatchResult,
+) -> int:
+    """The time to window a record at whose own time is not near its arrival (the rare case)."""
+    fresh_since = None
+    if ends is not None:
+        since = ends.appended_after(record.topic, record.partition, record.offset)
+        if since is not None:  # this host's clock, moved onto the arrival clock
+            fresh_since = since + arrival - int(time.time() * 1000)
+    windowed, why = clocks.record_time(timestamp, arrival, tolerance, fresh_since)
+    if why is not None:
+        result.retimed[why] += 1
+    return windowed
 
 
 def _add(tallies: dict[_Slot, Tally], route: _Route, detection: Detection, timestamp: int) -> None:

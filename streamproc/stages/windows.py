@@ -10,6 +10,11 @@ recognises it on the pods and writes nothing (``conventions.ACTION_ID``). That g
 broker's transactions, is what keeps "one patch per pod per window" true, so it holds on brokers
 without exactly-once support too.
 
+Faust windows by each tally's Kafka record time, and its window arithmetic never returns for a
+time past window size x 2**31 s (year 9999 stalled the stage for good): a tally whose times are
+negative, past that, or too far ahead of this stage's clock is dead-lettered ``invalid-timestamp``
+before Faust sees it (``clocks.tally_time_refused``).
+
 This module is the only importer of faust. Faust pays a per-event cost that is fine for tallies
 (one per workload per ingest flush) and would not be for raw detections.
 """
@@ -26,7 +31,7 @@ from typing import Any
 import faust
 from faust.transport.drivers import aiokafka as faust_kafka
 
-from streamproc import reasons
+from streamproc import clocks, reasons
 from streamproc.clients import kafka, metrics
 from streamproc.model import escalation, fleets, qualifying
 from streamproc.model.tallies import Tally, TallyError
@@ -35,6 +40,7 @@ from streamproc.settings import KafkaSecurity, Settings
 
 log = logging.getLogger("streamproc.windows")
 STAGE = "windows"
+#: why the windows stage dead-letters a tally (the metric label and ``streamproc.reason``)
 
 
 class _ConsumerThread(faust_kafka.AIOKafkaConsumerThread):
@@ -178,6 +184,7 @@ def build_app(  # noqa: C901, PLR0915 - the agent and timer are closures over th
         settings.topics.dead_letters, key_serializer="raw", value_serializer="raw"
     )
     by_name = {t.name: t for t in topologies}
+    ahead_s = clocks.ahead_bound_s(settings.tolerance_s)
     tables = {
         t.name: app.Table(
             f"windows-{t.name}",
@@ -219,7 +226,7 @@ def build_app(  # noqa: C901, PLR0915 - the agent and timer are closures over th
         )
 
     async def admitted(event: Any) -> tuple[Tally, Topology] | None:
-        """A record's tally and its topology; None once it was dead-lettered."""
+        """The event's tally and its topology, or None once it is dead-lettered (and why)."""
         try:
             tally = Tally.decode(event.value)
         except TallyError as exc:
@@ -234,6 +241,17 @@ def build_app(  # noqa: C901, PLR0915 - the agent and timer are closures over th
             if sightings.first(tally.cluster):
                 log.warning("tallies dead-lettered (unknown-cluster): %s", detail)
             await dead_letter(event, "unknown-cluster", detail)
+            return None
+        # before Faust sees the times: one forged year 9999 stalled this stage for good
+        refused = clocks.tally_time_refused(
+            event.message.timestamp,
+            tally.window_start,
+            topology.spec.window.size,
+            time.time(),
+            ahead_s,
+        )
+        if refused is not None:
+            await dead_letter(event, "invalid-timestamp", refused)
             return None
         return tally, topology
 

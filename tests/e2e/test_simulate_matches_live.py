@@ -166,7 +166,10 @@ def test_simulate_decides_the_same_observations_as_the_live_pipeline(
     assert from_file["identities"]["snapshot"] > 0
     assert from_file["windows_from"] == "payload time"
 
-    pipeline = Pipeline("run", env, folder, tmp_path / "run.log")
+    # record times years ahead, as simulate believes them: a tolerance of decades makes the live
+    # stages believe them too (docs/reliability.md, "Time and clocks")
+    believing = {**env, "STREAMPROC_CLOCK_TOLERANCE": str(40 * 365 * 86_400)}
+    pipeline = Pipeline("run", believing, folder, tmp_path / "run.log")
     pipelines.append(pipeline)
     asyncio.run(_publish(broker.bootstrap, records))
 

@@ -256,10 +256,18 @@ class Annotator:
         return kept.get(outcome, "no-pods"), [], lasting
 
     def _until(self, action: Action, topology: Topology) -> tuple[float, str]:
-        """When the observation would end, or why nothing is written at all."""
+        """When the observation would end, or why nothing is written at all.
+
+        It ends a TTL after the window, by the action's own times, and never more than a TTL
+        from now. Those times come from other clocks (Kafka records', ingest's) that may
+        disagree with this one by up to ``--clock-tolerance``, so a window that ended less than
+        that ago cannot be told from one ending now: it is observed a full TTL from now. Only an
+        action later than that is shortened by its lateness, or expired before apply.
+        """
         now = self.clock()
         ttl = topology.spec.action.ttl_at(action.level)
-        until = min(action.window_end + ttl, now + ttl)
+        timely = action.window_end >= now - self.settings.tolerance_s
+        until = now + ttl if timely else action.window_end + ttl
         if until <= now:
             return 0.0, "expired-before-apply"
         if self.settings.dry_run or topology.spec.dry_run:

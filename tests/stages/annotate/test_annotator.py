@@ -79,7 +79,8 @@ async def test_a_later_window_extends_the_expiry(
     """With --extend-below 1, every qualifying window after the first moves expires-at later."""
     annotator, _ = make(client, extend_below=1.0)
     frontend = workload(cluster, "frontend")
-    start = int(time.time()) // 10 * 10 - 20
+    # windows that ended longer ago than the clock tolerance: each lasts a TTL after its end
+    start = int(time.time()) // 10 * 10 - 200
     await annotator.apply(action_for(frontend, window_start=start))
     first = (emulator.get("Pod", "shop", frontend.pods[0]) or {})["metadata"]["annotations"]
     await annotator.apply(action_for(frontend, window_start=start + 10))
