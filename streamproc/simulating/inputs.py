@@ -52,7 +52,7 @@ class Line(NamedTuple):
     key: bytes | None = None
 
 
-#: lines of context on each side of a batch (``stages.ingest.timing.in_step`` looks two lines each way)
+#: lines of context on each side of a batch (``timing.in_step`` looks two lines each way)
 CONTEXT_LINES = 2
 
 

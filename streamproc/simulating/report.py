@@ -112,7 +112,7 @@ class Report:
         self.identities: Counter[str] = Counter()
         #: pods taken for bare Pods by a name a DaemonSet or a Job could have generated
         self.ambiguous: set[str] = set()
-        #: payloads whose ``time`` was out of step with their neighbours' (``stages.ingest.timing.in_step``)
+        #: payloads whose ``time`` was out of step with their neighbours' (``timing.in_step``)
         self.out_of_step = 0
         self.out_of_step_examples: list[str] = []
         self.skipped: Counter[str] = Counter()
