@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -48,3 +49,15 @@ def test_the_readme_stays_short_and_points_into_the_site() -> None:
     assert linked
     for page in linked:
         assert (ROOT / "docs" / page.split("#")[0]).is_file(), page
+
+
+def test_every_file_the_docs_name_exists() -> None:
+    """A test, fuzzer, benchmark or module a page cites by path is where the page says."""
+    pattern = re.compile(r"`((?:tests|fuzz|bench|streamproc|deploy|k8s|examples)/[\w./-]+\.\w+)`")
+    missing = [
+        f"{page.name}: {path}"
+        for page in sorted((ROOT / "docs").glob("*.md"))
+        for path in pattern.findall(page.read_text(encoding="utf-8"))
+        if not (ROOT / path).exists()
+    ]
+    assert not missing
