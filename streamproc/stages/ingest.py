@@ -357,7 +357,7 @@ class Ingestor:
 
     async def publish(
         self,
-        producer: kafka.AIOKafkaProducer,
+        producer: kafka.Producer,
         tallies: Sequence[Tally],
         dead: Sequence[tuple[Incoming, reasons.DeadLetter, str]] = (),
     ) -> None:
@@ -441,8 +441,8 @@ class Ingestor:
 
     async def _consume(
         self,
-        consumer: kafka.AIOKafkaConsumer,
-        producer: kafka.AIOKafkaProducer,
+        consumer: kafka.Consumer,
+        producer: kafka.Producer,
         stop: asyncio.Event,
     ) -> None:
         commits = CommitPoint()
@@ -473,8 +473,8 @@ class Ingestor:
     async def _handle(
         self,
         reader: kafka.Reader,
-        producer: kafka.AIOKafkaProducer,
-        batch: Mapping[kafka.TopicPartition, list[kafka.ConsumerRecord]],
+        producer: kafka.Producer,
+        batch: Mapping[kafka.Partition, list[kafka.Record]],
         commits: CommitPoint,
     ) -> bool:
         """Publish one batch's tallies and dead letters; False when it must be read again."""
@@ -499,7 +499,7 @@ class Ingestor:
     async def _skip(
         self,
         reader: kafka.Reader,
-        producer: kafka.AIOKafkaProducer,
+        producer: kafka.Producer,
         bad: Sequence[kafka.BadBatch],
         commits: CommitPoint,
     ) -> None:
@@ -510,14 +510,14 @@ class Ingestor:
             metrics.stage_errors.labels(stage=STAGE, error=type(exc).__name__).inc()
             log.warning("dead-lettering a skipped batch failed (%s); will read it again", exc)
             for batch in bad:
-                reader.seek(kafka.TopicPartition(batch.topic, batch.partition), batch.offset)
+                reader.seek(kafka.Partition(batch.topic, batch.partition), batch.offset)
             return
         commits.handled(
             self.gate.batches,
-            {kafka.TopicPartition(b.topic, b.partition): b.next_offset for b in bad},
+            {kafka.Partition(b.topic, b.partition): b.next_offset for b in bad},
         )
 
-    async def _release(self, producer: kafka.AIOKafkaProducer, now: float | None) -> None:
+    async def _release(self, producer: kafka.Producer, now: float | None) -> None:
         """Publish the held tallies that are due (all of them when ``now`` is None)."""
         try:
             await self.publish(producer, self.gate.release(now))
@@ -655,15 +655,15 @@ class CommitPoint:
     """Offsets of handled batches, handed out for commit once none of their counts is held."""
 
     def __init__(self) -> None:
-        self._batches: deque[tuple[int, dict[kafka.TopicPartition, int]]] = deque()
+        self._batches: deque[tuple[int, dict[kafka.Partition, int]]] = deque()
 
-    def handled(self, batch: int, offsets: dict[kafka.TopicPartition, int]) -> None:
+    def handled(self, batch: int, offsets: dict[kafka.Partition, int]) -> None:
         """A batch's tallies were published or held; its next offsets."""
         self._batches.append((batch, offsets))
 
-    def committable(self, oldest_held: int | None) -> dict[kafka.TopicPartition, int]:
+    def committable(self, oldest_held: int | None) -> dict[kafka.Partition, int]:
         """Offsets to commit now: up to the batch before the oldest one with a held count."""
-        offsets: dict[kafka.TopicPartition, int] = {}
+        offsets: dict[kafka.Partition, int] = {}
         while self._batches and (oldest_held is None or self._batches[0][0] < oldest_held):
             offsets.update(self._batches.popleft()[1])
         return offsets
