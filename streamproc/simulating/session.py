@@ -121,7 +121,7 @@ async def _simulate(request: Request) -> list[Report]:
 
 async def _topic_range(
     request: Request,
-) -> AsyncIterator[tuple[list[kafka.ConsumerRecord], list[kafka.BadBatch]]]:
+) -> AsyncIterator[tuple[list[kafka.Record], list[kafka.BadBatch]]]:
     assert request.topic is not None
     try:
         async for found in kafka.read_range(

@@ -121,10 +121,14 @@ def test_a_wrong_password_is_refused_and_never_printed(tmp_path: Path, gate: Kaf
 def test_a_stage_refused_its_credentials_stops_with_one_line_instead_of_waiting(
     tmp_path: Path, gate: KafkaGate
 ) -> None:
-    """Refused credentials are not an outage: `run` says so once and exits 1, no retry loop."""
+    """Refused credentials are not an outage: a stage says so once and exits 1, no retry loop.
+
+    `ingest` needs no cluster, so Kafka's refusal is the first thing it meets (`run` and
+    `annotate` check the cluster's credentials first).
+    """
     env = secure_env(tmp_path, gate, "SCRAM-SHA-512", "not-the-password")
     result = subprocess.run(
-        [sys.executable, "-m", "streamproc", "run", "--metrics-port", "0"],
+        [sys.executable, "-m", "streamproc", "ingest", "--metrics-port", "0"],
         env=env,
         capture_output=True,
         text=True,

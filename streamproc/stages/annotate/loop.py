@@ -186,14 +186,14 @@ class AnnotateStage:
         self.annotator = annotator
         #: told the partitions this replica holds after each rebalance
         self.ownership = ownership
-        self._consumer: kafka.AIOKafkaConsumer | None = None
+        self._consumer: kafka.Consumer | None = None
         #: since when the topic's partition count differs from the assignment's, and the
         #: (count, assigned) pair last reported
         self._behind_since: float | None = None
         self._behind_reported: tuple[int, int] | None = None
 
     @property
-    def consumer(self) -> kafka.AIOKafkaConsumer | None:
+    def consumer(self) -> kafka.Consumer | None:
         """The actions topic's consumer while the stage runs."""
         return self._consumer
 
@@ -226,17 +226,17 @@ class AnnotateStage:
         self,
         reader: kafka.Reader,
         committer: kafka.Committer,
-        producer: kafka.AIOKafkaProducer,
+        producer: kafka.Producer,
         stop: asyncio.Event,
     ) -> None:
         dead_letters = self._settings.topics.dead_letters
-        retries: Retries[kafka.ConsumerRecord] = Retries(
+        retries: Retries[kafka.Record] = Retries(
             self.annotator, retry_for_s=self._settings.retry_for_s
         )
         #: per partition, the offset after the last record read (finished, dead-lettered or
         #: parked), and the offsets last handed to the committer
-        read_to: dict[kafka.TopicPartition, int] = {}
-        sent: dict[kafka.TopicPartition, int] = {}
+        read_to: dict[kafka.Partition, int] = {}
+        sent: dict[kafka.Partition, int] = {}
         while not stop.is_set():
             self._check_assignment(reader.consumer)
             assigned = reader.consumer.assignment()
@@ -254,20 +254,20 @@ class AnnotateStage:
                 await kafka.dead_letter_batches(producer, dead_letters, bad, STAGE)
             records = [r for rs in batch.values() for r in rs]
             metrics.records_consumed.labels(stage=STAGE).inc(len(records))
-            fresh: list[tuple[Action, kafka.ConsumerRecord]] = []
+            fresh: list[tuple[Action, kafka.Record]] = []
             for record in records:
                 action = await self._admit(record, producer)
                 if action is not None:
                     fresh.append((action, record))
             read_to |= {tp: rs[-1].offset + 1 for tp, rs in batch.items() if rs}
             for skipped in bad:  # after the good records before it, whichever comes last
-                tp = kafka.TopicPartition(skipped.topic, skipped.partition)
+                tp = kafka.Partition(skipped.topic, skipped.partition)
                 read_to[tp] = max(read_to.get(tp, 0), skipped.next_offset)
             for _action, record, why in await retries.apply(fresh):
                 await self._dead_letter(producer, record, "retries-exhausted", why)
             offsets = dict(read_to)
             for record in retries.positions():
-                tp = kafka.TopicPartition(record.topic, record.partition)
+                tp = kafka.Partition(record.topic, record.partition)
                 offsets[tp] = min(offsets.get(tp, record.offset), record.offset)
             metrics.actions_parked.set(len(retries))
             changed = {tp: o for tp, o in offsets.items() if sent.get(tp) != o}
@@ -275,9 +275,7 @@ class AnnotateStage:
                 committer.commit(changed)
                 sent |= changed
 
-    async def _admit(
-        self, record: kafka.ConsumerRecord, producer: kafka.AIOKafkaProducer
-    ) -> Action | None:
+    async def _admit(self, record: kafka.Record, producer: kafka.Producer) -> Action | None:
         """The record's action, if it decodes, is this cluster's and its topology allows it."""
         try:
             action = Action.decode(record.value or b"")
@@ -303,8 +301,8 @@ class AnnotateStage:
 
     async def _dead_letter(
         self,
-        producer: kafka.AIOKafkaProducer,
-        record: kafka.ConsumerRecord,
+        producer: kafka.Producer,
+        record: kafka.Record,
         reason: DeadLetterReason,
         detail: str,
     ) -> None:
@@ -312,7 +310,7 @@ class AnnotateStage:
             producer, self._settings.topics.dead_letters, record, STAGE, reason, detail
         )
 
-    def _check_assignment(self, consumer: kafka.AIOKafkaConsumer) -> None:
+    def _check_assignment(self, consumer: kafka.Consumer) -> None:
         """Say once when the topic's partition count and the group's assignment disagree.
 
         Workloads keep an owner meanwhile (``kafka.CountingAssignor``), but records on
@@ -352,6 +350,6 @@ class AnnotateStage:
         self.annotator.kube.share_limits(self.ownership.share)
 
 
-def _read_from(partitions: set[kafka.TopicPartition], record: kafka.ConsumerRecord) -> bool:
+def _read_from(partitions: set[kafka.Partition], record: kafka.Record) -> bool:
     """Whether ``record`` is from one of ``partitions`` (those this replica still holds)."""
-    return kafka.TopicPartition(record.topic, record.partition) in partitions
+    return kafka.Partition(record.topic, record.partition) in partitions

@@ -135,15 +135,15 @@ class CommitPoint:
     """Offsets of handled batches, handed out for commit once none of their counts is held."""
 
     def __init__(self) -> None:
-        self._batches: deque[tuple[int, dict[kafka.TopicPartition, int]]] = deque()
+        self._batches: deque[tuple[int, dict[kafka.Partition, int]]] = deque()
 
-    def handled(self, batch: int, offsets: dict[kafka.TopicPartition, int]) -> None:
+    def handled(self, batch: int, offsets: dict[kafka.Partition, int]) -> None:
         """A batch's tallies were published or held; its next offsets."""
         self._batches.append((batch, offsets))
 
-    def committable(self, oldest_held: int | None) -> dict[kafka.TopicPartition, int]:
+    def committable(self, oldest_held: int | None) -> dict[kafka.Partition, int]:
         """Offsets to commit now: up to the batch before the oldest one with a held count."""
-        offsets: dict[kafka.TopicPartition, int] = {}
+        offsets: dict[kafka.Partition, int] = {}
         while self._batches and (oldest_held is None or self._batches[0][0] < oldest_held):
             offsets.update(self._batches.popleft()[1])
         return offsets

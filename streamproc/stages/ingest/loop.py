@@ -228,7 +228,7 @@ class Ingestor:
 
     async def publish(
         self,
-        producer: kafka.AIOKafkaProducer,
+        producer: kafka.Producer,
         tallies: Sequence[Tally],
         dead: Sequence[tuple[Incoming, reasons.DeadLetter, str]] = (),
     ) -> None:
@@ -314,8 +314,8 @@ class Ingestor:
 
     async def _consume(
         self,
-        consumer: kafka.AIOKafkaConsumer,
-        producer: kafka.AIOKafkaProducer,
+        consumer: kafka.Consumer,
+        producer: kafka.Producer,
         stop: asyncio.Event,
     ) -> None:
         commits = CommitPoint()
@@ -348,8 +348,8 @@ class Ingestor:
     async def _handle(
         self,
         reader: kafka.Reader,
-        producer: kafka.AIOKafkaProducer,
-        batch: Mapping[kafka.TopicPartition, list[kafka.ConsumerRecord]],
+        producer: kafka.Producer,
+        batch: Mapping[kafka.Partition, list[kafka.Record]],
         commits: CommitPoint,
         ends: PartitionEnds | None = None,
     ) -> bool:
@@ -375,7 +375,7 @@ class Ingestor:
     async def _skip(
         self,
         reader: kafka.Reader,
-        producer: kafka.AIOKafkaProducer,
+        producer: kafka.Producer,
         bad: Sequence[kafka.BadBatch],
         commits: CommitPoint,
     ) -> None:
@@ -386,14 +386,14 @@ class Ingestor:
             metrics.stage_errors.labels(stage=STAGE, error=type(exc).__name__).inc()
             log.warning("dead-lettering a skipped batch failed (%s); will read it again", exc)
             for batch in bad:
-                reader.seek(kafka.TopicPartition(batch.topic, batch.partition), batch.offset)
+                reader.seek(kafka.Partition(batch.topic, batch.partition), batch.offset)
             return
         commits.handled(
             self.gate.batches,
-            {kafka.TopicPartition(b.topic, b.partition): b.next_offset for b in bad},
+            {kafka.Partition(b.topic, b.partition): b.next_offset for b in bad},
         )
 
-    async def _release(self, producer: kafka.AIOKafkaProducer, now: float | None) -> None:
+    async def _release(self, producer: kafka.Producer, now: float | None) -> None:
         """Publish the held tallies that are due (all of them when ``now`` is None)."""
         try:
             await self.publish(producer, self.gate.release(now))

@@ -86,7 +86,7 @@ class PartitionEnds:
     def __init__(self) -> None:
         self._seen: dict[tuple[str, int], deque[tuple[int, int]]] = {}
 
-    def note(self, consumer: kafka.AIOKafkaConsumer) -> None:
+    def note(self, consumer: kafka.Consumer) -> None:
         """Remember each assigned partition's end as last fetched (before reading a batch)."""
         for tp in consumer.assignment():
             end, when = consumer.highwater(tp), consumer.last_poll_timestamp(tp)
