@@ -47,9 +47,6 @@ OptionalSubdomain = Annotated[
         _check(lambda v: not v or conventions.is_dns1123_subdomain(v), "a DNS-1123 subdomain")
     ),
 ]
-AnnotationKey = Annotated[
-    str, AfterValidator(_check(conventions.is_annotation_key, "a Kubernetes annotation key"))
-]
 #: milliseconds or seconds since the epoch, within what a 64-bit counter holds
 Epoch = Annotated[int, Field(ge=0, le=2**62)]
 Count = Annotated[int, Field(ge=1, le=2**62)]
