@@ -11,7 +11,7 @@ import click
 
 from streamproc.cli import options
 from streamproc.clients import kafka
-from streamproc.model import tallies
+from streamproc.model import marks, tallies
 from streamproc.settings import Settings
 
 
@@ -88,9 +88,11 @@ def release(target: str, forget: bool, **opts: Any) -> None:
     namespace, name = parts[0], parts[-1]
     kind = parts[1] if len(parts) == 3 else None
     settings = options.settings_of("release", opts)
+    # what the topologies write: a key a person changed since is theirs and stays
+    policy = marks.Policy.of(options.load_topologies(settings))
 
     async def work(client: Any, resolver: Any) -> tuple[list[str], str | None]:
-        return await observing.release(client, resolver, namespace, kind, name)
+        return await observing.release(client, resolver, namespace, kind, name, policy)
 
     pods, found = _cluster_command(settings.kubeconfig, work)
     found_kind = kind or found

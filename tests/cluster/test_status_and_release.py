@@ -150,3 +150,27 @@ async def test_status_shows_the_level_and_release_forget_asks_windows_to_drop_th
 
 def key(topology_name: str) -> bytes:
     return f"{topology_name}/shop/Deployment/frontend".encode()
+
+
+async def test_release_by_hand_leaves_a_key_a_person_changed(
+    kubeconfig: Path, emulator: KubeEmulator, cluster: ClusterBuilder
+) -> None:
+    """`release` reads the topologies: a retina.sh a person set to another value stays theirs."""
+    frontend = workload(cluster, "frontend")
+    client = await kube.Kube.connect(str(kubeconfig))
+    try:
+        annotator, _ = make(client)
+        await annotator.apply(action_for(frontend, window_start=int(time.time()) - 5))
+    finally:
+        await client.close()
+    changed, *others = sorted(frontend.pods)
+    emulator.update("Pod", "shop", changed, {"metadata": {"annotations": {"retina.sh": "off"}}})
+
+    released = cli(kubeconfig, "release", "shop/Deployment/frontend")
+    assert released.returncode == 0, released.stderr
+    assert not marked(emulator)
+    kept = (emulator.get("Pod", "shop", changed) or {})["metadata"].get("annotations") or {}
+    assert kept == {"retina.sh": "off"}
+    for name in others:
+        left = (emulator.get("Pod", "shop", name) or {})["metadata"].get("annotations") or {}
+        assert "retina.sh" not in left
