@@ -18,9 +18,10 @@ class MemoryAuditor:
     def __init__(self) -> None:
         self.records: list[dict[str, Any]] = []
 
-    def record(self, **fields: Any) -> None:
+    def record(self, *, result: str, **fields: Any) -> None:
         """Append the record, stamped as the Kafka auditor stamps it."""
-        self.records.append({"time": conventions.format_time(time.time()), **fields})
+        now = conventions.format_time(time.time())
+        self.records.append({"time": now, "result": result, **fields})
 
     async def flush(self) -> None:
         """Nothing to wait for."""

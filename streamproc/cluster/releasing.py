@@ -18,11 +18,10 @@ import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
 from streamproc.clients import kube, metrics
 from streamproc.cluster import marking
-from streamproc.model import marks, patches
+from streamproc.model import marks, outcomes, patches
 
 Json = kube.Json
 #: re-reads after a 409 before giving up (the caller retries later or reports it)
@@ -35,7 +34,7 @@ class Release:
 
     #: ``elsewhere``: the object is another replica's to release now (``owned`` said no);
     #: ``unmarked``: it carries nothing of streamproc's (released already, by someone else)
-    outcome: Literal["released", "extended", "gone", "elsewhere", "unmarked"]
+    outcome: outcomes.Released
     #: the object as last read ({} when it was gone)
     current: Json
     #: the annotation keys it removed

@@ -347,8 +347,9 @@ async def cluster_checks(settings: Settings, loaded: Sequence[Topology]) -> list
             ),
             clock_check(client.skew, settings.clock_tolerance_s),
         ]
-        found += await permission_checks(client, loaded)
-        found += await retina_checks(client, settings, loaded)
+        inspector = kube.Inspector(client)
+        found += await permission_checks(inspector, loaded)
+        found += await retina_checks(inspector, settings, loaded)
         return found
     finally:
         await client.close()
@@ -396,7 +397,7 @@ def _features(loaded: Sequence[Topology]) -> set[str]:
     return used
 
 
-async def permission_checks(client: kube.Kube, loaded: Sequence[Topology]) -> list[Check]:
+async def permission_checks(client: kube.Inspector, loaded: Sequence[Topology]) -> list[Check]:
     """Each stage's permissions (``permissions.STAGES``), asked of the API server itself."""
     area = "Kubernetes"
     wanted = {p for needed in permissions.STAGES.values() for p in needed}
@@ -444,7 +445,7 @@ async def permission_checks(client: kube.Kube, loaded: Sequence[Topology]) -> li
 
 
 async def retina_checks(
-    client: kube.Kube, settings: Settings, loaded: Sequence[Topology]
+    client: kube.Inspector, settings: Settings, loaded: Sequence[Topology]
 ) -> list[Check]:
     """Retina installed, recent, configured so that ``retina.sh: observe`` takes effect."""
     area = retina.AREA
@@ -496,7 +497,7 @@ async def retina_checks(
 
 
 async def _agent_config(
-    client: kube.Kube, agent: retina.Agent, found: list[Check]
+    client: kube.Inspector, agent: retina.Agent, found: list[Check]
 ) -> retina.AgentConfig | None:
     area = retina.AREA
     if not agent.config_maps:
@@ -534,7 +535,7 @@ async def _agent_config(
     return None
 
 
-async def _metrics_configurations(client: kube.Kube, served: set[str] | None) -> Check:
+async def _metrics_configurations(client: kube.Inspector, served: set[str] | None) -> Check:
     if served is None or "metricsconfigurations" not in served:
         return retina.metrics_configuration_check(None)
     try:

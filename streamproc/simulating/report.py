@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from streamproc.clients.kafka import BadBatch
-from streamproc.model import conventions, events, workloads
+from streamproc.model import conventions, events, outcomes, workloads
 from streamproc.model.actions import Action
 from streamproc.model.topologies import Topology
 from streamproc.stages.ingest import BatchResult
@@ -285,7 +285,7 @@ class Collector:
     #: outcomes after which the workload is under observation (``applying``'s results)
     OPENED, EXTENDED = "applied", "extended"
     #: other outcomes, and the counter each adds to
-    COUNTED: ClassVar[dict[str, str]] = {
+    COUNTED: ClassVar[dict[outcomes.Outcome, str]] = {
         "extension-not-due": "not_due",
         "already-applied": "not_due",
         "refused-cap": "refused_cap",
@@ -296,9 +296,8 @@ class Collector:
     def __init__(self, report: Report) -> None:
         self._report = report
 
-    def record(self, **fields: Any) -> None:
+    def record(self, *, result: outcomes.Outcome, **fields: Any) -> None:
         """One audit record, as the annotator, the node budget and the expirer write them."""
-        result = str(fields.get("result", ""))
         stats = self._report.stats.get(str(fields.get("topology", "")))
         if stats is None:
             return

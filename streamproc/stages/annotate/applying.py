@@ -20,7 +20,7 @@ from typing import Protocol
 from streamproc.clients import kube, metrics
 from streamproc.cluster import marking
 from streamproc.cluster.resolving import WorkloadResolver
-from streamproc.model import conventions, guarding, marks, patches
+from streamproc.model import conventions, guarding, marks, outcomes, patches
 from streamproc.model.actions import Action
 from streamproc.model.durations import format_duration
 from streamproc.model.topologies import Topology
@@ -31,7 +31,7 @@ from streamproc.stages.annotate.node_budget import NodeBudget, Scheduler
 
 log = logging.getLogger("streamproc.annotate")
 #: per-pod outcomes after which the pod is under observation
-_OBSERVED = ("opened", "extended", "not-due", "unchanged")
+_OBSERVED: tuple[outcomes.PodOutcome, ...] = ("opened", "extended", "not-due", "unchanged")
 
 
 def _target(action: Action, topology: Topology) -> WorkloadRef:
@@ -111,7 +111,9 @@ class Annotator:
             log.log(level, "refused action %s: %s (%s)", action.id[:200], reason, detail)
         return refused
 
-    async def apply(self, action: Action, listing: list[kube.Json] | None = None) -> str:
+    async def apply(
+        self, action: Action, listing: list[kube.Json] | None = None
+    ) -> outcomes.Applied:
         """Apply one action; the outcome is a short code (also the metric and audit result).
 
         ``listing`` is the namespace's pods as listed for this batch, if the caller has it.
@@ -120,7 +122,7 @@ class Annotator:
         until = 0.0
         # audited only once the outcome is known: an error not listed below (a cancellation at
         # shutdown, a bug) propagates as itself, unaudited, and the batch is read again
-        result = ""
+        result: outcomes.Applied | None = None
         topology = self.topologies.get(action.topology)
         try:
             result, touched, until = await self._apply(action, listing)
@@ -131,7 +133,7 @@ class Annotator:
             result = "forbidden"
             raise
         except kube.Unavailable:
-            result = ""  # retried as part of the batch; audited when it finishes
+            result = None  # retried as part of the batch; audited when it finishes
             raise
         except kube.KubeError:
             result = "failed"
@@ -158,7 +160,7 @@ class Annotator:
 
     async def _apply(
         self, action: Action, listing: list[kube.Json] | None
-    ) -> tuple[str, list[str], float]:
+    ) -> tuple[outcomes.Applied, list[str], float]:
         refused = self.refuse(action)
         topology = self.topologies.get(action.topology)
         if refused is not None or topology is None:
@@ -196,7 +198,7 @@ class Annotator:
         target: WorkloadRef,
         until: float,
         listing: list[kube.Json] | None,
-    ) -> tuple[str, list[str], float]:
+    ) -> tuple[outcomes.Applied, list[str], float]:
         pods = await self.resolver.pods_of(target, listing)
         if not pods:
             return "no-pods", [], 0.0
@@ -209,14 +211,14 @@ class Annotator:
         try:
             # Every pod gets its answer before the action's outcome is decided: no patch is
             # left running unobserved when another pod's patch fails.
-            outcomes = await asyncio.gather(
+            answers = await asyncio.gather(
                 *(self._observe_pod(pod, topology, action, until) for pod in pods),
                 return_exceptions=True,
             )
         finally:
             self.budget.release(reserved)
-        done: list[tuple[str, float]] = []
-        for outcome in outcomes:
+        done: list[tuple[outcomes.PodOutcome, float]] = []
+        for outcome in answers:
             if isinstance(outcome, BaseException):
                 raise outcome
             done.append(outcome)
@@ -244,7 +246,7 @@ class Annotator:
 
     async def _observe_namespace(
         self, action: Action, topology: Topology, until: float
-    ) -> tuple[str, list[str], float]:
+    ) -> tuple[outcomes.Applied, list[str], float]:
         """scope: namespace: the Namespace object itself, which Retina honours like a pod."""
         ref = kube.ObjectRef.namespace_object(action.namespace)
         outcome, lasting = await self._observe_pod(
@@ -252,10 +254,13 @@ class Annotator:
         )
         if outcome in ("opened", "extended"):
             return ("applied" if outcome == "opened" else "extended"), [action.namespace], until
-        kept = {"not-due": "extension-not-due", "unchanged": "already-applied"}
+        kept: dict[outcomes.PodOutcome, outcomes.Applied] = {
+            "not-due": "extension-not-due",
+            "unchanged": "already-applied",
+        }
         return kept.get(outcome, "no-pods"), [], lasting
 
-    def _until(self, action: Action, topology: Topology) -> tuple[float, str]:
+    def _until(self, action: Action, topology: Topology) -> tuple[float, outcomes.Skipped | None]:
         """When the observation would end, or why nothing is written at all.
 
         It ends a TTL after the window, by the action's own times, and never more than a TTL
@@ -279,7 +284,7 @@ class Annotator:
                 conventions.format_time(until),
             )
             return until, "dry-run"
-        return until, ""
+        return until, None
 
     def _over_cap(self, target: WorkloadRef, topology: Topology) -> bool:
         if self.follower is None:
@@ -315,7 +320,7 @@ class Annotator:
 
     async def _observe_pod(
         self, pod: kube.Json, topology: Topology, action: Action, until: float
-    ) -> tuple[str, float]:
+    ) -> tuple[outcomes.PodOutcome, float]:
         """Open or extend one pod's observation: the outcome, and when it now ends."""
         ref = kube.ObjectRef.of(pod)
         annotate = topology.spec.action.annotate
@@ -413,7 +418,7 @@ class Annotator:
         seen: set[str] = set()
         for action in actions:
             if action.id in seen:
-                metrics.actions_handled.labels(result="duplicate").inc()
+                auditing.handled("duplicate")
                 continue  # a re-delivery of an action already in this batch
             seen.add(action.id)
             by_workload.setdefault(workload_key(action), []).append(action)
@@ -483,6 +488,7 @@ class Annotator:
             # (later windows) read the pods again rather than patch against stale versions.
             listing = listings.get(action.namespace) if index == 0 else None
             async with self._in_flight:
+                result: outcomes.Handled
                 try:
                     result = await self.apply(action, listing)
                 except kube.Forbidden as exc:
@@ -495,7 +501,7 @@ class Annotator:
                 except kube.KubeError as exc:
                     result = "failed"
                     log.error("action %s failed permanently: %s", action.id, exc)  # noqa: TRY400
-            metrics.actions_handled.labels(result=result).inc()
+            auditing.handled(result)
             log.info("action %s: %s", action.id, result)
         return None
 

@@ -1,7 +1,7 @@
 """The audit trail: one JSON record per action outcome and per expiry, on ``streamproc.audit``.
 
 Who (topology, rule, a sample of detection uuids), what (object, pods, annotations), when, and
-the result (docs/operating.md lists them all: applied, extended, extension-not-due, expired, ...).
+the result (an ``outcomes.Outcome``; docs/operating.md lists them all).
 Records are produced without waiting on each one; the annotator flushes them before it commits
 a batch of actions (so a crash replays the batch rather than losing its records) and the expirer
 after each round. An audit that cannot be written is counted and logged, never a reason to hold
@@ -18,15 +18,20 @@ from typing import Any, Protocol
 import orjson
 
 from streamproc.clients import metrics
-from streamproc.model import conventions
+from streamproc.model import conventions, outcomes
 
 log = logging.getLogger("streamproc.audit")
+
+
+def handled(result: outcomes.Handled) -> None:
+    """Count an action the annotator is done with (``streamproc_actions_handled_total``)."""
+    metrics.actions_handled.labels(result=result).inc()
 
 
 class Auditor(Protocol):
     """Where audit records go."""
 
-    def record(self, **fields: Any) -> None:
+    def record(self, *, result: outcomes.Outcome, **fields: Any) -> None:
         """Write one record (``time`` is added)."""
 
     async def flush(self) -> None:
@@ -36,7 +41,7 @@ class Auditor(Protocol):
 class NullAuditor:
     """Keeps nothing (tests of other behaviour, tools that only read)."""
 
-    def record(self, **fields: Any) -> None:
+    def record(self, *, result: outcomes.Outcome, **fields: Any) -> None:
         """Drop the record."""
 
     async def flush(self) -> None:
@@ -53,9 +58,10 @@ class KafkaAuditor:
         self._cluster = {"cluster": cluster} if cluster else {}
         self._pending: set[asyncio.Task[Any]] = set()
 
-    def record(self, **fields: Any) -> None:
+    def record(self, *, result: outcomes.Outcome, **fields: Any) -> None:
         """Queue the record for sending; failures are counted, not raised."""
-        doc = {"time": conventions.format_time(time.time()), **self._cluster, **fields}
+        now = conventions.format_time(time.time())
+        doc = {"time": now, **self._cluster, "result": result, **fields}
         key = f"{fields.get('namespace', '')}/{fields.get('kind', '')}/{fields.get('name', '')}"
         task = asyncio.ensure_future(
             self._producer.send(self._topic, value=orjson.dumps(doc), key=key.encode())

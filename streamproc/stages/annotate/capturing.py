@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from streamproc.clients import kube, metrics
-from streamproc.model import captures
+from streamproc.model import captures, outcomes
 from streamproc.model.actions import Action
 from streamproc.model.topologies import Topology
 from streamproc.stages.annotate import auditing
@@ -29,7 +29,7 @@ async def capture(
     if topology.spec.action.level_of(action.level) < spec.min_level:
         return  # not yet: only a repeat offender at minLevel or above is captured
     capture_target = captures.target(spec, action.namespace, pods)
-    result = "created"
+    result: outcomes.CaptureResult = "created"
     if not capture_target:
         result = "no-selector"  # an empty podSelector would capture the whole namespace
     else:
@@ -47,7 +47,7 @@ async def capture(
             result = "exists"  # this window's capture was created before (a replay)
     metrics.patches.labels(op="capture", result=result).inc()
     auditor.record(
-        result=f"capture-{result}",
+        result=outcomes.capture_outcome(result),
         action=action.id,
         topology=topology.name,
         rule=action.rule,

@@ -32,6 +32,7 @@ from streamproc.model import guarding
 from streamproc.model.actions import Action, ActionError
 from streamproc.model.ownership import Ownership
 from streamproc.settings import Settings
+from streamproc.stages.annotate import auditing
 from streamproc.stages.annotate.applying import Annotator, workload_key
 
 log = logging.getLogger("streamproc.annotate")
@@ -171,7 +172,7 @@ class Retries(Generic[W]):
             why = f"writes failed for {failing:.0f}s while the API server answered: {parked.error}"
             log.error("%s: given up (%s); dead-lettered", key, why)
             for action, where in parked.actions:
-                metrics.actions_handled.labels(result="retries-exhausted").inc()
+                auditing.handled("retries-exhausted")
                 given_up.append((action, where, why))
         return given_up
 

@@ -1,34 +1,27 @@
-"""Kubernetes access: the only importer of kubernetes_asyncio, behind one small class.
+"""The connection the stages use: rate-limited, retried, raw JSON in and out.
 
-Stages see plain dicts (the API's JSON) and streamproc's own errors, never the client's types, so
-the client can be swapped for the emulator at the HTTP level (tests and the lab point a kubeconfig
-at it) and nothing else in the code knows. Responses are read raw and decoded with orjson: the
-generated models are slow and drop fields. Transient failures (5xx, 429, timeouts, refused
-connections) are retried over an exponential backoff with jitter, honouring ``Retry-After``; the
-rest surface as NotFound, Conflict or Forbidden for the caller to decide. Every answer's ``Date``
-header also tells how far this host's clock is from the API server's (``clocks.Skew``): the
-stages keep the API server's time (``Kube.now``), so replicas agree on the pods' expiry times.
+Responses are read raw and decoded with orjson: the generated models are slow and drop fields.
+Transient failures (5xx, 429, timeouts, refused connections) are retried over an exponential
+backoff with jitter, honouring ``Retry-After``; the rest surface as NotFound, Conflict or
+Forbidden for the caller to decide. Every answer's ``Date`` header also tells how far this
+host's clock is from the API server's (``clocks.Skew``): the stages keep the API server's time
+(``Kube.now``), so replicas agree on the pods' expiry times. The doctor's reads live in
+``inspecting``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import os
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, Literal, NamedTuple, Protocol, Self
-from urllib.parse import urlsplit
-from urllib.request import getproxies, proxy_bypass
+from typing import Any, Self
 
 import aiohttp
 import orjson
-import yaml
-from kubernetes_asyncio import client, config
+from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 from tenacity import (
     AsyncRetrying,
@@ -40,9 +33,12 @@ from tenacity import (
 
 from streamproc import clocks
 from streamproc.clients import metrics, throttling
-from streamproc.settings import DEFAULTS, Settings
+from streamproc.clients.kube import config
+from streamproc.clients.kube.config import Limits
+from streamproc.clients.kube.errors import Gone, KubeError, Unavailable, translate
+from streamproc.clients.kube.objects import Json, MetadataPatch, ObjectRef
+from streamproc.settings import DEFAULTS
 
-Json = dict[str, Any]
 MERGE_PATCH = "application/merge-patch+json"
 #: Events waiting for their budget at most; past it a new one is dropped and counted, as
 #: client-go's event broadcaster drops past its queue of 1,000 ("too many queued events";
@@ -51,97 +47,6 @@ MERGE_PATCH = "application/merge-patch+json"
 EVENT_BACKLOG = 1000
 #: at shutdown, how long Events still waiting for their budget may take before they are dropped
 _EVENT_DRAIN_S = 2.0
-#: spend the API budget in a lane for the requests made within (``throttling``)
-lane = throttling.lane
-
-
-class ObjectRef(NamedTuple):
-    """What carries Retina's observation: a pod, or the Namespace object (``scope: namespace``).
-
-    Retina honours ``retina.sh: observe`` on both (docs/03-Metrics/annotations.md, v1.2.6), so
-    every write, read, schedule and release names which one it means.
-    """
-
-    kind: Literal["Pod", "Namespace"]
-    #: the pod's namespace; for a Namespace object, its own name
-    namespace: str
-    name: str
-
-    @classmethod
-    def pod(cls, namespace: str, name: str) -> ObjectRef:
-        """A pod."""
-        return cls("Pod", namespace, name)
-
-    @classmethod
-    def namespace_object(cls, name: str) -> ObjectRef:
-        """The Namespace object called ``name``."""
-        return cls("Namespace", name, name)
-
-    @classmethod
-    def of(cls, obj: Json) -> ObjectRef:
-        """The reference of an object the API server returned (a pod unless it says Namespace)."""
-        meta = obj.get("metadata") or {}
-        name = str(meta.get("name") or "")
-        if obj.get("kind") == "Namespace":
-            return cls.namespace_object(name)
-        return cls.pod(str(meta.get("namespace") or ""), name)
-
-    def __str__(self) -> str:
-        if self.kind == "Namespace":
-            return f"namespace {self.name}"
-        return f"pod {self.namespace}/{self.name}"
-
-
-class MetadataPatch(Protocol):
-    """A merge patch of an object's metadata (``patches.Patch`` is one); None values delete."""
-
-    @property
-    def annotations(self) -> Mapping[str, str | None]:
-        """Annotations to set or (None) remove."""
-
-    @property
-    def labels(self) -> Mapping[str, str | None]:
-        """Labels to set or (None) remove."""
-
-    @property
-    def resource_version(self) -> str | None:
-        """The version it was computed from; the write is refused (409) if it moved on."""
-
-
-class KubeError(Exception):
-    """Any failure talking to the API server."""
-
-    def __init__(self, message: str, *, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class NotFound(KubeError):
-    """The object does not exist (a pod deleted between list and patch)."""
-
-
-class Conflict(KubeError):
-    """Stale resourceVersion: re-read and re-apply."""
-
-
-class Forbidden(KubeError):
-    """RBAC refuses the request; retrying will not help."""
-
-
-class Gone(KubeError):
-    """A watch's resourceVersion is too old (410): list again, then watch from there."""
-
-
-class ConfigError(KubeError):
-    """No usable credentials: no kubeconfig, a broken one, and not running in a pod."""
-
-
-class Unavailable(KubeError):
-    """The API server is unreachable, overloaded or failing; worth retrying later."""
-
-    def __init__(self, message: str, *, status: int | None = None, retry_after: float = 0) -> None:
-        super().__init__(message, status=status)
-        self.retry_after = retry_after
 
 
 _BACKOFF = wait_exponential_jitter(multiplier=0.2, max=10.0, jitter=0.2)
@@ -159,142 +64,6 @@ def _count_retry(state: RetryCallState) -> None:
     metrics.api_retries.labels(reason=str(getattr(exc, "status", None) or "connection")).inc()
 
 
-def _translate(status: int, reason: str, headers: Mapping[str, str] | None, what: str) -> KubeError:
-    if status == 404:
-        return NotFound(f"{what}: not found", status=404)
-    if status == 409:
-        return Conflict(f"{what}: conflict", status=409)
-    if status == 403:
-        return Forbidden(f"{what}: forbidden ({reason})", status=403)
-    if status == 429 or status >= 500:
-        retry_after = 0.0
-        hint = (headers or {}).get("Retry-After", "")
-        if hint.isdigit():
-            retry_after = float(hint)
-        return Unavailable(f"{what}: HTTP {status}", status=status, retry_after=retry_after)
-    return KubeError(f"{what}: HTTP {status} {reason}", status=status)
-
-
-def _kubeconfig_named(kubeconfig: str | None) -> tuple[str, bool]:
-    """The kubeconfig that applies (given, KUBECONFIG or the default) and whether it exists."""
-    named = kubeconfig or os.environ.get("KUBECONFIG") or ""
-    files = [Path(f).expanduser() for f in named.split(os.pathsep) if f]
-    if named and not any(f.is_file() for f in files):
-        raise ConfigError(
-            f"kubeconfig {named} does not exist; point --kubeconfig or KUBECONFIG at your "
-            "cluster's kubeconfig file"
-        )
-    default = Path("~/.kube/config").expanduser()
-    return named or str(default), bool(files) or default.is_file()
-
-
-async def _configuration(kubeconfig: str | None, context: str | None) -> client.Configuration:
-    configuration = client.Configuration()
-    where, found = _kubeconfig_named(kubeconfig)
-    if context and not found:
-        raise ConfigError(
-            f"kubeconfig context {context!r} asked for, but there is no kubeconfig ({where}); "
-            "point --kubeconfig at the file that holds each cluster's context"
-        )
-    if found:
-        try:
-            await config.load_kube_config(
-                config_file=kubeconfig, client_configuration=configuration, context=context
-            )
-        except (
-            config.ConfigException,
-            OSError,
-            TypeError,
-            ValueError,
-            AttributeError,
-            yaml.YAMLError,
-        ) as exc:
-            raise ConfigError(
-                f"kubeconfig {where} is not usable ({_config_problem(exc)}); check "
-                "it with `kubectl --kubeconfig " + where + " config view`"
-            ) from None
-        return configuration
-    try:
-        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    except config.ConfigException:
-        raise ConfigError(
-            "no Kubernetes credentials: no kubeconfig (--kubeconfig, KUBECONFIG or "
-            "~/.kube/config) and not running in a pod; point --kubeconfig at your cluster's "
-            "kubeconfig"
-        ) from None
-    return configuration
-
-
-def _config_problem(exc: Exception) -> str:
-    """What is wrong with a kubeconfig, in a few words: YAML's own message has five lines."""
-    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
-        mark = exc.problem_mark
-        return f"not YAML: {exc.problem} at line {mark.line + 1}, column {mark.column + 1}"
-    if isinstance(exc, yaml.YAMLError):
-        return "not YAML"
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
-
-
-def explain(exc: KubeError) -> str:
-    """One line for a person: what failed and what to do about it."""
-    if isinstance(exc, ConfigError):
-        return str(exc)
-    if isinstance(exc, Forbidden):
-        return (
-            f"the Kubernetes API server refused: {exc}; grant streamproc's RBAC "
-            "(k8s/rbac.yaml, docs/deploying.md) to the identity in your kubeconfig"
-        )
-    if isinstance(exc, Unavailable):
-        return (
-            f"cannot reach the Kubernetes API server: {exc}; check that the cluster is up and "
-            "that the kubeconfig's server address is right"
-        )
-    return f"the Kubernetes API server answered: {exc}"
-
-
-def _proxy_from_environment(configuration: client.Configuration) -> None:
-    """Honour HTTP(S)_PROXY / NO_PROXY for the API server, read once rather than per request.
-
-    Credentials in the proxy's URL stay there: aiohttp sends them as Proxy-Authorization.
-    """
-    server = urlsplit(str(configuration.host))
-    if configuration.proxy or not server.hostname or proxy_bypass(server.hostname):
-        return
-    proxy = getproxies().get(server.scheme)
-    if proxy:
-        configuration.proxy = proxy if "://" in proxy else f"http://{proxy}"
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """How hard streamproc may press the API server; the defaults are the settings' own."""
-
-    qps: float = DEFAULTS.api_qps
-    burst: int = DEFAULTS.api_burst
-    concurrency: int = DEFAULTS.api_concurrency
-    #: record Kubernetes Events (one more request per pod and change, from their own budget)
-    events: bool = DEFAULTS.kube_events
-    #: Events' own budget, beside ``qps``: they never delay an observation's requests
-    event_qps: float = DEFAULTS.event_qps
-
-    @classmethod
-    def of(cls, settings: Settings) -> Limits:
-        """The limits an operator set (``--api-qps``, ``--api-burst``, ...)."""
-        return cls(
-            qps=settings.api_qps,
-            burst=settings.api_burst,
-            concurrency=settings.api_concurrency,
-            events=settings.kube_events,
-            event_qps=settings.event_qps,
-        )
-
-    @property
-    def event_burst(self) -> int:
-        """Events allowed at once above ``event_qps``: two seconds' worth (a workload's pods)."""
-        return max(1, round(2 * self.event_qps))
-
-
 class Kube:
     """A connection to one cluster."""
 
@@ -306,7 +75,6 @@ class Kube:
         self._apps = client.AppsV1Api(api)
         self._batch = client.BatchV1Api(api)
         self._custom = client.CustomObjectsApi(api)
-        self._authorization = client.AuthorizationV1Api(api)
         self._version = client.VersionApi(api)
         self._timeout = timeout_s
         self._attempts = attempts
@@ -366,8 +134,8 @@ class Kube:
         ``context`` picks a kubeconfig context other than the current one (another cluster of a
         fleet). ConfigError says which was tried and what to do.
         """
-        configuration = await _configuration(kubeconfig, context)
-        _proxy_from_environment(configuration)
+        configuration = await config.load_configuration(kubeconfig, context)
+        config.proxy_from_environment(configuration)
         api = client.ApiClient(configuration)
         kube = cls(api, timeout_s=timeout_s, attempts=attempts, limits=limits or Limits())
         kube._quiet_session(api)
@@ -379,8 +147,8 @@ class Kube:
         kubernetes_asyncio opens its session with ``trust_env=True``, and aiohttp then hands every
         request to a thread twice: to read ``~/.netrc`` and to look up proxy variables (in a pod,
         next to thousands of service variables). Measured in the annotator, that was a third of
-        its CPU. The proxy is looked up once instead (``_proxy_from_environment``); the connector,
-        with its TLS settings and pool, is the client's own.
+        its CPU. The proxy is looked up once instead (``config.proxy_from_environment``); the
+        connector, with its TLS settings and pool, is the client's own.
         """
         original = api.rest_client.pool_manager
         api.rest_client.pool_manager = aiohttp.ClientSession(
@@ -503,11 +271,11 @@ class Kube:
                 body = await response.read()
                 if response.status >= 400:
                     message = body.decode("utf-8", "replace")[:300]
-                    raise _translate(response.status, message, response.headers, what)
+                    raise translate(response.status, message, response.headers, what)
                 return orjson.loads(body)  # type: ignore[no-any-return]
             except ApiException as exc:
                 code = str(exc.status)
-                raise _translate(exc.status or 0, str(exc.reason), exc.headers, what) from None
+                raise translate(exc.status or 0, str(exc.reason), exc.headers, what) from None
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 raise Unavailable(f"{what}: {type(exc).__name__}: {exc}") from None
             finally:
@@ -605,7 +373,7 @@ class Kube:
             self._clock_sample(response.headers, sent)
             if response.status >= 400:
                 body = (await response.read()).decode("utf-8", "replace")[:300]
-                raise _translate(response.status, body, response.headers, what)
+                raise translate(response.status, body, response.headers, what)
             async with response:
                 async for line in lines_of(response.content.iter_any()):
                     event = orjson.loads(line)
@@ -616,7 +384,7 @@ class Kube:
                         raise Unavailable(f"{what}: {obj.get('message', obj)}")
                     yield kind, obj
         except ApiException as exc:
-            raise _translate(exc.status or 0, str(exc.reason), exc.headers, what) from None
+            raise translate(exc.status or 0, str(exc.reason), exc.headers, what) from None
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise Unavailable(f"{what}: {type(exc).__name__}: {exc}") from None
 
@@ -727,7 +495,7 @@ class Kube:
         )
         return list(doc.get("items") or [])
 
-    # ---- reads for ``streamproc doctor`` (never a write) ---------------------------------------
+    # ---- the API server itself: the readiness check and ``streamproc doctor`` -------------------
     @property
     def server(self) -> str:
         """The API server's address, as the kubeconfig names it."""
@@ -740,92 +508,6 @@ class Kube:
             "version",
             lambda: self._version.get_code(_preload_content=False, _request_timeout=self._timeout),
         )
-
-    async def can_i(self, group: str, resource: str, verb: str) -> tuple[bool, str]:
-        """Whether the identity in use may ``verb`` ``resource`` in every namespace, and why not.
-
-        A SelfSubjectAccessReview: the API server answers for its own authorizers (RBAC,
-        webhooks), which reading the Roles could not.
-        """
-        body: Any = {
-            "apiVersion": "authorization.k8s.io/v1",
-            "kind": "SelfSubjectAccessReview",
-            "spec": {"resourceAttributes": {"group": group, "resource": resource, "verb": verb}},
-        }
-        doc = await self._call(
-            "create",
-            f"access review {verb} {resource}",
-            lambda: self._authorization.create_self_subject_access_review(
-                body, _preload_content=False, _request_timeout=self._timeout
-            ),
-        )
-        status = doc.get("status") or {}
-        return status.get("allowed") is True, str(status.get("reason") or "")
-
-    async def list_daemonsets(self) -> list[Json]:
-        """Every DaemonSet in the cluster (Retina's agent is one, wherever it was installed)."""
-        doc = await self._call(
-            "list",
-            "daemonsets",
-            lambda: self._apps.list_daemon_set_for_all_namespaces(
-                _preload_content=False, _request_timeout=self._timeout
-            ),
-        )
-        return list(doc.get("items") or [])
-
-    async def list_deployments(self, namespace: str) -> list[Json]:
-        """The Deployments of one namespace."""
-        doc = await self._call(
-            "list",
-            f"deployments in {namespace}",
-            lambda: self._apps.list_namespaced_deployment(
-                namespace, _preload_content=False, _request_timeout=self._timeout
-            ),
-        )
-        return list(doc.get("items") or [])
-
-    async def get_config_map(self, namespace: str, name: str) -> Json:
-        """One ConfigMap."""
-        return await self._call(
-            "get",
-            f"configmap {namespace}/{name}",
-            lambda: self._core.read_namespaced_config_map(
-                name, namespace, _preload_content=False, _request_timeout=self._timeout
-            ),
-        )
-
-    async def served_resources(self, group: str, version: str) -> set[str] | None:
-        """The resources discovery lists for ``group/version``; None when it is not served.
-
-        Discovery is open to every authenticated identity, so this tells whether a CRD is
-        installed without the right to read CustomResourceDefinitions.
-        """
-        try:
-            doc = await self._call(
-                "get",
-                f"discovery {group}/{version}",
-                lambda: self._api.call_api(
-                    f"/apis/{group}/{version}",
-                    "GET",
-                    auth_settings=["BearerToken"],
-                    _preload_content=False,
-                    _request_timeout=self._timeout,
-                ),
-            )
-        except NotFound:
-            return None
-        return {str(r.get("name")) for r in doc.get("resources") or () if isinstance(r, dict)}
-
-    async def list_cluster_objects(self, group: str, version: str, plural: str) -> list[Json]:
-        """Cluster-scoped custom objects (Retina's MetricsConfigurations)."""
-        doc = await self._call(
-            "list",
-            f"{plural}.{group}",
-            lambda: self._custom.list_cluster_custom_object(
-                group, version, plural, _preload_content=False, _request_timeout=self._timeout
-            ),
-        )
-        return list(doc.get("items") or [])
 
 
 async def lines_of(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -849,11 +531,3 @@ async def lines_of(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     line = b"".join(pending)
     if line.strip():
         yield line
-
-
-def controller_of(obj: Json) -> tuple[str, str] | None:
-    """The (kind, name) of the owner reference marked ``controller: true``, if any."""
-    for ref in (obj.get("metadata") or {}).get("ownerReferences") or ():
-        if ref.get("controller") and ref.get("kind") and ref.get("name"):
-            return str(ref["kind"]), str(ref["name"])
-    return None
