@@ -487,6 +487,6 @@ def next_steps(options: LabOptions, summary: Summary) -> list[str]:
     out += [
         "  before you deploy, check your Kafka, cluster and Retina:",
         "    streamproc doctor --bootstrap-servers HOST:9092 --kubeconfig ~/.kube/config",
-        "  README.md: 'Run against a real broker and cluster'; docs/: reliability, scaling",
+        "  the manual: docs/getting-started.md (a real broker and cluster), docs/deploying.md",
     ]
     return out
