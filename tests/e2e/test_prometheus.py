@@ -116,7 +116,9 @@ def test_prometheus_scrapes_key_series_and_loads_the_rules(
             timeout=15,
             what="every rule evaluated healthy",
         )
-        assert len(rules) == 9
+        # every rule of the file is loaded (the file's own count, so a new alert needs no edit here)
+        written = yaml.safe_load((ROOT / "deploy/prometheus/rules.yml").read_text())
+        assert len(rules) == sum(len(g["rules"]) for g in written["groups"]) >= 9
     finally:
         server.terminate()
         server.wait(20)
