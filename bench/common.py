@@ -15,6 +15,9 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from streamproc.lab.cluster import SampleWorkload
+from streamproc.model.actions import Action
+
 #: where results go; the test suite's smoke runs set BENCH_RESULTS to keep the committed ones
 RESULTS = Path(os.environ.get("BENCH_RESULTS") or Path(__file__).parent / "results")
 
@@ -132,3 +135,25 @@ def report(name: str, rows: list[dict[str, Any]], extra: dict[str, Any]) -> Path
     )
     print(f"results: {path}")
     return path
+
+
+def bench_action(
+    workload: SampleWorkload, window_start: int, window: int, *, first_append_ms: int | None = None
+) -> Action:
+    """An action of the benchmarks' topology ("bench") for one Deployment's window."""
+    return Action(
+        id=f"bench/{workload.namespace}/Deployment/{workload.name}/{window_start * 1000}",
+        topology="bench",
+        namespace=workload.namespace,
+        kind="Deployment",
+        name=workload.name,
+        pod=workload.pods[0],
+        resolved_by="api",
+        rule="Terminal shell in container",
+        priority=4,
+        window_start=window_start,
+        window_end=window_start + window,
+        count=1,
+        first_append_ms=window_start * 1000 if first_append_ms is None else first_append_ms,
+        uuids=[],
+    )

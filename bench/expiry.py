@@ -26,14 +26,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import report
+from bench.common import bench_action, report
 from streamproc.clients import kube
 from streamproc.cluster.cache import ClusterCache
 from streamproc.cluster.resolving import WorkloadResolver
 from streamproc.lab.cluster import ClusterBuilder, SampleWorkload
 from streamproc.lab.kubeemu import KubeEmulator
 from streamproc.model import conventions, patches
-from streamproc.model.actions import Action
 from streamproc.model.topologies import Topology
 from streamproc.settings import Settings
 from streamproc.stages.annotate.applying import Annotator
@@ -74,26 +73,6 @@ def mark(pod: dict, workload: SampleWorkload, until: float) -> None:
     meta = pod["metadata"]
     meta["annotations"] = {k: v for k, v in patch.annotations.items() if v is not None}
     meta["labels"] = {**meta.get("labels", {}), **patch.labels}
-
-
-def probe_action(workload: SampleWorkload, now: float) -> Action:
-    start = int(now) // 60 * 60
-    return Action(
-        id=f"bench/{workload.namespace}/Deployment/{workload.name}/{start * 1000}",
-        topology="bench",
-        namespace=workload.namespace,
-        kind="Deployment",
-        name=workload.name,
-        pod=workload.pods[0],
-        resolved_by="api",
-        rule="Terminal shell in container",
-        priority=4,
-        window_start=start,
-        window_end=start + 60,
-        count=1,
-        first_append_ms=int(now * 1000),
-        uuids=[],
-    )
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -138,7 +117,10 @@ async def burst(pods: int, qps: float, burst: int, probe_after: float) -> dict[s
             expirer.wake()
             await asyncio.sleep(probe_after)
             asked = time.time()
-            await annotator.handle([probe_action(probe, clock())])
+            now = clock()
+            await annotator.handle(
+                [bench_action(probe, int(now) // 60 * 60, 60, first_append_ms=int(now * 1000))]
+            )
             probe_wait = time.time() - asked
             while expirer.expired < len(names):
                 await asyncio.sleep(0.5)

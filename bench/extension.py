@@ -22,12 +22,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import report
+from bench.common import bench_action, report
 from streamproc.clients import kube
 from streamproc.cluster.resolving import WorkloadResolver
 from streamproc.lab.cluster import ClusterBuilder, SampleWorkload
 from streamproc.lab.kubeemu import KubeEmulator
-from streamproc.model.actions import Action
 from streamproc.model.topologies import Topology
 from streamproc.settings import Settings
 from streamproc.stages.annotate.applying import Annotator
@@ -52,25 +51,6 @@ def topology(window: int, ttl: int) -> Topology:
             "metadata": {"name": "bench"},
             "spec": {"window": {"size": f"{window}s"}, "action": {"ttl": ttl}},
         }
-    )
-
-
-def action(workload: SampleWorkload, window_start: int, window: int) -> Action:
-    return Action(
-        id=f"bench/{workload.namespace}/Deployment/{workload.name}/{window_start * 1000}",
-        topology="bench",
-        namespace=workload.namespace,
-        kind="Deployment",
-        name=workload.name,
-        pod=workload.pods[0],
-        resolved_by="api",
-        rule="Terminal shell in container",
-        priority=4,
-        window_start=window_start,
-        window_end=window_start + window,
-        count=1,
-        first_append_ms=window_start * 1000,
-        uuids=[],
     )
 
 
@@ -104,7 +84,7 @@ async def writes_per_pod(
                 start = first + index * window
                 clock.offset = start + window - time.time() + 1  # just after the window ends
                 expirer.wake()
-                await annotator.handle([action(w, start, window) for w in apps])
+                await annotator.handle([bench_action(w, start, window) for w in apps])
                 lapsed += sum(1 for w in apps for p in w.pods if not _observed(emulator, w, p))
             clock.offset += ttl + 1  # detections stop: every observation ends
             expirer.wake()
