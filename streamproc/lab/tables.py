@@ -163,15 +163,22 @@ def _selector(obj: Json) -> str:
     return ",".join(f"{k}={v}" for k, v in labels.items()) or "<none>"
 
 
+#: the wide columns every workload kind shows of its pod template (``_images``, ``_selector``)
+_TEMPLATE_COLUMNS = [
+    _column("Containers", "Names of each container in the template.", priority=1),
+    _column("Images", "Images referenced by each container in the template.", priority=1),
+]
+_SELECTOR_COLUMN = _column("Selector", "Label selector for pods.", priority=1)
+
+
 _DEPLOYMENT_COLUMNS = [
     _NAME,
     _column("Ready", "Number of the pod with ready state"),
     _column("Up-to-date", "Total number of non-terminated pods targeted by this deployment."),
     _column("Available", "Total number of available pods (ready for at least minReadySeconds)."),
     _AGE,
-    _column("Containers", "Names of each container in the template.", priority=1),
-    _column("Images", "Images referenced by each container in the template.", priority=1),
-    _column("Selector", "Label selector for pods.", priority=1),
+    *_TEMPLATE_COLUMNS,
+    _SELECTOR_COLUMN,
 ]
 
 
@@ -197,9 +204,8 @@ _DAEMONSET_COLUMNS = [
     _column("Available", "The number of nodes running the daemon pod and available."),
     _column("Node Selector", "Only nodes matching this selector run the daemon pod."),
     _AGE,
-    _column("Containers", "Names of each container in the template.", priority=1),
-    _column("Images", "Images referenced by each container in the template.", priority=1),
-    _column("Selector", "Label selector for pods.", priority=1),
+    *_TEMPLATE_COLUMNS,
+    _SELECTOR_COLUMN,
 ]
 
 
@@ -227,9 +233,8 @@ _REPLICASET_COLUMNS = [
     _column("Current", "Number of actual replicas."),
     _column("Ready", "The number of ready replicas for this replica set."),
     _AGE,
-    _column("Containers", "Names of each container in the template.", priority=1),
-    _column("Images", "Images referenced by each container in the template.", priority=1),
-    _column("Selector", "Label selector for pods.", priority=1),
+    *_TEMPLATE_COLUMNS,
+    _SELECTOR_COLUMN,
 ]
 
 
@@ -250,8 +255,7 @@ _STATEFULSET_COLUMNS = [
     _NAME,
     _column("Ready", "Number of the pod with ready state"),
     _AGE,
-    _column("Containers", "Names of each container in the template.", priority=1),
-    _column("Images", "Images referenced by each container in the template.", priority=1),
+    *_TEMPLATE_COLUMNS,
 ]
 
 
