@@ -24,6 +24,7 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import Callable
+from typing import Any
 
 from streamproc.clients import kube, metrics
 from streamproc.cluster import marking, releasing
@@ -285,10 +286,7 @@ class Expirer:
             self._auditor.record(
                 result="expired",
                 topology=topology,
-                namespace=key.namespace,
-                kind=key.kind,
-                name=key.name,
-                pods=[key.name] if key.kind == "Pod" else [],
+                **_about(key),
                 removed=list(done.removed),
                 dry_run=self._dry_run,
                 **({"refused": done.refused} if done.refused else {}),
@@ -307,10 +305,7 @@ class Expirer:
         self._auditor.record(
             result="yielded",
             topology=topology,
-            namespace=key.namespace,
-            kind=key.kind,
-            name=key.name,
-            pods=[key.name] if key.kind == "Pod" else [],
+            **_about(key),
             annotations=list(keys),
         )
 
@@ -330,3 +325,13 @@ class Expirer:
 
 def _name(obj: kube.Json) -> str:
     return str((obj.get("metadata") or {}).get("name") or "")
+
+
+def _about(key: kube.ObjectRef) -> dict[str, Any]:
+    """The object an expiry's audit records are about, as every record names it."""
+    return {
+        "namespace": key.namespace,
+        "kind": key.kind,
+        "name": key.name,
+        "pods": [key.name] if key.kind == "Pod" else [],
+    }
