@@ -98,6 +98,9 @@ SIMULATE = frozenset({"simulate"})
 SEND = frozenset({"send"})
 LAB = frozenset({"lab"})
 
+#: the ways a pod can be put under observation (``Settings.observation_backend``)
+OBSERVATION_BACKENDS = ("retina-annotation", "acns-metric-filters")
+
 #: the lab's time-lapse by default: 60 s windows become 5 s.
 LAB_SPEED = 12.0
 
@@ -370,6 +373,19 @@ class Settings:
         "Kubernetes Events/s per process, a budget of their own beside --api-qps (Events "
         "beyond 1,000 waiting are dropped and counted).",
         commands=ANNOTATE,
+    )
+    #: how a pod is put under observation (docs/aks.md says which works where): Retina's
+    #: annotation needs its Standard control plane; AKS's ACNS runs Retina with the Hubble control
+    #: plane, which ignores annotations, and selects pods on Cilium through ContainerNetworkMetric
+    observation_backend: str = knob(
+        "retina-annotation",
+        "--observation-backend",
+        "STREAMPROC_OBSERVATION_BACKEND",
+        "How pods are put under observation: retina-annotation (Retina's Standard control "
+        "plane) or acns-metric-filters (AKS ACNS on Cilium: ContainerNetworkMetric include "
+        "filters). A topology's spec.action.backend overrides it.",
+        commands=ANNOTATE | DOCTOR | RELEASE,
+        type=OBSERVATION_BACKENDS,
     )
     #: observed pods per node at most: Retina's agent keeps the IPs of observed pods in an eBPF
     #: map of ``filterMapMaxEntries`` per node (default 255) and fails past it.

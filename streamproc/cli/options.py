@@ -83,6 +83,8 @@ def settings_option(name: str, command: str | None = None) -> Decorator:
         extra["type"] = click.IntRange(min=0)
     elif kind is Path:
         extra["type"] = click.Path(path_type=Path)
+    elif isinstance(kind, tuple):  # the knob's allowed values
+        extra["type"] = click.Choice(kind)
     elif isinstance(default, bool):
         extra["is_flag"] = True
     elif default is not None:
