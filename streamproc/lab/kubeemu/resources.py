@@ -24,6 +24,7 @@ RESOURCES: dict[tuple[str, str, str], tuple[str, bool]] = {
     ("batch", "v1", "cronjobs"): ("CronJob", True),
     ("retina.sh", "v1alpha1", "captures"): ("Capture", True),
     ("retina.sh", "v1alpha1", "metricsconfigurations"): ("MetricsConfiguration", False),
+    ("acn.azure.com", "v1alpha1", "containernetworkmetrics"): ("ContainerNetworkMetric", False),
 }
 PLURAL_OF = {kind: key for key, (kind, _) in RESOURCES.items()}
 #: what ``kubectl get ds`` and ``kubectl get all`` resolve through discovery: the short names
