@@ -16,7 +16,10 @@ pods observed now, one ``from`` and one ``to`` filter per workload and metric, s
 pods send and receive both count. Everything else in the spec is the user's and is kept as it
 is, object for object, in order: an entry streamproc adds its filters to keeps its other keys,
 and an entry streamproc created is dropped once none of its filters are left (an entry needs at
-least one include or exclude filter).
+least one include or exclude filter). One normalisation: an empty ``includeFilters: []`` beside
+exclude filters, which means what no key means, may lose the empty list once streamproc's
+filters left it; an entry or ``includeFilters`` that is not the documented shape is never
+written to.
 """
 
 from __future__ import annotations
@@ -117,13 +120,14 @@ def _ours_by_metric(
     return by_metric, named, left_out
 
 
-def _entry(entry: Mapping[str, Any], add: Sequence[dict[str, Any]]) -> Mapping[str, Any] | None:
+def _entry(
+    entry: Mapping[str, Any], listed: list[Any], add: Sequence[dict[str, Any]]
+) -> Mapping[str, Any] | None:
     """One ``spec.filters[]`` entry without streamproc's filters, plus ``add``; None: drop it.
 
-    An entry streamproc did not touch is returned as the very same object.
+    ``listed`` is its ``includeFilters``. An entry streamproc did not touch is returned as the
+    very same object.
     """
-    includes = entry.get("includeFilters")
-    listed = includes if isinstance(includes, list) else []
     theirs = [f for f in listed if not ours(f)]
     if len(theirs) == len(listed) and not add:
         return entry
@@ -155,15 +159,16 @@ def project(spec: object, observed: Mapping[Workload, Observed]) -> Projection |
     placed: set[str] = set()
     filters: list[Any] = []
     for entry in entries:
-        if not isinstance(entry, Mapping):
-            filters.append(entry)
+        includes = entry.get("includeFilters", []) if isinstance(entry, Mapping) else None
+        if not isinstance(includes, list):
+            filters.append(entry)  # not something to add to without guessing: left as it is
             continue
         metric = entry.get("metric")
         add: list[dict[str, Any]] = []
         if isinstance(metric, str) and metric in wanted and metric not in placed:
             add = wanted[metric]  # into the first entry of its metric; others lose theirs
             placed.add(metric)
-        kept = _entry(entry, add)
+        kept = _entry(entry, includes, add)
         if kept is not None:
             filters.append(kept)
     filters += [
