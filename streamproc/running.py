@@ -208,12 +208,13 @@ async def _start_annotate(
     )
     stage = AnnotateStage(settings, annotator, ownership)
     running.expirer, running.annotate, running.follower = expirer, stage, follower
+    if filters.enabled:
+        tasks.append(asyncio.create_task(filters.run(stop), name="metric-filters"))
     return [
         *tasks,
         asyncio.create_task(expirer.run(stop), name="expirer"),
         asyncio.create_task(stage.run(stop), name="annotate"),
         asyncio.create_task(follower.run(stop), name="follower"),
-        asyncio.create_task(filters.run(stop), name="metric-filters"),
     ]
 
 
