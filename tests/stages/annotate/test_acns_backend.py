@@ -30,6 +30,7 @@ from streamproc.stages.annotate.expiring import Expirer
 from streamproc.stages.annotate.filtering import FilterReconciler
 from streamproc.stages.annotate.following import Follower
 from tests import doubles as testing
+from tests.cluster.test_status_and_release import cli
 from tests.conftest import Clock, action_for, async_wait_for, topology, workload
 
 CNM = "ContainerNetworkMetric"
@@ -418,3 +419,32 @@ async def test_the_emulator_refuses_a_delete_with_a_stale_precondition(
     assert singleton(emulator) is not None
     await client.delete_cluster_object(gvr, name, resource_version=current)
     assert singleton(emulator) is None
+
+
+async def test_the_release_command_removes_the_released_pods_filters(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder, kubeconfig: Path
+) -> None:
+    """``streamproc release`` with the acns backend configured: the pods leave the filters."""
+    part = wire(client)
+    frontend, redis = workload(cluster, "frontend"), workload(cluster, "redis")
+    await part.annotator.apply(action_for(frontend))
+    await part.annotator.apply(action_for(redis))
+    await part.filters.reconcile()
+    done = await asyncio.to_thread(
+        cli, kubeconfig, "release", "shop/frontend", "--observation-backend", "acns-metric-filters"
+    )
+    assert done.returncode == 0, done.stderr
+    assert {p.split("/")[1] for p in pods_in_filters(emulator)} == set(redis.pods)
+
+
+async def test_a_dry_run_leaves_the_users_singleton_as_it_is(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
+) -> None:
+    """With a singleton to write to, a dry-run process computes the change and writes none."""
+    emulator.create(copy.deepcopy(USERS))
+    before = singleton(emulator)
+    live = wire(client)
+    await live.annotator.apply(action_for(workload(cluster, "redis")))
+    dry = wire(client, settings=Settings(dry_run=True))
+    assert (await dry.filters.reconcile()).outcome == "dry-run"
+    assert singleton(emulator) == before
