@@ -80,7 +80,7 @@ def _hubble(emulator: KubeEmulator) -> None:
 
 BAD_SHAPES: dict[str, tuple[dict[str, Any], Callable[[KubeEmulator], None] | None, Any, str]] = {
     # shape: (ClusterBuilder.retina arguments, emulator tweak, topologies, failing check(s))
-    "no Retina at all": ({"installed": False}, None, PLAIN, "agent"),
+    "no Retina at all": ({"installed": False}, None, PLAIN, "mechanism"),
     "Retina 1.1": ({"version": "v1.1.0"}, None, PLAIN, "agent version"),
     "annotations off": ({"config": {"enableAnnotations": False}}, None, PLAIN, "annotations"),
     "pod level off": ({"config": {"enablePodLevel": False}}, None, PLAIN, "pod-level metrics"),
@@ -97,7 +97,7 @@ BAD_SHAPES: dict[str, tuple[dict[str, Any], Callable[[KubeEmulator], None] | Non
         "annotations",
     ),
     "small filter map": ({"config": {"filterMapMaxEntries": 150}}, None, PLAIN, "node budget"),
-    "Hubble control plane": ({}, _hubble, PLAIN, "config"),
+    "Hubble control plane": ({}, _hubble, PLAIN, "mechanism"),
     "MetricsConfiguration in use": ({}, _metrics_configuration, PLAIN, "MetricsConfiguration"),
     "no Capture CRD": (
         {},
