@@ -469,7 +469,7 @@ async def run_lab(options: LabOptions, stop: asyncio.Event) -> Summary:
                     span = max(1.0, options.duration_s * 0.4)
                     topic = lab_topologies[0].spec.source.topic
                     replay = asyncio.create_task(_replay(settings, topic, span, view, stop))
-                _watch_filters(emulator, options.platform, view, summary)
+                watch_filters(emulator, options.platform, view, summary)
                 view.refresh(handles)
                 await stopping.pause(stop, 0.5)
         summary.interrupted = stop.is_set()
@@ -479,7 +479,7 @@ async def run_lab(options: LabOptions, stop: asyncio.Event) -> Summary:
             doctor.cancel()
             await asyncio.gather(doctor, return_exceptions=True)
         checked = summary.doctor
-        _watch_filters(emulator, options.platform, view, summary)
+        watch_filters(emulator, options.platform, view, summary)
         filters = {
             k: getattr(summary, k)
             for k in (
@@ -510,7 +510,7 @@ async def run_lab(options: LabOptions, stop: asyncio.Event) -> Summary:
     return summary
 
 
-def _watch_filters(
+def watch_filters(
     emulator: KubeEmulator | None, platform: PlatformName, view: View, summary: Summary
 ) -> None:
     """Read the cluster's ContainerNetworkMetric, where the platform has one, into the view."""
