@@ -410,7 +410,13 @@ def test_doctor_reports_a_ready_setup_and_writes_nothing(
     assert as_json.returncode == 0
     report = json.loads(as_json.stdout)
     assert report["summary"]["fail"] == 0
-    assert {c["area"] for c in report["checks"]} == {"Topologies", "Kafka", "Kubernetes", "Retina"}
+    assert {c["area"] for c in report["checks"]} == {
+        "Topologies",
+        "Kafka",
+        "Kubernetes",
+        "Platform",
+        "Retina",
+    }
 
     assert asyncio.run(_state(broker.bootstrap)) == before  # no topic, no group
     writes = {

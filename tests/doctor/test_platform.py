@@ -266,10 +266,7 @@ async def test_every_read_doctor_makes_is_in_its_permission_list(tmp_path: Path)
 
 async def render(tmp_path: Path, name: str, backend: str) -> str:
     """The Platform section of doctor's report on a shape, as docs/aks.md shows it."""
-    built = (
-        shape("aks-acns-cilium", agent=True) if name == "aks-acns-cilium" else shape(name)  # type: ignore[arg-type]
-    )
-    found = await doctor_on(tmp_path, built, backend=backend)
+    found = await doctor_on(tmp_path, shape(name), backend=backend)  # type: ignore[arg-type]
     section = [c for c in found if c.area == platform.AREA]
     return "\n".join(diagnosing.lines(section)[:-2]) + "\n"
 
@@ -282,3 +279,17 @@ async def test_the_doctor_output_docs_aks_shows_is_what_doctor_says(tmp_path: Pa
     for name, backend, shown in blocks:
         wanted = await render(tmp_path, name, backend)
         assert shown == wanted, f"docs/aks.md, {name} {backend}: paste\n{wanted}"
+
+
+def test_the_helm_command_docs_aks_shows_sets_what_doctor_checks() -> None:
+    """The page's install sets every flag of doctor's own install line, as the lab's Retina has."""
+    page = (ROOT / "docs" / "aks.md").read_text(encoding="utf-8")
+    (command,) = re.findall(r"```shell\n(helm upgrade --install retina .*?)```", page, re.DOTALL)
+    shown = dict(re.findall(r"--set (\w[\w.]*)=(\S+)", command))
+    wanted = dict(re.findall(r"--set (\w[\w.]*)=(\S+)", platform.retina.INSTALL))
+    assert wanted.items() <= shown.items()
+    assert shown["remoteContext"] == "false"
+    config = platforms.sample_cluster().objects
+    (config_map,) = [o for o in config if o["kind"] == "ConfigMap"]
+    for key in ("enableAnnotations", "enablePodLevel", "remoteContext"):
+        assert f"{key}: {shown[key]}" in config_map["data"]["config.yaml"]
