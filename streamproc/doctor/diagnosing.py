@@ -452,14 +452,16 @@ async def retina_checks(
     try:
         agents = retina.find_agents(await client.list_daemonsets())
     except kube.KubeError as exc:
+        found, _ = await platform.survey(client, settings, None)
         return [
+            *found,
             checks.warn(
                 area,
                 "agent",
                 f"cannot list DaemonSets to find Retina's agent ({exc})",
                 "run doctor with an identity that may list daemonsets, configmaps and "
                 "deployments (kubectl auth can-i list daemonsets -A)",
-            )
+            ),
         ]
     found, seen = await platform.survey(client, settings, agents)
     if "retina-annotation" not in seen.mechanisms():

@@ -140,6 +140,8 @@ class Platform:
     hubble: tuple[str, ...] = ()
     #: ``containernetworkmetrics.acn.azure.com`` is served
     cnm: bool | None = None
+    #: the DaemonSets could be listed, so ``agent`` None means there is none
+    agents_read: bool = True
 
     @property
     def aks(self) -> bool | None:
@@ -270,11 +272,21 @@ def _none_check(p: Platform) -> Check:
 
 def judge(p: Platform, backend: str) -> list[Check]:
     """The platform, its agent and CRD, the mechanisms that work, and the configured backend."""
-    found = [_agent_check(p)]
+    found = [_agent_check(p)] if p.agents_read else []
     cnm = _cnm_check(p)
     if cnm is not None:
         found.append(cnm)
     works = p.mechanisms()
+    if not works and not p.agents_read:
+        return [
+            *found,
+            checks.warn(
+                AREA,
+                "mechanism",
+                "cannot tell: the DaemonSets (Retina's agent is one) could not be listed",
+                "run doctor with an identity that may list daemonsets",
+            ),
+        ]
     if not works:
         return [*found, _none_check(p)]
     found.append(
@@ -293,7 +305,7 @@ def judge(p: Platform, backend: str) -> list[Check]:
             else f"{CNM_CRD} is not served on a Cilium cluster"
         )
         found.append(
-            checks.fail(
+            (checks.fail if p.agents_read else checks.warn)(
                 AREA,
                 "backend",
                 f"--observation-backend {backend}, but {why}: on this cluster only "
@@ -305,9 +317,12 @@ def judge(p: Platform, backend: str) -> list[Check]:
 
 
 async def survey(
-    client: kube.Inspector, settings: Settings, agents: Sequence[retina.Agent]
+    client: kube.Inspector, settings: Settings, agents: Sequence[retina.Agent] | None
 ) -> tuple[list[Check], Platform]:
-    """Read what tells the platform (each read may fail alone), then judge it."""
+    """Read what tells the platform (each read may fail alone), then judge it.
+
+    ``agents`` None: the DaemonSets could not be listed, so whether Retina runs is unknown.
+    """
     nodes: Nodes | None = None
     nodes_error = ""
     try:
@@ -330,7 +345,7 @@ async def survey(
         )
         service = await _optional(client.get_service(*SERVICE))
         managed, hubble = agent_markers(agent, config_map, service)
-    found = Platform(nodes, agent, tuple(managed), tuple(hubble), cnm)
+    found = Platform(nodes, agent, tuple(managed), tuple(hubble), cnm, agents is not None)
     return [_platform_check(found, nodes_error), *judge(found, settings.observation_backend)], found
 
 

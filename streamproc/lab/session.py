@@ -547,7 +547,9 @@ def next_steps(options: LabOptions, summary: Summary) -> list[str]:
     if summary.emulated_cluster:
         out += [
             "  the sample cluster for kubectl (the lab's API server stopped with the run):",
-            "    python -m streamproc.lab.kubeemu --kubeconfig lab.kubeconfig   (until Ctrl-C)",
+            "    python -m streamproc.lab.kubeemu --kubeconfig lab.kubeconfig"
+            + (f" --platform {summary.platform}" if summary.platform != "retina" else "")
+            + "   (until Ctrl-C)",
             "    KUBECONFIG=lab.kubeconfig kubectl get pods -A -o wide",
         ]
     out += [

@@ -186,6 +186,26 @@ async def test_a_doctor_that_may_not_list_nodes_warns_and_still_names_the_mechan
     assert checks["mechanism"].detail == "works here: ACNS ContainerNetworkMetric filters"
 
 
+@pytest.mark.parametrize(
+    ("name", "mechanism"), [("aks-acns-cilium", "ok"), ("aks-acns", "warn"), ("retina", "warn")]
+)
+async def test_a_doctor_that_may_not_list_daemonsets_judges_what_it_can(
+    tmp_path: Path, name: platforms.PlatformName, mechanism: str
+) -> None:
+    """403 on DaemonSets: the CRD still tells ACNS on Cilium; elsewhere ⚠, never a guess."""
+    found = await doctor_on(
+        tmp_path,
+        shape(name),
+        backend="acns-metric-filters",
+        tweak=lambda e: e.denied.add(("apps", "daemonsets", "list")),
+    )
+    checks = named(found)
+    assert checks["mechanism"].status == mechanism
+    assert "Retina agent" not in checks
+    assert not [c for c in found if c.status == "fail"], found
+    no_helm(found)
+
+
 async def test_acns_markers_alone_tell_aks_when_nodes_and_the_service_are_forbidden(
     tmp_path: Path,
 ) -> None:

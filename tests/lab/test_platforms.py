@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
 from typing import Any
 
 from streamproc.lab import platforms, session
@@ -83,3 +89,47 @@ def test_the_default_lab_has_no_filter_lines() -> None:
     session.watch_filters(emulator, "retina", view, summary)
     assert view.filters is None
     assert "metric filters" not in "\n".join(summary.lines())
+
+
+def test_the_next_steps_serve_the_same_platform_for_kubectl() -> None:
+    """After an AKS lab, the kubectl suggestion serves that platform again, not the plain one."""
+    options = session.LabOptions(platform="aks-acns-cilium")
+    steps = "\n".join(
+        session.next_steps(options, session.Summary(platform="aks-acns-cilium", replay_total=1))
+    )
+    assert (
+        "python -m streamproc.lab.kubeemu --kubeconfig lab.kubeconfig --platform aks-acns-cilium"
+        in steps
+    )
+    plain = "\n".join(session.next_steps(session.LabOptions(), session.Summary(replay_total=1)))
+    assert "--platform" not in plain
+
+
+def test_the_emulator_serves_a_platform_on_its_own(tmp_path: Path) -> None:
+    """python -m streamproc.lab.kubeemu --platform: nodes with their labels, and the CNM."""
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "streamproc.lab.kubeemu", "--platform", "aks-acns-cilium"),
+            *("--kubeconfig", str(tmp_path / "kubeconfig")),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        url = process.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:")
+
+        def get(path: str) -> dict[str, Any]:
+            with urllib.request.urlopen(url + path, timeout=5) as answer:
+                return json.loads(answer.read())  # type: ignore[no-any-return]
+
+        nodes = get("/api/v1/nodes")["items"]
+        assert {n["metadata"]["labels"]["kubernetes.azure.com/ebpf-dataplane"] for n in nodes} == {
+            "cilium"
+        }
+        metric = get(f"/apis/acn.azure.com/v1alpha1/containernetworkmetrics/{platforms.CNM_NAME}")
+        assert platforms.filter_counts(metric) == (0, 1)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=15)
