@@ -95,5 +95,14 @@ def markdown() -> str:
     return "\n".join(lines)
 
 
+def doctor_markdown() -> str:
+    """The table of what doctor reads beyond the stages' permissions (docs/operating.md)."""
+    lines = ["| doctor reads | why |", "|---|---|"]
+    lines += [f"| `{p.label}` | {p.why} |" for p in DOCTOR]
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    print(markdown())  # noqa: T201 - the docs' table, for pasting
+    print(markdown())  # noqa: T201 - the docs' tables, for pasting
+    print()  # noqa: T201
+    print(doctor_markdown())  # noqa: T201

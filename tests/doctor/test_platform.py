@@ -17,7 +17,7 @@ from streamproc.lab.cluster import ClusterBuilder
 from streamproc.lab.kubeemu import KubeEmulator
 from streamproc.lab.kubeemu.resources import rbac_verb
 from streamproc.model import topologies
-from streamproc.settings import Settings
+from streamproc.settings import OBSERVATION_BACKENDS, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 PLAIN = topologies.load_path(ROOT / "topologies")
@@ -279,6 +279,17 @@ async def test_every_read_doctor_makes_is_in_its_permission_list(tmp_path: Path)
         made.add((group, rest[0], rbac_verb(r.method, len(rest) > 1, "")))
     assert ("", "nodes", "list") in made
     assert made <= listed, sorted(made - listed)
+
+
+def test_the_docs_table_of_doctors_reads_is_the_code_list() -> None:
+    """docs/operating.md shows permissions.DOCTOR as the module prints it."""
+    page = (ROOT / "docs" / "operating.md").read_text(encoding="utf-8")
+    assert permissions.doctor_markdown() in page
+
+
+def test_the_mechanisms_that_select_pods_are_the_backends() -> None:
+    """Doctor's mechanisms, but "none", are exactly the values --observation-backend takes."""
+    assert [m for m in platform.MECHANISMS if m != "none"] == list(OBSERVATION_BACKENDS)
 
 
 # ---- the output docs/aks.md shows -----------------------------------------------------------
