@@ -67,10 +67,10 @@ OSS_INSTALL = (
 )
 
 ACNS_ENABLE = (
-    "enable ACNS (az aks update --enable-acns; ContainerNetworkMetric filtering is in preview "
-    "and needs Kubernetes >= 1.32, MicrosoftDocs/azure-aks-docs articles/aks/"
-    "how-to-configure-container-network-metrics-filtering.md) with --observation-backend "
-    "acns-metric-filters"
+    "ContainerNetworkMetric filtering (preview) needs ACNS (az aks update --enable-acns) on "
+    "Kubernetes >= 1.32 with the aks-preview CLI extension >= 20.0.0b4 (MicrosoftDocs/"
+    "azure-aks-docs articles/aks/how-to-configure-container-network-metrics-filtering.md); "
+    "then run with --observation-backend acns-metric-filters"
 )
 
 
@@ -233,6 +233,17 @@ def _cnm_check(p: Platform) -> Check | None:
 def _none_check(p: Platform) -> Check:
     """No mechanism works: why, and a fix that fits the platform."""
     name = "mechanism"
+    if p.cilium and p.aks:
+        return checks.fail(
+            AREA,
+            name,
+            f"none: the Cilium dataplane, but {CNM_CRD} is not installed"
+            + (" and no Retina agent runs" if p.agent is None else ""),
+            ACNS_ENABLE
+            + (
+                "" if p.managed or p.agent is not None else f"; or install Retina: {retina.INSTALL}"
+            ),
+        )
     managed_hubble = p.agent is not None and p.hubble and p.managed
     if managed_hubble or (p.cnm and p.cilium is False):
         return checks.fail(
@@ -254,13 +265,6 @@ def _none_check(p: Platform) -> Check:
             f"none: {p.agent.where} runs Retina's Hubble control plane, which ignores retina.sh "
             "annotations (microsoft/retina docs/03-Metrics/annotations.md)",
             f"reinstall Retina with its Standard control plane: {retina.INSTALL}",
-        )
-    if p.agent is None and p.aks and p.cilium:
-        return checks.fail(
-            AREA,
-            name,
-            f"none: no Retina agent, and {CNM_CRD} is not installed",
-            f"{ACNS_ENABLE}, or install Retina: {retina.INSTALL}",
         )
     return checks.fail(
         AREA,

@@ -144,6 +144,23 @@ async def test_acns_on_cilium_with_the_annotation_backend_fails_naming_the_setti
     no_helm(found)
 
 
+@pytest.mark.parametrize("agent", [False, True], ids=["cilium only", "with AKS's retina-agent"])
+async def test_cilium_without_the_crd_asks_for_the_preview_not_for_helm_over_aks(
+    tmp_path: Path, agent: bool
+) -> None:
+    """Cilium on AKS, no CNM CRD: ✘ naming the preview's needs; helm only with nothing managed."""
+    built = shape("aks-acns-cilium", agent=agent)
+    built.uninstalled.add(platforms.CNM)
+    found = await doctor_on(tmp_path, built, backend="acns-metric-filters")
+    mechanism = named(found)["mechanism"]
+    assert mechanism.status == "fail"
+    assert "the Cilium dataplane, but containernetworkmetrics.acn.azure.com is not installed" in (
+        mechanism.detail
+    )
+    assert "Kubernetes >= 1.32" in mechanism.fix
+    assert ("helm" in mechanism.fix) == (not agent)
+
+
 async def test_aks_with_a_self_installed_retina_works_by_annotation_not_by_filters(
     tmp_path: Path,
 ) -> None:
