@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -408,9 +409,18 @@ def test_every_query_of_both_dashboards_evaluates_in_prometheus(
             if query.startswith("label_values("):
                 continue
             expr = promql(query)
-            api(prometheus, "query", query=expr, time=str(now))
-            api(prometheus, "query_range", query=expr, start=str(now - 30), end=str(now), step="1")
-            assert where
+            try:
+                api(prometheus, "query", query=expr, time=str(now))
+                api(
+                    prometheus,
+                    "query_range",
+                    query=expr,
+                    start=str(now - 30),
+                    end=str(now),
+                    step="1",
+                )
+            except urllib.error.HTTPError as error:
+                pytest.fail(f"{name} {where}: {error.read().decode()} in: {expr}")
     variables = {v["name"]: v["query"] for v in board("evidence")["templating"]["list"]}
     assert label_values(prometheus, variables["namespace"]) == [NAMESPACE]
     assert label_values(prometheus, promql(variables["workload"])) == [WORKLOAD]
