@@ -21,6 +21,7 @@ DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
 EVIDENCE_URL = (
     "/d/streamproc-evidence/network-evidence-of-observed-workloads"
     "?var-namespace=${__field.labels.namespace}&var-workload=${__field.labels.workload_name}"
+    "&var-kind=${__field.labels.workload_kind}"
     "&${datasource:queryparam}&${__url_time_range}"
 )
 #: Panels whose series name a workload link to its network evidence.

@@ -49,7 +49,9 @@ DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
 #: The gauge the evidence collection exports (AGREE.md item 5).
 OBSERVED = "streamproc_observed_pod_since_seconds"
 #: The chosen workload's pods, while streamproc observes them.
-OBSERVED_PODS = f'{OBSERVED}{{namespace="$namespace", workload_name="$workload"}}'
+OBSERVED_PODS = (
+    f'{OBSERVED}{{namespace="$namespace", workload_kind=~"$kind", workload_name="$workload"}}'
+)
 #: Retina's local-context series of observed pods only (joined on namespace + pod).
 RETINA_JOIN = (
     f'and on (namespace, podname) label_replace({OBSERVED_PODS}, "podname", "$1", "pod", "(.*)")'
@@ -267,17 +269,29 @@ ANNOTATIONS: list[tuple[str, str, dict[str, object]]] = [
 ]
 ANNOTATION_COLORS = ("blue", "green", "red")
 
-#: (name, label, query, shown) of the query variables; the gauge only lists observed pods, so
-#: each list is bounded by the topologies' ``maxObservations``.
-VARIABLES: list[tuple[str, str, str, bool]] = [
-    ("namespace", "Namespace", f"label_values({OBSERVED}, namespace)", True),
+#: (name, label, query, shown, all) of the query variables; the gauge only lists observed pods,
+#: so each list is bounded by the topologies' ``maxObservations``. The kind tells apart two
+#: workloads of one name (a Deployment and a StatefulSet ``web``); "All" when there is one.
+VARIABLES: list[tuple[str, str, str, bool, bool]] = [
+    ("namespace", "Namespace", f"label_values({OBSERVED}, namespace)", True, False),
     (
         "workload",
         "Workload",
         f'label_values({OBSERVED}{{namespace="$namespace"}}, workload_name)',
         True,
+        False,
     ),
-    ("topology", "Topology", f"label_values({OBSERVED_PODS}, topology)", False),
+    (
+        "kind",
+        "Kind",
+        (
+            f'label_values({OBSERVED}{{namespace="$namespace", workload_name="$workload"}}, '
+            "workload_kind)"
+        ),
+        True,
+        True,
+    ),
+    ("topology", "Topology", f"label_values({OBSERVED_PODS}, topology)", False, True),
 ]
 
 
@@ -285,7 +299,7 @@ def _variables(board: dashboard.Dashboard) -> dashboard.Dashboard:
     board = board.with_variable(
         dashboard.DatasourceVariable("datasource").label("Data source").type("prometheus")
     )
-    for name, label, query, shown in VARIABLES:
+    for name, label, query, shown, every in VARIABLES:
         variable = (
             dashboard.QueryVariable(name)
             .label(label)
@@ -293,12 +307,10 @@ def _variables(board: dashboard.Dashboard) -> dashboard.Dashboard:
             .query(query)
             .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
         )
+        if every:
+            variable = variable.include_all(include_all=True)
         if not shown:
-            variable = (
-                variable.hide(VariableHide.HIDE_VARIABLE)
-                .multi(multi=True)
-                .include_all(include_all=True)
-            )
+            variable = variable.hide(VariableHide.HIDE_VARIABLE).multi(multi=True)
         board = board.with_variable(variable)
     return board
 

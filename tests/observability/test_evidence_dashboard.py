@@ -40,14 +40,19 @@ REPLICASET = "web-7d9f8"  # what Retina names as the pods' workload (their owner
 WATCHED = "web-7d9f8-abcde"  # observed throughout
 ENDING = "web-7d9f8-fghij"  # observed until the test ends its observation
 IGNORED = "web-7d9f8-zzzzz"  # same ReplicaSet, never observed (e.g. over the node budget)
-#: (namespace, pod, growth per second of its series): the last one shares WATCHED's pod name in
-#: another namespace, so only a join on namespace *and* pod keeps it out.
+NAMESAKE = "web-0"  # observed too, but of StatefulSet "web": another workload of the same name
+#: (namespace, pod, Retina's workload kind/name, growth per second of its series): the last one
+#: shares WATCHED's pod name in another namespace, so only a join on namespace *and* pod keeps
+#: it out.
 PODS = [
-    (NAMESPACE, WATCHED, 3.0),
-    (NAMESPACE, ENDING, 5.0),
-    (NAMESPACE, IGNORED, 700.0),
-    ("other", WATCHED, 1100.0),
+    (NAMESPACE, WATCHED, f"ReplicaSet/{REPLICASET}", 3.0),
+    (NAMESPACE, ENDING, f"ReplicaSet/{REPLICASET}", 5.0),
+    (NAMESPACE, IGNORED, f"ReplicaSet/{REPLICASET}", 700.0),
+    (NAMESPACE, NAMESAKE, f"StatefulSet/{WORKLOAD}", 1300.0),
+    ("other", WATCHED, f"ReplicaSet/{REPLICASET}", 1100.0),
 ]
+#: pod -> streamproc's workload kind, of the pods streamproc observes when the test starts
+KINDS = {WATCHED: "Deployment", ENDING: "Deployment", NAMESAKE: "StatefulSet"}
 
 
 #: (family, whose labels name the pod, other labels, growth factor) of each network series per
@@ -142,7 +147,7 @@ class Exposition:
 
     def __init__(self) -> None:
         self.started = time.time()
-        self.observed = {WATCHED: self.started - 60, ENDING: self.started - 30}
+        self.observed = {pod: self.started - 60 + index for index, pod in enumerate(KINDS)}
         self.lock = threading.Lock()
 
     def end_observation(self, pod: str) -> None:
@@ -152,10 +157,11 @@ class Exposition:
     def network(self) -> str:
         grown = time.time() - self.started + 1
         lines = []
-        for index, (namespace, pod, speed) in enumerate(PODS):
+        for index, (namespace, pod, workload, speed) in enumerate(PODS):
+            kind, name = workload.split("/")
             pod_labels = {
                 "retina": f'ip="10.0.0.{index}",namespace="{namespace}",podname="{pod}",'
-                f'workload_kind="ReplicaSet",workload_name="{REPLICASET}"',
+                f'workload_kind="{kind}",workload_name="{name}"',
                 "source": f'source="{namespace}/{pod}",destination=""',
                 "destination": f'source="",destination="{namespace}/{pod}"',
             }
@@ -173,7 +179,7 @@ class Exposition:
         with self.lock:
             lines += [
                 f'streamproc_observed_pod_since_seconds{{namespace="{NAMESPACE}",pod="{pod}",'
-                f'workload_kind="Deployment",workload_name="{WORKLOAD}",topology="{TOPOLOGY}"}} '
+                f'workload_kind="{KINDS[pod]}",workload_name="{WORKLOAD}",topology="{TOPOLOGY}"}} '
                 f"{since}"
                 for pod, since in self.observed.items()
             ]
@@ -246,7 +252,9 @@ def prometheus(
     try:
         # every network series has two samples inside the rate window, and the gauge is in
         wait_for(
-            lambda: rated(base) and count(base, "streamproc_observed_pod_since_seconds") == 2,
+            lambda: (
+                rated(base) and count(base, "streamproc_observed_pod_since_seconds") == len(KINDS)
+            ),
             timeout=60,
             what="every network series with a rate, and the gauge, scraped",
         )
@@ -302,6 +310,7 @@ def promql(expr: str, topology: str = TOPOLOGY) -> str:
         ("$__rate_interval", RATE_WINDOW),
         ("$namespace", NAMESPACE),
         ("$workload", WORKLOAD),
+        ("$kind", "Deployment"),
         ("$topology", f"({topology})"),
     ):
         expr = expr.replace(variable, value)
@@ -393,10 +402,11 @@ def test_the_observation_panels_link_to_the_evidence_of_their_workload() -> None
         params = dict(urllib.parse.parse_qsl(url.query, keep_blank_values=True))
         assert params["var-namespace"] == "${__field.labels.namespace}"
         assert params["var-workload"] == "${__field.labels.workload_name}"
+        assert params["var-kind"] == "${__field.labels.workload_kind}"
         assert "${datasource:queryparam}" in url.query
         assert "${__url_time_range}" in url.query
     variables = {v["name"] for v in evidence["templating"]["list"]}
-    assert {"namespace", "workload", "datasource"} <= variables
+    assert {"namespace", "workload", "kind", "datasource"} <= variables
 
 
 def test_every_query_of_both_dashboards_evaluates_in_prometheus(
@@ -424,6 +434,7 @@ def test_every_query_of_both_dashboards_evaluates_in_prometheus(
     variables = {v["name"]: v["query"] for v in board("evidence")["templating"]["list"]}
     assert label_values(prometheus, variables["namespace"]) == [NAMESPACE]
     assert label_values(prometheus, promql(variables["workload"])) == [WORKLOAD]
+    assert label_values(prometheus, promql(variables["kind"])) == ["Deployment", "StatefulSet"]
     assert label_values(prometheus, promql(variables["topology"])) == [TOPOLOGY]
 
 
@@ -445,6 +456,7 @@ def test_the_evidence_panels_count_exactly_the_observed_pods(
             assert all(v > 0 for v in got.values()), title
             for series in got:
                 assert IGNORED not in series, title
+                assert NAMESAKE not in series, title
                 assert '"other' not in series, title
             labelled = [json.loads(s) for s in got]
             pods = {
@@ -478,7 +490,8 @@ def test_the_evidence_panels_count_exactly_the_observed_pods(
 
 def test_joining_on_the_workload_would_find_no_deployment_pod(prometheus: str) -> None:
     """Retina names a Deployment's pod by its ReplicaSet, streamproc by the Deployment: the
-    panels' namespace+pod join finds the pod where a workload join finds nothing."""
+    panels' namespace+pod join finds the Deployment's pods where a workload join finds none of
+    them (only the StatefulSet's pod, whose owner is the workload itself)."""
     evidence = generator("evidence")
     expr = promql(evidence.retina("networkobservability_adv_forward_count", "podname, direction"))
     wrong = expr.replace(
@@ -486,8 +499,9 @@ def test_joining_on_the_workload_would_find_no_deployment_pod(prometheus: str) -
         promql(f"and on (namespace, workload_name) {evidence.OBSERVED_PODS}"),
     )
     at = time.time()
-    assert instant(prometheus, expr, at)
-    assert instant(prometheus, wrong, at) == {}
+    pods = {json.loads(s)["podname"] for s in instant(prometheus, expr, at)}
+    assert WATCHED in pods
+    assert {json.loads(s)["podname"] for s in instant(prometheus, wrong, at)} == {NAMESAKE}
 
 
 def test_the_annotations_mark_observations_and_detections(prometheus: str) -> None:
@@ -499,9 +513,12 @@ def test_the_annotations_mark_observations_and_detections(prometheus: str) -> No
     falco = "Falco detections (topologies observing this workload)"
     at = time.time()
     starts = api(prometheus, "query", query=exprs["Observation start"], time=str(at))["result"]
-    gauge = api(prometheus, "query", query="streamproc_observed_pod_since_seconds", time=str(at))[
-        "result"
-    ]
+    gauge = api(
+        prometheus,
+        "query",
+        query='streamproc_observed_pod_since_seconds{workload_kind="Deployment"}',
+        time=str(at),
+    )["result"]
     assert starts
     assert {(s["metric"]["pod"], float(s["value"][1])) for s in starts} == {
         (g["metric"]["pod"], float(g["value"][1]) * 1000) for g in gauge
