@@ -16,6 +16,16 @@ from grafana_foundation_sdk.models.dashboard import DataSourceRef
 
 OUTPUT = Path(__file__).with_name("streamproc.json")
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
+#: The evidence dashboard (deploy/grafana/evidence.py), opened on the clicked series' workload,
+#: the same data source and time range.
+EVIDENCE_URL = (
+    "/d/streamproc-evidence/network-evidence-of-observed-workloads"
+    "?var-namespace=${__field.labels.namespace}&var-workload=${__field.labels.workload_name}"
+    "&var-kind=${__field.labels.workload_kind}"
+    "&${datasource:queryparam}&${__url_time_range}"
+)
+#: Panels whose series name a workload link to its network evidence.
+EVIDENCE_LINKED = ("streamproc_observed_pod_since_seconds",)
 
 #: (title, unit, [(PromQL, legend)]) in display order; two panels per row.
 PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
@@ -82,6 +92,19 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
         "short",
         [
             ("sum by (topology) (streamproc_observations_active)", "{{topology}}"),
+        ],
+    ),
+    (
+        "Observed workloads (click a series for its network evidence)",
+        "short",
+        [
+            (
+                (
+                    "count by (namespace, workload_kind, workload_name, topology) "
+                    "(streamproc_observed_pod_since_seconds)"
+                ),
+                "{{namespace}}/{{workload_name}} ({{workload_kind}}, {{topology}})",
+            ),
         ],
     ),
     (
@@ -222,6 +245,14 @@ def build() -> dict[str, object]:
         for ref, (expr, legend) in zip("ABCDEFGH", queries, strict=False):
             panel = panel.with_target(
                 prometheus.Dataquery().expr(expr).legend_format(legend).ref_id(ref)
+            )
+        if any(name in expr for name in EVIDENCE_LINKED for expr, _ in queries):
+            panel = panel.data_links(
+                [
+                    dashboard.DashboardLink(
+                        "Network evidence of ${__field.labels.workload_name}"
+                    ).url(EVIDENCE_URL)
+                ]
             )
         board = board.with_panel(panel)
     encoded: dict[str, object] = json.loads(

@@ -14,6 +14,7 @@ import click
 
 from streamproc import logs, stopping
 from streamproc.cli import options
+from streamproc.lab import platforms
 from streamproc.model import topologies
 from streamproc.settings import DEFAULTS
 
@@ -42,6 +43,15 @@ from streamproc.settings import DEFAULTS
     show_default=True,
     help="The closing summary as text or as one JSON document on stdout.",
 )
+@click.option(
+    "--platform",
+    type=click.Choice(platforms.PLATFORMS),
+    default="retina",
+    show_default=True,
+    help="The emulated cluster's platform: Retina from its chart, or AKS with it, with ACNS on "
+    "Azure CNI, or with ACNS on Cilium (observed through ContainerNetworkMetric filters; "
+    "docs/aks.md).",
+)
 @click.option("--log-level", default="WARNING", show_default=True)
 def lab(
     duration: float,
@@ -51,12 +61,15 @@ def lab(
     kubeconfig: str | None,
     metrics_port: int,
     output: str,
+    platform: platforms.PlatformName,
     log_level: str,
 ) -> None:
     """Run the whole system on this machine: broker, cluster, pipeline and a replay."""
     from streamproc.lab import session  # noqa: PLC0415 - the lab's extra is optional
 
     logs.setup(log_level)
+    if kubeconfig is not None and platform != "retina":
+        raise click.UsageError("--platform shapes the emulated cluster; not with --kubeconfig")
     topology_path = topologies.resolve_path(topology_path)
     try:
         topologies.load_path(topology_path)
@@ -70,6 +83,7 @@ def lab(
         kubeconfig=kubeconfig,
         metrics_port=metrics_port,
         live=output == "text",
+        platform=platform,
     )
     result: list[session.Summary] = []
 

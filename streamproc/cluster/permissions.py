@@ -57,6 +57,20 @@ STAGES: dict[str, tuple[Permission, ...]] = {
     ),
 }
 
+#: what ``streamproc doctor`` reads beyond the stages' own (it runs as a person's identity, not
+#: a deployed account, so k8s/rbac.yaml grants none of these); a missing one is a ⚠ line saying
+#: what could not be checked, never a failure (a test finds every request doctor makes here)
+DOCTOR: tuple[Permission, ...] = (
+    Permission("apps", "daemonsets", "list", "find Retina's agent, wherever it was installed"),
+    Permission("", "configmaps", "get", "read the agent's configuration"),
+    Permission("apps", "deployments", "list", "find Retina's operator"),
+    Permission(
+        "retina.sh", "metricsconfigurations", "list", "MetricsConfigurations exclude annotations"
+    ),
+    Permission("", "nodes", "list", "tell AKS and its dataplane from the nodes' labels"),
+    Permission("", "services", "get", "ACNS's kube-system/network-observability Service"),
+)
+
 
 #: the ``acns-metric-filters`` backend's feature name (``Permission.feature``)
 ACNS_FEATURE = "acns-metric-filters"
@@ -105,5 +119,14 @@ def markdown() -> str:
     return "\n".join(lines)
 
 
+def doctor_markdown() -> str:
+    """The table of what doctor reads beyond the stages' permissions (docs/operating.md)."""
+    lines = ["| doctor reads | why |", "|---|---|"]
+    lines += [f"| `{p.label}` | {p.why} |" for p in DOCTOR]
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    print(markdown())  # noqa: T201 - the docs' table, for pasting
+    print(markdown())  # noqa: T201 - the docs' tables, for pasting
+    print()  # noqa: T201
+    print(doctor_markdown())  # noqa: T201

@@ -19,7 +19,7 @@ from typing import Any
 from streamproc import clocks
 from streamproc.clients import kafka, kube
 from streamproc.cluster import permissions
-from streamproc.doctor import checks, retina
+from streamproc.doctor import checks, platform, retina
 from streamproc.doctor.checks import Check
 from streamproc.model import conventions, events, fleets, topologies
 
@@ -462,24 +462,37 @@ async def permission_checks(
 async def retina_checks(
     client: kube.Inspector, settings: Settings, loaded: Sequence[Topology]
 ) -> list[Check]:
-    """Retina installed, recent, configured so that ``retina.sh: observe`` takes effect."""
+    """What works on this platform; then Retina recent and set so that annotations take effect."""
     area = retina.AREA
     try:
         agents = retina.find_agents(await client.list_daemonsets())
     except kube.KubeError as exc:
+        found, _ = await platform.survey(client, settings, None)
         return [
+            *found,
             checks.warn(
                 area,
                 "agent",
                 f"cannot list DaemonSets to find Retina's agent ({exc})",
                 "run doctor with an identity that may list daemonsets, configmaps and "
                 "deployments (kubectl auth can-i list daemonsets -A)",
-            )
+            ),
         ]
-    found = retina.agent_checks(agents)
-    if not agents:
-        return found
+    found, seen = await platform.survey(client, settings, agents)
+    if "retina-annotation" not in seen.mechanisms():
+        return found  # the platform's lines said what works here instead
     agent = agents[0]
+    found += [
+        platform.managed_fix(c, seen) for c in await _retina_checks(client, settings, loaded, agent)
+    ]
+    return found
+
+
+async def _retina_checks(
+    client: kube.Inspector, settings: Settings, loaded: Sequence[Topology], agent: retina.Agent
+) -> list[Check]:
+    area = retina.AREA
+    found = retina.agent_checks([agent])
     config = await _agent_config(client, agent, found)
     if config is not None:
         found += retina.config_checks(

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
@@ -59,6 +59,10 @@ class Agent:
     config_maps: tuple[str, ...]
     #: ``RETINA_*`` variables set on its container (they override the config file)
     env: Mapping[str, str]
+    #: the DaemonSet's labels (AKS marks the components it manages)
+    labels: Mapping[str, str] = field(default_factory=dict)
+    #: the container's command and args: ``hubble-control-plane`` names the Hubble control plane
+    args: tuple[str, ...] = ()
 
     @property
     def where(self) -> str:
@@ -107,6 +111,7 @@ def find_agents(daemonsets: Sequence[Json]) -> list[Agent]:
             for e in container.get("env") or ()
             if isinstance(e, dict) and str(e.get("name", "")).startswith("RETINA_") and "value" in e
         }
+        labels = meta.get("labels")
         found.append(
             Agent(
                 str(meta.get("namespace", "")),
@@ -114,6 +119,13 @@ def find_agents(daemonsets: Sequence[Json]) -> list[Agent]:
                 str(container["image"]),
                 config_maps,
                 env,
+                {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {},
+                tuple(
+                    str(a)
+                    for key in ("command", "args")
+                    if isinstance(container.get(key), list)
+                    for a in container[key]
+                ),
             )
         )
     return found

@@ -436,6 +436,56 @@ class ClusterBuilder:
         if operator:
             self._retina_operator(namespace, version, rng)
 
+    def agent_daemonset(
+        self,
+        namespace: str,
+        name: str,
+        labels: dict[str, str],
+        container: Json,
+        volumes: list[Json],
+    ) -> None:
+        """A platform's host-network agent DaemonSet (as AKS runs its own), one pod per node.
+
+        Its pods' names come from a generator of their own, so adding a platform never shifts
+        the names of the other workloads.
+        """
+        self.namespace(namespace)
+        uid = f"uid-ds-{namespace}-{name}"
+        self.objects.append(
+            {
+                "apiVersion": "apps/v1",
+                "kind": "DaemonSet",
+                "metadata": _meta(name, namespace, labels, uid, None),
+                "spec": {
+                    "selector": {"matchLabels": labels},
+                    "template": {
+                        "metadata": {"labels": labels},
+                        "spec": {
+                            "hostNetwork": True,
+                            "containers": [container],
+                            "volumes": volumes,
+                            "nodeSelector": {"kubernetes.io/os": "linux"},
+                        },
+                    },
+                },
+                "status": _daemons(),
+            }
+        )
+        rng = random.Random(f"{namespace}/{name}")  # noqa: S311 - names, not secrets
+        owner = _owner("DaemonSet", name, uid, "apps/v1")
+        revision = {"controller-revision-hash": _suffix(rng, 10), "pod-template-generation": "1"}
+        for node in NODES:
+            self._pod(
+                namespace,
+                f"{name}-{_suffix(rng, 5)}",
+                {**labels, **revision},
+                owner,
+                node,
+                str(container["image"]),
+                host_network=True,
+                container=str(container["name"]),
+            )
+
     def _retina_operator(self, namespace: str, version: str, rng: random.Random) -> None:
         image = f"ghcr.io/microsoft/retina/retina-operator:{version}"
         name = "retina-operator"
@@ -504,8 +554,12 @@ class ClusterBuilder:
         return workload
 
 
-def sample_cluster(seed: int = 7) -> ClusterBuilder:
-    """Several namespaces with one of every workload kind streamproc knows."""
+def sample_cluster(seed: int = 7, *, retina: bool = True) -> ClusterBuilder:
+    """Several namespaces with one of every workload kind streamproc knows, and Retina.
+
+    Without ``retina`` the same workloads with no Retina, for a platform that brings its own
+    (``platforms.py``).
+    """
     b = ClusterBuilder(seed)
     b.deployment("shop", "frontend", 3, "ghcr.io/example/frontend:2.4.1")
     b.deployment("shop", "checkout", 2, "ghcr.io/example/checkout:1.9.0")
@@ -516,5 +570,6 @@ def sample_cluster(seed: int = 7) -> ClusterBuilder:
     b.cronjob("batch", "report", "ghcr.io/example/report:0.7.3")
     b.bare_pod("default", "debug-shell", "busybox:1.36")
     b.deployment("kube-system", "coredns", 2, "registry.k8s.io/coredns/coredns:v1.11.3")
-    b.retina()
+    if retina:
+        b.retina()
     return b

@@ -25,9 +25,11 @@ import orjson
 from streamproc import running, stopping
 from streamproc.clients import kafka, kube, metrics
 from streamproc.doctor import diagnosing
+from streamproc.lab import platforms
 from streamproc.lab.broker import EmbeddedBroker, free_port
 from streamproc.lab.cluster import sample_cluster
 from streamproc.lab.kubeemu import KubeEmulator
+from streamproc.lab.platforms import PlatformName
 from streamproc.lab.replay import stamp, timeline
 from streamproc.lab.view import View, counted
 from streamproc.model import conventions, topologies
@@ -48,6 +50,8 @@ class LabOptions:
     kubeconfig: str | None = None
     metrics_port: int = 9108
     live: bool = True
+    #: the emulated cluster's platform (``platforms.py``); ``retina``: the sample cluster as is
+    platform: PlatformName = "retina"
 
 
 @dataclass
@@ -94,6 +98,15 @@ class Summary:
     replay_total: int = 0
     #: the cluster was the lab's emulated one, gone with the run (not ``--kubeconfig``'s)
     emulated_cluster: bool = True
+    #: the emulated platform, and how pods were to be put under observation there
+    platform: str = "retina"
+    backend: str = "retina-annotation"
+    #: the ContainerNetworkMetric's streamproc.io/ include filters, at most and at the end, and
+    #: the user's own filters at the start and at the end (None: no ContainerNetworkMetric here)
+    metric_filters_peak: int | None = None
+    metric_filters_end: int | None = None
+    user_filters_start: int | None = None
+    user_filters_end: int | None = None
 
     @property
     def clean(self) -> bool:
@@ -135,6 +148,7 @@ class Summary:
                 else f"FAILED: left behind on {', '.join(self.leftovers)}"
             ),
             "  doctor             " + self._doctor_line(),
+            *self._filter_lines(),
             "",
             "What happened:",
         ]
@@ -168,6 +182,23 @@ class Summary:
         if self.interrupted or still_open:
             out.append("  " + self._still_open(still_open))
         return out
+
+    def _filter_lines(self) -> list[str]:
+        """The ContainerNetworkMetric's filters: streamproc's came and went, the user's stayed."""
+        if self.user_filters_start is None:
+            return []
+        kept = self.user_filters_end == self.user_filters_start
+        return [
+            f"  platform           {self.platform}, --observation-backend {self.backend}",
+            (
+                f"  metric filters     {self.metric_filters_peak or 0} streamproc.io/ at most, "
+                f"{self.metric_filters_end or 0} at the end"
+            ),
+            (
+                f"  user's filters     {self.user_filters_end or 0} of "
+                f"{self.user_filters_start} " + ("kept" if kept else "FAILED: not all kept")
+            ),
+        ]
 
     def _replay_line(self) -> str:
         if not self.replay_total:
@@ -273,8 +304,11 @@ def _infrastructure(
         emulator = None
         if kubeconfig is None:
             emulator = KubeEmulator()
-            for obj in sample_cluster().objects:
-                emulator.create(obj)
+            if options.platform == "retina":
+                for obj in sample_cluster().objects:
+                    emulator.create(obj)
+            else:
+                platforms.build(options.platform).load(emulator)
             stack.enter_context(emulator.serve())
             kubeconfig = str(emulator.write_kubeconfig(workdir / "kubeconfig"))
         yield bootstrap, kubeconfig, emulator
@@ -410,6 +444,7 @@ async def run_lab(options: LabOptions, stop: asyncio.Event) -> Summary:
             session_timeout_s=6.0,
             speed=options.speed,
             expiry_resync_s=max(2.0, cap),
+            observation_backend=platforms.BACKENDS[options.platform],
         )
         view = View(live=options.live)
         view.intro(bootstrap, emulator.url if emulator else "", kubeconfig, port, lab_topologies)
@@ -434,6 +469,7 @@ async def run_lab(options: LabOptions, stop: asyncio.Event) -> Summary:
                     span = max(1.0, options.duration_s * 0.4)
                     topic = lab_topologies[0].spec.source.topic
                     replay = asyncio.create_task(_replay(settings, topic, span, view, stop))
+                watch_filters(emulator, options.platform, view, summary)
                 view.refresh(handles)
                 await stopping.pause(stop, 0.5)
         summary.interrupted = stop.is_set()
@@ -443,6 +479,16 @@ async def run_lab(options: LabOptions, stop: asyncio.Event) -> Summary:
             doctor.cancel()
             await asyncio.gather(doctor, return_exceptions=True)
         checked = summary.doctor
+        watch_filters(emulator, options.platform, view, summary)
+        filters = {
+            k: getattr(summary, k)
+            for k in (
+                "metric_filters_peak",
+                "metric_filters_end",
+                "user_filters_start",
+                "user_filters_end",
+            )
+        }
         if replay is not None:
             await replay
         pipeline_stop.set()
@@ -457,8 +503,28 @@ async def run_lab(options: LabOptions, stop: asyncio.Event) -> Summary:
             replay_sent=view.replay_sent,
             replay_total=view.replay_total,
             emulated_cluster=emulator is not None,
+            platform=options.platform,
+            backend=settings.observation_backend,
+            **filters,
         )
     return summary
+
+
+def watch_filters(
+    emulator: KubeEmulator | None, platform: PlatformName, view: View, summary: Summary
+) -> None:
+    """Read the cluster's ContainerNetworkMetric, where the platform has one, into the view."""
+    if emulator is None or platform not in platforms.METRIC_FILTERS:
+        return
+    ours, theirs = platforms.filter_counts(
+        emulator.get("ContainerNetworkMetric", "", platforms.CNM_NAME)
+    )
+    view.filters = (ours, theirs)
+    summary.metric_filters_peak = max(summary.metric_filters_peak or 0, ours)
+    summary.metric_filters_end = ours
+    if summary.user_filters_start is None:
+        summary.user_filters_start = theirs
+    summary.user_filters_end = theirs
 
 
 def next_steps(options: LabOptions, summary: Summary) -> list[str]:
@@ -481,7 +547,9 @@ def next_steps(options: LabOptions, summary: Summary) -> list[str]:
     if summary.emulated_cluster:
         out += [
             "  the sample cluster for kubectl (the lab's API server stopped with the run):",
-            "    python -m streamproc.lab.kubeemu --kubeconfig lab.kubeconfig   (until Ctrl-C)",
+            "    python -m streamproc.lab.kubeemu --kubeconfig lab.kubeconfig"
+            + (f" --platform {summary.platform}" if summary.platform != "retina" else "")
+            + "   (until Ctrl-C)",
             "    KUBECONFIG=lab.kubeconfig kubectl get pods -A -o wide",
         ]
     out += [

@@ -56,7 +56,10 @@ class View:
         self._started = time.monotonic()
         #: what the last line without a terminal said, to print only what changed
         self._logged_phase = ""
-        self._logged: tuple[int, ...] = (0, 0, 0, 0, 0, 0)
+        self._logged: tuple[int, ...] = (0, 0, 0, 0, 0, 0, -1, -1)
+        #: (streamproc.io/ include filters, the user's filters) in the cluster's
+        #: ContainerNetworkMetric, on a platform that has one (``lab --platform aks-acns-cilium``)
+        self.filters: tuple[int, int] | None = None
 
     def intro(
         self,
@@ -134,7 +137,8 @@ class View:
             if self.phase != "running":
                 self._print(f"{at}: {self.phase}")
         dead, actions, expired = (int(values[k]) for k in ("dead letters", "actions", "expired"))
-        state = (dead, actions, expired, pods, workloads, int(self.replay_done))
+        filters = self.filters or (-1, -1)
+        state = (dead, actions, expired, pods, workloads, int(self.replay_done), *filters)
         if state == self._logged:
             return
         self._logged = state
@@ -145,8 +149,14 @@ class View:
             f"{at}: {counted(int(values['detections']), 'detection')}, "
             f"{counted(dead, 'dead letter')}, {counted(actions, 'action')}, "
             f"observing {counted(pods, 'pod')} ({counted(workloads, 'workload')}), "
-            f"{expired} expired, {replay}"
+            f"{expired} expired, {replay}" + self._filters_text()
         )
+
+    def _filters_text(self) -> str:
+        if self.filters is None:
+            return ""
+        ours, theirs = self.filters
+        return f", metric filters {ours} streamproc.io/ + {theirs} the user's"
 
     def _render(
         self,
@@ -162,6 +172,8 @@ class View:
         counters.add_row(
             "replay", f"{'#' * int(done * 20):<20} {self.replay_sent}/{self.replay_total}"
         )
+        if self.filters is not None:
+            counters.add_row("metric filters", self._filters_text().partition("filters ")[2])
         observed = Table(title=f"workloads under observation ({counted(pods, 'pod')})")
         for column in ("namespace", "workload", "topology", "expires in"):
             observed.add_column(column)

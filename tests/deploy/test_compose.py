@@ -133,3 +133,20 @@ def test_the_replay_goes_through_falcosidekick_on_kafka_4(model: dict[str, Any])
     image, _, tag = services["kafka"]["image"].partition(":")
     assert image == "apache/kafka"
     assert int(tag.split(".")[0]) >= 4, tag
+
+
+def test_grafana_provisions_every_generated_dashboard(model: dict[str, Any]) -> None:
+    """Each deploy/grafana/*.json lands in the folder the file provider reads (evidence too)."""
+    provider = yaml.safe_load(
+        (ROOT / "deploy/grafana/provisioning/dashboards/streamproc.yml").read_text()
+    )
+    folder = Path(provider["providers"][0]["options"]["path"])
+    mounted = {
+        Path(v["source"]).resolve(): Path(v["target"])
+        for v in model["services"]["grafana"]["volumes"]
+        if v["type"] == "bind"
+    }
+    boards = sorted((ROOT / "deploy/grafana").glob("*.json"))
+    assert {b.name for b in boards} >= {"streamproc.json", "evidence.json"}
+    for board in boards:
+        assert mounted.get(board.resolve()) == folder / board.name, board.name

@@ -80,7 +80,7 @@ def _hubble(emulator: KubeEmulator) -> None:
 
 BAD_SHAPES: dict[str, tuple[dict[str, Any], Callable[[KubeEmulator], None] | None, Any, str]] = {
     # shape: (ClusterBuilder.retina arguments, emulator tweak, topologies, failing check(s))
-    "no Retina at all": ({"installed": False}, None, PLAIN, "agent"),
+    "no Retina at all": ({"installed": False}, None, PLAIN, "mechanism"),
     "Retina 1.1": ({"version": "v1.1.0"}, None, PLAIN, "agent version"),
     "annotations off": ({"config": {"enableAnnotations": False}}, None, PLAIN, "annotations"),
     "pod level off": ({"config": {"enablePodLevel": False}}, None, PLAIN, "pod-level metrics"),
@@ -97,7 +97,7 @@ BAD_SHAPES: dict[str, tuple[dict[str, Any], Callable[[KubeEmulator], None] | Non
         "annotations",
     ),
     "small filter map": ({"config": {"filterMapMaxEntries": 150}}, None, PLAIN, "node budget"),
-    "Hubble control plane": ({}, _hubble, PLAIN, "config"),
+    "Hubble control plane": ({}, _hubble, PLAIN, "mechanism"),
     "MetricsConfiguration in use": ({}, _metrics_configuration, PLAIN, "MetricsConfiguration"),
     "no Capture CRD": (
         {},
@@ -410,7 +410,13 @@ def test_doctor_reports_a_ready_setup_and_writes_nothing(
     assert as_json.returncode == 0
     report = json.loads(as_json.stdout)
     assert report["summary"]["fail"] == 0
-    assert {c["area"] for c in report["checks"]} == {"Topologies", "Kafka", "Kubernetes", "Retina"}
+    assert {c["area"] for c in report["checks"]} == {
+        "Topologies",
+        "Kafka",
+        "Kubernetes",
+        "Platform",
+        "Retina",
+    }
 
     assert asyncio.run(_state(broker.bootstrap)) == before  # no topic, no group
     writes = {

@@ -134,8 +134,46 @@ def test_the_lab_summary_as_json(tmp_path: Path) -> None:
     assert summary["expired"] == summary["pods_annotated"] >= 3
     # doctor ran as the stages started, against the lab's own broker and cluster: all ready
     doctor = summary["doctor"]
-    assert {c["area"] for c in doctor} == {"Topologies", "Kafka", "Kubernetes", "Retina"}
+    assert {c["area"] for c in doctor} == {
+        "Topologies",
+        "Kafka",
+        "Kubernetes",
+        "Platform",
+        "Retina",
+    }
     assert [c for c in doctor if c["status"] != "ok"] == []
+
+
+def test_the_lab_on_aks_with_acns_on_cilium_watches_the_container_network_metric(
+    tmp_path: Path,
+) -> None:
+    """--platform aks-acns-cilium: the shape is built, doctor names the mechanism, CNM is read."""
+    process = subprocess.run(
+        [
+            *(sys.executable, "-m", "streamproc", "lab", "--metrics-port", "0"),
+            *("--platform", "aks-acns-cilium", "--output", "json"),
+            *("--duration", "20", "--speed", "30"),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert process.returncode == 0, process.stderr
+    summary = json.loads(process.stdout)
+    assert (summary["platform"], summary["backend"]) == ("aks-acns-cilium", "acns-metric-filters")
+    checks = {(c["area"], c["name"]): c for c in summary["doctor"]}
+    assert "Cilium dataplane on 2 of 2 nodes" in checks["Platform", "platform"]["detail"]
+    mechanism = checks["Platform", "mechanism"]
+    assert mechanism["detail"] == "works here: ACNS ContainerNetworkMetric filters"
+    assert checks["Platform", "backend"]["status"] == "ok"
+    assert ("Retina", "annotations") not in checks
+    # the user's own filter (the docs' coredns exclude) is there from the start and stays
+    assert summary["user_filters_start"] == summary["user_filters_end"] == 1
+    assert summary["metric_filters_end"] == 0, "streamproc's filters go with their observations"
+    assert summary["metric_filters_peak"] >= 0
+    assert "+ 1 the user's" in process.stderr
 
 
 def test_ctrl_c_midway_stops_everything_cleanly(tmp_path: Path) -> None:

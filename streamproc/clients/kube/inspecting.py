@@ -81,6 +81,25 @@ class Inspector:
             ),
         )
 
+    async def list_nodes(self) -> list[Json]:
+        """Every Node (their labels tell the platform: AKS, its dataplane)."""
+        doc = await self._call(
+            "list",
+            "nodes",
+            lambda: self._core.list_node(_preload_content=False, _request_timeout=self._timeout),
+        )
+        return list(doc.get("items") or [])
+
+    async def get_service(self, namespace: str, name: str) -> Json:
+        """One Service."""
+        return await self._call(
+            "get",
+            f"service {namespace}/{name}",
+            lambda: self._core.read_namespaced_service(
+                name, namespace, _preload_content=False, _request_timeout=self._timeout
+            ),
+        )
+
     async def served_resources(self, group: str, version: str) -> set[str] | None:
         """The resources discovery lists for ``group/version``; None when it is not served.
 

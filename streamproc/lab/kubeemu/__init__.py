@@ -8,8 +8,9 @@ client in-process would test the mock. This serves the subset of the API that st
 - discovery (``/api``, ``/apis``, ``/api/v1``, ``/apis/{group}/{version}``, ``/version``), with
   short names and the ``all`` category, and aggregated (apidiscovery.k8s.io/v2) when asked;
 - pods, namespaces, events, configmaps, deployments, replicasets, statefulsets, daemonsets, jobs,
-  cronjobs, Retina's captures and metricsconfigurations, and ACNS's (cluster-scoped)
-  containernetworkmetrics: list (``labelSelector``,
+  cronjobs, nodes, services, customresourcedefinitions, Retina's captures and
+  metricsconfigurations, and ACNS's (cluster-scoped) containernetworkmetrics: list
+  (``labelSelector``,
   ``fieldSelector`` on the fields the API server allows, 400 for others), get, create, put,
   delete;
 - ``kubectl get``'s Tables (``Accept: ...;as=Table;v=v1;g=meta.k8s.io``) for pods, deployments,

@@ -25,6 +25,12 @@ RESOURCES: dict[tuple[str, str, str], tuple[str, bool]] = {
     ("retina.sh", "v1alpha1", "captures"): ("Capture", True),
     ("retina.sh", "v1alpha1", "metricsconfigurations"): ("MetricsConfiguration", False),
     ("acn.azure.com", "v1alpha1", "containernetworkmetrics"): ("ContainerNetworkMetric", False),
+    ("", "v1", "nodes"): ("Node", False),
+    ("", "v1", "services"): ("Service", True),
+    ("apiextensions.k8s.io", "v1", "customresourcedefinitions"): (
+        "CustomResourceDefinition",
+        False,
+    ),
 }
 PLURAL_OF = {kind: key for key, (kind, _) in RESOURCES.items()}
 #: what ``kubectl get ds`` and ``kubectl get all`` resolve through discovery: the short names
@@ -39,6 +45,9 @@ SHORT_NAMES: dict[str, tuple[str, ...]] = {
     "statefulsets": ("sts",),
     "daemonsets": ("ds",),
     "cronjobs": ("cj",),
+    "nodes": ("no",),
+    "services": ("svc",),
+    "customresourcedefinitions": ("crd", "crds"),
 }
 IN_ALL = {"pods", "deployments", "replicasets", "statefulsets", "daemonsets", "jobs", "cronjobs"}
 VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]

@@ -130,6 +130,7 @@ def main(argv: builtins.list[str] | None = None) -> None:
     import argparse  # noqa: PLC0415 - only the command line needs it
     import signal  # noqa: PLC0415
 
+    from streamproc.lab import platforms  # noqa: PLC0415
     from streamproc.lab.cluster import ClusterBuilder, sample_cluster  # noqa: PLC0415
 
     parser = argparse.ArgumentParser(description="streamproc's emulated Kubernetes API server")
@@ -147,14 +148,23 @@ def main(argv: builtins.list[str] | None = None) -> None:
         default=0.0,
         help="seconds the server's clock (its Date headers) is ahead of this host's",
     )
+    parser.add_argument(
+        "--platform",
+        choices=platforms.PLATFORMS,
+        default=None,
+        help="the sample cluster as that platform (nodes, AKS's components; docs/aks.md)",
+    )
     args = parser.parse_args(argv)
     builder = sample_cluster() if not args.deployments else ClusterBuilder(seed=3)
     for i in range(args.deployments):
         builder.deployment(f"ns-{i % 25}", f"app-{i}", 2, "nginx:1.27")
     emulator = KubeEmulator()
     emulator.clock_offset_s = args.clock_offset
-    for obj in builder.objects:
-        emulator.create(obj)
+    if args.platform is not None and not args.deployments:
+        platforms.build(args.platform).load(emulator)
+    else:
+        for obj in builder.objects:
+            emulator.create(obj)
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     with emulator.serve(port=args.port):
         emulator.write_kubeconfig(args.kubeconfig)
