@@ -87,15 +87,20 @@ async def observed(
     return projection.merge(found)
 
 
+def _name(obj: kube.Json) -> str:
+    name = marks.mapping(obj.get("metadata")).get("name")
+    return name if isinstance(name, str) else ""
+
+
 def _singleton(items: list[kube.Json]) -> kube.Json | None:
     """The cluster's one object: the docs' name if present, else the first by name."""
-    named = sorted(items, key=lambda o: str((o.get("metadata") or {}).get("name") or ""))
-    default = [o for o in named if o["metadata"].get("name") == projection.DEFAULT_NAME]
+    named = sorted((o for o in items if isinstance(o, dict) and _name(o)), key=_name)
+    default = [o for o in named if _name(o) == projection.DEFAULT_NAME]
     if len(named) > 1:
         log.warning(
             "%d ContainerNetworkMetric objects, ACNS honours one: streamproc writes to %s",
             len(named),
-            (default or named)[0]["metadata"].get("name"),
+            _name((default or named)[0]),
         )
     chosen = default or named
     return chosen[0] if chosen else None
@@ -144,7 +149,7 @@ async def _once(
     """One read-modify-write from ``current``; Conflict/NotFound when it changed meanwhile."""
     spec = current.get("spec") if current is not None else None
     projected = projection.project(spec, observed)
-    name = str((current or {}).get("metadata", {}).get("name") or projection.DEFAULT_NAME)
+    name = _name(current) if current is not None else projection.DEFAULT_NAME
     if projected is None:
         log.warning("%s: spec.filters is not a list; left alone, no filters written", name)
         return Written("malformed", name)
@@ -162,7 +167,7 @@ async def _once(
         return await _create(client, projected, dry_run=dry_run)
     if projected.spec == spec:
         return Written("unchanged", name, projected.pods)
-    version = str(current["metadata"].get("resourceVersion") or "")
+    version = str(marks.mapping(current.get("metadata")).get("resourceVersion") or "")
     if not projected.any_filters and _created_by_us(current):
         if dry_run:
             log.info("dry run: would delete ContainerNetworkMetric %s (no filters left)", name)

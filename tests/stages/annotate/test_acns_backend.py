@@ -448,3 +448,21 @@ async def test_a_dry_run_leaves_the_users_singleton_as_it_is(
     dry = wire(client, settings=Settings(dry_run=True))
     assert (await dry.filters.reconcile()).outcome == "dry-run"
     assert singleton(emulator) == before
+
+
+async def test_a_singleton_of_an_unknown_shape_is_left_alone(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
+) -> None:
+    """spec.filters that is not a list: nothing written, said once per round, counted."""
+    odd = copy.deepcopy(USERS)
+    odd["spec"] = {"filters": {"metric": "flow"}}
+    emulator.create(odd)
+    before = singleton(emulator)
+    part = wire(client)
+    await part.annotator.apply(action_for(workload(cluster, "redis")))
+    malformed = testing.metric("streamproc_metric_filters_writes_total", result="malformed")
+    assert (await part.filters.reconcile()).outcome == "malformed"
+    assert singleton(emulator) == before
+    assert testing.metric("streamproc_metric_filters_writes_total", result="malformed") == (
+        malformed + 1
+    )
