@@ -7,8 +7,11 @@ only without the topology's ``annotate`` keys. The pods' marks stay the truth; A
 The annotator, the follower and the expirer only say that something changed (:meth:`changed`);
 one task per process then lists the observed pods and rewrites the object, however many changes
 came in meanwhile, and again every ``resync_s`` (what another replica or a person changed).
-So the writes are bounded by the rate of reconciliations, not by the number of pods, and a
-restarted annotator (or a second replica) converges on the same object from the same pods.
+So the writes are bounded by the rate of reconciliations (at most one a second), not by the
+number of pods, and a restarted annotator (or a second replica) converges on the same object
+from the same pods. The pods are listed from the API server, not from the cluster cache: a pod
+just patched may not have reached the cache's watch yet, and would be missed until the next
+round.
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ from streamproc.model.topologies import ACNS, Topology
 log = logging.getLogger("streamproc.metric_filters")
 #: after a failed reconciliation, the next one is tried this much later
 _RETRY_S = 2.0
+#: rounds are at least this far apart: a storm of changes costs at most ~3 requests a second
+#: (ACNS itself takes ~30 s to apply a change, so this delays nothing one could see)
+_MIN_INTERVAL_S = 1.0
 
 
 class FilterReconciler:
@@ -107,6 +113,7 @@ class FilterReconciler:
                 self._dirty.set()
                 await stopping.pause(stop, self._resync_s if lasting else _RETRY_S)
                 continue
+            await stopping.pause(stop, _MIN_INTERVAL_S)
             dirty = asyncio.ensure_future(self._dirty.wait())
             halted = asyncio.ensure_future(stop.wait())
             await asyncio.wait({dirty, halted}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
