@@ -24,11 +24,12 @@ from streamproc.cluster.cache import ClusterCache
 from streamproc.cluster.resolving import WorkloadResolver
 from streamproc.model import fleets, marks
 from streamproc.model.ownership import Ownership
-from streamproc.model.topologies import Topology
+from streamproc.model.topologies import Topology, resolve_backend
 from streamproc.settings import Settings
 from streamproc.stages.annotate import auditing
 from streamproc.stages.annotate.applying import Annotator
 from streamproc.stages.annotate.expiring import Expirer, concurrency_of
+from streamproc.stages.annotate.filtering import FilterReconciler
 from streamproc.stages.annotate.following import Follower
 from streamproc.stages.annotate.loop import AnnotateStage
 from streamproc.stages.annotate.node_budget import NodeBudget
@@ -140,6 +141,8 @@ async def _start_annotate(
     cleanups: list[Callable[[], Awaitable[None]]],
 ) -> list[asyncio.Task[None]]:
     """The annotator and the expirer, sharing one API connection, its limits and the audit."""
+    # every part agrees on how each topology observes: its own backend, else the deployment's
+    topologies = [resolve_backend(t, settings.observation_backend) for t in topologies]
     tasks: list[asyncio.Task[None]] = []
     cache = _cache_of(client, running, stop, tasks)
     resolver = WorkloadResolver(
@@ -167,6 +170,17 @@ async def _start_annotate(
         policy=marks.Policy.of(topologies),
         concurrency=concurrency_of(settings.api_concurrency),
     )
+    # acns-metric-filters: one task per process keeps ACNS's ContainerNetworkMetric the
+    # projection of the observed pods, woken by every change the three below make
+    filters = FilterReconciler(
+        client,
+        topologies,
+        default_backend=settings.observation_backend,
+        resync_s=settings.expiry_resync_s,
+        dry_run=settings.dry_run,
+        clock=client.now,
+    )
+    expirer.changed = filters.changed
     budget = NodeBudget(expirer, settings.node_budget)  # one per process: both patch pods
     follower = Follower(
         client,
@@ -178,6 +192,7 @@ async def _start_annotate(
         ownership=ownership,
         cache=cache,
         clock=client.now,
+        changed=filters.changed,
     )
     annotator = Annotator(
         settings,
@@ -189,9 +204,12 @@ async def _start_annotate(
         follower,
         budget=budget,
         clock=client.now,
+        changed=filters.changed,
     )
     stage = AnnotateStage(settings, annotator, ownership)
     running.expirer, running.annotate, running.follower = expirer, stage, follower
+    if filters.enabled:
+        tasks.append(asyncio.create_task(filters.run(stop), name="metric-filters"))
     return [
         *tasks,
         asyncio.create_task(expirer.run(stop), name="expirer"),

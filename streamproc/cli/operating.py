@@ -88,11 +88,15 @@ def release(target: str, forget: bool, **opts: Any) -> None:
     namespace, name = parts[0], parts[-1]
     kind = parts[1] if len(parts) == 3 else None
     settings = options.settings_of("release", opts)
+    loaded = options.load_topologies(settings)
     # what the topologies write: a key a person changed since is theirs and stays
-    policy = marks.Policy.of(options.load_topologies(settings))
+    policy = marks.Policy.of(loaded)
 
     async def work(client: Any, resolver: Any) -> tuple[list[str], str | None]:
-        return await observing.release(client, resolver, namespace, kind, name, policy)
+        released = await observing.release(client, resolver, namespace, kind, name, policy)
+        # acns-metric-filters: the pods are released; their filters go with them now
+        await observing.project_filters(client, loaded, settings.observation_backend, policy)
+        return released
 
     pods, found = _cluster_command(settings.kubeconfig, work)
     found_kind = kind or found

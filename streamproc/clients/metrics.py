@@ -143,6 +143,15 @@ patches = Counter(
     "Pod metadata patches, by kind and result",
     ["op", "result"],
 )
+metric_filter_writes = Counter(
+    "streamproc_metric_filters_writes_total",
+    "Reconciliations of ACNS's ContainerNetworkMetric (acns-metric-filters backend), by result",
+    ["result"],
+)
+metric_filter_pods = Gauge(
+    "streamproc_metric_filters_pods",
+    "Pods named in streamproc's ContainerNetworkMetric include filters, as last written or read",
+)
 api_request_duration = Histogram(
     "streamproc_api_request_duration_seconds",
     "Kubernetes API request latency",

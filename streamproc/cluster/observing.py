@@ -8,12 +8,14 @@ read through ``marking.read``: refused ones (a tenant's edit) are not shown as a
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 from streamproc.clients import kube
-from streamproc.cluster import marking, releasing
+from streamproc.cluster import marking, metric_filters, releasing
 from streamproc.cluster.resolving import WorkloadResolver
 from streamproc.model import conventions, marks
+from streamproc.model.topologies import Topology
 
 
 @dataclass
@@ -114,6 +116,23 @@ async def release(
             if done.outcome == "released":
                 released.append(ref.name)
     return released, found
+
+
+async def project_filters(
+    client: kube.Kube,
+    topologies: Sequence[Topology],
+    default_backend: str,
+    policy: marks.Policy,
+) -> metric_filters.Written | None:
+    """Reconcile ACNS's ContainerNetworkMetric once, if a topology observes through it.
+
+    ``release`` calls it after removing the pods' marks: the filters follow the marks, so the
+    released pods leave the filters now, not at the annotator's next reconciliation.
+    """
+    wanted = metric_filters.metrics_of(topologies, default_backend)
+    if not wanted:
+        return None
+    return await metric_filters.sync(client, wanted, policy=policy, now=time.time())
 
 
 def per_node(found: list[Observation]) -> dict[str, int]:

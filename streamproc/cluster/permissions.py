@@ -72,10 +72,30 @@ DOCTOR: tuple[Permission, ...] = (
 )
 
 
-def rules(stage: str) -> list[dict[str, list[str]]]:
+#: the ``acns-metric-filters`` backend's feature name (``Permission.feature``)
+ACNS_FEATURE = "acns-metric-filters"
+_CNM = ("acn.azure.com", "containernetworkmetrics")
+
+#: stage -> permissions granted only where they are used (opt in): the annotator's writes of
+#: ACNS's one ContainerNetworkMetric, for the ``acns-metric-filters`` backend. k8s/rbac.yaml
+#: leaves them out; the kustomize component ``k8s/components/acns-metric-filters`` grants them.
+OPT_IN: dict[str, tuple[Permission, ...]] = {
+    "annotate": (
+        Permission(*_CNM, "get", "read ACNS's ContainerNetworkMetric", ACNS_FEATURE),
+        Permission(*_CNM, "list", "find the cluster's one ContainerNetworkMetric", ACNS_FEATURE),
+        Permission(*_CNM, "create", "create it when the cluster has none", ACNS_FEATURE),
+        Permission(*_CNM, "update", "write streamproc's include filters into it", ACNS_FEATURE),
+        Permission(
+            *_CNM, "delete", "delete it again once the one it created is empty", ACNS_FEATURE
+        ),
+    ),
+}
+
+
+def rules(stage: str, *, opt_in: bool = False) -> list[dict[str, list[str]]]:
     """A stage's permissions as RBAC rules, one per (group, resource), verbs in order."""
     grouped: dict[tuple[str, str], list[str]] = {}
-    for p in STAGES[stage]:
+    for p in (*STAGES[stage], *(OPT_IN.get(stage, ()) if opt_in else ())):
         grouped.setdefault((p.group, p.resource), []).append(p.verb)
     return [
         {"apiGroups": [group], "resources": [resource], "verbs": verbs}
@@ -92,6 +112,10 @@ def markdown() -> str:
         for p in needed:
             when = f" (topologies with {p.feature})" if p.feature else ""
             lines.append(f"| {stage} | `{p.label}` | {p.why}{when} |")
+        lines.extend(
+            f"| {stage} | `{p.label}` | {p.why} (opt in: backend {p.feature}) |"
+            for p in OPT_IN.get(stage, ())
+        )
     return "\n".join(lines)
 
 

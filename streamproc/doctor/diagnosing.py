@@ -24,7 +24,7 @@ from streamproc.doctor.checks import Check
 from streamproc.model import conventions, events, fleets, topologies
 
 __all__ = ["Check", "diagnose", "lines", "summary"]
-from streamproc.model.topologies import Topology
+from streamproc.model.topologies import ACNS, Topology
 from streamproc.settings import Settings
 
 #: the window for "recent" records when judging how detections spread over partitions
@@ -348,7 +348,7 @@ async def cluster_checks(settings: Settings, loaded: Sequence[Topology]) -> list
             clock_check(client.skew, settings.clock_tolerance_s),
         ]
         inspector = kube.Inspector(client)
-        found += await permission_checks(inspector, loaded)
+        found += await permission_checks(inspector, loaded, settings.observation_backend)
         found += await retina_checks(inspector, settings, loaded)
         return found
     finally:
@@ -387,9 +387,11 @@ def clock_check(skew: clocks.Skew, tolerance_s: float) -> Check:
     return checks.ok(area, name, f"in step with the API server's ({seconds:+.1f}s)")
 
 
-def _features(loaded: Sequence[Topology]) -> set[str]:
+def _features(loaded: Sequence[Topology], backend: str) -> set[str]:
     used = set()
     for t in loaded:
+        if t.spec.action.observed_through(backend) == ACNS:
+            used.add(permissions.ACNS_FEATURE)
         if t.spec.action.capture is not None:
             used.add("capture")
         if t.spec.action.scope == "namespace":
@@ -397,10 +399,21 @@ def _features(loaded: Sequence[Topology]) -> set[str]:
     return used
 
 
-async def permission_checks(client: kube.Inspector, loaded: Sequence[Topology]) -> list[Check]:
-    """Each stage's permissions (``permissions.STAGES``), asked of the API server itself."""
+async def permission_checks(
+    client: kube.Inspector, loaded: Sequence[Topology], backend: str = "retina-annotation"
+) -> list[Check]:
+    """Each stage's permissions (``permissions.STAGES``), asked of the API server itself.
+
+    The opt-in ones (``permissions.OPT_IN``) too where a feature they serve is used: the
+    ``acns-metric-filters`` backend, configured (``backend``) or chosen by a topology.
+    """
     area = "Kubernetes"
-    wanted = {p for needed in permissions.STAGES.values() for p in needed}
+    used = _features(loaded, backend)
+    stages = {
+        stage: (*needed, *(p for p in permissions.OPT_IN.get(stage, ()) if p.feature in used))
+        for stage, needed in permissions.STAGES.items()
+    }
+    wanted = {p for needed in stages.values() for p in needed}
     unique = sorted({(p.group, p.resource, p.verb) for p in wanted})
     try:
         answers = await asyncio.gather(*(client.can_i(*key) for key in unique))
@@ -415,20 +428,22 @@ async def permission_checks(client: kube.Inspector, loaded: Sequence[Topology]) 
             )
         ]
     allowed = {key for key, (yes, _) in zip(unique, answers, strict=True) if yes}
-    used = _features(loaded)
     found = []
-    for stage, needed in permissions.STAGES.items():
+    for stage, needed in stages.items():
         if not needed:
             continue
         missing = [p for p in needed if (p.group, p.resource, p.verb) not in allowed]
         blocking = [p for p in missing if p.feature is None or p.feature in used]
         if blocking:
+            opt_in = any(p.feature == permissions.ACNS_FEATURE for p in blocking)
             found.append(
                 checks.fail(
                     area,
                     f"{stage} permissions",
                     "missing " + ", ".join(p.label for p in blocking),
-                    "apply k8s/rbac.yaml (docs/deploying.md); doctor checks the identity it runs "
+                    "apply k8s/rbac.yaml"
+                    + (" and k8s/components/acns-metric-filters" if opt_in else "")
+                    + " (docs/deploying.md); doctor checks the identity it runs "
                     f"as, so run it as streamproc-{stage} to check that account",
                 )
             )

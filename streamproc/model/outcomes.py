@@ -47,6 +47,15 @@ CaptureResult = Literal["created", "no-selector", "exists"]
 #: replica's to release now; ``unmarked``, it carries nothing of streamproc's
 Released = Literal["released", "extended", "gone", "elsewhere", "unmarked"]
 
+#: what a write of ACNS's ContainerNetworkMetric came to (``cluster.metric_filters``), the
+#: ``result`` label of ``streamproc_metric_filters_writes_total``: the singleton ``created``,
+#: ``replaced`` (PUT), ``deleted`` (streamproc's own, once empty), ``unchanged`` (already the
+#: projection), ``conflict`` (409: re-read and re-applied), ``dry-run``, ``malformed`` (a spec
+#: streamproc cannot add to without guessing: left alone)
+FilterWrite = Literal[
+    "created", "replaced", "deleted", "unchanged", "conflict", "dry-run", "malformed"
+]
+
 #: the ``result`` of every audit record: an action's outcome, an expiry, a workload's new pod
 #: followed, keys a person changed left to them (``yielded``), a capture
 Outcome = (

@@ -276,10 +276,26 @@ class Escalation(_Strict):
         return value
 
 
+#: how a pod is put under observation (``Settings.observation_backend``, ``spec.action.backend``):
+#: Retina's annotation (its Standard control plane), or include filters in AKS ACNS's one
+#: ContainerNetworkMetric (Retina's Hubble control plane on Cilium, which ignores annotations)
+Backend = Literal["retina-annotation", "acns-metric-filters"]
+ACNS: Backend = "acns-metric-filters"
+#: the Hubble metrics a ContainerNetworkMetric filters, as ``spec.filters[].metric`` names them
+#: (MicrosoftDocs/azure-aks-docs, articles/aks/how-to-configure-container-network-metrics-
+#: filtering.md at fb060abe, ms.date 10/30/2025)
+MetricName = Literal["flow", "drop", "tcp", "dns"]
+METRICS: tuple[MetricName, ...] = ("flow", "drop", "tcp", "dns")
+
+
 class Action(_Strict):
     """What an observation writes, on which pods, and for how long."""
 
     annotate: dict[str, str] = Field(default_factory=lambda: {"retina.sh": "observe"})
+    #: how the pods are observed; None: the deployment's ``--observation-backend``
+    backend: Backend | None = None
+    #: with ``acns-metric-filters``: the Hubble metrics the pods' filters include
+    metrics: tuple[MetricName, ...] = METRICS
     ttl: Seconds = 900.0
     scope: Literal["workload", "pod", "namespace"] = "workload"
     #: workloads this topology may observe at once; beyond it new observations are refused, so
@@ -316,11 +332,43 @@ class Action(_Strict):
             )
         return self
 
+    @model_validator(mode="after")
+    def _something_to_write(self) -> Action:
+        if not self.annotate and self.backend != ACNS:
+            raise ValueError(
+                f"annotate: at least one annotation is needed (only backend: {ACNS} writes none)"
+            )
+        if self.backend == ACNS and self.scope == "namespace":
+            raise ValueError(
+                f"backend: {ACNS} filters pods by name; scope: namespace annotates a Namespace "
+                "object for Retina: use scope workload or pod"
+            )
+        return self
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics(cls, value: tuple[MetricName, ...]) -> tuple[MetricName, ...]:
+        if not value:
+            raise ValueError(f"at least one metric is needed, of {', '.join(METRICS)}")
+        if len(set(value)) != len(value):
+            raise ValueError("each metric at most once")
+        return value
+
+    def observed_through(self, default: str = "retina-annotation") -> Backend:
+        """The backend this topology's observations use: its own, else the deployment's."""
+        return self.backend or (ACNS if default == ACNS else "retina-annotation")
+
+    def pod_annotations(self, default: str = "retina-annotation") -> dict[str, str]:
+        """What an observation writes on a pod besides the bookkeeping: nothing under ACNS.
+
+        Retina's Hubble control plane ignores ``retina.sh`` annotations, so they would only
+        claim an observation that does not happen.
+        """
+        return {} if self.observed_through(default) == ACNS else dict(self.annotate)
+
     @field_validator("annotate")
     @classmethod
     def _keys(cls, value: dict[str, str]) -> dict[str, str]:
-        if not value:
-            raise ValueError("at least one annotation is needed")
         for key in value:
             if not conventions.is_annotation_key(key):
                 raise ValueError(f"{key!r} is not a valid Kubernetes annotation key")
@@ -515,6 +563,21 @@ def reading(topology: Topology, topic: str) -> Topology:
     """The same topology reading another source topic (``--input-topic``)."""
     source = topology.spec.source.model_copy(update={"topic": topic})
     return topology.model_copy(update={"spec": topology.spec.model_copy(update={"source": source})})
+
+
+def resolve_backend(topology: Topology, default: str) -> Topology:
+    """The same topology with its backend settled: its own, else the deployment's default.
+
+    The annotate stage resolves its topologies once, so the annotator, the follower and the
+    filter reconciler agree on how each topology observes.
+    """
+    action = topology.spec.action
+    if action.backend is not None:
+        return topology
+    settled = action.model_copy(update={"backend": action.observed_through(default)})
+    return topology.model_copy(
+        update={"spec": topology.spec.model_copy(update={"action": settled})}
+    )
 
 
 def scaled(topology: Topology, speed: float) -> Topology:

@@ -23,6 +23,7 @@ from streamproc.lab.kubeemu import KubeEmulator
 from streamproc.settings import Settings
 from streamproc.stages.annotate.applying import Annotator
 from streamproc.stages.annotate.expiring import Expirer
+from streamproc.stages.annotate.filtering import FilterReconciler
 from streamproc.stages.annotate.following import Follower
 from tests.conftest import Clock, action_for, time_passes, topology, workload
 
@@ -265,3 +266,93 @@ def test_the_sasl_ssl_overlay_gives_each_stage_its_own_secret_as_files(
         assert env["STREAMPROC_KAFKA_SSL_CAFILE"]["value"].startswith(mount["mountPath"])
         stages.add(stage)
     assert stages == {"ingest", "windows", "annotate"}
+
+
+def _render(overlay: str) -> list[dict[str, Any]]:
+    assert KUBECTL is not None
+    out = subprocess.run(
+        [KUBECTL, "kustomize", str(ROOT / "deploy" / overlay)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def _opt_in(stage: str) -> set[tuple[str, str, str]]:
+    return {(p.group, p.resource, p.verb) for p in permissions.OPT_IN.get(stage, ())}
+
+
+def _granted(docs: list[dict[str, Any]], account: str) -> set[tuple[str, str, str]]:
+    return {
+        (group, resource, verb)
+        for rule in _rules_for(docs, account)
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+def test_the_acns_component_grants_exactly_the_opt_in_permissions(
+    rendered: list[dict[str, Any]],
+) -> None:
+    """The acns-metric-filters overlay adds the opt-in list to the annotator, and the backend."""
+    docs = _render("k8s-acns-metric-filters")
+    for doc in docs:
+        if not doc["apiVersion"].startswith("monitoring.coreos.com/"):
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    assert _granted(docs, "streamproc-annotate") == _listed("annotate") | _opt_in("annotate")
+    assert _granted(docs, "streamproc-ingest") == _listed("ingest")
+    assert not _opt_in("annotate") & _granted(rendered, "streamproc-annotate")  # opt in only
+    config = next(
+        d
+        for d in of_kind(docs, "ConfigMap")
+        if d["metadata"]["name"].startswith("streamproc-config")
+    )
+    assert config["data"]["STREAMPROC_OBSERVATION_BACKEND"] == "acns-metric-filters"
+
+
+async def test_the_acns_rbac_covers_every_request_of_the_metric_filters(
+    kubeconfig: Path, emulator: KubeEmulator, cluster: ClusterBuilder
+) -> None:
+    """Open, reconcile, expire and delete through the filters; each request is granted."""
+    if KUBECTL is None:
+        pytest.skip("kubectl (for `kubectl kustomize`) is not installed; .ci/run installs it")
+    client = await kube.Kube.connect(str(kubeconfig), timeout_s=2.0, attempts=2)
+    try:
+        observe = topology(ttl=60, backend="acns-metric-filters")
+        clock = Clock()
+        filters = FilterReconciler(
+            client, [observe], default_backend="retina-annotation", resync_s=60, clock=clock
+        )
+        expirer = Expirer(client, resync_s=60, clock=clock, changed=filters.changed)
+        annotator = Annotator(
+            Settings(),
+            [observe],
+            client,
+            WorkloadResolver(client, cache_size=100, ttl_s=60),
+            expirer,
+            clock=clock,
+        )
+        await annotator.apply(action_for(workload(cluster, "frontend")))
+        assert (await filters.reconcile()).outcome == "created"
+        await annotator.apply(action_for(workload(cluster, "redis")))
+        assert (await filters.reconcile()).outcome == "replaced"
+        clock.advance(3600)
+        await expirer.resync()
+        await expirer.expire_due()
+        assert (await filters.reconcile()).outcome == "deleted"
+    finally:
+        await client.close()
+    docs = _render("k8s-acns-metric-filters")
+    rules = _rules_for(docs, "streamproc-annotate")
+    needed = {_request_to_rbac(r.method, r.path, r.query) for r in emulator.requests}
+    assert {verb for group, _, verb in needed if group == "acn.azure.com"} == {
+        "list",
+        "create",
+        "update",
+        "delete",
+    }
+    missing = {n for n in needed if not _allowed(rules, *n)}
+    assert not missing, f"streamproc-annotate lacks {sorted(missing)}"
+    assert needed <= _listed("annotate") | _opt_in("annotate")

@@ -464,3 +464,26 @@ def test_a_broken_topology_is_a_failed_check_with_file_and_line(
     failed = [c for c in json.loads(result.stdout)["checks"] if c["status"] == "fail"]
     assert [c["area"] for c in failed] == ["Topologies"]
     assert f"{bad}:7" in failed[0]["detail"]
+
+
+@pytest.mark.parametrize("chosen_by", ["settings", "topology"])
+async def test_the_acns_backend_needs_its_opt_in_permissions(
+    tmp_path: Path, chosen_by: str
+) -> None:
+    """With acns-metric-filters (configured or a topology's), no update on the CNM is a ✘."""
+    settings_backend = "acns-metric-filters" if chosen_by == "settings" else "retina-annotation"
+    loaded = PLAIN if chosen_by == "settings" else [topology(backend="acns-metric-filters")]
+    denied = ("acn.azure.com", "containernetworkmetrics", "update")
+    with emulated(tmp_path, cluster_with(), lambda e: e.denied.add(denied)) as kubeconfig:
+        settings = Settings(kubeconfig=str(kubeconfig), observation_backend=settings_backend)
+        found = by_name(await diagnosing.cluster_checks(settings, loaded))
+        plain = by_name(
+            await diagnosing.cluster_checks(Settings(kubeconfig=str(kubeconfig)), PLAIN)
+        )
+    check = found["annotate permissions"]
+    assert check.status == "fail"
+    assert "update containernetworkmetrics.acn.azure.com" in check.detail
+    assert "k8s/components/acns-metric-filters" in check.fix
+    # the annotation backend neither needs nor mentions them
+    assert plain["annotate permissions"].status == "ok"
+    assert "containernetworkmetrics" not in plain["annotate permissions"].detail

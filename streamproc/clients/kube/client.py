@@ -324,7 +324,7 @@ class Kube:
         return calls[resource]
 
     async def list_pages(
-        self, resource: str = "pods", *, page_size: int = 500
+        self, resource: str = "pods", *, page_size: int = 500, label_selector: str | None = None
     ) -> AsyncIterator[tuple[list[Json], str]]:
         """Pages of all pods, replicasets or jobs, each with the list's resourceVersion.
 
@@ -342,6 +342,8 @@ class Kube:
             }
             if token:
                 kwargs["_continue"] = token
+            if label_selector:
+                kwargs["label_selector"] = label_selector
             doc = await self._call("list", resource, functools.partial(call, **kwargs))
             meta = doc.get("metadata") or {}
             yield list(doc.get("items") or []), str(meta.get("resourceVersion"))
@@ -403,6 +405,42 @@ class Kube:
                 _preload_content=False,
                 _request_timeout=self._timeout,
             ),
+        )
+
+    # ---- cluster-scoped custom objects (ACNS's ContainerNetworkMetric) ---------------------------
+    def _cluster_objects(
+        self, verb: str, gvr: tuple[str, str, str], *args: Any, **kwargs: Any
+    ) -> Any:
+        """One CustomObjectsApi cluster-scoped call, raw (``verb``: list/create/replace/delete)."""
+        call = getattr(self._custom, f"{verb}_cluster_custom_object")
+        return call(*gvr, *args, _preload_content=False, _request_timeout=self._timeout, **kwargs)
+
+    async def list_cluster_objects(self, gvr: tuple[str, str, str]) -> list[Json]:
+        """Every object of a cluster-scoped custom resource (group, version, plural)."""
+        doc = await self._call("list", gvr[2], lambda: self._cluster_objects("list", gvr))
+        return list(doc.get("items") or [])
+
+    async def create_cluster_object(self, gvr: tuple[str, str, str], body: Json) -> Json:
+        """Create one; Conflict when it exists already (409 AlreadyExists)."""
+        what = f"{gvr[2]}/{body['metadata']['name']}"
+        return await self._call("create", what, lambda: self._cluster_objects("create", gvr, body))
+
+    async def replace_cluster_object(self, gvr: tuple[str, str, str], body: Json) -> Json:
+        """PUT the whole object; Conflict when its ``metadata.resourceVersion`` is stale."""
+        name = body["metadata"]["name"]
+        return await self._call(
+            "update", f"{gvr[2]}/{name}", lambda: self._cluster_objects("replace", gvr, name, body)
+        )
+
+    async def delete_cluster_object(
+        self, gvr: tuple[str, str, str], name: str, *, resource_version: str
+    ) -> Json:
+        """Delete one, only if it is still at ``resource_version`` (else Conflict)."""
+        options = {"preconditions": {"resourceVersion": resource_version}}
+        return await self._call(
+            "delete",
+            f"{gvr[2]}/{name}",
+            lambda: self._cluster_objects("delete", gvr, name, body=options),
         )
 
     async def get_pod(self, namespace: str, name: str) -> Json:

@@ -9,7 +9,8 @@ client in-process would test the mock. This serves the subset of the API that st
   short names and the ``all`` category, and aggregated (apidiscovery.k8s.io/v2) when asked;
 - pods, namespaces, events, configmaps, deployments, replicasets, statefulsets, daemonsets, jobs,
   cronjobs, nodes, services, customresourcedefinitions, Retina's captures and
-  metricsconfigurations, and ACNS's containernetworkmetrics: list (``labelSelector``,
+  metricsconfigurations, and ACNS's (cluster-scoped) containernetworkmetrics: list
+  (``labelSelector``,
   ``fieldSelector`` on the fields the API server allows, 400 for others), get, create, put,
   delete;
 - ``kubectl get``'s Tables (``Accept: ...;as=Table;v=v1;g=meta.k8s.io``) for pods, deployments,
@@ -20,8 +21,8 @@ client in-process would test the mock. This serves the subset of the API that st
   leave discovery and answer 404), to play clusters that lack Retina's;
 - patch: JSON merge patch (RFC 7386, null deletes), strategic merge (as merge for maps) and JSON
   patch (RFC 6902);
-- ``resourceVersion`` on every object, 409 when a write names a stale one, 404 for missing
-  objects;
+- ``resourceVersion`` on every object, 409 when a write (or a DELETE's ``preconditions``)
+  names a stale one, 404 for missing objects;
 - paged lists (``limit``, ``continue``; every page carries the first page's resourceVersion)
 - watch with label filtering, resume from a ``resourceVersion``, ``410 Gone`` when too old,
   bookmarks and ``timeoutSeconds``;

@@ -25,6 +25,19 @@ from streamproc.lab.kubeemu.selectors import (
 from streamproc.lab.kubeemu.store import Store
 
 
+def _precondition_failed(body: bytes, meta: Json) -> str:
+    """Which of a DELETE's ``preconditions`` the object fails (empty: none, or no body)."""
+    try:
+        options = orjson.loads(body) if body.strip() else {}
+    except orjson.JSONDecodeError:
+        raise ValueError("the body is not DeleteOptions JSON") from None
+    wanted = (options.get("preconditions") or {}) if isinstance(options, dict) else {}
+    for field, key in (("resourceVersion", "resourceVersion"), ("uid", "uid")):
+        if wanted.get(field) and wanted[field] != meta.get(key):
+            return f"{field} in precondition: {wanted[field]}, in object meta: {meta.get(key)}"
+    return ""
+
+
 class Handlers(Store):
     """The API server's handlers over the store, with faults, emulated RBAC and CRDs."""
 
@@ -204,6 +217,7 @@ class Handlers(Store):
         name: str,
     ) -> web.StreamResponse:
         key = (gvr[0], gvr[2], namespace, name)
+        options = await request.read() if request.method == "DELETE" else b""
         with self._lock:
             current = self._objects.get(key)
             if current is None:
@@ -216,6 +230,11 @@ class Handlers(Store):
             if request.method == "GET":
                 return web.Response(body=orjson.dumps(current), content_type="application/json")
             if request.method == "DELETE":
+                # DeleteOptions.preconditions: a stale resourceVersion or uid is a 409 Conflict
+                # as the API server answers it ("Precondition failed: ...")
+                failed = _precondition_failed(options, current["metadata"])
+                if failed:
+                    return api_status(409, "Conflict", f"Precondition failed: {failed}")
                 self.delete(kind, namespace, name)
                 return web.json_response(current)
         if request.method not in ("PATCH", "PUT"):

@@ -23,7 +23,7 @@ from streamproc.cluster.resolving import WorkloadResolver
 from streamproc.model import conventions, guarding, marks, outcomes, patches
 from streamproc.model.actions import Action
 from streamproc.model.durations import format_duration
-from streamproc.model.topologies import Topology
+from streamproc.model.topologies import ACNS, Topology, resolve_backend
 from streamproc.model.workloads import WorkloadRef
 from streamproc.settings import Settings
 from streamproc.stages.annotate import auditing, capturing
@@ -77,11 +77,18 @@ class Annotator:
         budget: NodeBudget | None = None,
         *,
         clock: Callable[[], float] = time.time,
+        changed: Callable[[str], None] | None = None,
     ) -> None:
         #: what "now" is (tests and the extension benchmark move it instead of waiting)
         self.clock = clock
         self.settings = settings
-        self.topologies = {t.name: t for t in topologies}
+        #: each with its backend settled (its own, else ``--observation-backend``)
+        self.topologies = {
+            t.name: resolve_backend(t, settings.observation_backend) for t in topologies
+        }
+        #: told the topology whenever a pod's observation opened or was extended (the
+        #: ``acns-metric-filters`` backend then reconciles its ContainerNetworkMetric)
+        self._changed = changed or (lambda _topology: None)
         #: what the topologies write: the bounds the pods' own marks are read against
         self.policy = marks.Policy.of(topologies)
         self.kube = client
@@ -151,7 +158,7 @@ class Annotator:
                     kind=action.kind,
                     name=action.name,
                     pods=touched,
-                    annotations=dict(topology.spec.action.annotate) if topology else {},
+                    annotations=topology.spec.action.pod_annotations() if topology else {},
                     expires_at=conventions.format_time(until) if until else None,
                     dry_run=result == "dry-run",
                     **_level_fields(topology, action),
@@ -323,7 +330,7 @@ class Annotator:
     ) -> tuple[outcomes.PodOutcome, float]:
         """Open or extend one pod's observation: the outcome, and when it now ends."""
         ref = kube.ObjectRef.of(pod)
-        annotate = topology.spec.action.annotate
+        annotate = topology.spec.action.pod_annotations()
         for _attempt in range(3):
             previous = marking.read(pod, now=self.clock(), policy=self.policy)
             patch = patches.observe(
@@ -369,10 +376,10 @@ class Annotator:
             self.kube.post_event(
                 pod,
                 "ObservationStarted" if opened else "ObservationExtended",
-                f"{', '.join(f'{k}={v}' for k, v in topology.spec.action.annotate.items())} "
-                f"until {conventions.format_time(until)} (topology {topology.name}, "
-                f"rule {action.rule!r}{_level_event(topology, action)})",
+                f"{observed_how(topology)} until {conventions.format_time(until)} (topology "
+                f"{topology.name}, rule {action.rule!r}{_level_event(topology, action)})",
             )
+            self._changed(topology.name)
             self.observed_pods.add((ref.namespace, ref.name))
             node = str((pod.get("spec") or {}).get("nodeName") or "")
             self.scheduler.schedule(ref, until, topology.name, node)
@@ -504,6 +511,14 @@ class Annotator:
             auditing.handled(result)
             log.info("action %s: %s", action.id, result)
         return None
+
+
+def observed_how(topology: Topology) -> str:
+    """What an Event says the observation is: the annotation, or the ACNS metric filters."""
+    spec = topology.spec.action
+    if spec.backend == ACNS:
+        return f"ContainerNetworkMetric include filters ({', '.join(spec.metrics)})"
+    return ", ".join(f"{k}={v}" for k, v in spec.annotate.items())
 
 
 def workload_key(action: Action) -> str:

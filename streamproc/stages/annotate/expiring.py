@@ -62,7 +62,10 @@ class Expirer:
         cache: ClusterCache | None = None,
         policy: marks.Policy | None = None,
         concurrency: int = concurrency_of(DEFAULTS.api_concurrency),
+        changed: Callable[[str], None] | None = None,
     ) -> None:
+        #: told the topology of every observation it ends (``Annotator``'s ``changed``)
+        self.changed = changed or (lambda _topology: None)
         #: the pods as listed and watched: a resync reads the marked ones there, not the API,
         #: and a release is written from the copy there without reading the pod first
         self._cache = cache
@@ -282,6 +285,7 @@ class Expirer:
                     done.current, "ObservationExpired", f"removed {', '.join(done.removed)}"
                 )
             self.expired += 1
+            self.changed(topology)
             metrics.observations_expired.labels(topology=topology).inc()
             self._auditor.record(
                 result="expired",

@@ -57,7 +57,10 @@ class Follower:
         clock: Callable[[], float] = time.time,
         ownership: Ownership | None = None,
         cache: ClusterCache | None = None,
+        changed: Callable[[str], None] | None = None,
     ) -> None:
+        #: told the topology of every pod it starts observing (``Annotator``'s ``changed``)
+        self._changed = changed or (lambda _topology: None)
         #: the pods as listed and watched; one of its own (run with the follower) if not given
         self.cache = cache or ClusterCache(client)
         self._runs_cache = cache is None
@@ -245,7 +248,7 @@ class Follower:
             return
         patch = patches.observe(
             pod,
-            annotations=topology.spec.action.annotate,
+            annotations=topology.spec.action.pod_annotations(),
             until=followed.until,
             topology=followed.topology,
             rule=followed.rule,
@@ -276,6 +279,7 @@ class Follower:
             f"{conventions.format_time(followed.until)} (topology {followed.topology})",
         )
         self.followed_pods += 1
+        self._changed(followed.topology)
         self._scheduler.schedule(target, followed.until, followed.topology, node)
         self._auditor.record(
             result="followed",
@@ -285,6 +289,6 @@ class Follower:
             kind=ref.kind,
             name=ref.name,
             pods=[target.name],
-            annotations=dict(topology.spec.action.annotate),
+            annotations=topology.spec.action.pod_annotations(),
             expires_at=conventions.format_time(followed.until),
         )

@@ -1,0 +1,468 @@
+"""The acns-metric-filters backend against the emulated API server, through the real client.
+
+The pods keep streamproc's bookkeeping (the truth: schedule, restarts, ``status``, ``release``)
+without ``retina.sh``; ACNS's one ContainerNetworkMetric mirrors them as include filters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streamproc.clients import kube
+from streamproc.cluster import observing
+from streamproc.cluster.resolving import WorkloadResolver
+from streamproc.lab.cluster import ClusterBuilder
+from streamproc.lab.kubeemu import Fault, KubeEmulator
+from streamproc.model import conventions, marks
+from streamproc.model import metric_filters as projection
+from streamproc.model.topologies import Topology
+from streamproc.settings import Settings
+from streamproc.stages.annotate.applying import Annotator
+from streamproc.stages.annotate.expiring import Expirer
+from streamproc.stages.annotate.filtering import FilterReconciler
+from streamproc.stages.annotate.following import Follower
+from tests import doubles as testing
+from tests.cluster.test_status_and_release import cli
+from tests.conftest import Clock, action_for, async_wait_for, topology, workload
+
+CNM = "ContainerNetworkMetric"
+#: a user's own singleton, as the AKS docs' examples write one (fb060abe)
+USERS: dict[str, Any] = {
+    "apiVersion": "acn.azure.com/v1alpha1",
+    "kind": CNM,
+    "metadata": {"name": "container-network-metric"},
+    "spec": {
+        "filters": [
+            {
+                "metric": "dns",
+                "excludeFilters": [{"from": {"namespacedPod": ["kube-system/coredns"]}}],
+            },
+            {
+                "metric": "flow",
+                "includeFilters": [
+                    {"name": "frontends", "from": {"labelSelector": {"matchLabels": {"t": "f"}}}}
+                ],
+                "excludeFilters": [{"from": {"namespacedPod": ["default/test"]}}],
+            },
+        ]
+    },
+}
+
+
+def acns(ttl: float = 600, **action: Any) -> Topology:
+    """The test topology, observing through ACNS's metric filters."""
+    return topology(ttl, backend="acns-metric-filters", **action)
+
+
+@dataclass
+class Annotate:
+    """One annotate process's parts on one test clock, as ``running`` wires them."""
+
+    annotator: Annotator
+    expirer: Expirer
+    filters: FilterReconciler
+    clock: Clock
+
+    def later(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+        self.expirer.wake()
+
+
+def wire(
+    client: kube.Kube,
+    topologies: list[Topology] | None = None,
+    *,
+    settings: Settings | None = None,
+    clock: Clock | None = None,
+) -> Annotate:
+    settings = settings or Settings()
+    topologies = topologies or [acns()]
+    clock = clock or Clock()
+    filters = FilterReconciler(
+        client,
+        topologies,
+        default_backend=settings.observation_backend,
+        resync_s=3600,
+        dry_run=settings.dry_run,
+        clock=clock,
+    )
+    expirer = Expirer(
+        client,
+        resync_s=3600,
+        clock=clock,
+        policy=marks.Policy.of(topologies),
+        changed=filters.changed,
+        dry_run=settings.dry_run,
+    )
+    resolver = WorkloadResolver(client, cache_size=100, ttl_s=60)
+    annotator = Annotator(
+        settings, topologies, client, resolver, expirer, clock=clock, changed=filters.changed
+    )
+    return Annotate(annotator, expirer, filters, clock)
+
+
+@asynccontextmanager
+async def running(*parts: Annotate) -> AsyncIterator[None]:
+    """The expirers and filter reconcilers of ``parts`` run until the block ends."""
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(p.expirer.run(stop)) for p in parts]
+    tasks += [asyncio.create_task(p.filters.run(stop)) for p in parts]
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 15)
+
+
+def singleton(emulator: KubeEmulator) -> dict[str, Any] | None:
+    found = emulator.list(CNM)
+    assert len(found) <= 1
+    return found[0] if found else None
+
+
+def ours(emulator: KubeEmulator) -> dict[str, set[str]]:
+    """streamproc's filters now: filter name -> the ``ns/pod`` names in it."""
+    cnm = singleton(emulator)
+    found: dict[str, set[str]] = {}
+    for entry in (cnm or {}).get("spec", {}).get("filters", []):
+        for item in entry.get("includeFilters", []):
+            if projection.ours(item):
+                way = "from" if "from" in item else "to"
+                key = f"{entry['metric']} {item['name']}"
+                found[key] = set(item[way]["namespacedPod"])
+    return found
+
+
+def pods_in_filters(emulator: KubeEmulator) -> set[str]:
+    return set().union(*ours(emulator).values()) if ours(emulator) else set()
+
+
+async def test_an_observation_becomes_include_filters_and_no_annotation(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
+) -> None:
+    """The singleton is created with a from and a to filter per metric; pods carry no retina.sh."""
+    part = wire(client)
+    frontend = workload(cluster, "frontend")
+    assert await part.annotator.apply(action_for(frontend)) == "applied"
+    for name in frontend.pods:
+        meta = (emulator.get("Pod", "shop", name) or {})["metadata"]
+        assert meta["labels"][conventions.OBSERVED_LABEL] == "true"
+        assert "retina.sh" not in meta["annotations"]
+        assert meta["annotations"][conventions.OWNED_KEYS] == ""
+    written = await part.filters.reconcile()
+    assert written.outcome == "created"
+    cnm = singleton(emulator)
+    assert cnm is not None
+    assert cnm["metadata"]["annotations"][projection.CREATED_BY] == "streamproc"
+    names = {f"shop/{p}" for p in frontend.pods}
+    expected = {
+        f"{metric} streamproc.io/shop/Deployment/frontend/{way}": names
+        for metric in ("flow", "drop", "tcp", "dns")
+        for way in ("from", "to")
+    }
+    assert ours(emulator) == expected
+    assert testing.metric("streamproc_metric_filters_pods") == len(frontend.pods)
+    events = [e for e in emulator.list("Event") if e.get("reason") == "ObservationStarted"]
+    assert "ContainerNetworkMetric include filters" in events[0]["message"]
+
+
+async def test_the_topologys_metrics_choose_the_entries(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
+) -> None:
+    """metrics: [dns] writes filters under the dns entry only."""
+    part = wire(client, [acns(metrics=["dns"])])
+    await part.annotator.apply(action_for(workload(cluster, "redis")))
+    await part.filters.reconcile()
+    assert {key.split()[0] for key in ours(emulator)} == {"dns"}
+
+
+async def test_expiry_removes_the_filters_and_the_singleton_streamproc_created(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
+) -> None:
+    """At expiry the pods lose their marks and the filters go; the empty object is deleted."""
+    part = wire(client, [acns(ttl=60)])
+    redis = workload(cluster, "redis")
+    async with running(part):
+        await part.annotator.apply(action_for(redis))
+        await async_wait_for(lambda: pods_in_filters(emulator), timeout=15, what="filters")
+        part.later(3600)
+        await async_wait_for(
+            lambda: singleton(emulator) is None, timeout=15, what="the singleton to go"
+        )
+    assert part.expirer.expired == len(redis.pods)
+    assert (
+        not emulator.list("Pod", "shop")[0]["metadata"]
+        .get("labels", {})
+        .get(conventions.OBSERVED_LABEL)
+    )
+
+
+async def test_the_users_singleton_is_used_and_left_byte_for_byte(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
+) -> None:
+    """A user's entries and filters survive open, extension and expiry exactly; never deleted."""
+    emulator.create(copy.deepcopy(USERS))
+    before = singleton(emulator)
+    assert before is not None
+    part = wire(client, [acns(ttl=60)])
+    frontend, redis = workload(cluster, "frontend"), workload(cluster, "redis")
+    async with running(part):
+        await part.annotator.apply(action_for(frontend))
+        await part.annotator.apply(action_for(redis))
+        await async_wait_for(
+            lambda: len(pods_in_filters(emulator)) == 5, timeout=15, what="filters"
+        )
+        during = singleton(emulator)
+        assert during is not None
+        entries = during["spec"]["filters"]
+        assert [e["metric"] for e in entries] == ["dns", "flow", "drop", "tcp"]
+        # the user's filters come first in their entries, untouched
+        assert entries[0]["excludeFilters"] == USERS["spec"]["filters"][0]["excludeFilters"]
+        assert entries[1]["includeFilters"][0] == USERS["spec"]["filters"][1]["includeFilters"][0]
+        part.later(3600)
+        await async_wait_for(
+            lambda: not pods_in_filters(emulator), timeout=15, what="the filters to go"
+        )
+    after = singleton(emulator)
+    assert after is not None
+    assert after["spec"] == before["spec"]
+    assert list(after["spec"]["filters"][1]) == list(before["spec"]["filters"][1])  # key order
+    assert after["metadata"]["uid"] == before["metadata"]["uid"]
+
+
+async def test_a_restarted_annotator_ends_the_observation_and_its_filters_on_time(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
+) -> None:
+    """A new process reads the pods' marks: it reconciles at start and removes them at expiry."""
+    first = wire(client, [acns(ttl=60)])
+    api = workload(cluster, "api")
+    await first.annotator.apply(action_for(api))
+    await first.filters.reconcile()
+    assert len(pods_in_filters(emulator)) == len(api.pods)
+    # the first process is gone; a second one starts, knowing nothing but the cluster
+    second = wire(client, [acns(ttl=60)])
+    async with running(second):
+        await async_wait_for(lambda: second.filters.rounds, timeout=15, what="a first round")
+        assert len(pods_in_filters(emulator)) == len(api.pods)
+        assert second.expirer.active  # scheduled from the pods
+        second.later(3600)
+        await async_wait_for(
+            lambda: singleton(emulator) is None, timeout=15, what="filters gone after restart"
+        )
+    assert second.expirer.expired == len(api.pods)
+
+
+async def test_two_replicas_converge_through_conflicts(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder, kubeconfig: Path
+) -> None:
+    """Each writes with its read's resourceVersion; a stale PUT gets 409, is re-read, re-applied."""
+    other = await kube.Kube.connect(str(kubeconfig), timeout_s=2.0, attempts=3)
+    try:
+        clock = Clock()
+        one, two = wire(client, clock=clock), wire(other, clock=clock)
+        await one.annotator.apply(action_for(workload(cluster, "frontend")))
+        await one.filters.reconcile()
+        await two.annotator.apply(action_for(workload(cluster, "redis")))
+        # replica one's PUT is held until replica two has written: it carries a stale version
+        held = Fault(method="PUT", path="/containernetworkmetrics/", status=0, delay_s=1.0)
+        emulator.faults.append(held)
+        conflicts = testing.metric("streamproc_metric_filters_writes_total", result="conflict")
+        await one.annotator.apply(action_for(workload(cluster, "postgres")))
+        first = asyncio.create_task(one.filters.reconcile())
+        await async_wait_for(lambda: held.times == 0, timeout=15, what="the held PUT")
+        assert (await two.filters.reconcile()).outcome == "replaced"
+        # its stale PUT was refused; read again, the object already is its projection too
+        assert (await first).outcome == "unchanged"
+        assert (
+            testing.metric("streamproc_metric_filters_writes_total", result="conflict")
+            >= conflicts + 1
+        )
+        assert {p.split("/")[1] for p in pods_in_filters(emulator)} == {
+            *workload(cluster, "frontend").pods,
+            *workload(cluster, "redis").pods,
+            "postgres-0",
+        }
+        # both computed the same projection: another round of either changes nothing
+        assert (await two.filters.reconcile()).outcome == "unchanged"
+        assert (await one.filters.reconcile()).outcome == "unchanged"
+    finally:
+        await other.close()
+
+
+async def test_release_removes_the_pods_filters(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
+) -> None:
+    """``streamproc release`` ends the marks, then reconciles: the workload's filters go too."""
+    topologies = [acns()]
+    part = wire(client, topologies)
+    frontend, redis = workload(cluster, "frontend"), workload(cluster, "redis")
+    await part.annotator.apply(action_for(frontend))
+    await part.annotator.apply(action_for(redis))
+    await part.filters.reconcile()
+    policy = marks.Policy.of(topologies)
+    resolver = WorkloadResolver(client, cache_size=100, ttl_s=60)
+    pods, _ = await observing.release(client, resolver, "shop", None, "frontend", policy)
+    assert sorted(pods) == sorted(frontend.pods)
+    written = await observing.project_filters(client, topologies, "retina-annotation", policy)
+    assert written is not None
+    assert written.outcome == "replaced"
+    assert {p.split("/")[1] for p in pods_in_filters(emulator)} == set(redis.pods)
+
+
+async def test_release_of_an_annotation_topology_touches_no_metric_filters(
+    client: kube.Kube, emulator: KubeEmulator
+) -> None:
+    """Without an acns topology, release makes no request for ContainerNetworkMetric."""
+    topologies = [topology()]
+    assert (
+        await observing.project_filters(
+            client, topologies, "retina-annotation", marks.Policy.of(topologies)
+        )
+        is None
+    )
+    assert not [r for r in emulator.requests if "containernetworkmetrics" in r.path]
+
+
+@pytest.mark.parametrize("where", ["settings", "topology"])
+async def test_dry_run_writes_no_metric_filters(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder, where: str
+) -> None:
+    """Dry-run (the deployment's or the topology's) writes neither pods nor the singleton."""
+    settings = Settings(dry_run=where == "settings")
+    part = wire(client, [acns(dry_run=where == "topology")], settings=settings)
+    assert await part.annotator.apply(action_for(workload(cluster, "frontend"))) == "dry-run"
+    await part.filters.reconcile()
+    assert singleton(emulator) is None
+    writes = [r for r in emulator.requests if r.method in ("POST", "PUT", "PATCH", "DELETE")]
+    assert not [r for r in writes if "/pods/" in r.path or "containernetworkmetrics" in r.path]
+
+
+async def test_the_dry_run_reconciler_says_what_it_would_write(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
+) -> None:
+    """Pods observed by a live process; a dry-run process computes the object and writes none."""
+    live = wire(client)
+    await live.annotator.apply(action_for(workload(cluster, "redis")))
+    dry = wire(client, settings=Settings(dry_run=True))
+    assert (await dry.filters.reconcile()).outcome == "dry-run"
+    assert singleton(emulator) is None
+
+
+async def test_the_deployments_backend_applies_to_topologies_without_one(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
+) -> None:
+    """--observation-backend acns-metric-filters: a plain topology writes filters, no retina.sh."""
+    part = wire(client, [topology()], settings=Settings(observation_backend="acns-metric-filters"))
+    redis = workload(cluster, "redis")
+    await part.annotator.apply(action_for(redis))
+    await part.filters.reconcile()
+    assert {p.split("/")[1] for p in pods_in_filters(emulator)} == set(redis.pods)
+    meta = (emulator.get("Pod", "shop", "redis-0") or {})["metadata"]
+    assert "retina.sh" not in meta["annotations"]
+
+
+async def test_a_new_pod_of_a_followed_workload_joins_the_filters(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
+) -> None:
+    """The follower marks a rollout's new pod and wakes the reconciler: it is in the filters."""
+    topologies = [acns()]
+    part = wire(client, topologies)
+    resolver = WorkloadResolver(client, cache_size=100, ttl_s=60)
+    follower = Follower(
+        client, resolver, topologies, part.expirer, clock=part.clock, changed=part.filters.changed
+    )
+    part.annotator.follower = follower
+    frontend = workload(cluster, "frontend")
+    stop = asyncio.Event()
+    watching = asyncio.create_task(follower.run(stop))
+    try:
+        async with running(part):
+            await part.annotator.apply(action_for(frontend))
+            await async_wait_for(lambda: follower.resource_version, timeout=15, what="a list")
+            fresh = copy.deepcopy(emulator.get("Pod", "shop", frontend.pods[0]) or {})
+            meta = fresh["metadata"]
+            meta["name"] = "frontend-ngq2cd9wfp-new01"
+            for key in ("uid", "resourceVersion", "creationTimestamp"):
+                meta.pop(key, None)
+            meta["annotations"], meta["labels"] = (
+                {},
+                {k: v for k, v in meta["labels"].items() if not k.startswith("streamproc.io")},
+            )
+            emulator.create(fresh)
+            await async_wait_for(
+                lambda: "shop/frontend-ngq2cd9wfp-new01" in pods_in_filters(emulator),
+                timeout=15,
+                what="the new pod in the filters",
+            )
+    finally:
+        stop.set()
+        await watching
+
+
+async def test_the_emulator_refuses_a_delete_with_a_stale_precondition(
+    client: kube.Kube, emulator: KubeEmulator
+) -> None:
+    """DELETE with preconditions.resourceVersion answers 409 as the API server does."""
+    created = emulator.create(copy.deepcopy(USERS))
+    gvr = ("acn.azure.com", "v1alpha1", "containernetworkmetrics")
+    name, current = "container-network-metric", created["metadata"]["resourceVersion"]
+    with pytest.raises(kube.Conflict):
+        await client.delete_cluster_object(gvr, name, resource_version=str(int(current) - 1))
+    assert singleton(emulator) is not None
+    await client.delete_cluster_object(gvr, name, resource_version=current)
+    assert singleton(emulator) is None
+
+
+async def test_the_release_command_removes_the_released_pods_filters(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder, kubeconfig: Path
+) -> None:
+    """``streamproc release`` with the acns backend configured: the pods leave the filters."""
+    part = wire(client)
+    frontend, redis = workload(cluster, "frontend"), workload(cluster, "redis")
+    await part.annotator.apply(action_for(frontend))
+    await part.annotator.apply(action_for(redis))
+    await part.filters.reconcile()
+    done = await asyncio.to_thread(
+        cli, kubeconfig, "release", "shop/frontend", "--observation-backend", "acns-metric-filters"
+    )
+    assert done.returncode == 0, done.stderr
+    assert {p.split("/")[1] for p in pods_in_filters(emulator)} == set(redis.pods)
+
+
+async def test_a_dry_run_leaves_the_users_singleton_as_it_is(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
+) -> None:
+    """With a singleton to write to, a dry-run process computes the change and writes none."""
+    emulator.create(copy.deepcopy(USERS))
+    before = singleton(emulator)
+    live = wire(client)
+    await live.annotator.apply(action_for(workload(cluster, "redis")))
+    dry = wire(client, settings=Settings(dry_run=True))
+    assert (await dry.filters.reconcile()).outcome == "dry-run"
+    assert singleton(emulator) == before
+
+
+async def test_a_singleton_of_an_unknown_shape_is_left_alone(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
+) -> None:
+    """spec.filters that is not a list: nothing written, said once per round, counted."""
+    odd = copy.deepcopy(USERS)
+    odd["spec"] = {"filters": {"metric": "flow"}}
+    emulator.create(odd)
+    before = singleton(emulator)
+    part = wire(client)
+    await part.annotator.apply(action_for(workload(cluster, "redis")))
+    malformed = testing.metric("streamproc_metric_filters_writes_total", result="malformed")
+    assert (await part.filters.reconcile()).outcome == "malformed"
+    assert singleton(emulator) == before
+    assert testing.metric("streamproc_metric_filters_writes_total", result="malformed") == (
+        malformed + 1
+    )
