@@ -148,7 +148,7 @@ class View:
         self._print(
             f"{at}: {counted(int(values['detections']), 'detection')}, "
             f"{counted(dead, 'dead letter')}, {counted(actions, 'action')}, "
-            f"observing {counted(pods, 'pod')} ({counted(workloads, 'workload')}), "
+            f"observing {counted(pods, 'pod')} ({_of_workloads(pods, workloads)}), "
             f"{expired} expired, {replay}" + self._filters_text()
         )
 
@@ -196,3 +196,10 @@ def _phase(handles: Running, values: dict[str, float], sent: int) -> str:
     if values["actions"] == 0:
         return "counting detections until a window reaches its threshold"
     return "running"
+
+
+def _of_workloads(pods: int, workloads: int) -> str:
+    """Whose pods: a workload's follow ends at its expiry, its pods a moment later (the expirer)."""
+    if pods and not workloads:
+        return "ending"
+    return counted(workloads, "workload")

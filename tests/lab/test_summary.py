@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streamproc.lab import session
+from streamproc.lab import session, view
 
 OPENED = "2026-12-01T10:00:00Z"
 OPENED_AT = 1_796_119_200.0  # OPENED as a Unix time
@@ -84,3 +84,11 @@ def test_a_real_cluster_keeps_open_observations_until_their_expiry() -> None:
     assert "streamproc release" in lines
     options = session.LabOptions(kubeconfig="/somewhere")
     assert "streamproc.lab.kubeemu" not in "\n".join(session.next_steps(options, summary))
+
+
+def test_pods_still_ending_after_their_workloads_follow_ended_are_not_zero_workloads() -> None:
+    """A workload's follow ends at expiry, its pods a moment later: the line says "ending"."""
+
+    assert view._of_workloads(2, 0) == "ending"
+    assert view._of_workloads(2, 1) == "1 workload"
+    assert view._of_workloads(0, 0) == "0 workloads"
