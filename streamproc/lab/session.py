@@ -135,7 +135,7 @@ class Summary:
             f"  detections in      {self.detections_in}",
             f"  dead letters       {self.dead_letters}",
             f"  actions            {self.actions}",
-            f"  pods annotated     {self.pods_annotated}",
+            f"  pods observed      {self.pods_annotated}",
             f"  patches            {self.patches}",
             f"  API requests       {self.api_requests}",
             f"  expired            {self.expired}",

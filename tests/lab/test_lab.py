@@ -62,7 +62,7 @@ def test_the_lab_runs_end_to_end_and_cleans_up_after_itself(tmp_path: Path) -> N
     assert summary_value(output, "detections in") > 500
     assert summary_value(output, "dead letters") == 5
     assert summary_value(output, "actions") >= 3
-    annotated = summary_value(output, "pods annotated")
+    annotated = summary_value(output, "pods observed")
     assert annotated >= 3
     assert summary_value(output, "expired") == annotated
     assert summary_value(output, "still active") == 0
