@@ -91,13 +91,18 @@ def release(target: str, forget: bool, **opts: Any) -> None:
     # what the topologies write: a key a person changed since is theirs and stays
     policy = marks.Policy.of(options.load_topologies(settings))
 
-    async def work(client: Any, resolver: Any) -> tuple[list[str], str | None]:
-        return await observing.release(client, resolver, namespace, kind, name, policy)
+    async def work(client: Any, resolver: Any) -> tuple[list[str], str | None, Any]:
+        # its start, for the evidence of the range it lasted (read before the marks go)
+        before = await observing.find(client, resolver, (namespace, kind, name), policy)
+        pods, found = await observing.release(client, resolver, namespace, kind, name, policy)
+        return pods, found, before
 
-    pods, found = _cluster_command(settings.kubeconfig, work)
+    pods, found, before = _cluster_command(settings.kubeconfig, work)
     found_kind = kind or found
     if pods:
         click.echo(f"released {target}: {len(pods)} pods ({', '.join(pods)})")
+        if settings.prometheus_url and before is not None:
+            click.echo(f"evidence: {_evidence_line(settings, namespace, pods, before.since)}")
     elif not forget:
         raise click.ClickException(f"{target} is not under observation")
     if forget:
@@ -106,6 +111,27 @@ def release(target: str, forget: bool, **opts: Any) -> None:
                 f"{target} is not under observation: name its kind, NAMESPACE/KIND/WORKLOAD"
             )
         _forget(settings, namespace, found_kind, name)
+
+
+def _evidence_line(settings: Settings, namespace: str, pods: list[str], since: float | None) -> str:
+    """The released observation's network evidence, as the expiry's Event would say it."""
+    import time  # noqa: PLC0415
+
+    from streamproc.cli import evidence as evidence_cli  # noqa: PLC0415
+    from streamproc.cluster import evidencing  # noqa: PLC0415
+    from streamproc.model import evidence  # noqa: PLC0415
+
+    now = time.time()
+    target = evidence.Target(namespace, tuple(sorted(pods)), since or now, now)
+
+    async def read() -> evidence.Evidence:
+        client = evidence_cli.client_of(settings)
+        try:
+            return await evidencing.gather(client, target, total_s=2 * settings.evidence_timeout_s)
+        finally:
+            await client.close()
+
+    return asyncio.run(read()).summary()
 
 
 def _forget(settings: Settings, namespace: str, kind: str, name: str) -> None:
