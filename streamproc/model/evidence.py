@@ -70,13 +70,14 @@ class Target:
     end: float
 
     @property
-    def range_s(self) -> int:
-        """Whole seconds the range spans, at least 1 and at most :data:`MAX_RANGE_S`."""
-        return int(min(MAX_RANGE_S, max(1.0, math.ceil(self.end - self.start))))
+    def range_ms(self) -> int:
+        """Milliseconds the range spans, at least 1 s and at most :data:`MAX_RANGE_S`."""
+        return int(min(MAX_RANGE_S, max(1.0, self.end - self.start)) * 1000)
 
     def bounds(self) -> list[str]:
         """[start, end] as RFC 3339 (start as queried: clamped to the widest range)."""
-        return [conventions.format_time(self.end - self.range_s), conventions.format_time(self.end)]
+        start = max(self.start, self.end - MAX_RANGE_S)
+        return [conventions.format_time(start), conventions.format_time(self.end)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,7 +202,7 @@ def _pods_regex(pods: Sequence[str]) -> str:
 
 def queries(target: Target, source: Source) -> list[Query]:
     """The bounded queries that fill an :class:`Evidence` from ``source``'s families."""
-    window = f"[{target.range_s}s]"
+    window = f"[{target.range_ms}ms]"
     if source == "retina":
         pods = (
             f"podname={quote(target.pods[0])}"
