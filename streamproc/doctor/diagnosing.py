@@ -20,6 +20,7 @@ from streamproc import clocks
 from streamproc.clients import kafka, kube
 from streamproc.cluster import permissions
 from streamproc.doctor import checks, retina
+from streamproc.doctor import evidence as evidence_doctor
 from streamproc.doctor.checks import Check
 from streamproc.model import conventions, events, fleets, topologies
 
@@ -44,6 +45,7 @@ async def diagnose(settings: Settings, topology_path: Path | None = None) -> lis
     found, loaded = topology_checks(topologies.resolve_path(topology_path))
     found += await _bounded("Kafka", kafka_checks(settings, loaded))
     found += await _bounded("Kubernetes", cluster_checks(settings, loaded))
+    found += await _bounded(evidence_doctor.AREA, evidence_doctor.evidence_checks(settings))
     return found
 
 

@@ -403,14 +403,21 @@ def test_doctor_reports_a_ready_setup_and_writes_nothing(
     assert text.returncode == 0, text.stdout + text.stderr
     assert "✘" not in text.stdout
     assert "✔ annotations: enableAnnotations: true" in text.stdout
-    assert text.stdout.rstrip().endswith("0 failed: ready")
+    assert text.stdout.rstrip().endswith("0 failed: ready, with warnings")  # no Prometheus
     assert "Traceback" not in text.stderr
 
     as_json = doctor("--output", "json", env=env, cwd=ROOT)
     assert as_json.returncode == 0
     report = json.loads(as_json.stdout)
     assert report["summary"]["fail"] == 0
-    assert {c["area"] for c in report["checks"]} == {"Topologies", "Kafka", "Kubernetes", "Retina"}
+    assert {c["area"] for c in report["checks"]} == {
+        "Topologies",
+        "Kafka",
+        "Kubernetes",
+        "Retina",
+        "Evidence",
+    }
+    assert "⚠ prometheus: no --prometheus-url" in text.stdout
 
     assert asyncio.run(_state(broker.bootstrap)) == before  # no topic, no group
     writes = {
