@@ -70,5 +70,5 @@ async def test_every_command_of_the_evidence_page_runs(
                 continue
             assert result.returncode == 0, (command, result.stderr)
             if os.environ.get("SHOW_EVIDENCE_EXAMPLES"):
-                print(f"$ {command}\n{result.stdout}")  # noqa: T201 - refreshing the page
+                print(f"$ {command}\n{result.stdout}")
             assert "Traceback" not in result.stderr
