@@ -87,6 +87,10 @@ class Evidencer:
         """Endings waiting for their evidence or being read."""
         return self._queue.qsize() + len(self._busy)
 
+    def open(self) -> None:
+        """Take work again (an expirer that runs again after a stop)."""
+        self._closed = False
+
     def submit(self, ending: Ending) -> None:
         """Write ``ending`` once its evidence is read; at once without a Prometheus or a slot."""
         if self._client is None or ending.target is None:

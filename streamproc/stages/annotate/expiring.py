@@ -217,6 +217,7 @@ class Expirer:
     async def run(self, stop: asyncio.Event) -> None:
         """Expire on time until ``stop``; resync at start and periodically."""
         with kube.lane("expire"):
+            self.evidencer.open()
             try:
                 await self._run(stop)
             finally:
