@@ -43,6 +43,17 @@ class BadAnswer(PrometheusError):
     """An answer that is not JSON (or too large)."""
 
 
+async def _read(response: aiohttp.ClientResponse) -> bytes:
+    """The whole body, refused past :data:`MAX_ANSWER` (an answer is untrusted input)."""
+    chunks, size = [], 0
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > MAX_ANSWER:
+            raise BadAnswer(f"answer larger than {MAX_ANSWER} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 class Prometheus:
     """One Prometheus HTTP API, with its credentials; ``close`` it when done."""
 
@@ -95,15 +106,13 @@ class Prometheus:
             async with session.get(
                 f"{self.url}{path}", params=params, headers=self._headers()
             ) as response:
-                body = await response.content.read(MAX_ANSWER + 1)
                 if response.status >= 400:
                     raise HttpError(f"HTTP {response.status} from {self.url}{path}")
+                body = await _read(response)
         except TimeoutError:
             raise Timeout(f"no answer from {self.url} within {self._timeout.total}s") from None
         except aiohttp.ClientError as exc:
             raise Unreachable(f"{self.url}: {exc}") from None
-        if len(body) > MAX_ANSWER:
-            raise BadAnswer(f"answer larger than {MAX_ANSWER} bytes")
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError:
