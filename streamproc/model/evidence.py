@@ -137,6 +137,8 @@ class Evidence:
         doc: dict[str, Any] = {"range": self.target.bounds(), "pods": list(self.target.pods)}
         if self.source is not None:
             doc["source"] = SOURCE_NAMES[self.source]
+            #: what ``forward``'s "packets" and ``drops`` count: Hubble counts flows
+            doc["unit"] = "packets" if self.source == "retina" else "flows"
             doc["forward"] = self.forward
             doc["drops"] = self.drops
             doc["tcp"] = {"flags": self.tcp_flags, "retransmissions": self.retransmissions}

@@ -143,6 +143,7 @@ def test_answers_assemble_into_evidence_and_one_event_line() -> None:
     record = found.as_dict()
     assert record["range"] == ["2027-01-15T08:00:00Z", "2027-01-15T08:10:00Z"]
     assert record["source"] == "networkobservability_adv_*"
+    assert record["unit"] == "packets"
     assert record["dns"] == [
         {"query": "evil.example.com", "count": 3, "return_codes": {"NXDOMAIN": 3}}
     ]

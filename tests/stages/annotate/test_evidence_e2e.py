@@ -192,6 +192,7 @@ async def test_evidence_reads_hubbles_families_where_retinas_are_absent(
     for record in records:
         found = record["evidence"]
         assert found["source"] == "hubble_*", found
+        assert found["unit"] == "flows"
         start, end = range_of(record)
         key = series(
             "hubble_flows_processed_total",
