@@ -42,8 +42,13 @@ class RunningPrometheus:
 
 
 @contextlib.contextmanager
-def running_prometheus(tmp_path: Path, targets: dict[str, str]) -> Iterator[RunningPrometheus]:
-    """Prometheus scraping ``targets`` (job -> host:port) every 1 s; stopped at the end."""
+def running_prometheus(
+    tmp_path: Path, targets: dict[str, str], listen: str | None = None
+) -> Iterator[RunningPrometheus]:
+    """Prometheus scraping ``targets`` (job -> host:port) every 1 s; stopped at the end.
+
+    ``listen``: its host:port, when a process started before it must know its URL.
+    """
     if PROMETHEUS is None:
         pytest.skip("Debian's prometheus is not installed (.ci/run installs it)")
     config = {
@@ -54,7 +59,7 @@ def running_prometheus(tmp_path: Path, targets: dict[str, str]) -> Iterator[Runn
         ],
     }
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    listen = f"127.0.0.1:{free_port()}"
+    listen = listen or f"127.0.0.1:{free_port()}"
     log = (tmp_path / "prometheus.log").open("wb")
     server = subprocess.Popen(
         [
