@@ -1,5 +1,8 @@
 """``evidence``: what an observation saw of a workload's network, read from Prometheus.
 
+Also what ``release`` leaves behind (:func:`after_release`): each released pod's evidence line
+and a ``released`` audit record, as the expirer writes ``expired`` ones.
+
 For a workload under observation now, over its pods' ``observed-since`` to now; for one whose
 observation ended, over its last observation in ``--lookback``, as streamproc's own
 ``streamproc_observed_pod_since_seconds`` series remember it (value: the start; last sample:
@@ -15,9 +18,10 @@ import time
 from typing import Any
 
 import click
+import orjson
 
 from streamproc.cli import options
-from streamproc.model import durations, evidence
+from streamproc.model import conventions, durations, evidence, outcomes
 from streamproc.settings import Settings
 
 
@@ -157,3 +161,65 @@ def show(target: str, found: evidence.Evidence, *, live: bool) -> None:
             "dns", query.query, f"{query.count:,} queries" + (f" ({codes})" if codes else "")
         )
     Console(width=160).print(table)
+
+
+#: the audit result of a release by hand
+RELEASED: outcomes.Outcome = "released"
+
+
+def after_release(settings: Settings, before: Any, pods: list[str]) -> None:
+    """Evidence of each released pod (with ``--prometheus-url``) and its ``released`` record.
+
+    ``before``: the workload's observation as read before the release (its start, topology).
+    An audit record that cannot be written is said on stderr; the release stands.
+    """
+    from streamproc.clients import kafka  # noqa: PLC0415 - only release needs it here
+    from streamproc.cluster import evidencing  # noqa: PLC0415
+
+    now = time.time()
+    since = before.since if before.since is not None else now
+
+    async def read() -> list[evidence.Evidence | None]:
+        if not settings.prometheus_url:
+            return [None for _ in pods]
+        client = client_of(settings)
+        total_s = 2 * settings.evidence_timeout_s
+        try:
+            return list(
+                await asyncio.gather(
+                    *(
+                        evidencing.gather(
+                            client,
+                            evidence.Target(before.namespace, (pod,), since, now),
+                            total_s=total_s,
+                        )
+                        for pod in pods
+                    )
+                )
+            )
+        finally:
+            await client.close()
+
+    found = asyncio.run(read())
+    records = []
+    for pod, seen in zip(pods, found, strict=True):
+        if seen is not None:
+            click.echo(f"evidence {pod}: {seen.summary()}")
+        doc = {
+            "time": conventions.format_time(now),
+            **({"cluster": settings.cluster} if settings.cluster else {}),
+            "result": RELEASED,
+            "topology": before.topology,
+            "namespace": before.namespace,
+            "kind": "Pod",
+            "name": pod,
+            "pods": [pod],
+            "workload": f"{before.namespace}/{before.kind}/{before.workload}",
+            **({"evidence": seen.as_dict()} if seen is not None else {}),
+        }
+        records.append((f"{before.namespace}/Pod/{pod}".encode(), orjson.dumps(doc)))
+    kafka.connect_errors.hide = True
+    try:
+        asyncio.run(kafka.publish(settings, settings.topics.audit, records))
+    except kafka.KafkaError as exc:
+        click.echo(f"streamproc: warning: no audit record written: {kafka.explain(exc)}", err=True)

@@ -101,8 +101,10 @@ def release(target: str, forget: bool, **opts: Any) -> None:
     found_kind = kind or found
     if pods:
         click.echo(f"released {target}: {len(pods)} pods ({', '.join(pods)})")
-        if settings.prometheus_url and before is not None:
-            click.echo(f"evidence: {_evidence_line(settings, namespace, pods, before.since)}")
+        if before is not None:  # the trail: evidence (with a Prometheus) and audit records
+            from streamproc.cli import evidence  # noqa: PLC0415
+
+            evidence.after_release(settings, before, pods)
     elif not forget:
         raise click.ClickException(f"{target} is not under observation")
     if forget:
@@ -111,27 +113,6 @@ def release(target: str, forget: bool, **opts: Any) -> None:
                 f"{target} is not under observation: name its kind, NAMESPACE/KIND/WORKLOAD"
             )
         _forget(settings, namespace, found_kind, name)
-
-
-def _evidence_line(settings: Settings, namespace: str, pods: list[str], since: float | None) -> str:
-    """The released observation's network evidence, as the expiry's Event would say it."""
-    import time  # noqa: PLC0415
-
-    from streamproc.cli import evidence as evidence_cli  # noqa: PLC0415
-    from streamproc.cluster import evidencing  # noqa: PLC0415
-    from streamproc.model import evidence  # noqa: PLC0415
-
-    now = time.time()
-    target = evidence.Target(namespace, tuple(sorted(pods)), since or now, now)
-
-    async def read() -> evidence.Evidence:
-        client = evidence_cli.client_of(settings)
-        try:
-            return await evidencing.gather(client, target, total_s=2 * settings.evidence_timeout_s)
-        finally:
-            await client.close()
-
-    return asyncio.run(read()).summary()
 
 
 def _forget(settings: Settings, namespace: str, kind: str, name: str) -> None:

@@ -65,12 +65,14 @@ EvidenceMissing = Literal[
 #: the ``result`` label of ``streamproc_evidence_total``
 EvidenceResult = Literal["found"] | EvidenceMissing
 
-#: the ``result`` of every audit record: an action's outcome, an expiry, a workload's new pod
-#: followed, keys a person changed left to them (``yielded``), a capture
+#: the ``result`` of every audit record: an action's outcome, an expiry, a release by hand
+#: (``streamproc release``), a workload's new pod followed, keys a person changed left to them
+#: (``yielded``), a capture
 Outcome = (
     Applied
     | Literal[
         "expired",
+        "released",
         "followed",
         "yielded",
         "capture-created",

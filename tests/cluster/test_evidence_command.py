@@ -13,26 +13,28 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 from prometheus_client import REGISTRY, start_http_server
 
 from streamproc.clients import kube
-from streamproc.lab.broker import free_port
+from streamproc.lab.broker import EmbeddedBroker, free_port
 from streamproc.lab.cluster import ClusterBuilder
 from streamproc.lab.kubeemu import KubeEmulator
 from streamproc.lab.retina_exporter import ExportedPod, RetinaExporter, annotated_in, series
 from streamproc.model import conventions
 from streamproc.stages.annotate.expiring import Expirer
 from tests.conftest import action_for, async_wait_for, make, time_passes, workload
+from tests.e2e.conftest import consume_all
 from tests.prometheus_server import RunningPrometheus, running_prometheus, wait_scraped_after
 
 pytestmark = pytest.mark.e2e
 
 
-def cli(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def cli(kubeconfig: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "streamproc", *args],
-        env={**os.environ, "KUBECONFIG": str(kubeconfig)},
+        env={**os.environ, "KUBECONFIG": str(kubeconfig), **env},
         capture_output=True,
         text=True,
         timeout=60,
@@ -67,9 +69,13 @@ def gauge_gone(prom: RunningPrometheus) -> bool:
 
 
 async def test_evidence_of_a_live_and_of_a_past_observation_as_a_table_and_json(
-    tmp_path: Path, kubeconfig: Path, emulator: KubeEmulator, cluster: ClusterBuilder
+    tmp_path: Path,
+    kubeconfig: Path,
+    emulator: KubeEmulator,
+    cluster: ClusterBuilder,
+    broker: EmbeddedBroker,
 ) -> None:
-    """Live: since -> now from the pods' marks; past: the range Prometheus remembers."""
+    """Live: since -> now from the pods' marks; release: a record each; past: from Prometheus."""
     redis = workload(cluster, "redis")
     pods = [ExportedPod("shop", p, "10.0.0.1", "StatefulSet", "redis") for p in redis.pods]
     exporter = RetinaExporter(pods, observed=annotated_in(lambda: emulator.list("Pod")))
@@ -109,10 +115,29 @@ async def test_evidence_of_a_live_and_of_a_past_observation_as_a_table_and_json(
             assert found["forward"]["egress"]["packets"] > 0
 
             released = await asyncio.to_thread(
-                cli, kubeconfig, "release", "shop/StatefulSet/redis", url
+                cli,
+                kubeconfig,
+                "release",
+                "shop/StatefulSet/redis",
+                url,
+                STREAMPROC_BOOTSTRAP_SERVERS=broker.bootstrap,
             )
             assert released.returncode == 0, released.stderr
-            assert "evidence: egress " in released.stdout
+            assert f"evidence {redis.pods[0]}: egress " in released.stdout
+            assert "warning" not in released.stderr
+            audit = [
+                orjson.loads(v or b"")
+                for _, v, _ in await asyncio.to_thread(
+                    consume_all, broker.bootstrap, "streamproc.audit", 1.0
+                )
+            ]
+            assert sorted(r["name"] for r in audit if r["result"] == "released") == sorted(
+                redis.pods
+            )
+            for record in audit:
+                assert record["workload"] == "shop/StatefulSet/redis"
+                assert record["evidence"]["range"][0] == since
+                assert record["evidence"]["forward"]["egress"]["packets"] > 0
             ended = time.time()
 
             # the expirer finds the observation ended and drops its series; Prometheus sees it go
