@@ -74,8 +74,6 @@ class Evidencer:
         self._workers: list[asyncio.Task[None]] = []
         self._busy: dict[int, Ending] = {}
         self._closed = False
-        #: endings written, by evidence result (tests and the lab read it)
-        self.written: dict[str, int] = {}
 
     @property
     def enabled(self) -> bool:
@@ -135,7 +133,6 @@ class Evidencer:
     def _write(self, ending: Ending, found: evidence.Evidence) -> None:
         code: outcomes.EvidenceResult = found.result
         metrics.evidence_total.labels(result=code).inc()
-        self.written[code] = self.written.get(code, 0) + 1
         if found.missing is not None:
             log.info("no evidence of %s: %s (%s)", ending.message, found.missing, found.detail)
         self._write_now(ending, found)
