@@ -201,3 +201,49 @@ async def test_the_release_happens_while_evidence_waits_and_a_stop_writes_the_re
     assert len(auditor.records) == len(redis.pods)
     assert {r["evidence"]["missing"] for r in auditor.records} == {"shutdown"}
     assert len(expired_events(emulator)) == len(redis.pods)
+
+
+async def test_marks_from_before_observed_since_get_no_range_and_no_query(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
+) -> None:
+    """No start on the pod: the record says ``no-range``; Prometheus is not asked to guess."""
+    redis = workload(cluster, "redis")
+    asked: list[str] = []
+
+    async def counting(request: web.Request) -> web.Response:
+        asked.append(request.query.get("query", ""))
+        return web.json_response(EMPTY)
+
+    async with standin(counting) as url:
+        annotator, made = make(client, ttl=60)
+        await annotator.apply(action_for(redis))
+        for pod in redis.pods:  # as an annotator before this version wrote them
+            emulator.update(
+                "Pod",
+                "shop",
+                pod,
+                {"metadata": {"annotations": {conventions.OBSERVED_SINCE: None}}},
+            )
+        auditor = testing.MemoryAuditor()
+        evidence_from = prometheus.Prometheus(url, timeout_s=1)
+        expirer = Expirer(
+            client,
+            resync_s=60,
+            clock=made.clock,
+            policy=made.policy,
+            auditor=auditor,
+            evidence_from=evidence_from,
+        )
+        stop = asyncio.Event()
+        task = asyncio.create_task(expirer.run(stop))
+        try:
+            time_passes(expirer, 3600)
+            await async_wait_for(
+                lambda: len(auditor.records) == len(redis.pods), timeout=30, what="the records"
+            )
+        finally:
+            stop.set()
+            await task
+            await evidence_from.close()
+    assert {r["evidence"]["missing"] for r in auditor.records} == {"no-range"}
+    assert asked == []
