@@ -83,6 +83,10 @@ def _check(meta: object) -> None:
     if isinstance(found, marks.Marks):
         assert 0 <= found.until <= BOUND, found.until
         conventions.format_time(found.until)
+        if found.since is not None:  # the evidence range it starts is bounded (model.evidence)
+            assert found.until - marks.MAX_OBSERVED_S <= found.since <= found.until, found.since
+            assert found.since <= NOW + marks.SKEW_S, found.since
+            conventions.format_time(found.since)
     if not (isinstance(meta, dict) and _strings(meta.get("annotations", {}))):
         return  # the API server hands out string maps only; patches read no other
     if not _strings(meta.get("labels", {})):
@@ -95,11 +99,14 @@ def _check(meta: object) -> None:
         rule="r",
         action_id="retina-observe/shop/Deployment/frontend/1799990000000",
         previous=found,
+        now=NOW,
     )
     if patch is not None:
         written = conventions.parse_time(str(patch.annotations[conventions.EXPIRES_AT]))
         assert written is not None
         assert written <= BOUND, written
+        since = patch.annotations.get(conventions.OBSERVED_SINCE)
+        assert since is None or (conventions.parse_time(since) or 0.0) <= NOW + marks.SKEW_S
     patches.release(pod, found, lambda key, value: POLICY.ours(LADDER.name, key, value))
 
 

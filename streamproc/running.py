@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from streamproc import stopping
-from streamproc.clients import kafka, kube
+from streamproc.clients import kafka, kube, prometheus
 from streamproc.cluster.cache import ClusterCache
 from streamproc.cluster.resolving import WorkloadResolver
 from streamproc.model import fleets, marks
@@ -158,6 +158,15 @@ async def _start_annotate(
     cleanups.append(auditor.flush)
     # what this replica expires and follows: the workloads of the action partitions it holds
     ownership = Ownership(kafka.partition_of)
+    evidence_from = None
+    if settings.prometheus_url:  # each expiry's network evidence is read there (docs/evidence.md)
+        evidence_from = prometheus.Prometheus(
+            settings.prometheus_url,
+            timeout_s=settings.evidence_timeout_s,
+            token_file=settings.prometheus_token_file,
+            ca_file=settings.prometheus_ca_file,
+        )
+        cleanups.append(evidence_from.close)
     # every replica keeps the API server's time, so all read the pods' expiry times alike
     expirer = Expirer(
         client,
@@ -169,6 +178,8 @@ async def _start_annotate(
         cache=cache,
         policy=marks.Policy.of(topologies),
         concurrency=concurrency_of(settings.api_concurrency),
+        evidence_from=evidence_from,
+        evidence_total_s=2 * settings.evidence_timeout_s,
     )
     # acns-metric-filters: one task per process keeps ACNS's ContainerNetworkMetric the
     # projection of the observed pods, woken by every change the three below make

@@ -97,6 +97,7 @@ RELEASE = frozenset({"release"})
 SIMULATE = frozenset({"simulate"})
 SEND = frozenset({"send"})
 LAB = frozenset({"lab"})
+EVIDENCE = frozenset({"evidence"})
 
 #: the ways a pod can be put under observation (``Settings.observation_backend``)
 OBSERVATION_BACKENDS = ("retina-annotation", "acns-metric-filters")
@@ -208,7 +209,7 @@ class Settings:
         "--kubeconfig",
         "KUBECONFIG",
         "Kubeconfig file [default: KUBECONFIG, ~/.kube/config, else in-cluster].",
-        commands=KUBE_STAGES | DOCTOR | STATUS | RELEASE | SIMULATE,
+        commands=KUBE_STAGES | DOCTOR | STATUS | RELEASE | SIMULATE | EVIDENCE,
     )
     #: partitions for the internal topics; also the Faust table partitions.
     partitions: int = knob(
@@ -386,6 +387,44 @@ class Settings:
         "filters). A topology's spec.action.backend overrides it.",
         commands=ANNOTATE | DOCTOR | RELEASE,
         type=OBSERVATION_BACKENDS,
+    )
+    #: the Prometheus that scrapes Retina (or ACNS's Hubble metrics): at the end of each
+    #: observation its network evidence is read there (docs/evidence.md); "" turns that off
+    prometheus_url: str = knob(
+        "",
+        "--prometheus-url",
+        "STREAMPROC_PROMETHEUS_URL",
+        "Prometheus that scrapes Retina's pod metrics (or ACNS Hubble's): each observation's "
+        "network evidence is read there at its end, into its audit record and Event "
+        "[default: none, no evidence].",
+        commands=ANNOTATE | DOCTOR | RELEASE | EVIDENCE,
+    )
+    #: a bearer token for it, re-read when the file changes (managed Prometheus rotates it)
+    prometheus_token_file: Path | None = knob(
+        None,
+        "--prometheus-token-file",
+        "STREAMPROC_PROMETHEUS_TOKEN_FILE",
+        "File holding a bearer token for --prometheus-url (re-read when it changes).",
+        type=Path,
+        commands=ANNOTATE | DOCTOR | RELEASE | EVIDENCE,
+    )
+    prometheus_ca_file: Path | None = knob(
+        None,
+        "--prometheus-ca-file",
+        "STREAMPROC_PROMETHEUS_CA_FILE",
+        "CA bundle that signed --prometheus-url's certificate [default: the system's].",
+        type=Path,
+        commands=ANNOTATE | DOCTOR | RELEASE | EVIDENCE,
+    )
+    #: the longest one query may take, and (twice it) one observation's evidence in all: an
+    #: expiry never waits for it (the evidence is read after the observation ended)
+    evidence_timeout_s: float = knob(
+        5.0,
+        "--evidence-timeout",
+        "STREAMPROC_EVIDENCE_TIMEOUT",
+        "Longest one Prometheus query for evidence may take (s); one observation's evidence "
+        "takes at most twice this.",
+        commands=ANNOTATE | DOCTOR | RELEASE | EVIDENCE,
     )
     #: observed pods per node at most: Retina's agent keeps the IPs of observed pods in an eBPF
     #: map of ``filterMapMaxEntries`` per node (default 255) and fails past it.

@@ -1,8 +1,9 @@
 """The ``streamproc`` command: one module per command or group of commands.
 
 ``stages`` (run, ingest, windows, annotate), ``send`` (send, samples), ``check``, ``doctor``,
-``operating`` (status, release), ``simulate`` and ``lab``. Their options come from the knobs
-in ``settings.py`` through ``options``; ``errors`` turns known failures into one plain line.
+``operating`` (status, release), ``evidence``, ``simulate`` and ``lab``. Their options come from
+the knobs in ``settings.py`` through ``options``; ``errors`` turns known failures into one plain
+line.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 import click
 
 from streamproc import __version__, stopping
-from streamproc.cli import check, doctor, errors, lab, operating, send, simulate, stages
+from streamproc.cli import check, doctor, errors, evidence, lab, operating, send, simulate, stages
 
 
 class _Commands(click.Group):
@@ -60,6 +61,7 @@ for _command in (
     doctor.doctor,
     operating.status,
     operating.release,
+    evidence.evidence_command,
     simulate.simulate,
 ):
     main.add_command(_command)

@@ -92,16 +92,22 @@ def release(target: str, forget: bool, **opts: Any) -> None:
     # what the topologies write: a key a person changed since is theirs and stays
     policy = marks.Policy.of(loaded)
 
-    async def work(client: Any, resolver: Any) -> tuple[list[str], str | None]:
-        released = await observing.release(client, resolver, namespace, kind, name, policy)
+    async def work(client: Any, resolver: Any) -> tuple[list[str], str | None, Any]:
+        # its start, for the evidence of the range it lasted (read before the marks go)
+        before = await observing.find(client, resolver, (namespace, kind, name), policy)
+        pods, found = await observing.release(client, resolver, namespace, kind, name, policy)
         # acns-metric-filters: the pods are released; their filters go with them now
         await observing.project_filters(client, loaded, settings.observation_backend, policy)
-        return released
+        return pods, found, before
 
-    pods, found = _cluster_command(settings.kubeconfig, work)
+    pods, found, before = _cluster_command(settings.kubeconfig, work)
     found_kind = kind or found
     if pods:
         click.echo(f"released {target}: {len(pods)} pods ({', '.join(pods)})")
+        if before is not None:  # the trail: evidence (with a Prometheus) and audit records
+            from streamproc.cli import evidence  # noqa: PLC0415
+
+            evidence.after_release(settings, before, pods)
     elif not forget:
         raise click.ClickException(f"{target} is not under observation")
     if forget:

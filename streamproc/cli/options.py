@@ -47,6 +47,7 @@ COMMANDS = (
     "doctor",
     "status",
     "release",
+    "evidence",
     "simulate",
     "lab",
 )

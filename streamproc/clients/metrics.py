@@ -1,7 +1,10 @@
 """Every Prometheus metric streamproc exports, defined once; the only importer of prometheus_client.
 
 Label values are bounded sets (stage, topology, reason codes, verbs, HTTP codes): never a pod
-name, a workload or a uuid, so cardinality does not grow with the cluster or the attack.
+name, a workload or a uuid, so cardinality does not grow with the cluster or the attack. One
+exception, on purpose: ``streamproc_observed_pod_since_seconds`` names the pods under observation
+now (at most ``--node-budget`` per node and ``maxObservations`` per topology, removed when each
+ends), because the evidence dashboard and ``streamproc evidence`` join Retina's pod series on it.
 """
 
 from __future__ import annotations
@@ -182,6 +185,19 @@ observations_active = Gauge(
     "streamproc_observations_active",
     "Pods under observation now, by topology",
     ["topology"],
+)
+observed_pod_since = Gauge(
+    "streamproc_observed_pod_since_seconds",
+    "Start of each pod's observation (epoch s), present exactly while this replica's expirer "
+    "holds it: join Retina's pod series (namespace, podname) on it",
+    ["namespace", "pod", "workload_kind", "workload_name", "topology"],
+)
+evidence_total = Counter(
+    "streamproc_evidence_total",
+    "Observations whose network evidence was read from Prometheus at their end (found) or not "
+    "(why: unreachable, timeout, http-error, bad-answer, no-series, no-range, overloaded, "
+    "shutdown)",
+    ["result"],
 )
 observations_expired = Counter(
     "streamproc_observations_expired_total",

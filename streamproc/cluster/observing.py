@@ -33,6 +33,9 @@ class Observation:
     nodes: list[str] = field(default_factory=list)
     #: the escalation level, "3/4" (empty for a topology without a ladder)
     level: str = ""
+    #: when its pods' observation opened (the earliest ``observed-since``); None when a pod's
+    #: marks predate it
+    since: float | None = None
 
     @property
     def expires_in(self) -> float:
@@ -43,6 +46,7 @@ class Observation:
         """JSON form for ``status --output json``."""
         return {
             **asdict(self),
+            "since": conventions.format_time(self.since) if self.since is not None else None,
             "expires_at": conventions.format_time(self.expires_at),
             "expires_in_s": round(self.expires_in),
         }
@@ -67,9 +71,20 @@ async def current(
         entry = found.setdefault(
             key,
             Observation(
-                ref.namespace, ref.kind, ref.name, read.topology, read.rule, until, level=read.level
+                ref.namespace,
+                ref.kind,
+                ref.name,
+                read.topology,
+                read.rule,
+                until,
+                level=read.level,
+                since=read.since,
             ),
         )
+        if entry.pods and (entry.since is None or read.since is None):
+            entry.since = None  # one pod's start unknown: the observation's start is unknown
+        elif read.since is not None and entry.since is not None:
+            entry.since = min(entry.since, read.since)
         entry.pods.append(str(meta.get("name", "")))
         entry.nodes.append(str((pod.get("spec") or {}).get("nodeName") or ""))
         entry.expires_at = max(entry.expires_at, until)
@@ -82,6 +97,22 @@ async def current(
                 name, "Namespace", name, read.topology, read.rule, read.until, level=read.level
             )
     return sorted(found.values(), key=lambda o: (o.namespace, o.kind, o.workload))
+
+
+async def find(
+    client: kube.Kube,
+    resolver: WorkloadResolver,
+    workload: tuple[str, str | None, str],
+    policy: marks.Policy | None = None,
+) -> Observation | None:
+    """The observation of one workload (namespace, kind or None for any, name), if it has one."""
+    namespace, kind, name = workload
+    for observation in await current(client, resolver, policy):
+        if (observation.namespace, observation.workload) == (namespace, name) and (
+            kind is None or observation.kind == kind
+        ):
+            return observation
+    return None
 
 
 async def release(

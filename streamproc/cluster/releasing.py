@@ -45,6 +45,9 @@ class Release:
     yielded: tuple[str, ...] = ()
     #: why the marks were refused, when they were (released at once, whatever their expiry)
     refused: marks.Reason | None = None
+    #: the marks as they were before the release (None: refused or none): the observation's
+    #: start (``observed-since``) and workload, for its evidence
+    ended: marks.Marks | None = None
 
 
 async def release(
@@ -87,7 +90,7 @@ async def release(
             if from_cache:
                 continue  # only a write is decided from a copy: anything else on the pod as it is
             return decided
-        patch, refused = decided
+        patch, refused, ended = decided
         removed = tuple(sorted(k for k, v in patch.annotations.items() if v is None))
         if not dry_run:
             try:
@@ -103,7 +106,7 @@ async def release(
             current = written or current
         # a refused mark's owned keys are a claim, not a record: nothing to say was yielded
         yielded = patch.yielded if refused is None else ()
-        return Release("released", current, removed, yielded=yielded, refused=refused)
+        return Release("released", current, removed, yielded=yielded, refused=refused, ended=ended)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -113,7 +116,7 @@ def _decided(
     owned: Callable[[Json], bool] | None,
     policy: marks.Policy,
     now: float,
-) -> Release | tuple[patches.Patch, marks.Reason | None]:
+) -> Release | tuple[patches.Patch, marks.Reason | None, marks.Marks | None]:
     """Why the object is left as it is, or the patch that removes the observation."""
     if owned is not None and not owned(current):
         return Release("elsewhere", current)
@@ -130,4 +133,6 @@ def _decided(
         # already ended (a resync from a copy a moment old, a person, another tool): nothing
         # to write, and no second "expired" to report
         return Release("unmarked", current)
-    return patch, found.reason if isinstance(found, marks.Refusal) else None
+    if isinstance(found, marks.Refusal):
+        return patch, found.reason, None
+    return patch, None, found

@@ -20,6 +20,7 @@ from streamproc import clocks
 from streamproc.clients import kafka, kube
 from streamproc.cluster import permissions
 from streamproc.doctor import checks, platform, retina
+from streamproc.doctor import evidence as evidence_doctor
 from streamproc.doctor.checks import Check
 from streamproc.model import conventions, events, fleets, topologies
 
@@ -39,11 +40,18 @@ LAG_WARN = 10_000
 AREA_TIMEOUT_S = 30.0
 
 
-async def diagnose(settings: Settings, topology_path: Path | None = None) -> list[Check]:
-    """Every check, in the order a person would fix things: topologies, Kafka, the cluster."""
+async def diagnose(
+    settings: Settings, topology_path: Path | None = None, *, evidence: bool = True
+) -> list[Check]:
+    """Every check, in the order a person would fix things: topologies, Kafka, the cluster.
+
+    ``evidence``: also the evidence's Prometheus (the lab has none, and reads no evidence).
+    """
     found, loaded = topology_checks(topologies.resolve_path(topology_path))
     found += await _bounded("Kafka", kafka_checks(settings, loaded))
     found += await _bounded("Kubernetes", cluster_checks(settings, loaded))
+    if evidence:
+        found += await _bounded(evidence_doctor.AREA, evidence_doctor.evidence_checks(settings))
     return found
 
 

@@ -28,8 +28,11 @@ ACTION_ID = f"{PREFIX}/action"
 OWNED_KEYS = f"{PREFIX}/owned-keys"
 #: the escalation level of the observation ("3/4"), only for topologies with a ladder.
 LEVEL = f"{PREFIX}/level"
+#: when the observation of this object opened (RFC 3339, UTC); kept on extension: the start of
+#: the range its network evidence is read over (docs/evidence.md)
+OBSERVED_SINCE = f"{PREFIX}/observed-since"
 
-BOOKKEEPING_KEYS = (EXPIRES_AT, TOPOLOGY, RULE, ACTION_ID, OWNED_KEYS, LEVEL)
+BOOKKEEPING_KEYS = (EXPIRES_AT, TOPOLOGY, RULE, ACTION_ID, OWNED_KEYS, LEVEL, OBSERVED_SINCE)
 
 #: namespaces never observed unless a topology lists them in ``include`` explicitly, whatever
 #: its ``exclude`` says: the control plane's, and streamproc's own (k8s/ deploys it there).

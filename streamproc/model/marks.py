@@ -17,6 +17,12 @@ What the decoder cannot tell apart: a mark a tenant forges to look exactly like 
 its own pods (a known topology, its own workload, an expiry within the ladder). That buys the
 tenant an observation of its own pods (which it could have by writing ``retina.sh`` itself) and
 one ``maxObservations`` slot per workload it owns, for at most the ladder's longest TTL.
+
+``observed-since`` (when the observation opened) bounds the range streamproc asks Prometheus
+about at the end (``model.evidence``): optional (pods observed before it was written have none),
+refused when it is not RFC 3339, later than ``expires-at`` or later than now + :data:`SKEW_S`; an
+earlier value than an observation could have started (``expires-at`` minus
+:data:`MAX_OBSERVED_S`) is clamped there, so a forged start never widens a query without bound.
 """
 
 from __future__ import annotations
@@ -45,6 +51,9 @@ CEILING_S = 366 * 86400.0
 MAX_OWNED = 64
 #: what streamproc writes for rule and action id at most (``patches.observe`` truncates there)
 MAX_VALUE = 253
+#: the longest an observation, extensions included, is believed to have lasted: an older
+#: ``observed-since`` is clamped to ``expires-at`` minus this (the evidence range's bound)
+MAX_OBSERVED_S = 7 * 86400.0
 #: pods+reasons warned about, remembered so a resync does not repeat the warning (bounded)
 MAX_WARNED = 4096
 
@@ -68,6 +77,8 @@ class Marks:
     labelled: bool
     #: (namespace, Kind, name) the action id names, None when it is cut short (long names)
     workload: tuple[str, str, str] | None
+    #: when the observation opened (``observed-since``, clamped); None on marks written before it
+    since: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +204,9 @@ def decode(  # noqa: C901 - one refusal per check, in order
     keys = policy._keys(topology)  # noqa: SLF001 - the policy's own reading of a topology
     if keys is not None and not owned <= keys:
         return refuse("foreign", f"owned-keys lists {sorted(owned - keys)[:3]}, not {topology}'s")
+    since = _since(annotations.get(conventions.OBSERVED_SINCE), until=until, now=now)
+    if isinstance(since, Refusal):
+        return refuse(since.reason, since.detail)
     complete = len(parts) == 5 and parts[4].isdigit()  # topology/ns/Kind/name/window
     return Marks(
         until=until,
@@ -203,7 +217,19 @@ def decode(  # noqa: C901 - one refusal per check, in order
         level=level,
         labelled=labelled,
         workload=(parts[1], parts[2], parts[3]) if complete else None,
+        since=since,
     )
+
+
+def _since(raw: object, *, until: float, now: float) -> float | Refusal | None:
+    """``observed-since`` checked and clamped; None when absent (written before it existed)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or (since := _time(raw)) is None:
+        return Refusal("malformed", f"observed-since {str(raw)[:40]!r} is not RFC 3339")
+    if since > until or since > now + SKEW_S:
+        return Refusal("beyond-policy", f"observed-since {raw[:40]} is later than it can be")
+    return max(since, until - MAX_OBSERVED_S, 0.0)
 
 
 def _level_ok(level: str) -> bool:

@@ -56,12 +56,32 @@ FilterWrite = Literal[
     "created", "replaced", "deleted", "unchanged", "conflict", "dry-run", "malformed"
 ]
 
-#: the ``result`` of every audit record: an action's outcome, an expiry, a workload's new pod
-#: followed, keys a person changed left to them (``yielded``), a capture
+#: why an observation's network evidence is missing (``model.evidence``): Prometheus did not
+#: answer (``unreachable``), not in time (``timeout``), with an error status (``http-error``),
+#: or not with a query result (``bad-answer``); it holds no Retina or Hubble series of the pods
+#: (``no-series``); the marks said no start (``no-range``: refused marks); too much evidence work
+#: was waiting already (``overloaded``); the process stopped first (``shutdown``)
+EvidenceMissing = Literal[
+    "unreachable",
+    "timeout",
+    "http-error",
+    "bad-answer",
+    "no-series",
+    "no-range",
+    "overloaded",
+    "shutdown",
+]
+#: the ``result`` label of ``streamproc_evidence_total``
+EvidenceResult = Literal["found"] | EvidenceMissing
+
+#: the ``result`` of every audit record: an action's outcome, an expiry, a release by hand
+#: (``streamproc release``), a workload's new pod followed, keys a person changed left to them
+#: (``yielded``), a capture
 Outcome = (
     Applied
     | Literal[
         "expired",
+        "released",
         "followed",
         "yielded",
         "capture-created",

@@ -29,6 +29,9 @@ class Patch:
     foreign: tuple[str, ...] = ()
     #: keys streamproc had added that a person changed or removed since: theirs from now on
     yielded: tuple[str, ...] = ()
+    #: when the observation this patch opens or extends opened (None: not known, marks written
+    #: before ``observed-since`` existed)
+    since: float | None = None
 
 
 def _meta(pod: Mapping[str, Any]) -> tuple[dict[str, str], dict[str, str], str | None]:
@@ -87,13 +90,16 @@ def observe(
     action_id: str,
     previous: marks.Read,
     level: str = "",
+    now: float | None = None,
 ) -> Patch | None:
     """Open or extend an observation; None when the pod already carries this or a later one.
 
     ``previous`` is the pod's marks as read (``marking.read``): refused ones extend nothing.
     A key streamproc added that a person changed or removed since is yielded: left as it is,
     dropped from ``owned-keys``, and not added again while this observation lasts.
-    ``level`` ("3/4") is written only for topologies with an escalation ladder.
+    ``level`` ("3/4") is written only for topologies with an escalation ladder. ``now``: the
+    writer's clock, written as ``observed-since`` when this opens the observation (an extension
+    keeps the start it has, and leaves none where the marks predate it).
     """
     current, _, version = _meta(pod)
     found = _observation(previous, topology)
@@ -128,12 +134,17 @@ def observe(
     )
     if level:
         changes[conventions.LEVEL] = level
+    # whole seconds, as written, so the gauge and the evidence range read what the pod says
+    since = found.since if found is not None else (float(int(now)) if now is not None else None)
+    if since is not None:
+        changes[conventions.OBSERVED_SINCE] = conventions.format_time(since)
     return Patch(
         annotations=changes,
         labels={conventions.OBSERVED_LABEL: "true"},
         resource_version=version,
         foreign=tuple(foreign),
         yielded=tuple(sorted(gone)),
+        since=since,
     )
 
 

@@ -403,7 +403,7 @@ def test_doctor_reports_a_ready_setup_and_writes_nothing(
     assert text.returncode == 0, text.stdout + text.stderr
     assert "✘" not in text.stdout
     assert "✔ annotations: enableAnnotations: true" in text.stdout
-    assert text.stdout.rstrip().endswith("0 failed: ready")
+    assert text.stdout.rstrip().endswith("0 failed: ready, with warnings")  # no Prometheus
     assert "Traceback" not in text.stderr
 
     as_json = doctor("--output", "json", env=env, cwd=ROOT)
@@ -416,7 +416,9 @@ def test_doctor_reports_a_ready_setup_and_writes_nothing(
         "Kubernetes",
         "Platform",
         "Retina",
+        "Evidence",
     }
+    assert "⚠ prometheus: no --prometheus-url" in text.stdout
 
     assert asyncio.run(_state(broker.bootstrap)) == before  # no topic, no group
     writes = {

@@ -342,17 +342,19 @@ class Annotator:
                 action_id=action.id,
                 previous=previous,
                 level=_level_text(topology, action),
+                now=self.clock(),
             )
             lasting = previous.until if isinstance(previous, marks.Marks) else until
+            since, workload = _known(previous)
             if patch is None:
                 metrics.patches.labels(op="observe", result="unchanged").inc()
-                self.scheduler.schedule(ref, lasting, topology.name)
+                self.scheduler.schedule(ref, lasting, topology.name, since=since, workload=workload)
                 return "unchanged", lasting
             due = self.clock() + self._extend_within(topology, action)
             if patches.lasts(pod, annotate, beyond=due, previous=previous, topology=topology.name):
                 # still observed for long enough: no write until an extension is due
                 metrics.patches.labels(op="observe", result="not-due").inc()
-                self.scheduler.schedule(ref, lasting, topology.name)
+                self.scheduler.schedule(ref, lasting, topology.name, since=since, workload=workload)
                 return "not-due", lasting
             if patch.foreign:
                 log.warning(
@@ -382,7 +384,10 @@ class Annotator:
             self._changed(topology.name)
             self.observed_pods.add((ref.namespace, ref.name))
             node = str((pod.get("spec") or {}).get("nodeName") or "")
-            self.scheduler.schedule(ref, until, topology.name, node)
+            workload = (action.namespace, action.kind, action.name)
+            self.scheduler.schedule(
+                ref, until, topology.name, node, since=patch.since, workload=workload
+            )
             return ("opened" if opened else "extended"), until
         return "conflict", 0.0
 
@@ -524,6 +529,13 @@ def observed_how(topology: Topology) -> str:
 def workload_key(action: Action) -> str:
     """The workload an action is for: its actions are applied one after another, in order."""
     return f"{action.namespace}/{action.kind}/{action.name}"
+
+
+def _known(previous: marks.Read) -> tuple[float | None, tuple[str, str, str] | None]:
+    """What the marks as read say of an observation left as it is: its start and workload."""
+    if isinstance(previous, marks.Marks):
+        return previous.since, previous.workload
+    return None, None
 
 
 def _level_text(topology: Topology, action: Action) -> str:

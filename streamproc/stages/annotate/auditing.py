@@ -4,8 +4,9 @@ Who (topology, rule, a sample of detection uuids), what (object, pods, annotatio
 the result (an ``outcomes.Outcome``; docs/operating.md lists them all).
 Records are produced without waiting on each one; the annotator flushes them before it commits
 a batch of actions (so a crash replays the batch rather than losing its records) and the expirer
-after each round. An audit that cannot be written is counted and logged, never a reason to hold
-back an observation.
+after each round (an expiry's records that wait for its network evidence are flushed by the
+evidence work once written, ``evidencing``). An audit that cannot be written is counted and
+logged, never a reason to hold back an observation.
 """
 
 from __future__ import annotations

@@ -12,7 +12,11 @@ budget's ``expire`` lane: at the budget's rate, taking turns with new actions ra
 queueing them behind the burst; their Events have a budget of their own. While the API server
 is unreachable, due expiries wait and are applied when it answers again. With several annotate
 replicas each expires only the pods of the workloads it owns (``ownership``), so every pod is
-released, and its Event and audit record written, once.
+released, and its Event and audit record written, once. With ``--prometheus-url`` the Event and
+the record wait for the observation's network evidence, read after the release in bounded
+background work (``evidencing``): the release itself never waits for Prometheus. While it holds
+a pod's observation it exports its start (``streamproc_observed_pod_since_seconds``), which the
+evidence dashboard and ``streamproc evidence`` join Retina's series on.
 """
 
 from __future__ import annotations
@@ -26,13 +30,13 @@ from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
-from streamproc.clients import kube, metrics
+from streamproc.clients import kube, metrics, prometheus
 from streamproc.cluster import marking, releasing
 from streamproc.cluster.cache import ClusterCache
-from streamproc.model import conventions, marks
+from streamproc.model import conventions, evidence, marks, outcomes
 from streamproc.model.ownership import Ownership
 from streamproc.settings import DEFAULTS
-from streamproc.stages.annotate import auditing
+from streamproc.stages.annotate import auditing, evidencing
 
 log = logging.getLogger("streamproc.expire")
 _RETRY_S = 2.0
@@ -63,6 +67,8 @@ class Expirer:
         policy: marks.Policy | None = None,
         concurrency: int = concurrency_of(DEFAULTS.api_concurrency),
         changed: Callable[[str], None] | None = None,
+        evidence_from: prometheus.Prometheus | None = None,
+        evidence_total_s: float = 2 * DEFAULTS.evidence_timeout_s,
     ) -> None:
         #: told the topology of every observation it ends (``Annotator``'s ``changed``)
         self.changed = changed or (lambda _topology: None)
@@ -80,6 +86,11 @@ class Expirer:
         self.clock = clock
         self._kube = client
         self._auditor = auditor or auditing.NullAuditor()
+        #: has each expiry's Event and records written, after reading its evidence from
+        #: ``evidence_from`` (a Prometheus) when there is one, at once otherwise
+        self.evidencer = evidencing.Evidencer(
+            evidence_from, self._ended, self._flush, total_s=evidence_total_s
+        )
         self._resync_s = resync_s
         self._dry_run = dry_run
         self._heap: list[tuple[float, kube.ObjectRef]] = []
@@ -90,9 +101,25 @@ class Expirer:
         #: the node of each observed pod, and how many observed pods each node has
         self._nodes: dict[kube.ObjectRef, str] = {}
         self._per_node: Counter[str] = Counter()
+        #: the labels of each pod's ``streamproc_observed_pod_since_seconds`` series
+        self._since: dict[kube.ObjectRef, tuple[str, ...]] = {}
 
-    def schedule(self, key: kube.ObjectRef, until: float, topology: str, node: str = "") -> None:
-        """Remember when an observation ends (a later time replaces an earlier one)."""
+    def schedule(
+        self,
+        key: kube.ObjectRef,
+        until: float,
+        topology: str,
+        node: str = "",
+        *,
+        since: float | None = None,
+        workload: tuple[str, str, str] | None = None,
+    ) -> None:
+        """Remember when an observation ends (a later time replaces an earlier one).
+
+        ``since`` and ``workload`` (when known) publish the pod's observed-since gauge.
+        """
+        if since is not None and workload is not None and key.kind == "Pod":
+            self._publish_since(key, since, topology, workload)
         if node and self._nodes.get(key) != node:
             self._forget_node(key)
             self._nodes[key] = node
@@ -134,6 +161,23 @@ class Expirer:
         """Pods (and Namespace objects) under observation now, with expiry and topology."""
         return dict(self._due)
 
+    def _publish_since(
+        self, key: kube.ObjectRef, since: float, topology: str, workload: tuple[str, str, str]
+    ) -> None:
+        labels = (key.namespace, key.name, workload[1], workload[2], topology)
+        old = self._since.get(key)
+        if old is not None and old != labels:
+            with contextlib.suppress(KeyError):
+                metrics.observed_pod_since.remove(*old)
+        self._since[key] = labels
+        metrics.observed_pod_since.labels(*labels).set(since)
+
+    def _forget_since(self, key: kube.ObjectRef) -> None:
+        labels = self._since.pop(key, None)
+        if labels is not None:
+            with contextlib.suppress(KeyError):
+                metrics.observed_pod_since.remove(*labels)
+
     def _publish_gauge(self) -> None:
         if not self._gauge_stale:
             return
@@ -165,7 +209,9 @@ class Expirer:
             read = marking.read(obj, now=self.clock(), policy=self.policy)
             if isinstance(read, marks.Marks):
                 node = str((obj.get("spec") or {}).get("nodeName") or "")
-                self.schedule(ref, read.until, read.topology, node)
+                self.schedule(
+                    ref, read.until, read.topology, node, since=read.since, workload=read.workload
+                )
             else:
                 # refused marks (or none under the label) are ended now, not kept forever, and
                 # take no slot of the node budget meanwhile
@@ -174,7 +220,12 @@ class Expirer:
     async def run(self, stop: asyncio.Event) -> None:
         """Expire on time until ``stop``; resync at start and periodically."""
         with kube.lane("expire"):
-            await self._run(stop)
+            self.evidencer.open()
+            try:
+                await self._run(stop)
+            finally:
+                # evidence still being read gets a moment; then every record is written
+                await self.evidencer.close()
 
     async def _run(self, stop: asyncio.Event) -> None:
         next_resync = 0.0
@@ -274,46 +325,67 @@ class Expirer:
             self._due.pop(key, None)
             self.schedule(key, done.until, topology)  # extended meanwhile
             return
+        ended_at = self.clock()
         if done.outcome in ("elsewhere", "unmarked"):
             pass  # the partitions moved meanwhile (the new owner expires it), or already ended
         elif done.outcome == "gone":
             metrics.patches.labels(op="release", result="not-found").inc()
         else:
             metrics.patches.labels(op="release", result="ok").inc()
-            if not self._dry_run:
-                self._kube.post_event(
-                    done.current, "ObservationExpired", f"removed {', '.join(done.removed)}"
-                )
             self.expired += 1
             self.changed(topology)
             metrics.observations_expired.labels(topology=topology).inc()
-            self._auditor.record(
-                result="expired",
-                topology=topology,
-                **_about(key),
-                removed=list(done.removed),
-                dry_run=self._dry_run,
-                **({"refused": done.refused} if done.refused else {}),
-            )
+            records: list[tuple[outcomes.Outcome, dict[str, Any]]] = [
+                (
+                    "expired",
+                    {
+                        "topology": topology,
+                        **_about(key),
+                        "removed": list(done.removed),
+                        "dry_run": self._dry_run,
+                        **({"refused": done.refused} if done.refused else {}),
+                    },
+                )
+            ]
             log.info("observation of %s expired", key)
             if done.yielded:
-                self._yielded(key, topology, done.yielded)
+                records.append(self._yielded(key, topology, done.yielded))
+            self.evidencer.submit(
+                evidencing.Ending(
+                    current=done.current if not self._dry_run else {},
+                    message=f"removed {', '.join(done.removed)}",
+                    records=records,
+                    target=_target(key, done, ended_at),
+                )
+            )
         if self._due.get(key) is scheduled:  # not scheduled anew meanwhile (a new observation)
             self._due.pop(key, None)
             self._forget_node(key)
+            self._forget_since(key)
         self._gauge_stale = True
 
-    def _yielded(self, key: kube.ObjectRef, topology: str, keys: tuple[str, ...]) -> None:
+    def _ended(self, ending: evidencing.Ending, found: evidence.Evidence | None) -> None:
+        """An expiry's Event (with the evidence's line) and its audit records, in that order."""
+        message = ending.message if found is None else f"{ending.message}; {found.summary()}"
+        if not self._dry_run and ending.current:
+            self._kube.post_event(ending.current, "ObservationExpired", message)
+        for n, (result, fields) in enumerate(ending.records):
+            extra = {"evidence": found.as_dict()} if n == 0 and found is not None else {}
+            self._auditor.record(result=result, **fields, **extra)
+
+    async def _flush(self) -> None:
+        await self._auditor.flush()
+
+    def _yielded(
+        self, key: kube.ObjectRef, topology: str, keys: tuple[str, ...]
+    ) -> tuple[outcomes.Outcome, dict[str, Any]]:
         """Keys a person changed or removed were left alone at the end: say so, once."""
         log.info("%s: left %s as a person set them", key, ", ".join(keys))
-        self._auditor.record(
-            result="yielded",
-            topology=topology,
-            **_about(key),
-            annotations=list(keys),
-        )
+        return "yielded", {"topology": topology, **_about(key), "annotations": list(keys)}
 
     def _forget_all(self) -> None:
+        for key in list(self._since):
+            self._forget_since(key)
         self._heap.clear()
         self._due.clear()
         self._nodes.clear()
@@ -329,6 +401,20 @@ class Expirer:
 
 def _name(obj: kube.Json) -> str:
     return str((obj.get("metadata") or {}).get("name") or "")
+
+
+def _target(
+    key: kube.ObjectRef, done: releasing.Release, ended_at: float
+) -> evidence.Target | None:
+    """The pod and range an expiry's evidence is read over (None: a Namespace object)."""
+    if key.kind != "Pod":
+        return None
+    ended = done.ended
+    if ended is None or ended.since is None:
+        # refused marks say nothing to believe; marks from before observed-since existed: the
+        # range is unknown (the evidence says so rather than guess)
+        return evidence.Target(key.namespace, (key.name,), ended_at, ended_at)
+    return evidence.Target(key.namespace, (key.name,), ended.since, ended_at)
 
 
 def _about(key: kube.ObjectRef) -> dict[str, Any]:

@@ -255,6 +255,7 @@ class Follower:
             action_id=followed.action_id,
             previous=marking.read(pod, now=now, policy=self._policy),
             level=followed.level,
+            now=now,
         )
         if patch is None:
             return
@@ -280,7 +281,14 @@ class Follower:
         )
         self.followed_pods += 1
         self._changed(followed.topology)
-        self._scheduler.schedule(target, followed.until, followed.topology, node)
+        self._scheduler.schedule(
+            target,
+            followed.until,
+            followed.topology,
+            node,
+            since=patch.since,
+            workload=(ref.namespace, ref.kind, ref.name),
+        )
         self._auditor.record(
             result="followed",
             topology=followed.topology,

@@ -21,8 +21,17 @@ log = logging.getLogger("streamproc.annotate")
 class Scheduler(Protocol):
     """Where the annotator hands expiries (the expirer), and what it knows is observed."""
 
-    def schedule(self, key: kube.ObjectRef, until: float, topology: str, node: str = "") -> None:
-        """Remember when an observation ends (and on which node the pod runs)."""
+    def schedule(
+        self,
+        key: kube.ObjectRef,
+        until: float,
+        topology: str,
+        node: str = "",
+        *,
+        since: float | None = None,
+        workload: tuple[str, str, str] | None = None,
+    ) -> None:
+        """Remember when an observation ends (the node, its start and workload where known)."""
 
     def observed_on(self, node: str) -> int:
         """Pods under observation on ``node``."""
