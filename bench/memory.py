@@ -268,6 +268,7 @@ def main() -> None:
             "STREAMPROC_LOG_LEVEL": "WARNING",
         }
         stages = {}
+        ports = {stage: free_port() for stage in ("ingest", "windows")}
         for stage in ("ingest", "windows"):
             stages[stage] = subprocess.Popen(
                 [
@@ -282,14 +283,15 @@ def main() -> None:
                     "--metrics-host",
                     "127.0.0.1",
                     "--metrics-port",
-                    str(free_port()),
+                    str(ports[stage]),
                 ],
                 env=env,
                 stdout=(Path(tmp) / f"{stage}.log").open("wb"),
                 stderr=subprocess.STDOUT,
             )
         try:
-            time.sleep(10)  # group joins
+            for stage, port in ports.items():  # idle: each stage holds its partitions
+                until(lambda p=port: scrape(p, "streamproc_assigned_partitions") > 0, 120, stage)
             idle = {s: rss_mb(p.pid) for s, p in stages.items()}
             values = [compact_event(rng, ns, pod, time.time()) for ns, pod in pods]
             asyncio.run(load_topic(broker.bootstrap, "falco", values, 1))

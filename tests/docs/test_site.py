@@ -62,3 +62,11 @@ def test_every_file_the_docs_name_exists() -> None:
         if not path.startswith("bench/results/") and not (ROOT / path).exists()
     ]
     assert not missing
+
+
+def test_ci_runs_the_readmes_test_command_verbatim() -> None:
+    """.ci/run and the README give one test command: what a person runs is what CI runs."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    [command] = [line for line in readme if line.startswith("python3 -m pip install -e '.[test]'")]
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    assert command in ci
