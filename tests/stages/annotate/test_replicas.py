@@ -130,8 +130,16 @@ async def test_two_replicas_expire_each_pod_once_and_a_survivor_takes_over(
             await async_wait_for(
                 lambda: pods <= annotated(emulator), timeout=60, what="every workload observed"
             )
-            # each workload was applied by one replica: the one holding its partition
-            applied = [r["name"] for r in first.results("applied") + second.results("applied")]
+
+            # each workload was applied by one replica: the one holding its partition (its audit
+            # record follows the last pod's patch, so wait for the records, then count them)
+            def applied_names() -> list[str]:
+                return [r["name"] for r in first.results("applied") + second.results("applied")]
+
+            await async_wait_for(
+                lambda: len(applied_names()) >= len(workloads), timeout=30, what="applied records"
+            )
+            applied = applied_names()
             assert sorted(applied) == sorted(w.name for w in workloads)
             assert first.results("applied")
             assert second.results("applied")
