@@ -23,10 +23,13 @@ possibly forbidden: the nodes' ``kubernetes.azure.com/*`` labels (AKS; ``use-lab
 ``kubernetes.azure.com/managedby: aks``, ``core-aks-concepts.md``; an image from
 ``mcr.microsoft.com/containernetworking/``; args ``hubble-control-plane``, retina
 ``deploy/hubble/manifests/controller/helm/retina/values.yaml``; the flat ``enable-hubble`` and
-``hubble-metrics-server`` keys of its ConfigMap, that chart's ``templates/agent/configmap.yaml``;
-the ``kube-system/network-observability`` Service with port ``hubble`` 9965, retina
-``deploy/standard/prometheus/network-observability/network-observability-svc.yaml``), and
-discovery of ``acn.azure.com/v1alpha1`` (open to every authenticated identity). A marker that
+``hubble-metrics-server`` keys of its ConfigMap, that chart's ``templates/agent/configmap.yaml``),
+and discovery of ``acn.azure.com/v1alpha1`` (open to every authenticated identity). Only AKS's
+label and image say AKS manages the agent. The ``kube-system/network-observability`` Service
+(port ``hubble`` 9965) is no marker of AKS: OSS Retina ships it too (microsoft/retina 532c5aa2
+``deploy/hubble/manifests/controller/helm/retina/templates/hubble/metrics-service.yaml``,
+``deploy/standard/prometheus/network-observability/network-observability-svc.yaml``), so it
+only corroborates a Hubble plane already seen. A marker that
 cannot be read is left out; the judgement uses the ones seen.
 """
 
@@ -121,11 +124,20 @@ def agent_markers(
     if flat and str(data.get("enable-hubble", "true")).strip().lower() == "true":
         hubble.append(f"ConfigMap keys {', '.join(flat)}")
     ports = _dict(_dict(service).get("spec")).get("ports")
-    if isinstance(ports, list) and any(
-        isinstance(p, dict) and p.get("name") == "hubble" and p.get("port") == HUBBLE_PORT
-        for p in ports
+    if (
+        hubble
+        and isinstance(ports, list)
+        and any(
+            isinstance(p, dict) and p.get("name") == "hubble" and p.get("port") == HUBBLE_PORT
+            for p in ports
+        )
     ):
-        managed.append(f"Service {'/'.join(SERVICE)} port hubble {HUBBLE_PORT}")
+        # OSS Retina ships this very Service with both control planes (microsoft/retina at
+        # 532c5aa2: deploy/hubble/manifests/controller/helm/retina/templates/hubble/
+        # metrics-service.yaml, deploy/standard/prometheus/network-observability/
+        # network-observability-svc.yaml): it tells neither AKS nor the plane, so it only
+        # corroborates a Hubble plane the agent itself shows
+        hubble.append(f"Service {'/'.join(SERVICE)} port hubble {HUBBLE_PORT}")
     return managed, hubble
 
 
@@ -145,12 +157,14 @@ class Platform:
 
     @property
     def aks(self) -> bool | None:
-        """On AKS: its nodes say so, or its managed agent does when the nodes cannot be read."""
-        if self.nodes is not None and self.nodes.aks:
-            return True
-        if self.managed:
-            return True
-        return None if self.nodes is None else False
+        """On AKS: its nodes say so; only when they cannot be read, an AKS-managed agent does.
+
+        ``managed`` holds only the strong markers (AKS's label, AKS's image registry): what OSS
+        Retina also ships never makes a cluster AKS.
+        """
+        if self.nodes is not None:
+            return self.nodes.aks > 0
+        return True if self.managed else None
 
     @property
     def cilium(self) -> bool | None:

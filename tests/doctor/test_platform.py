@@ -341,3 +341,56 @@ def test_the_helm_command_docs_aks_shows_sets_what_doctor_checks() -> None:
     (config_map,) = [o for o in config if o["kind"] == "ConfigMap"]
     for key in ("enableAnnotations", "enablePodLevel", "remoteContext"):
         assert f"{key}: {shown[key]}" in config_map["data"]["config.yaml"]
+
+
+def oss_service(builder: ClusterBuilder) -> None:
+    """The network-observability Service as OSS Retina's own manifests ship it (no AKS label)."""
+    platforms.network_observability_service(builder)
+    builder.objects[-1]["metadata"]["labels"] = {"k8s-app": "retina"}
+
+
+@pytest.mark.parametrize("plane", ["standard", "hubble"])
+async def test_a_self_installed_retina_with_its_metrics_service_is_not_called_aks_managed(
+    tmp_path: Path, plane: str
+) -> None:
+    """OSS Retina ships kube-system/network-observability too: not AKS's, helm fixes allowed."""
+    built = shape("retina")
+    oss_service(built.builder)
+    for obj in built.builder.objects:
+        if obj["kind"] == "DaemonSet" and obj["metadata"]["name"] == "retina-agent":
+            container = obj["spec"]["template"]["spec"]["containers"][0]
+            assert container["image"].startswith("ghcr.io/microsoft/retina/")
+            if plane == "hubble":
+                container["args"] = ["hubble-control-plane", "--config-dir", "/retina/config"]
+        if plane == "standard" and obj["metadata"]["name"] == "retina-config":
+            obj["data"]["config.yaml"] = obj["data"]["config.yaml"].replace(
+                "enablePodLevel: true", "enablePodLevel: false"
+            )
+    found = await doctor_on(tmp_path, built)
+    checks = named(found)
+    assert "not AKS" in checks["platform"].detail
+    assert "self-installed" in checks["Retina agent"].detail
+    assert "managed by AKS" not in " ".join(c.detail + c.fix for c in found)
+    if plane == "standard":
+        assert checks["mechanism"].status == "ok"
+        pod_level = next(c for c in found if c.name == "pod-level metrics")
+        assert pod_level.status == "fail"
+        assert "helm" in pod_level.fix
+    else:
+        assert checks["mechanism"].status == "fail"
+        assert "Standard control plane" in checks["mechanism"].fix
+        assert "helm" in checks["mechanism"].fix
+
+
+def test_agent_markers_without_aks_nodes_do_not_make_the_cluster_aks() -> None:
+    """Nodes that were read and have no AKS label: not AKS, whatever the agent looks like."""
+    agent = platform.retina.Agent(
+        "kube-system",
+        "retina-agent",
+        "mcr.microsoft.com/containernetworking/retina-agent:v1",
+        ("retina-config",),
+        {},
+    )
+    found = platform.Platform(platform.Nodes(2, 0, 0), agent, ("image mcr...",))
+    assert found.aks is False
+    assert platform.Platform(None, agent, ("image mcr...",)).aks is True
