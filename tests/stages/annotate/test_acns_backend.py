@@ -297,6 +297,41 @@ async def test_two_replicas_converge_through_conflicts(
         await other.close()
 
 
+async def test_a_pod_another_replica_opens_during_our_round_keeps_its_filter(
+    client: kube.Kube,
+    emulator: KubeEmulator,
+    cluster: ClusterBuilder,
+    kubeconfig: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """B opens a pod and writes between A's pod list and A's PUT: A's 409 redoes both reads."""
+    other = await kube.Kube.connect(str(kubeconfig), timeout_s=2.0, attempts=3)
+    try:
+        clock = Clock()
+        one, two = wire(client, clock=clock), wire(other, clock=clock)
+        redis, postgres = workload(cluster, "redis"), workload(cluster, "postgres")
+        await one.annotator.apply(action_for(redis))
+        put = client.replace_cluster_object
+        interleaved: list[str] = []
+
+        async def after_our_reads(gvr: tuple[str, str, str], body: kube.Json) -> kube.Json:
+            if not interleaved:  # once: B opens postgres and writes it before our PUT lands
+                assert await two.annotator.apply(action_for(postgres)) == "applied"
+                interleaved.append((await two.filters.reconcile()).outcome)
+            return await put(gvr, body)
+
+        await one.filters.reconcile()  # the singleton exists: the next rounds PUT
+        await one.annotator.apply(action_for(workload(cluster, "frontend")))
+        monkeypatch.setattr(client, "replace_cluster_object", after_our_reads)
+        await one.filters.reconcile()
+        assert interleaved == ["replaced"]
+        named = {p.split("/")[1] for p in pods_in_filters(emulator)}
+        assert set(postgres.pods) <= named, "the pod B opened lost its filter"
+        assert named == {*redis.pods, *postgres.pods, *workload(cluster, "frontend").pods}
+    finally:
+        await other.close()
+
+
 async def test_release_removes_the_pods_filters(
     client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
 ) -> None:
