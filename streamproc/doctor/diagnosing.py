@@ -475,7 +475,7 @@ async def retina_checks(
     try:
         agents = retina.find_agents(await client.list_daemonsets())
     except kube.KubeError as exc:
-        found, _ = await platform.survey(client, settings, None)
+        found, _ = await platform.survey(client, settings, None, loaded)
         return [
             *found,
             checks.warn(
@@ -486,7 +486,7 @@ async def retina_checks(
                 "deployments (kubectl auth can-i list daemonsets -A)",
             ),
         ]
-    found, seen = await platform.survey(client, settings, agents)
+    found, seen = await platform.survey(client, settings, agents, loaded)
     if "retina-annotation" not in seen.mechanisms():
         return found  # the platform's lines said what works here instead
     agent = agents[0]

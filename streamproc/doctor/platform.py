@@ -42,6 +42,7 @@ from typing import Any, Literal
 from streamproc.clients import kube
 from streamproc.doctor import checks, retina
 from streamproc.doctor.checks import Check
+from streamproc.model.topologies import Topology
 from streamproc.settings import Settings
 
 Json = dict[str, Any]
@@ -288,8 +289,12 @@ def _none_check(p: Platform) -> Check:
     )
 
 
-def judge(p: Platform, backend: str) -> list[Check]:
-    """The platform, its agent and CRD, the mechanisms that work, and the configured backend."""
+def judge(p: Platform, backend: str, loaded: Sequence[Topology] | None = None) -> list[Check]:
+    """The platform, its agent and CRD, the mechanisms that work, and each backend in use.
+
+    The deployment's ``backend`` is judged when a topology uses it (or none is loaded); a
+    topology's own ``spec.action.backend`` is judged on a line that names the topology.
+    """
     found = [_agent_check(p)] if p.agents_read else []
     cnm = _cnm_check(p)
     if cnm is not None:
@@ -310,32 +315,82 @@ def judge(p: Platform, backend: str) -> list[Check]:
     found.append(
         checks.ok(AREA, "mechanism", "works here: " + "; ".join(MECHANISMS[m] for m in works))
     )
-    if backend in works:
-        found.append(
-            checks.ok(AREA, "backend", f"--observation-backend {backend} is one that works here")
-        )
+    users = _backends(backend, loaded)
+    if users is None or "" in users.get(backend, ()):
+        found.append(_backend_check(p, works, backend, None))
     else:
-        why = (
-            "ACNS's Hubble control plane ignores retina.sh annotations"
-            if backend == "retina-annotation" and p.hubble
-            else "no Retina agent reads retina.sh annotations"
-            if backend == "retina-annotation"
-            else f"{CNM_CRD} is not served on a Cilium cluster"
-        )
         found.append(
-            (checks.fail if p.agents_read else checks.warn)(
+            checks.ok(
                 AREA,
                 "backend",
-                f"--observation-backend {backend}, but {why}: on this cluster only "
-                f"{MECHANISMS[works[0]]} select pods",
-                f"set --observation-backend {works[0]} (STREAMPROC_OBSERVATION_BACKEND)",
+                f"--observation-backend {backend} is used by no topology (each chooses its own "
+                "spec.action.backend)",
             )
         )
+    found += [
+        _backend_check(p, works, chosen, name)
+        for chosen, names in sorted((users or {}).items())
+        for name in sorted(n for n in names if n)
+    ]
     return found
 
 
+def _backends(default: str, loaded: Sequence[Topology] | None) -> dict[str, set[str]] | None:
+    """Each effective backend and the topologies using it ("" for the deployment's default).
+
+    None without topologies: only the deployment's setting can be judged.
+    """
+    if not loaded:
+        return None
+    users: dict[str, set[str]] = {}
+    for topology in loaded:
+        action = topology.spec.action
+        users.setdefault(action.observed_through(default), set()).add(
+            topology.name if action.backend is not None else ""
+        )
+    return users
+
+
+def _backend_check(
+    p: Platform, works: list[Mechanism], backend: str, topology: str | None
+) -> Check:
+    """Whether one backend works here, named as set: the deployment's flag or a topology's field."""
+    what = (
+        f"--observation-backend {backend}"
+        if topology is None
+        else f"topology {topology}: spec.action.backend {backend}"
+    )
+    if backend in works:
+        return checks.ok(AREA, _backend_name(topology), f"{what} is one that works here")
+    why = (
+        "ACNS's Hubble control plane ignores retina.sh annotations"
+        if backend == "retina-annotation" and p.hubble
+        else "no Retina agent reads retina.sh annotations"
+        if backend == "retina-annotation"
+        else f"{CNM_CRD} is not served on a Cilium cluster"
+    )
+    fix = (
+        f"set --observation-backend {works[0]} (STREAMPROC_OBSERVATION_BACKEND)"
+        if topology is None
+        else f"set spec.action.backend: {works[0]} in topology {topology}"
+    )
+    return (checks.fail if p.agents_read else checks.warn)(
+        AREA,
+        _backend_name(topology),
+        f"{what}, but {why}: on this cluster only {MECHANISMS[works[0]]} select pods",
+        fix,
+    )
+
+
+def _backend_name(topology: str | None) -> str:
+    return "backend" if topology is None else f"backend of {topology}"
+
+
 async def survey(
-    client: kube.Inspector, settings: Settings, agents: Sequence[retina.Agent] | None
+    client: kube.Inspector,
+    settings: Settings,
+    agents: Sequence[retina.Agent] | None,
+    loaded: Sequence[Topology] | None = None,
 ) -> tuple[list[Check], Platform]:
     """Read what tells the platform (each read may fail alone), then judge it.
 
@@ -364,7 +419,8 @@ async def survey(
         service = await _optional(client.get_service(*SERVICE))
         managed, hubble = agent_markers(agent, config_map, service)
     found = Platform(nodes, agent, tuple(managed), tuple(hubble), cnm, agents is not None)
-    return [_platform_check(found, nodes_error), *judge(found, settings.observation_backend)], found
+    judged = judge(found, settings.observation_backend, loaded)
+    return [_platform_check(found, nodes_error), *judged], found
 
 
 async def _optional(read: Any) -> Json | None:

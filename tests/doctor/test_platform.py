@@ -18,6 +18,7 @@ from streamproc.lab.kubeemu import KubeEmulator
 from streamproc.lab.kubeemu.resources import rbac_verb
 from streamproc.model import topologies
 from streamproc.settings import OBSERVATION_BACKENDS, Settings
+from tests.conftest import topology
 
 ROOT = Path(__file__).resolve().parents[2]
 PLAIN = topologies.load_path(ROOT / "topologies")
@@ -48,10 +49,11 @@ async def doctor_on(
     shape: platforms.Shape,
     backend: str = "retina-annotation",
     tweak: Callable[[KubeEmulator], None] | None = None,
+    loaded: list[topologies.Topology] | None = None,
 ) -> list[Check]:
     with serving(tmp_path, shape, tweak) as (_, kubeconfig):
         settings = Settings(kubeconfig=str(kubeconfig), observation_backend=backend)
-        return await diagnosing.cluster_checks(settings, PLAIN)
+        return await diagnosing.cluster_checks(settings, PLAIN if loaded is None else loaded)
 
 
 def shape(name: platforms.PlatformName, **kwargs: bool) -> platforms.Shape:
@@ -394,3 +396,34 @@ def test_agent_markers_without_aks_nodes_do_not_make_the_cluster_aks() -> None:
     found = platform.Platform(platform.Nodes(2, 0, 0), agent, ("image mcr...",))
     assert found.aks is False
     assert platform.Platform(None, agent, ("image mcr...",)).aks is True
+
+
+async def test_topologies_that_all_choose_metric_filters_pass_on_acns_cilium(
+    tmp_path: Path,
+) -> None:
+    """Default setting retina-annotation, but every topology chooses acns-metric-filters: ✔."""
+    loaded = [topology(name=name, backend="acns-metric-filters") for name in ("shells", "miners")]
+    found = await doctor_on(tmp_path, shape("aks-acns-cilium"), loaded=loaded)
+    checks = named(found)
+    assert not [c for c in checks.values() if c.status != "ok"], checks
+    assert "used by no topology" in checks["backend"].detail
+    assert "topology miners: spec.action.backend acns-metric-filters" in (
+        checks["backend of miners"].detail
+    )
+
+
+async def test_a_topology_choosing_the_annotation_on_acns_cilium_fails_naming_it(
+    tmp_path: Path,
+) -> None:
+    """The deployment's backend works, but one topology's spec.action.backend does not: ✘ it."""
+    loaded = [topology(name="shells"), topology(name="miners", backend="retina-annotation")]
+    found = await doctor_on(
+        tmp_path, shape("aks-acns-cilium"), backend="acns-metric-filters", loaded=loaded
+    )
+    checks = named(found)
+    assert checks["backend"].status == "ok"
+    failed = checks["backend of miners"]
+    assert failed.status == "fail"
+    assert "topology miners: spec.action.backend retina-annotation" in failed.detail
+    assert failed.fix == "set spec.action.backend: acns-metric-filters in topology miners"
+    assert "backend of shells" not in checks
