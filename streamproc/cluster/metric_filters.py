@@ -62,10 +62,14 @@ async def observed(
     policy: marks.Policy,
     now: float,
 ) -> dict[projection.Workload, projection.Observed]:
-    """The pods under observation now by a topology in ``wanted``, per workload.
+    """The pods under observation through the filters now, per workload.
 
     Only marks streamproc could have written, labelled, unexpired, of a whole action id (so
-    the workload is known): a tenant's edit never adds a pod to the filters.
+    the workload is known): a tenant's edit never adds a pod to the filters. A pod is observed
+    through the filters when its marks say so (``metric-filters``, with the metrics), whatever
+    topologies this process loaded, so processes with different topology files (a rolling
+    upgrade, a second deployment) project the same filters and never delete each other's.
+    Marks written before that key existed count when their topology is in ``wanted``.
     """
     found: list[tuple[projection.Workload, str, tuple[MetricName, ...]]] = []
     selector = f"{conventions.OBSERVED_LABEL}=true"
@@ -77,13 +81,17 @@ async def observed(
                 or not read.labelled
                 or read.workload is None
                 or read.until <= now
-                or read.topology not in wanted
             ):
+                continue
+            wants = read.metric_filters or wanted.get(read.topology, ())
+            if not wants:
                 continue
             name = str((pod.get("metadata") or {}).get("name") or "")
             if (pod.get("metadata") or {}).get("deletionTimestamp"):
                 continue  # leaving: its name may come back as another pod's
-            found.append((read.workload, name, wanted[read.topology]))
+            if not name:
+                continue  # "ns/" would read as a pattern, not a pod
+            found.append((read.workload, name, wants))
     return projection.merge(found)
 
 

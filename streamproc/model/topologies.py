@@ -366,6 +366,10 @@ class Action(_Strict):
         """
         return {} if self.observed_through(default) == ACNS else dict(self.annotate)
 
+    def filter_metrics(self, default: str = "retina-annotation") -> tuple[MetricName, ...]:
+        """The Hubble metrics its observations get through ACNS's filters; () under Retina's."""
+        return self.metrics if self.observed_through(default) == ACNS else ()
+
     @field_validator("annotate")
     @classmethod
     def _keys(cls, value: dict[str, str]) -> dict[str, str]:

@@ -10,7 +10,7 @@ import asyncio
 import copy
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from streamproc.lab.cluster import ClusterBuilder
 from streamproc.lab.kubeemu import Fault, KubeEmulator
 from streamproc.model import conventions, marks
 from streamproc.model import metric_filters as projection
+from streamproc.model.actions import Action
 from streamproc.model.topologies import Topology
 from streamproc.settings import Settings
 from streamproc.stages.annotate.applying import Annotator
@@ -139,6 +140,11 @@ def ours(emulator: KubeEmulator) -> dict[str, set[str]]:
                 key = f"{entry['metric']} {item['name']}"
                 found[key] = set(item[way]["namespacedPod"])
     return found
+
+
+def of_topology(action: Action, name: str) -> Action:
+    """The same action, of topology ``name`` (its id names the topology first)."""
+    return replace(action, topology=name, id=name + action.id[action.id.index("/") :])
 
 
 def pods_in_filters(emulator: KubeEmulator) -> set[str]:
@@ -330,6 +336,27 @@ async def test_a_pod_another_replica_opens_during_our_round_keeps_its_filter(
         assert named == {*redis.pods, *postgres.pods, *workload(cluster, "frontend").pods}
     finally:
         await other.close()
+
+
+async def test_processes_with_different_topology_files_keep_each_others_filters(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
+) -> None:
+    """A rolling upgrade: old knows only 'shells', new only 'miners'; neither drops the other's."""
+    clock = Clock()
+    old = wire(client, [acns(name="shells", metrics=["dns"])], clock=clock)
+    new = wire(client, [acns(name="miners")], clock=clock)
+    redis, frontend = workload(cluster, "redis"), workload(cluster, "frontend")
+    await old.annotator.apply(of_topology(action_for(redis), "shells"))
+    await new.annotator.apply(of_topology(action_for(frontend), "miners"))
+    await old.filters.reconcile()
+    expected = ours(emulator)
+    assert {key.split()[0] for key in expected if "redis" in key} == {"dns"}
+    assert {p.split("/")[1] for p in pods_in_filters(emulator)} == {*redis.pods, *frontend.pods}
+    for part in (new, old, new):
+        assert (await part.filters.reconcile()).outcome == "unchanged"
+    assert ours(emulator) == expected
+    meta = (emulator.get("Pod", "shop", redis.pods[0]) or {})["metadata"]
+    assert meta["annotations"][conventions.METRIC_FILTERS] == "dns"
 
 
 async def test_release_removes_the_pods_filters(
