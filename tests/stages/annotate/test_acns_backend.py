@@ -528,3 +528,25 @@ async def test_a_singleton_of_an_unknown_shape_is_left_alone(
     assert testing.metric("streamproc_metric_filters_writes_total", result="malformed") == (
         malformed + 1
     )
+
+
+async def test_release_succeeds_when_the_filters_cannot_be_written_and_says_so(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder, kubeconfig: Path
+) -> None:
+    """The marks are gone, so it released: a 403 on the CNM is one plain line, exit 0."""
+    part = wire(client)
+    frontend = workload(cluster, "frontend")
+    await part.annotator.apply(action_for(frontend))
+    await part.filters.reconcile()
+    emulator.denied.add(("acn.azure.com", "containernetworkmetrics", "list"))
+    done = await asyncio.to_thread(
+        cli, kubeconfig, "release", "shop/frontend", "--observation-backend", "acns-metric-filters"
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("released shop/frontend")
+    assert lines[1].startswith("the filters follow at the annotator's next round: ")
+    assert "Traceback" not in done.stderr
+    for name in frontend.pods:
+        meta = (emulator.get("Pod", "shop", name) or {})["metadata"]
+        assert conventions.OBSERVED_LABEL not in (meta.get("labels") or {})
