@@ -42,7 +42,8 @@ from typing import Any, Literal
 from streamproc.clients import kube
 from streamproc.doctor import checks, retina
 from streamproc.doctor.checks import Check
-from streamproc.model.topologies import Topology
+from streamproc.model import metric_filters as projection
+from streamproc.model.topologies import ACNS, METRICS, Topology
 from streamproc.settings import Settings
 
 Json = dict[str, Any]
@@ -420,7 +421,80 @@ async def survey(
         managed, hubble = agent_markers(agent, config_map, service)
     found = Platform(nodes, agent, tuple(managed), tuple(hubble), cnm, agents is not None)
     judged = judge(found, settings.observation_backend, loaded)
+    metrics = filter_metrics(settings.observation_backend, loaded)
+    if cnm and metrics:
+        try:
+            objects: list[Json] | None = await client.list_cluster_objects(
+                CNM_GROUP, CNM_VERSION, CNM_PLURAL
+            )
+        except (kube.KubeError, ValueError, AttributeError):
+            objects = None
+        narrowed = narrowing(objects, metrics)
+        if narrowed is not None:
+            judged.append(narrowed)
     return [_platform_check(found, nodes_error), *judged], found
+
+
+def filter_metrics(default: str, loaded: Sequence[Topology] | None) -> set[str]:
+    """The Hubble metrics streamproc will add include filters for (none: not that backend)."""
+    if not loaded:
+        return set(METRICS) if default == ACNS else set()
+    return {m for t in loaded for m in t.spec.action.filter_metrics(default)}
+
+
+def narrowing(objects: Sequence[object] | None, metrics: set[str]) -> Check | None:
+    """⚠ when streamproc's include filters would narrow what ACNS collects; None otherwise.
+
+    ACNS collects every pod's metrics without a ContainerNetworkMetric, so creating one narrows
+    them to the included pods; and an entry with only exclude filters ("all pods but these")
+    becomes "only streamproc's pods" once include filters join it (MicrosoftDocs/azure-aks-docs
+    fb060abe how-to-configure-container-network-metrics-filtering.md). ``objects`` None: the
+    objects could not be listed, nothing to say.
+    """
+    if objects is None:
+        return None
+    named = sorted((o for o in objects if isinstance(o, dict) and _name(o)), key=_name)
+    chosen = [o for o in named if _name(o) == projection.DEFAULT_NAME] or named
+    if not chosen:
+        return checks.warn(
+            AREA,
+            "metric filters",
+            "no ContainerNetworkMetric yet: streamproc creates one at the first observation, and "
+            "from then on ACNS collects Hubble pod metrics only for the pods observed (today it "
+            "collects them for every pod), until the last observation ends",
+            f"read 'Read before turning it on' in {DOCS}; create a ContainerNetworkMetric "
+            "yourself first if others rely on these metrics",
+        )
+    spec = _dict(chosen[0].get("spec"))
+    entries = spec.get("filters")
+    exclude_only = sorted(
+        {
+            str(e.get("metric"))
+            for e in (entries if isinstance(entries, list) else ())
+            if isinstance(e, dict)
+            and e.get("metric") in metrics
+            and isinstance(e.get("excludeFilters"), list)
+            and e.get("excludeFilters")
+            and not [f for f in e.get("includeFilters") or () if not projection.ours(f)]
+        }
+    )
+    if not exclude_only:
+        return None
+    return checks.warn(
+        AREA,
+        "metric filters",
+        f"ContainerNetworkMetric {_name(chosen[0])}: the {', '.join(exclude_only)} "
+        f"entr{'y has' if len(exclude_only) == 1 else 'ies have'} exclude filters only (every "
+        "pod but those); while streamproc's include filters are in it, only the observed pods' "
+        "metrics are collected there",
+        f"read 'Read before turning it on' in {DOCS}; to keep the other pods' metrics, add an "
+        "include filter of your own that selects them",
+    )
+
+
+def _name(obj: Json) -> str:
+    name = _dict(obj.get("metadata")).get("name")
+    return name if isinstance(name, str) else ""
 
 
 async def _optional(read: Any) -> Json | None:

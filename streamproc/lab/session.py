@@ -196,7 +196,14 @@ class Summary:
             ),
             (
                 f"  user's filters     {self.user_filters_end or 0} of "
-                f"{self.user_filters_start} " + ("kept" if kept else "FAILED: not all kept")
+                f"{self.user_filters_start} "
+                + ("kept as written" if kept else "FAILED: not all kept")
+            ),
+            # kept is not unchanged in effect: an entry that only excluded pods collected only
+            # the observed ones while streamproc's include filters were in it
+            (
+                "                     (while streamproc's filters are in, an entry that only "
+                "excluded pods collects only the observed ones: docs/aks.md)"
             ),
         ]
 

@@ -129,7 +129,9 @@ async def test_acns_on_cilium_with_the_crd_works_by_metric_filters(
     assert checks["mechanism"].detail == "works here: ACNS ContainerNetworkMetric filters"
     assert checks["backend"].status == "ok"
     assert "acns-metric-filters" in checks["backend"].detail
-    assert not [c for c in found if c.status != "ok"], found
+    # the shape's user excludes coredns from dns only: streamproc's includes would narrow it
+    assert checks["metric filters"].status == "warn"
+    assert not [c for c in found if c.status != "ok" and c.name != "metric filters"], found
     no_helm(found)
 
 
@@ -405,7 +407,7 @@ async def test_topologies_that_all_choose_metric_filters_pass_on_acns_cilium(
     loaded = [topology(name=name, backend="acns-metric-filters") for name in ("shells", "miners")]
     found = await doctor_on(tmp_path, shape("aks-acns-cilium"), loaded=loaded)
     checks = named(found)
-    assert not [c for c in checks.values() if c.status != "ok"], checks
+    assert not [c for c in checks.values() if c.status != "ok" and c.name != "metric filters"]
     assert "used by no topology" in checks["backend"].detail
     assert "topology miners: spec.action.backend acns-metric-filters" in (
         checks["backend of miners"].detail
@@ -427,3 +429,69 @@ async def test_a_topology_choosing_the_annotation_on_acns_cilium_fails_naming_it
     assert "topology miners: spec.action.backend retina-annotation" in failed.detail
     assert failed.fix == "set spec.action.backend: acns-metric-filters in topology miners"
     assert "backend of shells" not in checks
+
+
+def _users(filters: list[dict[str, object]]) -> Callable[[KubeEmulator], None]:
+    def put(emulator: KubeEmulator) -> None:
+        emulator.update(
+            "ContainerNetworkMetric", "", platforms.CNM_NAME, {"spec": {"filters": filters}}
+        )
+
+    return put
+
+
+EXCLUDE = {"from": {"namespacedPod": ["kube-system/coredns"]}}
+INCLUDE = {"name": "team", "from": {"labelSelector": {"matchLabels": {"t": "f"}}}}
+
+
+@pytest.mark.parametrize(
+    ("filters", "metrics", "warned"),
+    [
+        ([{"metric": "dns", "excludeFilters": [EXCLUDE]}], ["dns"], "the dns entry"),
+        ([{"metric": "dns", "excludeFilters": [EXCLUDE]}], ["flow"], None),
+        (
+            [{"metric": "dns", "excludeFilters": [EXCLUDE], "includeFilters": [INCLUDE]}],
+            ["dns"],
+            None,
+        ),
+        ([{"metric": "flow", "includeFilters": [INCLUDE]}], ["flow", "dns"], None),
+    ],
+    ids=["exclude-only", "another metric", "includes already", "includes only"],
+)
+async def test_doctor_warns_when_streamprocs_includes_would_narrow_an_exclude_only_entry(
+    tmp_path: Path, filters: list[dict[str, object]], metrics: list[str], warned: str | None
+) -> None:
+    """An entry of a metric streamproc adds to, with exclude filters only: ⚠ naming the metric."""
+    loaded = [topology(name="shells", backend="acns-metric-filters", metrics=metrics)]
+    found = await doctor_on(
+        tmp_path, shape("aks-acns-cilium"), loaded=loaded, tweak=_users(filters)
+    )
+    checks = named(found)
+    if warned is None:
+        assert "metric filters" not in checks
+    else:
+        assert checks["metric filters"].status == "warn"
+        assert warned in checks["metric filters"].detail
+        assert "exclude filters only" in checks["metric filters"].detail
+
+
+async def test_doctor_warns_that_creating_the_object_narrows_collection(tmp_path: Path) -> None:
+    """No ContainerNetworkMetric yet: ⚠, creating it narrows ACNS to the observed pods."""
+    found = await doctor_on(
+        tmp_path, shape("aks-acns-cilium", user_filters=False), backend="acns-metric-filters"
+    )
+    warned = named(found)["metric filters"]
+    assert warned.status == "warn"
+    assert "no ContainerNetworkMetric yet" in warned.detail
+    assert "only for the pods observed" in warned.detail
+
+
+async def test_doctor_says_nothing_of_metric_filters_under_the_annotation_backend(
+    tmp_path: Path,
+) -> None:
+    """Nobody will write filters: no ⚠, and no request for the objects."""
+    with serving(tmp_path, shape("aks-acns-cilium", user_filters=False)) as (emulator, kubeconfig):
+        settings = Settings(kubeconfig=str(kubeconfig))
+        found = await diagnosing.cluster_checks(settings, PLAIN)
+        assert not [r for r in emulator.requests if "containernetworkmetrics" in r.path]
+    assert "metric filters" not in named(found)

@@ -71,7 +71,8 @@ def test_the_lab_sees_streamprocs_filters_come_and_go_and_the_users_stay() -> No
     summary.platform, summary.backend = "aks-acns-cilium", "acns-metric-filters"
     lines = "\n".join(summary.lines())
     assert "metric filters     1 streamproc.io/ at most, 0 at the end" in lines
-    assert "user's filters     1 of 1 kept" in lines
+    assert "user's filters     1 of 1 kept as written" in lines
+    assert "an entry that only excluded pods collects only the observed ones" in lines
 
 
 def test_a_lost_user_filter_is_a_failure_in_the_summary() -> None:
