@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -550,3 +551,121 @@ async def test_release_succeeds_when_the_filters_cannot_be_written_and_says_so(
     for name in frontend.pods:
         meta = (emulator.get("Pod", "shop", name) or {})["metadata"]
         assert conventions.OBSERVED_LABEL not in (meta.get("labels") or {})
+
+
+def cnm_writes(emulator: KubeEmulator) -> int:
+    return len(
+        [
+            r
+            for r in emulator.requests
+            if "containernetworkmetrics" in r.path and r.method in ("POST", "PUT", "DELETE")
+        ]
+    )
+
+
+async def test_an_extended_observation_keeps_its_filters_and_ends_later(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
+) -> None:
+    """A later window moves expires-at: the filters stay as they are (no write), and end later."""
+    part = wire(client, [acns(ttl=600)], settings=Settings(extend_below=1.0))
+    redis = workload(cluster, "redis")
+    start = int(time.time()) // 10 * 10 - 200
+    async with running(part):
+        await part.annotator.apply(action_for(redis, window_start=start))
+        await async_wait_for(
+            lambda: len(pods_in_filters(emulator)) == len(redis.pods), timeout=15, what="filters"
+        )
+        assert (await part.filters.reconcile()).outcome == "unchanged"
+        before, writes, rounds = ours(emulator), cnm_writes(emulator), part.filters.rounds
+        await part.annotator.apply(action_for(redis, window_start=start + 100))
+        meta = (emulator.get("Pod", "shop", redis.pods[0]) or {})["metadata"]
+        until = conventions.parse_time(meta["annotations"][conventions.EXPIRES_AT])
+        assert until == start + 110 + 600
+        # the extension wakes the reconciler (a round of its own besides this one): no change
+        assert (await part.filters.reconcile()).outcome == "unchanged"
+        await async_wait_for(lambda: part.filters.rounds >= rounds + 2, timeout=15, what="a round")
+        assert ours(emulator) == before
+        assert cnm_writes(emulator) == writes
+        # past the first window's expiry, before the extended one: still observed, still there
+        part.later(start + 610 + 45 - time.time())
+        assert (await part.filters.reconcile()).outcome == "unchanged"
+        assert part.expirer.expired == 0
+        assert ours(emulator) == before
+        part.later(3600)
+        await async_wait_for(
+            lambda: singleton(emulator) is None, timeout=15, what="the filters to go at the end"
+        )
+    assert part.expirer.expired == len(redis.pods)
+
+
+async def test_a_persons_edit_between_our_read_and_write_is_kept(
+    client: kube.Kube,
+    emulator: KubeEmulator,
+    cluster: ClusterBuilder,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A person edits the object after our read: our PUT gets 409, and their filter stays."""
+    emulator.create(copy.deepcopy(USERS))
+    part = wire(client)
+    redis = workload(cluster, "redis")
+    await part.annotator.apply(action_for(redis))
+    put = client.replace_cluster_object
+    theirs = {"name": "added-by-hand", "to": {"namespacedPod": ["shop/checkout-0"]}}
+
+    async def after_our_read(gvr: tuple[str, str, str], body: kube.Json) -> kube.Json:
+        if not emulator_edited:
+            current = singleton(emulator) or {}
+            filters = copy.deepcopy(current["spec"]["filters"])
+            filters[1]["includeFilters"].append(theirs)
+            emulator.update(CNM, "", "container-network-metric", {"spec": {"filters": filters}})
+            emulator_edited.append(True)
+        return await put(gvr, body)
+
+    emulator_edited: list[bool] = []
+    monkeypatch.setattr(client, "replace_cluster_object", after_our_read)
+    assert (await part.filters.reconcile()).outcome == "replaced"
+    assert emulator_edited
+    flow = (singleton(emulator) or {})["spec"]["filters"][1]
+    assert theirs in flow["includeFilters"]
+    assert {p.split("/")[1] for p in pods_in_filters(emulator)} == set(redis.pods)
+
+
+async def test_a_deleted_pods_filter_goes_when_its_observation_is_due(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
+) -> None:
+    """The only observed pod is deleted: at its expiry the expirer finds it gone, filters go."""
+    part = wire(client, [acns(ttl=60)])
+    postgres = workload(cluster, "postgres")
+    assert list(postgres.pods) == ["postgres-0"]
+    woken: list[str] = []
+
+    def changed(topology: str) -> None:
+        woken.append(topology)
+        part.filters.changed(topology)
+
+    part.expirer.changed = changed
+    async with running(part):
+        await part.annotator.apply(action_for(postgres))
+        await async_wait_for(lambda: pods_in_filters(emulator), timeout=15, what="filters")
+        assert emulator.delete("Pod", postgres.namespace, "postgres-0")
+        part.later(3600)
+        await async_wait_for(lambda: woken, timeout=15, what="the expirer to wake the filters")
+        await async_wait_for(
+            lambda: singleton(emulator) is None, timeout=15, what="the gone pod's filters to go"
+        )
+
+
+async def test_a_pod_whose_marks_are_refused_leaves_the_filters(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
+) -> None:
+    """A tenant edits a mark into a form streamproc never writes: the next round drops the pod."""
+    part = wire(client)
+    redis = workload(cluster, "redis")
+    await part.annotator.apply(action_for(redis))
+    await part.filters.reconcile()
+    forged = redis.pods[0]
+    emulator.update(
+        "Pod", "shop", forged, {"metadata": {"annotations": {conventions.EXPIRES_AT: "tomorrow"}}}
+    )
+    await part.filters.reconcile()
+    assert {p.split("/")[1] for p in pods_in_filters(emulator)} == set(redis.pods) - {forged}
