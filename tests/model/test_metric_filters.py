@@ -6,14 +6,18 @@ import copy
 from pathlib import Path
 from typing import Any, get_args
 
+import click
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from streamproc.cli import options
+from streamproc.doctor import diagnosing
 from streamproc.model import metric_filters as projection
 from streamproc.model import topologies
 from streamproc.model.topologies import Backend, TopologyError
-from streamproc.settings import OBSERVATION_BACKENDS
+from streamproc.settings import OBSERVATION_BACKENDS, Settings
+from tests.conftest import topology
 
 FRONTEND = ("shop", "Deployment", "frontend")
 REDIS = ("shop", "StatefulSet", "redis")
@@ -241,3 +245,38 @@ def test_the_deployments_backend_settles_a_topology_without_one(tmp_path: Path) 
     assert topologies.resolve_backend(plain, "retina-annotation").spec.action.pod_annotations() == {
         "retina.sh": "observe"
     }
+
+
+def test_a_namespace_scope_under_the_deployments_acns_default_is_refused() -> None:
+    """Valid on its own, refused once the default backend settles it: naming topology and flag."""
+
+    scoped = topology(scope="namespace", name="ns-wide")
+    assert topologies.resolve_backend(scoped, "retina-annotation").spec.action.backend == (
+        "retina-annotation"
+    )
+    with pytest.raises(TopologyError) as refused:
+        topologies.resolve_backend(scoped, "acns-metric-filters")
+    text = str(refused.value)
+    assert text.startswith("topology ns-wide: spec.action: under the deployment's")
+    assert "--observation-backend acns-metric-filters" in text
+    assert "scope: namespace" in text
+    [failed] = diagnosing.backend_checks([scoped], "acns-metric-filters")
+    assert failed.status == "fail"
+    assert "ns-wide" in failed.detail
+    assert not diagnosing.backend_checks([scoped], "retina-annotation")
+
+
+def test_run_refuses_such_a_topology_at_load(tmp_path: Path) -> None:
+    """The command's loader says 'invalid topology: ...' with the topology, no traceback."""
+
+    (tmp_path / "ns.yaml").write_text(
+        "apiVersion: streamproc/v1\nkind: Topology\nmetadata: {name: ns-wide}\n"
+        "spec:\n  window: {size: 10s}\n  action:\n    scope: namespace\n"
+        "    annotate: {retina.sh: observe}\n",
+        encoding="utf-8",
+    )
+    settings = Settings(topology_path=tmp_path, observation_backend="acns-metric-filters")
+    with pytest.raises(click.ClickException) as refused:
+        options.load_topologies(settings)
+    assert refused.value.message.startswith("invalid topology: topology ns-wide: spec.action:")
+    assert options.load_topologies(Settings(topology_path=tmp_path))

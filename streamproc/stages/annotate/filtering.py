@@ -25,7 +25,7 @@ from streamproc import stopping
 from streamproc.clients import kube, metrics
 from streamproc.cluster import metric_filters
 from streamproc.model import marks
-from streamproc.model.topologies import ACNS, Topology
+from streamproc.model.topologies import Topology
 
 log = logging.getLogger("streamproc.metric_filters")
 #: after a failed reconciliation, the next one is tried this much later
@@ -52,15 +52,6 @@ class FilterReconciler:
         #: topology -> the Hubble metrics its observations include (only acns-backend ones)
         self.wanted = metric_filters.metrics_of(topologies, default_backend)
         self._policy = marks.Policy.of(topologies)
-        for topology in topologies:
-            action = topology.spec.action
-            if action.scope == "namespace" and action.observed_through(default_backend) == ACNS:
-                log.warning(
-                    "%s: scope namespace observes a Namespace object, which %s has no filter "
-                    "for: no pod of it gets Hubble metrics; use scope workload or pod",
-                    topology.name,
-                    ACNS,
-                )
         self._resync_s = resync_s
         self._dry_run = dry_run
         #: what "now" is: the same clock as the expirer's, so filters end when the marks do
