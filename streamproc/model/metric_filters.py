@@ -91,6 +91,8 @@ def merge(found: Iterable[tuple[Workload, str, Iterable[MetricName]]]) -> dict[W
     pods: dict[Workload, set[str]] = {}
     wanted: dict[Workload, set[MetricName]] = {}
     for workload, pod, metrics in found:
+        if not pod:
+            continue  # "ns/" would read as a pattern of the whole namespace, not a pod
         pods.setdefault(workload, set()).add(pod)
         wanted.setdefault(workload, set()).update(metrics)
     return {w: Observed(frozenset(pods[w]), frozenset(wanted[w])) for w in pods}
@@ -202,5 +204,7 @@ def named_pods(spec: object) -> set[str]:
                 for way in ("from", "to"):
                     endpoint = item.get(way)
                     pods = endpoint.get("namespacedPod") if isinstance(endpoint, Mapping) else None
-                    found.update(p for p in pods or () if isinstance(p, str))
+                    # a string is not a list of names: its characters are not pods
+                    listed = pods if isinstance(pods, list) else ()
+                    found.update(p for p in listed if isinstance(p, str) and p)
     return found

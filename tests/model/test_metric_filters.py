@@ -280,3 +280,36 @@ def test_run_refuses_such_a_topology_at_load(tmp_path: Path) -> None:
         options.load_topologies(settings)
     assert refused.value.message.startswith("invalid topology: topology ns-wide: spec.action:")
     assert options.load_topologies(Settings(topology_path=tmp_path))
+
+
+A, B = ("shop", "Deployment", "a"), ("shop", "Deployment", "b")
+
+
+def test_named_pods_reads_no_string_as_a_list_and_no_empty_name() -> None:
+    """namespacedPod: "shop/a" (a string, not a list) names no pod, not "s", "h", ...; "" none."""
+    spec = {
+        "filters": [
+            {
+                "metric": "flow",
+                "includeFilters": [
+                    {
+                        "name": "streamproc.io/shop/Deployment/a/from",
+                        "from": {"namespacedPod": "shop/a"},
+                    },
+                    {
+                        "name": "streamproc.io/shop/Deployment/b/to",
+                        "to": {"namespacedPod": ["", "shop/b"]},
+                    },
+                ],
+            }
+        ]
+    }
+    assert projection.named_pods(spec) == {"shop/b"}
+
+
+def test_an_empty_pod_name_never_becomes_a_whole_namespace_pattern() -> None:
+    """A pod read without a name is left out: no "shop/" entry, and no filter for it alone."""
+    workload = ("shop", "Deployment", "a")
+    assert projection.merge([(workload, "", ("flow",))]) == {}
+    merged = projection.merge([(workload, "", ("flow",)), (workload, "a-1", ("flow",))])
+    assert merged[workload].pods == frozenset({"a-1"})

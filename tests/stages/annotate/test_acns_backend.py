@@ -669,3 +669,26 @@ async def test_a_pod_whose_marks_are_refused_leaves_the_filters(
     )
     await part.filters.reconcile()
     assert {p.split("/")[1] for p in pods_in_filters(emulator)} == set(redis.pods) - {forged}
+
+
+async def test_a_refused_write_is_warned_once_and_retried_at_the_resync(
+    client: kube.Kube,
+    emulator: KubeEmulator,
+    cluster: ClusterBuilder,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A 422 will not pass in 2 s: one warning, and the next try at the resync, not in 2 s."""
+    emulator.create(copy.deepcopy(USERS))
+    part = wire(client)
+    await part.annotator.apply(action_for(workload(cluster, "redis")))
+    refused = Fault(method="PUT", path="/containernetworkmetrics/", status=422, times=100)
+    emulator.faults.append(refused)
+    with caplog.at_level("WARNING", logger="streamproc.metric_filters"):
+        async with running(part):
+            await async_wait_for(
+                lambda: "not reconciled" in caplog.text, timeout=15, what="the warning"
+            )
+    warned = [r.getMessage() for r in caplog.records if "not reconciled" in r.getMessage()]
+    assert len(warned) == 1
+    assert warned[0].endswith("trying again in 3600s")
+    assert refused.times == 99
