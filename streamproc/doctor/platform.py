@@ -316,6 +316,19 @@ def judge(p: Platform, backend: str, loaded: Sequence[Topology] | None = None) -
     found.append(
         checks.ok(AREA, "mechanism", "works here: " + "; ".join(MECHANISMS[m] for m in works))
     )
+    n = p.nodes
+    if "acns-metric-filters" in works and n is not None and 0 < n.cilium < n.total:
+        found.append(
+            checks.warn(
+                AREA,
+                "node pools",
+                f"{n.total - n.cilium} of {n.total} nodes are not on the Cilium dataplane: "
+                "ContainerNetworkMetric filters select no pod there (source-level filtering is "
+                "Cilium's), so observations of pods on those nodes yield no Hubble metrics",
+                "run the workloads to observe on Cilium node pools, or move the node pools to "
+                "Azure CNI powered by Cilium",
+            )
+        )
     users = _backends(backend, loaded)
     if users is None or "" in users.get(backend, ()):
         found.append(_backend_check(p, works, backend, None))

@@ -495,3 +495,20 @@ async def test_doctor_says_nothing_of_metric_filters_under_the_annotation_backen
         found = await diagnosing.cluster_checks(settings, PLAIN)
         assert not [r for r in emulator.requests if "containernetworkmetrics" in r.path]
     assert "metric filters" not in named(found)
+
+
+async def test_mixed_node_pools_warn_that_pods_off_cilium_cannot_be_selected(
+    tmp_path: Path,
+) -> None:
+    """One node without the Cilium label: ⚠ naming how many, filters still work elsewhere."""
+    built = shape("aks-acns-cilium")
+    node = next(o for o in built.builder.objects if o["kind"] == "Node")
+    del node["metadata"]["labels"][platform.DATAPLANE]
+    checks = named(await doctor_on(tmp_path, built, backend="acns-metric-filters"))
+    assert checks["mechanism"].status == "ok"
+    pools = checks["node pools"]
+    assert pools.status == "warn"
+    assert pools.detail.startswith("1 of 2 nodes are not on the Cilium dataplane")
+    assert "node pools" not in named(
+        await doctor_on(tmp_path, shape("aks-acns-cilium"), backend="acns-metric-filters")
+    )
