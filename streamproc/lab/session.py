@@ -101,7 +101,7 @@ class Summary:
     #: the emulated platform, and how pods were to be put under observation there
     platform: str = "retina"
     backend: str = "retina-annotation"
-    #: the ContainerNetworkMetric's streamproc.io/ include filters, at most and at the end, and
+    #: the ContainerNetworkMetric's streamproc.io include filters, at most and at the end, and
     #: the user's own filters at the start and at the end (None: no ContainerNetworkMetric here)
     metric_filters_peak: int | None = None
     metric_filters_end: int | None = None
@@ -191,7 +191,7 @@ class Summary:
         return [
             f"  platform           {self.platform}, --observation-backend {self.backend}",
             (
-                f"  metric filters     {self.metric_filters_peak or 0} streamproc.io/ at most, "
+                f"  metric filters     {self.metric_filters_peak or 0} streamproc.io at most, "
                 f"{self.metric_filters_end or 0} at the end"
             ),
             (

@@ -54,11 +54,11 @@ def test_an_empty_cluster_gets_one_entry_per_metric_with_a_from_and_a_to_filter(
     assert [e["metric"] for e in done.spec["filters"]] == ["flow", "drop", "tcp", "dns"]
     assert done.spec["filters"][0]["includeFilters"] == [
         {
-            "name": "streamproc.io/shop/Deployment/frontend/from",
+            "name": "streamproc.io.shop.Deployment.frontend.from",
             "from": {"namespacedPod": ["shop/a", "shop/b"]},
         },
         {
-            "name": "streamproc.io/shop/Deployment/frontend/to",
+            "name": "streamproc.io.shop.Deployment.frontend.to",
             "to": {"namespacedPod": ["shop/a", "shop/b"]},
         },
     ]
@@ -76,10 +76,10 @@ def test_the_users_entries_survive_adding_and_removing_object_for_object() -> No
     assert entries[0]["excludeFilters"] is USERS["filters"][0]["excludeFilters"]
     dns = [f["name"] for f in entries[0]["includeFilters"]]
     assert dns == [
-        "streamproc.io/shop/Deployment/frontend/from",
-        "streamproc.io/shop/Deployment/frontend/to",
-        "streamproc.io/shop/StatefulSet/redis/from",
-        "streamproc.io/shop/StatefulSet/redis/to",
+        "streamproc.io.shop.Deployment.frontend.from",
+        "streamproc.io.shop.Deployment.frontend.to",
+        "streamproc.io.shop.StatefulSet.redis.from",
+        "streamproc.io.shop.StatefulSet.redis.to",
     ]
     after = project(during.spec, {})
     assert after.spec == before
@@ -100,7 +100,7 @@ def test_an_entry_streamproc_created_goes_when_its_filters_go() -> None:
 
 def test_duplicates_of_streamproc_filters_in_later_entries_are_cleaned_up() -> None:
     """Two entries of one metric (a race, a person): streamproc's filters end up in the first."""
-    ours = {"name": "streamproc.io/shop/Pod/x/from", "from": {"namespacedPod": ["shop/x"]}}
+    ours = {"name": "streamproc.io.shop.Pod.x.from", "from": {"namespacedPod": ["shop/x"]}}
     spec = {
         "filters": [
             {"metric": "flow", "includeFilters": [{"protocol": ["tcp"]}]},
@@ -127,8 +127,10 @@ def test_the_pods_named_are_bounded() -> None:
 
 
 def test_filters_of_other_tools_are_not_streamproc_s() -> None:
-    """Only a name under streamproc.io/ is ours; anything else, however shaped, is the user's."""
+    """Only a name under streamproc.io. (or the first cut's streamproc.io/) is ours."""
+    assert projection.ours({"name": "streamproc.io.a.Pod.b.from"})
     assert projection.ours({"name": "streamproc.io/a/Pod/b/from"})
+    assert "/" not in projection.filter_name(("a", "Deployment", "b.c"), "to")
     for other in ({"name": "team/x"}, {"name": 3}, {}, "streamproc.io/x", None):
         assert not projection.ours(other)
 
@@ -313,3 +315,18 @@ def test_an_empty_pod_name_never_becomes_a_whole_namespace_pattern() -> None:
     assert projection.merge([(workload, "", ("flow",))]) == {}
     merged = projection.merge([(workload, "", ("flow",)), (workload, "a-1", ("flow",))])
     assert merged[workload].pods == frozenset({"a-1"})
+
+
+def test_filters_named_the_first_cuts_way_are_replaced_by_the_new_names() -> None:
+    """A streamproc.io/… filter left by the first cut is streamproc's: replaced, not kept."""
+    workload = ("shop", "Deployment", "a")
+    old = {"name": "streamproc.io/shop/Deployment/a/from", "from": {"namespacedPod": ["shop/a-1"]}}
+    spec = {"filters": [{"metric": "flow", "includeFilters": [old]}]}
+    observed = {workload: projection.Observed(frozenset({"a-1"}), frozenset({"flow"}))}
+    done = projection.project(spec, observed)
+    assert done is not None
+    names = [f["name"] for f in done.spec["filters"][0]["includeFilters"]]
+    assert names == [
+        projection.filter_name(workload, "from"),
+        projection.filter_name(workload, "to"),
+    ]

@@ -171,7 +171,7 @@ async def test_an_observation_becomes_include_filters_and_no_annotation(
     assert cnm["metadata"]["annotations"][projection.CREATED_BY] == "streamproc"
     names = {f"shop/{p}" for p in frontend.pods}
     expected = {
-        f"{metric} streamproc.io/shop/Deployment/frontend/{way}": names
+        f"{metric} streamproc.io.shop.Deployment.frontend.{way}": names
         for metric in ("flow", "drop", "tcp", "dns")
         for way in ("from", "to")
     }
