@@ -692,3 +692,22 @@ async def test_a_refused_write_is_warned_once_and_retried_at_the_resync(
     assert len(warned) == 1
     assert warned[0].endswith("trying again in 3600s")
     assert refused.times == 99
+
+
+async def test_release_projects_on_the_api_servers_clock(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
+) -> None:
+    """An API server an hour ahead: marks it holds for expired leave the filters at release."""
+    topologies = [acns(ttl=1800)]
+    part = wire(client, topologies)
+    await part.annotator.apply(action_for(workload(cluster, "redis")))
+    await part.filters.reconcile()
+    assert pods_in_filters(emulator)
+    emulator.clock_offset_s = 3600.0
+    await client.list_cluster_objects(("acn.azure.com", "v1alpha1", "containernetworkmetrics"))
+    assert client.now() > time.time() + 3000  # the client has measured the server's clock
+    policy = marks.Policy.of(topologies)
+    written = await observing.project_filters(client, topologies, "retina-annotation", policy)
+    assert written is not None
+    assert written.outcome == "deleted"
+    assert singleton(emulator) is None
