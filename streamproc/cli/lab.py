@@ -72,7 +72,8 @@ def lab(
         raise click.UsageError("--platform shapes the emulated cluster; not with --kubeconfig")
     topology_path = topologies.resolve_path(topology_path)
     try:
-        topologies.load_path(topology_path)
+        for topology in topologies.load_path(topology_path):  # and under the platform's backend
+            topologies.resolve_backend(topology, platforms.BACKENDS[platform])
     except topologies.TopologyError as exc:
         raise click.ClickException(f"invalid topology: {exc}") from None
     options = session.LabOptions(

@@ -92,18 +92,28 @@ def release(target: str, forget: bool, **opts: Any) -> None:
     # what the topologies write: a key a person changed since is theirs and stays
     policy = marks.Policy.of(loaded)
 
-    async def work(client: Any, resolver: Any) -> tuple[list[str], str | None, Any]:
+    async def work(client: Any, resolver: Any) -> tuple[list[str], str | None, Any, str]:
+        from streamproc.clients import kube  # noqa: PLC0415 - only the cluster commands need it
+
         # its start, for the evidence of the range it lasted (read before the marks go)
         before = await observing.find(client, resolver, (namespace, kind, name), policy)
         pods, found = await observing.release(client, resolver, namespace, kind, name, policy)
-        # acns-metric-filters: the pods are released; their filters go with them now
-        await observing.project_filters(client, loaded, settings.observation_backend, policy)
-        return pods, found, before
+        # acns-metric-filters: the pods are released; their filters go with them now. The marks
+        # are gone already, which is the release: a filter left behind is the annotator's to
+        # remove at its next round, not a failure of this command
+        lagging = ""
+        try:
+            await observing.project_filters(client, loaded, settings.observation_backend, policy)
+        except kube.KubeError as exc:
+            lagging = str(exc)
+        return pods, found, before, lagging
 
-    pods, found, before = _cluster_command(settings.kubeconfig, work)
+    pods, found, before, lagging = _cluster_command(settings.kubeconfig, work)
     found_kind = kind or found
     if pods:
         click.echo(f"released {target}: {len(pods)} pods ({', '.join(pods)})")
+        if lagging:
+            click.echo(f"the filters follow at the annotator's next round: {lagging}")
         if before is not None:  # the trail: evidence (with a Prometheus) and audit records
             from streamproc.cli import evidence  # noqa: PLC0415
 

@@ -253,6 +253,11 @@ def load_topologies(
         loaded = topologies.load_path(path)
     except topologies.TopologyError as exc:
         raise click.ClickException(f"invalid topology: {exc}") from None
+    try:  # valid on its own, but maybe not under the deployment's backend
+        for topology in loaded:
+            topologies.resolve_backend(topology, settings.observation_backend)
+    except topologies.TopologyError as exc:
+        raise click.ClickException(f"invalid topology: {exc}") from None
     log.info("topologies from %s: %s", path, ", ".join(t.name for t in loaded))
     if input_topic:
         loaded = [topologies.reading(t, input_topic) for t in loaded]

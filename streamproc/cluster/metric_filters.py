@@ -62,10 +62,14 @@ async def observed(
     policy: marks.Policy,
     now: float,
 ) -> dict[projection.Workload, projection.Observed]:
-    """The pods under observation now by a topology in ``wanted``, per workload.
+    """The pods under observation through the filters now, per workload.
 
     Only marks streamproc could have written, labelled, unexpired, of a whole action id (so
-    the workload is known): a tenant's edit never adds a pod to the filters.
+    the workload is known): a tenant's edit never adds a pod to the filters. A pod is observed
+    through the filters when its marks say so (``metric-filters``, with the metrics), whatever
+    topologies this process loaded, so processes with different topology files (a rolling
+    upgrade, a second deployment) project the same filters and never delete each other's.
+    Marks written before that key existed count when their topology is in ``wanted``.
     """
     found: list[tuple[projection.Workload, str, tuple[MetricName, ...]]] = []
     selector = f"{conventions.OBSERVED_LABEL}=true"
@@ -77,13 +81,17 @@ async def observed(
                 or not read.labelled
                 or read.workload is None
                 or read.until <= now
-                or read.topology not in wanted
             ):
+                continue
+            wants = read.metric_filters or wanted.get(read.topology, ())
+            if not wants:
                 continue
             name = str((pod.get("metadata") or {}).get("name") or "")
             if (pod.get("metadata") or {}).get("deletionTimestamp"):
                 continue  # leaving: its name may come back as another pod's
-            found.append((read.workload, name, wanted[read.topology]))
+            if not name:
+                continue  # "ns/" would read as a pattern, not a pod
+            found.append((read.workload, name, wants))
     return projection.merge(found)
 
 
@@ -111,32 +119,16 @@ def _created_by_us(obj: kube.Json) -> bool:
     return annotations.get(projection.CREATED_BY) == "streamproc"
 
 
-async def reconcile(
-    client: kube.Kube,
-    observed: Mapping[projection.Workload, projection.Observed],
-    *,
-    dry_run: bool = False,
-) -> Written:
-    """Make streamproc's filters in the singleton exactly ``observed``'s; Conflict after 409s."""
-    for _attempt in range(ATTEMPTS):
-        try:
-            current = _singleton(await client.list_cluster_objects(GVR))
-        except kube.NotFound:
-            raise kube.NotFound(
-                f"the API server does not serve {projection.PLURAL}.{projection.GROUP}: enable "
-                "ACNS container network metrics filtering on the cluster (docs/architecture.md, "
-                "Observation backends), or use --observation-backend retina-annotation",
-                status=404,
-            ) from None
-        try:
-            written = await _once(client, current, observed, dry_run=dry_run)
-        except (kube.Conflict, kube.NotFound):
-            # changed or deleted since it was read (another replica, a person): read it again
-            metrics.metric_filter_writes.labels(result="conflict").inc()
-            continue
-        metrics.metric_filter_writes.labels(result=written.outcome).inc()
-        return written
-    raise kube.Conflict(f"ContainerNetworkMetric kept changing ({ATTEMPTS} attempts)", status=409)
+async def _read_singleton(client: kube.Kube) -> kube.Json | None:
+    try:
+        return _singleton(await client.list_cluster_objects(GVR))
+    except kube.NotFound:
+        raise kube.NotFound(
+            f"the API server does not serve {projection.PLURAL}.{projection.GROUP}: enable "
+            "ACNS container network metrics filtering on the cluster (docs/architecture.md, "
+            "Observation backends), or use --observation-backend retina-annotation",
+            status=404,
+        ) from None
 
 
 async def _once(
@@ -217,6 +209,24 @@ async def sync(
     now: float,
     dry_run: bool = False,
 ) -> Written:
-    """List the observed pods and reconcile the singleton with them, once."""
-    found = await observed(client, wanted, policy=policy, now=now)
-    return await reconcile(client, found, dry_run=dry_run)
+    """Make streamproc's filters in the singleton exactly the observed pods'; Conflict after 409s.
+
+    Each attempt reads the object first and lists the pods after it, then writes with the
+    object's resourceVersion. So the pods are never older than the object: whatever another
+    writer (a replica that just opened a pod, a person) put there before our read is in our
+    pod list too, or came after it and makes our PUT fail with 409. A 409 (or the object gone)
+    redoes both reads: retrying with the old pod list would write a stale projection over a
+    fresher one, and succeed.
+    """
+    for _attempt in range(ATTEMPTS):
+        current = await _read_singleton(client)
+        found = await observed(client, wanted, policy=policy, now=now)
+        try:
+            written = await _once(client, current, found, dry_run=dry_run)
+        except (kube.Conflict, kube.NotFound):
+            # changed or deleted since it was read (another replica, a person): read both again
+            metrics.metric_filter_writes.labels(result="conflict").inc()
+            continue
+        metrics.metric_filter_writes.labels(result=written.outcome).inc()
+        return written
+    raise kube.Conflict(f"ContainerNetworkMetric kept changing ({ATTEMPTS} attempts)", status=409)

@@ -163,7 +163,8 @@ async def project_filters(
     wanted = metric_filters.metrics_of(topologies, default_backend)
     if not wanted:
         return None
-    return await metric_filters.sync(client, wanted, policy=policy, now=time.time())
+    # the API server's clock, as the expirer's: a host clock behind it would keep expired pods
+    return await metric_filters.sync(client, wanted, policy=policy, now=client.now())
 
 
 def per_node(found: list[Observation]) -> dict[str, int]:

@@ -69,6 +69,12 @@ DOCTOR: tuple[Permission, ...] = (
     ),
     Permission("", "nodes", "list", "tell AKS and its dataplane from the nodes' labels"),
     Permission("", "services", "get", "ACNS's kube-system/network-observability Service"),
+    Permission(
+        "acn.azure.com",
+        "containernetworkmetrics",
+        "list",
+        "warn when streamproc's include filters would narrow what ACNS collects",
+    ),
 )
 
 

@@ -48,6 +48,7 @@ async def diagnose(
     ``evidence``: also the evidence's Prometheus (the lab has none, and reads no evidence).
     """
     found, loaded = topology_checks(topologies.resolve_path(topology_path))
+    found += backend_checks(loaded, settings.observation_backend)
     found += await _bounded("Kafka", kafka_checks(settings, loaded))
     found += await _bounded("Kubernetes", cluster_checks(settings, loaded))
     if evidence:
@@ -82,6 +83,25 @@ def topology_checks(path: Path) -> tuple[list[Check], list[Topology]]:
             0, checks.ok("Topologies", "topologies", f"{len(loaded)} valid in {path} ({names})")
         )
     return found, loaded
+
+
+def backend_checks(loaded: Sequence[Topology], default: str) -> list[Check]:
+    """Each topology is valid under the deployment's backend too, as ``run`` will refuse it."""
+    found = []
+    for topology in loaded:
+        try:
+            topologies.resolve_backend(topology, default)
+        except topologies.TopologyError as exc:
+            found.append(
+                checks.fail(
+                    "Topologies",
+                    "topology",
+                    str(exc),
+                    "use scope workload or pod, or set spec.action.backend: retina-annotation "
+                    "in the topology",
+                )
+            )
+    return found
 
 
 # ---- Kafka ---------------------------------------------------------------------------------
@@ -475,7 +495,7 @@ async def retina_checks(
     try:
         agents = retina.find_agents(await client.list_daemonsets())
     except kube.KubeError as exc:
-        found, _ = await platform.survey(client, settings, None)
+        found, _ = await platform.survey(client, settings, None, loaded)
         return [
             *found,
             checks.warn(
@@ -486,7 +506,7 @@ async def retina_checks(
                 "deployments (kubectl auth can-i list daemonsets -A)",
             ),
         ]
-    found, seen = await platform.survey(client, settings, agents)
+    found, seen = await platform.survey(client, settings, agents, loaded)
     if "retina-annotation" not in seen.mechanisms():
         return found  # the platform's lines said what works here instead
     agent = agents[0]

@@ -23,10 +23,13 @@ possibly forbidden: the nodes' ``kubernetes.azure.com/*`` labels (AKS; ``use-lab
 ``kubernetes.azure.com/managedby: aks``, ``core-aks-concepts.md``; an image from
 ``mcr.microsoft.com/containernetworking/``; args ``hubble-control-plane``, retina
 ``deploy/hubble/manifests/controller/helm/retina/values.yaml``; the flat ``enable-hubble`` and
-``hubble-metrics-server`` keys of its ConfigMap, that chart's ``templates/agent/configmap.yaml``;
-the ``kube-system/network-observability`` Service with port ``hubble`` 9965, retina
-``deploy/standard/prometheus/network-observability/network-observability-svc.yaml``), and
-discovery of ``acn.azure.com/v1alpha1`` (open to every authenticated identity). A marker that
+``hubble-metrics-server`` keys of its ConfigMap, that chart's ``templates/agent/configmap.yaml``),
+and discovery of ``acn.azure.com/v1alpha1`` (open to every authenticated identity). Only AKS's
+label and image say AKS manages the agent. The ``kube-system/network-observability`` Service
+(port ``hubble`` 9965) is no marker of AKS: OSS Retina ships it too (microsoft/retina 532c5aa2
+``deploy/hubble/manifests/controller/helm/retina/templates/hubble/metrics-service.yaml``,
+``deploy/standard/prometheus/network-observability/network-observability-svc.yaml``), so it
+only corroborates a Hubble plane already seen. A marker that
 cannot be read is left out; the judgement uses the ones seen.
 """
 
@@ -39,6 +42,8 @@ from typing import Any, Literal
 from streamproc.clients import kube
 from streamproc.doctor import checks, retina
 from streamproc.doctor.checks import Check
+from streamproc.model import metric_filters as projection
+from streamproc.model.topologies import ACNS, METRICS, Topology
 from streamproc.settings import Settings
 
 Json = dict[str, Any]
@@ -121,11 +126,20 @@ def agent_markers(
     if flat and str(data.get("enable-hubble", "true")).strip().lower() == "true":
         hubble.append(f"ConfigMap keys {', '.join(flat)}")
     ports = _dict(_dict(service).get("spec")).get("ports")
-    if isinstance(ports, list) and any(
-        isinstance(p, dict) and p.get("name") == "hubble" and p.get("port") == HUBBLE_PORT
-        for p in ports
+    if (
+        hubble
+        and isinstance(ports, list)
+        and any(
+            isinstance(p, dict) and p.get("name") == "hubble" and p.get("port") == HUBBLE_PORT
+            for p in ports
+        )
     ):
-        managed.append(f"Service {'/'.join(SERVICE)} port hubble {HUBBLE_PORT}")
+        # OSS Retina ships this very Service with both control planes (microsoft/retina at
+        # 532c5aa2: deploy/hubble/manifests/controller/helm/retina/templates/hubble/
+        # metrics-service.yaml, deploy/standard/prometheus/network-observability/
+        # network-observability-svc.yaml): it tells neither AKS nor the plane, so it only
+        # corroborates a Hubble plane the agent itself shows
+        hubble.append(f"Service {'/'.join(SERVICE)} port hubble {HUBBLE_PORT}")
     return managed, hubble
 
 
@@ -145,12 +159,14 @@ class Platform:
 
     @property
     def aks(self) -> bool | None:
-        """On AKS: its nodes say so, or its managed agent does when the nodes cannot be read."""
-        if self.nodes is not None and self.nodes.aks:
-            return True
-        if self.managed:
-            return True
-        return None if self.nodes is None else False
+        """On AKS: its nodes say so; only when they cannot be read, an AKS-managed agent does.
+
+        ``managed`` holds only the strong markers (AKS's label, AKS's image registry): what OSS
+        Retina also ships never makes a cluster AKS.
+        """
+        if self.nodes is not None:
+            return self.nodes.aks > 0
+        return True if self.managed else None
 
     @property
     def cilium(self) -> bool | None:
@@ -274,8 +290,12 @@ def _none_check(p: Platform) -> Check:
     )
 
 
-def judge(p: Platform, backend: str) -> list[Check]:
-    """The platform, its agent and CRD, the mechanisms that work, and the configured backend."""
+def judge(p: Platform, backend: str, loaded: Sequence[Topology] | None = None) -> list[Check]:
+    """The platform, its agent and CRD, the mechanisms that work, and each backend in use.
+
+    The deployment's ``backend`` is judged when a topology uses it (or none is loaded); a
+    topology's own ``spec.action.backend`` is judged on a line that names the topology.
+    """
     found = [_agent_check(p)] if p.agents_read else []
     cnm = _cnm_check(p)
     if cnm is not None:
@@ -296,32 +316,95 @@ def judge(p: Platform, backend: str) -> list[Check]:
     found.append(
         checks.ok(AREA, "mechanism", "works here: " + "; ".join(MECHANISMS[m] for m in works))
     )
-    if backend in works:
+    n = p.nodes
+    if "acns-metric-filters" in works and n is not None and 0 < n.cilium < n.total:
         found.append(
-            checks.ok(AREA, "backend", f"--observation-backend {backend} is one that works here")
-        )
-    else:
-        why = (
-            "ACNS's Hubble control plane ignores retina.sh annotations"
-            if backend == "retina-annotation" and p.hubble
-            else "no Retina agent reads retina.sh annotations"
-            if backend == "retina-annotation"
-            else f"{CNM_CRD} is not served on a Cilium cluster"
-        )
-        found.append(
-            (checks.fail if p.agents_read else checks.warn)(
+            checks.warn(
                 AREA,
-                "backend",
-                f"--observation-backend {backend}, but {why}: on this cluster only "
-                f"{MECHANISMS[works[0]]} select pods",
-                f"set --observation-backend {works[0]} (STREAMPROC_OBSERVATION_BACKEND)",
+                "node pools",
+                f"{n.total - n.cilium} of {n.total} nodes are not on the Cilium dataplane: "
+                "ContainerNetworkMetric filters select no pod there (source-level filtering is "
+                "Cilium's), so observations of pods on those nodes yield no Hubble metrics",
+                "run the workloads to observe on Cilium node pools, or move the node pools to "
+                "Azure CNI powered by Cilium",
             )
         )
+    users = _backends(backend, loaded)
+    if users is None or "" in users.get(backend, ()):
+        found.append(_backend_check(p, works, backend, None))
+    else:
+        found.append(
+            checks.ok(
+                AREA,
+                "backend",
+                f"--observation-backend {backend} is used by no topology (each chooses its own "
+                "spec.action.backend)",
+            )
+        )
+    found += [
+        _backend_check(p, works, chosen, name)
+        for chosen, names in sorted((users or {}).items())
+        for name in sorted(n for n in names if n)
+    ]
     return found
 
 
+def _backends(default: str, loaded: Sequence[Topology] | None) -> dict[str, set[str]] | None:
+    """Each effective backend and the topologies using it ("" for the deployment's default).
+
+    None without topologies: only the deployment's setting can be judged.
+    """
+    if not loaded:
+        return None
+    users: dict[str, set[str]] = {}
+    for topology in loaded:
+        action = topology.spec.action
+        users.setdefault(action.observed_through(default), set()).add(
+            topology.name if action.backend is not None else ""
+        )
+    return users
+
+
+def _backend_check(
+    p: Platform, works: list[Mechanism], backend: str, topology: str | None
+) -> Check:
+    """Whether one backend works here, named as set: the deployment's flag or a topology's field."""
+    what = (
+        f"--observation-backend {backend}"
+        if topology is None
+        else f"topology {topology}: spec.action.backend {backend}"
+    )
+    if backend in works:
+        return checks.ok(AREA, _backend_name(topology), f"{what} is one that works here")
+    why = (
+        "ACNS's Hubble control plane ignores retina.sh annotations"
+        if backend == "retina-annotation" and p.hubble
+        else "no Retina agent reads retina.sh annotations"
+        if backend == "retina-annotation"
+        else f"{CNM_CRD} is not served on a Cilium cluster"
+    )
+    fix = (
+        f"set --observation-backend {works[0]} (STREAMPROC_OBSERVATION_BACKEND)"
+        if topology is None
+        else f"set spec.action.backend: {works[0]} in topology {topology}"
+    )
+    return (checks.fail if p.agents_read else checks.warn)(
+        AREA,
+        _backend_name(topology),
+        f"{what}, but {why}: on this cluster only {MECHANISMS[works[0]]} select pods",
+        fix,
+    )
+
+
+def _backend_name(topology: str | None) -> str:
+    return "backend" if topology is None else f"backend of {topology}"
+
+
 async def survey(
-    client: kube.Inspector, settings: Settings, agents: Sequence[retina.Agent] | None
+    client: kube.Inspector,
+    settings: Settings,
+    agents: Sequence[retina.Agent] | None,
+    loaded: Sequence[Topology] | None = None,
 ) -> tuple[list[Check], Platform]:
     """Read what tells the platform (each read may fail alone), then judge it.
 
@@ -350,7 +433,81 @@ async def survey(
         service = await _optional(client.get_service(*SERVICE))
         managed, hubble = agent_markers(agent, config_map, service)
     found = Platform(nodes, agent, tuple(managed), tuple(hubble), cnm, agents is not None)
-    return [_platform_check(found, nodes_error), *judge(found, settings.observation_backend)], found
+    judged = judge(found, settings.observation_backend, loaded)
+    metrics = filter_metrics(settings.observation_backend, loaded)
+    if cnm and metrics:
+        try:
+            objects: list[Json] | None = await client.list_cluster_objects(
+                CNM_GROUP, CNM_VERSION, CNM_PLURAL
+            )
+        except (kube.KubeError, ValueError, AttributeError):
+            objects = None
+        narrowed = narrowing(objects, metrics)
+        if narrowed is not None:
+            judged.append(narrowed)
+    return [_platform_check(found, nodes_error), *judged], found
+
+
+def filter_metrics(default: str, loaded: Sequence[Topology] | None) -> set[str]:
+    """The Hubble metrics streamproc will add include filters for (none: not that backend)."""
+    if not loaded:
+        return set(METRICS) if default == ACNS else set()
+    return {m for t in loaded for m in t.spec.action.filter_metrics(default)}
+
+
+def narrowing(objects: Sequence[object] | None, metrics: set[str]) -> Check | None:
+    """⚠ when streamproc's include filters would narrow what ACNS collects; None otherwise.
+
+    ACNS collects every pod's metrics without a ContainerNetworkMetric, so creating one narrows
+    them to the included pods; and an entry with only exclude filters ("all pods but these")
+    becomes "only streamproc's pods" once include filters join it (MicrosoftDocs/azure-aks-docs
+    fb060abe how-to-configure-container-network-metrics-filtering.md). ``objects`` None: the
+    objects could not be listed, nothing to say.
+    """
+    if objects is None:
+        return None
+    named = sorted((o for o in objects if isinstance(o, dict) and _name(o)), key=_name)
+    chosen = [o for o in named if _name(o) == projection.DEFAULT_NAME] or named
+    if not chosen:
+        return checks.warn(
+            AREA,
+            "metric filters",
+            "no ContainerNetworkMetric yet: streamproc creates one at the first observation, and "
+            "from then on ACNS collects Hubble pod metrics only for the pods observed (today it "
+            "collects them for every pod), until the last observation ends",
+            f"read 'Read before turning it on' in {DOCS}; create a ContainerNetworkMetric "
+            "yourself first if others rely on these metrics",
+        )
+    spec = _dict(chosen[0].get("spec"))
+    entries = spec.get("filters")
+    exclude_only = sorted(
+        {
+            str(e.get("metric"))
+            for e in (entries if isinstance(entries, list) else ())
+            if isinstance(e, dict)
+            and e.get("metric") in metrics
+            and isinstance(e.get("excludeFilters"), list)
+            and e.get("excludeFilters")
+            and not [f for f in e.get("includeFilters") or () if not projection.ours(f)]
+        }
+    )
+    if not exclude_only:
+        return None
+    return checks.warn(
+        AREA,
+        "metric filters",
+        f"ContainerNetworkMetric {_name(chosen[0])}: the {', '.join(exclude_only)} "
+        f"entr{'y has' if len(exclude_only) == 1 else 'ies have'} exclude filters only (every "
+        "pod but those); while streamproc's include filters are in it, only the observed pods' "
+        "metrics are collected there",
+        f"read 'Read before turning it on' in {DOCS}; to keep the other pods' metrics, add an "
+        "include filter of your own that selects them",
+    )
+
+
+def _name(obj: Json) -> str:
+    name = _dict(obj.get("metadata")).get("name")
+    return name if isinstance(name, str) else ""
 
 
 async def _optional(read: Any) -> Json | None:

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 import yaml
 
 from streamproc.lab.cluster import NODES, RETINA_VERSION, ClusterBuilder, host_ip, sample_cluster
+from streamproc.model import metric_filters as projection
 
 if TYPE_CHECKING:  # the emulator needs the lab's extra; naming the platforms must not
     from streamproc.lab.kubeemu import KubeEmulator
@@ -53,8 +54,6 @@ BACKENDS: dict[PlatformName, str] = {
 #: is installed (``KubeEmulator.uninstalled``)
 CNM = ("acn.azure.com", "containernetworkmetrics")
 CNM_NAME = "container-network-metric"
-#: streamproc's own include filters are named with this prefix (the backend's)
-STREAMPROC_FILTERS = "streamproc.io/"
 AKS_CLUSTER = "MC_streamproc-lab_aks_eastus2"
 MANAGED = {"kubernetes.azure.com/managedby": "aks"}
 #: the Hubble chart's config.yaml values (retina v1.2.6 deploy/hubble/.../values.yaml)
@@ -285,9 +284,7 @@ def filter_counts(metric: Json | None) -> tuple[int, int]:
             for item in entry.get(key) or ():
                 if not isinstance(item, dict):
                     continue
-                mine = key == "includeFilters" and str(item.get("name", "")).startswith(
-                    STREAMPROC_FILTERS
-                )
+                mine = key == "includeFilters" and projection.ours(item)
                 ours += mine
                 theirs += not mine
     return ours, theirs

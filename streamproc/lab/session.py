@@ -101,7 +101,7 @@ class Summary:
     #: the emulated platform, and how pods were to be put under observation there
     platform: str = "retina"
     backend: str = "retina-annotation"
-    #: the ContainerNetworkMetric's streamproc.io/ include filters, at most and at the end, and
+    #: the ContainerNetworkMetric's streamproc.io include filters, at most and at the end, and
     #: the user's own filters at the start and at the end (None: no ContainerNetworkMetric here)
     metric_filters_peak: int | None = None
     metric_filters_end: int | None = None
@@ -191,12 +191,19 @@ class Summary:
         return [
             f"  platform           {self.platform}, --observation-backend {self.backend}",
             (
-                f"  metric filters     {self.metric_filters_peak or 0} streamproc.io/ at most, "
+                f"  metric filters     {self.metric_filters_peak or 0} streamproc.io at most, "
                 f"{self.metric_filters_end or 0} at the end"
             ),
             (
                 f"  user's filters     {self.user_filters_end or 0} of "
-                f"{self.user_filters_start} " + ("kept" if kept else "FAILED: not all kept")
+                f"{self.user_filters_start} "
+                + ("kept as written" if kept else "FAILED: not all kept")
+            ),
+            # kept is not unchanged in effect: an entry that only excluded pods collected only
+            # the observed ones while streamproc's include filters were in it
+            (
+                "                     (while streamproc's filters are in, an entry that only "
+                "excluded pods collects only the observed ones: docs/aks.md)"
             ),
         ]
 

@@ -57,7 +57,7 @@ class View:
         #: what the last line without a terminal said, to print only what changed
         self._logged_phase = ""
         self._logged: tuple[int, ...] = (0, 0, 0, 0, 0, 0, -1, -1)
-        #: (streamproc.io/ include filters, the user's filters) in the cluster's
+        #: (streamproc.io include filters, the user's filters) in the cluster's
         #: ContainerNetworkMetric, on a platform that has one (``lab --platform aks-acns-cilium``)
         self.filters: tuple[int, int] | None = None
 
@@ -156,7 +156,7 @@ class View:
         if self.filters is None:
             return ""
         ours, theirs = self.filters
-        return f", metric filters {ours} streamproc.io/ + {theirs} the user's"
+        return f", metric filters {ours} streamproc.io + {theirs} the user's"
 
     def _render(
         self,

@@ -31,8 +31,21 @@ LEVEL = f"{PREFIX}/level"
 #: when the observation of this object opened (RFC 3339, UTC); kept on extension: the start of
 #: the range its network evidence is read over (docs/evidence.md)
 OBSERVED_SINCE = f"{PREFIX}/observed-since"
+#: the Hubble metrics ("dns,flow") the observation gets through ACNS's ContainerNetworkMetric,
+#: only on observations through the ``acns-metric-filters`` backend: every annotate process
+#: projects the filters from it, whatever topologies it loaded (docs/architecture.md)
+METRIC_FILTERS = f"{PREFIX}/metric-filters"
 
-BOOKKEEPING_KEYS = (EXPIRES_AT, TOPOLOGY, RULE, ACTION_ID, OWNED_KEYS, LEVEL, OBSERVED_SINCE)
+BOOKKEEPING_KEYS = (
+    EXPIRES_AT,
+    TOPOLOGY,
+    RULE,
+    ACTION_ID,
+    OWNED_KEYS,
+    LEVEL,
+    OBSERVED_SINCE,
+    METRIC_FILTERS,
+)
 
 #: namespaces never observed unless a topology lists them in ``include`` explicitly, whatever
 #: its ``exclude`` says: the control plane's, and streamproc's own (k8s/ deploys it there).

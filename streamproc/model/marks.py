@@ -34,7 +34,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from streamproc.model import conventions
-from streamproc.model.topologies import MAX_LEVELS, Topology
+from streamproc.model.topologies import MAX_LEVELS, METRICS, MetricName, Topology
 from streamproc.model.workloads import cluster_of
 
 #: why marks were refused: ``malformed`` (not the form streamproc writes), ``beyond-policy``
@@ -79,6 +79,9 @@ class Marks:
     workload: tuple[str, str, str] | None
     #: when the observation opened (``observed-since``, clamped); None on marks written before it
     since: float | None = None
+    #: the Hubble metrics it gets through ACNS's filters (``metric-filters``); empty: not through
+    #: them, or marks written before the key existed
+    metric_filters: tuple[MetricName, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +210,9 @@ def decode(  # noqa: C901 - one refusal per check, in order
     since = _since(annotations.get(conventions.OBSERVED_SINCE), until=until, now=now)
     if isinstance(since, Refusal):
         return refuse(since.reason, since.detail)
+    filters = _metric_filters(annotations.get(conventions.METRIC_FILTERS))
+    if filters is None:
+        return refuse("malformed", "metric-filters is not a list of Hubble metrics")
     complete = len(parts) == 5 and parts[4].isdigit()  # topology/ns/Kind/name/window
     return Marks(
         until=until,
@@ -218,7 +224,19 @@ def decode(  # noqa: C901 - one refusal per check, in order
         labelled=labelled,
         workload=(parts[1], parts[2], parts[3]) if complete else None,
         since=since,
+        metric_filters=filters,
     )
+
+
+def _metric_filters(raw: object) -> tuple[MetricName, ...] | None:
+    """``metric-filters``: distinct known metrics, in ``METRICS`` order; None when refused."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, str) or len(raw) > MAX_VALUE:
+        return None
+    listed = raw.split(",")
+    found = tuple(m for m in METRICS if m in listed)
+    return found if found and len(found) == len(listed) else None
 
 
 def _since(raw: object, *, until: float, now: float) -> float | Refusal | None:

@@ -11,7 +11,7 @@ how-to-configure-container-network-metrics-filtering.md at fb060abe, ms.date 10/
 
 The pods' own marks stay the truth (schedule, caps, restarts, ``status`` and ``release`` read
 them); the object only mirrors them. :func:`project` computes the spec in which streamproc's own
-include filters (named ``streamproc.io/<ns>/<Kind>/<name>/from|to``) are exactly those of the
+include filters (named ``streamproc.io.<ns>.<Kind>.<name>.from|to``) are exactly those of the
 pods observed now, one ``from`` and one ``to`` filter per workload and metric, so traffic the
 pods send and receive both count. Everything else in the spec is the user's and is kept as it
 is, object for object, in order: an entry streamproc adds its filters to keeps its other keys,
@@ -42,8 +42,17 @@ GROUP, VERSION, PLURAL, KIND = (
 DEFAULT_NAME = "container-network-metric"
 #: on a singleton streamproc created: it may delete it again once no filter is left in it
 CREATED_BY = f"{conventions.PREFIX}/created-by"
-#: what streamproc's filters' names start with: everything else is the user's
-FILTER_PREFIX = f"{conventions.PREFIX}/"
+#: what streamproc's filters' names start with: everything else is the user's. No ``/``: the
+#: docs give a filter's ``name`` as an optional string and no pattern (only ``namespacedPod``
+#: entries get one, ``^.+$``; MicrosoftDocs/azure-aks-docs articles/aks/
+#: how-to-configure-container-network-metrics-filtering.md at fb060abe, ms.date 10/30/2025), and
+#: their one example is ``sample-filter``; ACNS may turn a name into a metric or object name
+#: where ``/`` is not allowed, so the name sticks to dots, letters, digits and ``-``
+#: (a namespace and a Kind hold no dot, so the name stays unique)
+FILTER_PREFIX = f"{conventions.PREFIX}."
+#: what the backend's first cut (unreleased) named them, ``streamproc.io/<ns>/<Kind>/<name>/from``:
+#: still streamproc's, so a cluster that ran it gets them replaced, not left behind
+LEGACY_PREFIX = f"{conventions.PREFIX}/"
 #: the most pods the projection names in all: each appears in 2 filters per metric, and the
 #: object must stay far below etcd's 1.5 MiB per object (2,000 pods x 8 x ~60 B is ~1 MiB)
 MAX_PODS = 2000
@@ -73,17 +82,17 @@ class Projection:
 
 
 def filter_name(workload: Workload, direction: str) -> str:
-    """``streamproc.io/<ns>/<Kind>/<name>/from``: one filter's name, per workload and way."""
+    """``streamproc.io.<ns>.<Kind>.<name>.from``: one filter's name, per workload and way."""
     namespace, kind, name = workload
-    return f"{FILTER_PREFIX}{namespace}/{kind}/{name}/{direction}"
+    return f"{FILTER_PREFIX}{namespace}.{kind}.{name}.{direction}"
 
 
 def ours(item: object) -> bool:
-    """Whether a filter is streamproc's (its ``name`` starts with ``streamproc.io/``)."""
+    """Whether a filter is streamproc's (its ``name`` starts with ``streamproc.io.``, or ``/``)."""
     if not isinstance(item, Mapping):
         return False
     name = item.get("name")
-    return isinstance(name, str) and name.startswith(FILTER_PREFIX)
+    return isinstance(name, str) and name.startswith((FILTER_PREFIX, LEGACY_PREFIX))
 
 
 def merge(found: Iterable[tuple[Workload, str, Iterable[MetricName]]]) -> dict[Workload, Observed]:
@@ -91,6 +100,8 @@ def merge(found: Iterable[tuple[Workload, str, Iterable[MetricName]]]) -> dict[W
     pods: dict[Workload, set[str]] = {}
     wanted: dict[Workload, set[MetricName]] = {}
     for workload, pod, metrics in found:
+        if not pod:
+            continue  # "ns/" would read as a pattern of the whole namespace, not a pod
         pods.setdefault(workload, set()).add(pod)
         wanted.setdefault(workload, set()).update(metrics)
     return {w: Observed(frozenset(pods[w]), frozenset(wanted[w])) for w in pods}
@@ -202,5 +213,7 @@ def named_pods(spec: object) -> set[str]:
                 for way in ("from", "to"):
                     endpoint = item.get(way)
                     pods = endpoint.get("namespacedPod") if isinstance(endpoint, Mapping) else None
-                    found.update(p for p in pods or () if isinstance(p, str))
+                    # a string is not a list of names: its characters are not pods
+                    listed = pods if isinstance(pods, list) else ()
+                    found.update(p for p in listed if isinstance(p, str) and p)
     return found

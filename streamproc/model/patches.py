@@ -11,7 +11,7 @@ The pod's previous marks come decoded (``marking.read``), never read raw here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,6 +91,7 @@ def observe(
     previous: marks.Read,
     level: str = "",
     now: float | None = None,
+    metric_filters: Sequence[str] = (),
 ) -> Patch | None:
     """Open or extend an observation; None when the pod already carries this or a later one.
 
@@ -99,7 +100,8 @@ def observe(
     dropped from ``owned-keys``, and not added again while this observation lasts.
     ``level`` ("3/4") is written only for topologies with an escalation ladder. ``now``: the
     writer's clock, written as ``observed-since`` when this opens the observation (an extension
-    keeps the start it has, and leaves none where the marks predate it).
+    keeps the start it has, and leaves none where the marks predate it). ``metric_filters``: the
+    Hubble metrics of an observation through ACNS's filters, written as ``metric-filters``.
     """
     current, _, version = _meta(pod)
     found = _observation(previous, topology)
@@ -132,8 +134,7 @@ def observe(
             conventions.OWNED_KEYS: ",".join(sorted(owned)),
         }
     )
-    if level:
-        changes[conventions.LEVEL] = level
+    changes.update(_optional_marks(level, metric_filters))
     # whole seconds, as written, so the gauge and the evidence range read what the pod says
     since = found.since if found is not None else (float(int(now)) if now is not None else None)
     if since is not None:
@@ -146,6 +147,16 @@ def observe(
         yielded=tuple(sorted(gone)),
         since=since,
     )
+
+
+def _optional_marks(level: str, metric_filters: Sequence[str]) -> dict[str, str | None]:
+    """The marks only some observations carry: a ladder's level, the filters' metrics."""
+    found: dict[str, str | None] = {}
+    if level:
+        found[conventions.LEVEL] = level
+    if metric_filters:
+        found[conventions.METRIC_FILTERS] = ",".join(sorted(set(metric_filters)))
+    return found
 
 
 def release(

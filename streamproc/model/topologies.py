@@ -366,6 +366,10 @@ class Action(_Strict):
         """
         return {} if self.observed_through(default) == ACNS else dict(self.annotate)
 
+    def filter_metrics(self, default: str = "retina-annotation") -> tuple[MetricName, ...]:
+        """The Hubble metrics its observations get through ACNS's filters; () under Retina's."""
+        return self.metrics if self.observed_through(default) == ACNS else ()
+
     @field_validator("annotate")
     @classmethod
     def _keys(cls, value: dict[str, str]) -> dict[str, str]:
@@ -569,12 +573,25 @@ def resolve_backend(topology: Topology, default: str) -> Topology:
     """The same topology with its backend settled: its own, else the deployment's default.
 
     The annotate stage resolves its topologies once, so the annotator, the follower and the
-    filter reconciler agree on how each topology observes.
+    filter reconciler agree on how each topology observes. The settled action is validated
+    again (``model_copy`` validates nothing): a topology that is valid on its own may not be
+    under the deployment's default (``scope: namespace`` under ``acns-metric-filters``), and
+    is refused as any invalid topology is, naming it and the setting.
     """
     action = topology.spec.action
     if action.backend is not None:
         return topology
-    settled = action.model_copy(update={"backend": action.observed_through(default)})
+    backend = action.observed_through(default)
+    try:
+        settled = Action.model_validate({**action.model_dump(), "backend": backend})
+    except ValidationError as exc:
+        reason = exc.errors()[0]["msg"].removeprefix("Value error, ")
+        raise TopologyError(
+            f"topology {topology.name}",
+            None,
+            "spec.action",
+            f"under the deployment's --observation-backend {backend}: {reason}",
+        ) from None
     return topology.model_copy(
         update={"spec": topology.spec.model_copy(update={"action": settled})}
     )

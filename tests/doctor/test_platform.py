@@ -18,6 +18,7 @@ from streamproc.lab.kubeemu import KubeEmulator
 from streamproc.lab.kubeemu.resources import rbac_verb
 from streamproc.model import topologies
 from streamproc.settings import OBSERVATION_BACKENDS, Settings
+from tests.conftest import topology
 
 ROOT = Path(__file__).resolve().parents[2]
 PLAIN = topologies.load_path(ROOT / "topologies")
@@ -48,10 +49,11 @@ async def doctor_on(
     shape: platforms.Shape,
     backend: str = "retina-annotation",
     tweak: Callable[[KubeEmulator], None] | None = None,
+    loaded: list[topologies.Topology] | None = None,
 ) -> list[Check]:
     with serving(tmp_path, shape, tweak) as (_, kubeconfig):
         settings = Settings(kubeconfig=str(kubeconfig), observation_backend=backend)
-        return await diagnosing.cluster_checks(settings, PLAIN)
+        return await diagnosing.cluster_checks(settings, PLAIN if loaded is None else loaded)
 
 
 def shape(name: platforms.PlatformName, **kwargs: bool) -> platforms.Shape:
@@ -127,7 +129,9 @@ async def test_acns_on_cilium_with_the_crd_works_by_metric_filters(
     assert checks["mechanism"].detail == "works here: ACNS ContainerNetworkMetric filters"
     assert checks["backend"].status == "ok"
     assert "acns-metric-filters" in checks["backend"].detail
-    assert not [c for c in found if c.status != "ok"], found
+    # the shape's user excludes coredns from dns only: streamproc's includes would narrow it
+    assert checks["metric filters"].status == "warn"
+    assert not [c for c in found if c.status != "ok" and c.name != "metric filters"], found
     no_helm(found)
 
 
@@ -341,3 +345,170 @@ def test_the_helm_command_docs_aks_shows_sets_what_doctor_checks() -> None:
     (config_map,) = [o for o in config if o["kind"] == "ConfigMap"]
     for key in ("enableAnnotations", "enablePodLevel", "remoteContext"):
         assert f"{key}: {shown[key]}" in config_map["data"]["config.yaml"]
+
+
+def oss_service(builder: ClusterBuilder) -> None:
+    """The network-observability Service as OSS Retina's own manifests ship it (no AKS label)."""
+    platforms.network_observability_service(builder)
+    builder.objects[-1]["metadata"]["labels"] = {"k8s-app": "retina"}
+
+
+@pytest.mark.parametrize("plane", ["standard", "hubble"])
+async def test_a_self_installed_retina_with_its_metrics_service_is_not_called_aks_managed(
+    tmp_path: Path, plane: str
+) -> None:
+    """OSS Retina ships kube-system/network-observability too: not AKS's, helm fixes allowed."""
+    built = shape("retina")
+    oss_service(built.builder)
+    for obj in built.builder.objects:
+        if obj["kind"] == "DaemonSet" and obj["metadata"]["name"] == "retina-agent":
+            container = obj["spec"]["template"]["spec"]["containers"][0]
+            assert container["image"].startswith("ghcr.io/microsoft/retina/")
+            if plane == "hubble":
+                container["args"] = ["hubble-control-plane", "--config-dir", "/retina/config"]
+        if plane == "standard" and obj["metadata"]["name"] == "retina-config":
+            obj["data"]["config.yaml"] = obj["data"]["config.yaml"].replace(
+                "enablePodLevel: true", "enablePodLevel: false"
+            )
+    found = await doctor_on(tmp_path, built)
+    checks = named(found)
+    assert "not AKS" in checks["platform"].detail
+    assert "self-installed" in checks["Retina agent"].detail
+    assert "managed by AKS" not in " ".join(c.detail + c.fix for c in found)
+    if plane == "standard":
+        assert checks["mechanism"].status == "ok"
+        pod_level = next(c for c in found if c.name == "pod-level metrics")
+        assert pod_level.status == "fail"
+        assert "helm" in pod_level.fix
+    else:
+        assert checks["mechanism"].status == "fail"
+        assert "Standard control plane" in checks["mechanism"].fix
+        assert "helm" in checks["mechanism"].fix
+
+
+def test_agent_markers_without_aks_nodes_do_not_make_the_cluster_aks() -> None:
+    """Nodes that were read and have no AKS label: not AKS, whatever the agent looks like."""
+    agent = platform.retina.Agent(
+        "kube-system",
+        "retina-agent",
+        "mcr.microsoft.com/containernetworking/retina-agent:v1",
+        ("retina-config",),
+        {},
+    )
+    found = platform.Platform(platform.Nodes(2, 0, 0), agent, ("image mcr...",))
+    assert found.aks is False
+    assert platform.Platform(None, agent, ("image mcr...",)).aks is True
+
+
+async def test_topologies_that_all_choose_metric_filters_pass_on_acns_cilium(
+    tmp_path: Path,
+) -> None:
+    """Default setting retina-annotation, but every topology chooses acns-metric-filters: ✔."""
+    loaded = [topology(name=name, backend="acns-metric-filters") for name in ("shells", "miners")]
+    found = await doctor_on(tmp_path, shape("aks-acns-cilium"), loaded=loaded)
+    checks = named(found)
+    assert not [c for c in checks.values() if c.status != "ok" and c.name != "metric filters"]
+    assert "used by no topology" in checks["backend"].detail
+    assert "topology miners: spec.action.backend acns-metric-filters" in (
+        checks["backend of miners"].detail
+    )
+
+
+async def test_a_topology_choosing_the_annotation_on_acns_cilium_fails_naming_it(
+    tmp_path: Path,
+) -> None:
+    """The deployment's backend works, but one topology's spec.action.backend does not: ✘ it."""
+    loaded = [topology(name="shells"), topology(name="miners", backend="retina-annotation")]
+    found = await doctor_on(
+        tmp_path, shape("aks-acns-cilium"), backend="acns-metric-filters", loaded=loaded
+    )
+    checks = named(found)
+    assert checks["backend"].status == "ok"
+    failed = checks["backend of miners"]
+    assert failed.status == "fail"
+    assert "topology miners: spec.action.backend retina-annotation" in failed.detail
+    assert failed.fix == "set spec.action.backend: acns-metric-filters in topology miners"
+    assert "backend of shells" not in checks
+
+
+def _users(filters: list[dict[str, object]]) -> Callable[[KubeEmulator], None]:
+    def put(emulator: KubeEmulator) -> None:
+        emulator.update(
+            "ContainerNetworkMetric", "", platforms.CNM_NAME, {"spec": {"filters": filters}}
+        )
+
+    return put
+
+
+EXCLUDE = {"from": {"namespacedPod": ["kube-system/coredns"]}}
+INCLUDE = {"name": "team", "from": {"labelSelector": {"matchLabels": {"t": "f"}}}}
+
+
+@pytest.mark.parametrize(
+    ("filters", "metrics", "warned"),
+    [
+        ([{"metric": "dns", "excludeFilters": [EXCLUDE]}], ["dns"], "the dns entry"),
+        ([{"metric": "dns", "excludeFilters": [EXCLUDE]}], ["flow"], None),
+        (
+            [{"metric": "dns", "excludeFilters": [EXCLUDE], "includeFilters": [INCLUDE]}],
+            ["dns"],
+            None,
+        ),
+        ([{"metric": "flow", "includeFilters": [INCLUDE]}], ["flow", "dns"], None),
+    ],
+    ids=["exclude-only", "another metric", "includes already", "includes only"],
+)
+async def test_doctor_warns_when_streamprocs_includes_would_narrow_an_exclude_only_entry(
+    tmp_path: Path, filters: list[dict[str, object]], metrics: list[str], warned: str | None
+) -> None:
+    """An entry of a metric streamproc adds to, with exclude filters only: ⚠ naming the metric."""
+    loaded = [topology(name="shells", backend="acns-metric-filters", metrics=metrics)]
+    found = await doctor_on(
+        tmp_path, shape("aks-acns-cilium"), loaded=loaded, tweak=_users(filters)
+    )
+    checks = named(found)
+    if warned is None:
+        assert "metric filters" not in checks
+    else:
+        assert checks["metric filters"].status == "warn"
+        assert warned in checks["metric filters"].detail
+        assert "exclude filters only" in checks["metric filters"].detail
+
+
+async def test_doctor_warns_that_creating_the_object_narrows_collection(tmp_path: Path) -> None:
+    """No ContainerNetworkMetric yet: ⚠, creating it narrows ACNS to the observed pods."""
+    found = await doctor_on(
+        tmp_path, shape("aks-acns-cilium", user_filters=False), backend="acns-metric-filters"
+    )
+    warned = named(found)["metric filters"]
+    assert warned.status == "warn"
+    assert "no ContainerNetworkMetric yet" in warned.detail
+    assert "only for the pods observed" in warned.detail
+
+
+async def test_doctor_says_nothing_of_metric_filters_under_the_annotation_backend(
+    tmp_path: Path,
+) -> None:
+    """Nobody will write filters: no ⚠, and no request for the objects."""
+    with serving(tmp_path, shape("aks-acns-cilium", user_filters=False)) as (emulator, kubeconfig):
+        settings = Settings(kubeconfig=str(kubeconfig))
+        found = await diagnosing.cluster_checks(settings, PLAIN)
+        assert not [r for r in emulator.requests if "containernetworkmetrics" in r.path]
+    assert "metric filters" not in named(found)
+
+
+async def test_mixed_node_pools_warn_that_pods_off_cilium_cannot_be_selected(
+    tmp_path: Path,
+) -> None:
+    """One node without the Cilium label: ⚠ naming how many, filters still work elsewhere."""
+    built = shape("aks-acns-cilium")
+    node = next(o for o in built.builder.objects if o["kind"] == "Node")
+    del node["metadata"]["labels"][platform.DATAPLANE]
+    checks = named(await doctor_on(tmp_path, built, backend="acns-metric-filters"))
+    assert checks["mechanism"].status == "ok"
+    pools = checks["node pools"]
+    assert pools.status == "warn"
+    assert pools.detail.startswith("1 of 2 nodes are not on the Cilium dataplane")
+    assert "node pools" not in named(
+        await doctor_on(tmp_path, shape("aks-acns-cilium"), backend="acns-metric-filters")
+    )

@@ -36,7 +36,7 @@ def test_each_shape_holds_what_doctor_tells_it_by() -> None:
 
 
 def test_filters_are_counted_as_streamprocs_or_the_users_and_junk_is_skipped() -> None:
-    """Only include filters named streamproc.io/ are ours; anything not a filter counts nothing."""
+    """Only include filters named streamproc.io. are ours; anything not a filter counts nothing."""
     metric = platforms.user_metric()
     assert platforms.filter_counts(metric) == (0, 1)
     metric["spec"]["filters"].append(
@@ -70,8 +70,9 @@ def test_the_lab_sees_streamprocs_filters_come_and_go_and_the_users_stay() -> No
     session.watch_filters(emulator, "aks-acns-cilium", view, summary)
     summary.platform, summary.backend = "aks-acns-cilium", "acns-metric-filters"
     lines = "\n".join(summary.lines())
-    assert "metric filters     1 streamproc.io/ at most, 0 at the end" in lines
-    assert "user's filters     1 of 1 kept" in lines
+    assert "metric filters     1 streamproc.io at most, 0 at the end" in lines
+    assert "user's filters     1 of 1 kept as written" in lines
+    assert "an entry that only excluded pods collects only the observed ones" in lines
 
 
 def test_a_lost_user_filter_is_a_failure_in_the_summary() -> None:

@@ -46,6 +46,16 @@ def test_what_streamproc_writes_at_the_top_of_the_ladder_passes() -> None:
     assert found.labelled
 
 
+def test_metric_filters_come_back_in_the_documented_order() -> None:
+    """``metric-filters: dns,flow`` reads as (flow, dns); absent reads as ()."""
+    found = decode(written(**{conventions.METRIC_FILTERS: "dns,flow"}))
+    assert isinstance(found, marks.Marks)
+    assert found.metric_filters == ("flow", "dns")
+    plain = decode(written())
+    assert isinstance(plain, marks.Marks)
+    assert plain.metric_filters == ()
+
+
 def test_a_pod_without_marks_has_none() -> None:
     """No label and no bookkeeping: nothing to read."""
     assert decode({"retina.sh": "observe"}, {}) is None
@@ -85,6 +95,10 @@ def _at(epoch: float) -> str:
         ({conventions.ACTION_ID: "other/shop/Deployment/frontend/1"}, "foreign"),
         ({conventions.ACTION_ID: "a1"}, "foreign"),
         ({conventions.OWNED_KEYS: "retina.sh,team.example.com/owner"}, "foreign"),
+        ({conventions.METRIC_FILTERS: ""}, "malformed"),
+        ({conventions.METRIC_FILTERS: "dns,dns"}, "malformed"),
+        ({conventions.METRIC_FILTERS: "dns,http"}, "malformed"),
+        ({conventions.METRIC_FILTERS: "dns "}, "malformed"),
     ],
 )
 def test_marks_streamproc_never_writes_are_refused_with_a_reason(

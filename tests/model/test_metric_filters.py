@@ -6,14 +6,18 @@ import copy
 from pathlib import Path
 from typing import Any, get_args
 
+import click
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from streamproc.cli import options
+from streamproc.doctor import diagnosing
 from streamproc.model import metric_filters as projection
 from streamproc.model import topologies
 from streamproc.model.topologies import Backend, TopologyError
-from streamproc.settings import OBSERVATION_BACKENDS
+from streamproc.settings import OBSERVATION_BACKENDS, Settings
+from tests.conftest import topology
 
 FRONTEND = ("shop", "Deployment", "frontend")
 REDIS = ("shop", "StatefulSet", "redis")
@@ -50,11 +54,11 @@ def test_an_empty_cluster_gets_one_entry_per_metric_with_a_from_and_a_to_filter(
     assert [e["metric"] for e in done.spec["filters"]] == ["flow", "drop", "tcp", "dns"]
     assert done.spec["filters"][0]["includeFilters"] == [
         {
-            "name": "streamproc.io/shop/Deployment/frontend/from",
+            "name": "streamproc.io.shop.Deployment.frontend.from",
             "from": {"namespacedPod": ["shop/a", "shop/b"]},
         },
         {
-            "name": "streamproc.io/shop/Deployment/frontend/to",
+            "name": "streamproc.io.shop.Deployment.frontend.to",
             "to": {"namespacedPod": ["shop/a", "shop/b"]},
         },
     ]
@@ -72,10 +76,10 @@ def test_the_users_entries_survive_adding_and_removing_object_for_object() -> No
     assert entries[0]["excludeFilters"] is USERS["filters"][0]["excludeFilters"]
     dns = [f["name"] for f in entries[0]["includeFilters"]]
     assert dns == [
-        "streamproc.io/shop/Deployment/frontend/from",
-        "streamproc.io/shop/Deployment/frontend/to",
-        "streamproc.io/shop/StatefulSet/redis/from",
-        "streamproc.io/shop/StatefulSet/redis/to",
+        "streamproc.io.shop.Deployment.frontend.from",
+        "streamproc.io.shop.Deployment.frontend.to",
+        "streamproc.io.shop.StatefulSet.redis.from",
+        "streamproc.io.shop.StatefulSet.redis.to",
     ]
     after = project(during.spec, {})
     assert after.spec == before
@@ -96,7 +100,7 @@ def test_an_entry_streamproc_created_goes_when_its_filters_go() -> None:
 
 def test_duplicates_of_streamproc_filters_in_later_entries_are_cleaned_up() -> None:
     """Two entries of one metric (a race, a person): streamproc's filters end up in the first."""
-    ours = {"name": "streamproc.io/shop/Pod/x/from", "from": {"namespacedPod": ["shop/x"]}}
+    ours = {"name": "streamproc.io.shop.Pod.x.from", "from": {"namespacedPod": ["shop/x"]}}
     spec = {
         "filters": [
             {"metric": "flow", "includeFilters": [{"protocol": ["tcp"]}]},
@@ -123,8 +127,10 @@ def test_the_pods_named_are_bounded() -> None:
 
 
 def test_filters_of_other_tools_are_not_streamproc_s() -> None:
-    """Only a name under streamproc.io/ is ours; anything else, however shaped, is the user's."""
+    """Only a name under streamproc.io. (or the first cut's streamproc.io/) is ours."""
+    assert projection.ours({"name": "streamproc.io.a.Pod.b.from"})
     assert projection.ours({"name": "streamproc.io/a/Pod/b/from"})
+    assert "/" not in projection.filter_name(("a", "Deployment", "b.c"), "to")
     for other in ({"name": "team/x"}, {"name": 3}, {}, "streamproc.io/x", None):
         assert not projection.ours(other)
 
@@ -241,3 +247,86 @@ def test_the_deployments_backend_settles_a_topology_without_one(tmp_path: Path) 
     assert topologies.resolve_backend(plain, "retina-annotation").spec.action.pod_annotations() == {
         "retina.sh": "observe"
     }
+
+
+def test_a_namespace_scope_under_the_deployments_acns_default_is_refused() -> None:
+    """Valid on its own, refused once the default backend settles it: naming topology and flag."""
+
+    scoped = topology(scope="namespace", name="ns-wide")
+    assert topologies.resolve_backend(scoped, "retina-annotation").spec.action.backend == (
+        "retina-annotation"
+    )
+    with pytest.raises(TopologyError) as refused:
+        topologies.resolve_backend(scoped, "acns-metric-filters")
+    text = str(refused.value)
+    assert text.startswith("topology ns-wide: spec.action: under the deployment's")
+    assert "--observation-backend acns-metric-filters" in text
+    assert "scope: namespace" in text
+    [failed] = diagnosing.backend_checks([scoped], "acns-metric-filters")
+    assert failed.status == "fail"
+    assert "ns-wide" in failed.detail
+    assert not diagnosing.backend_checks([scoped], "retina-annotation")
+
+
+def test_run_refuses_such_a_topology_at_load(tmp_path: Path) -> None:
+    """The command's loader says 'invalid topology: ...' with the topology, no traceback."""
+
+    (tmp_path / "ns.yaml").write_text(
+        "apiVersion: streamproc/v1\nkind: Topology\nmetadata: {name: ns-wide}\n"
+        "spec:\n  window: {size: 10s}\n  action:\n    scope: namespace\n"
+        "    annotate: {retina.sh: observe}\n",
+        encoding="utf-8",
+    )
+    settings = Settings(topology_path=tmp_path, observation_backend="acns-metric-filters")
+    with pytest.raises(click.ClickException) as refused:
+        options.load_topologies(settings)
+    assert refused.value.message.startswith("invalid topology: topology ns-wide: spec.action:")
+    assert options.load_topologies(Settings(topology_path=tmp_path))
+
+
+A, B = ("shop", "Deployment", "a"), ("shop", "Deployment", "b")
+
+
+def test_named_pods_reads_no_string_as_a_list_and_no_empty_name() -> None:
+    """namespacedPod: "shop/a" (a string, not a list) names no pod, not "s", "h", ...; "" none."""
+    spec = {
+        "filters": [
+            {
+                "metric": "flow",
+                "includeFilters": [
+                    {
+                        "name": "streamproc.io/shop/Deployment/a/from",
+                        "from": {"namespacedPod": "shop/a"},
+                    },
+                    {
+                        "name": "streamproc.io/shop/Deployment/b/to",
+                        "to": {"namespacedPod": ["", "shop/b"]},
+                    },
+                ],
+            }
+        ]
+    }
+    assert projection.named_pods(spec) == {"shop/b"}
+
+
+def test_an_empty_pod_name_never_becomes_a_whole_namespace_pattern() -> None:
+    """A pod read without a name is left out: no "shop/" entry, and no filter for it alone."""
+    workload = ("shop", "Deployment", "a")
+    assert projection.merge([(workload, "", ("flow",))]) == {}
+    merged = projection.merge([(workload, "", ("flow",)), (workload, "a-1", ("flow",))])
+    assert merged[workload].pods == frozenset({"a-1"})
+
+
+def test_filters_named_the_first_cuts_way_are_replaced_by_the_new_names() -> None:
+    """A streamproc.io/… filter left by the first cut is streamproc's: replaced, not kept."""
+    workload = ("shop", "Deployment", "a")
+    old = {"name": "streamproc.io/shop/Deployment/a/from", "from": {"namespacedPod": ["shop/a-1"]}}
+    spec = {"filters": [{"metric": "flow", "includeFilters": [old]}]}
+    observed = {workload: projection.Observed(frozenset({"a-1"}), frozenset({"flow"}))}
+    done = projection.project(spec, observed)
+    assert done is not None
+    names = [f["name"] for f in done.spec["filters"][0]["includeFilters"]]
+    assert names == [
+        projection.filter_name(workload, "from"),
+        projection.filter_name(workload, "to"),
+    ]

@@ -343,6 +343,7 @@ class Annotator:
                 previous=previous,
                 level=_level_text(topology, action),
                 now=self.clock(),
+                metric_filters=topology.spec.action.filter_metrics(),
             )
             lasting = previous.until if isinstance(previous, marks.Marks) else until
             since, workload = _known(previous)

@@ -330,6 +330,7 @@ class Expirer:
             pass  # the partitions moved meanwhile (the new owner expires it), or already ended
         elif done.outcome == "gone":
             metrics.patches.labels(op="release", result="not-found").inc()
+            self.changed(topology)  # deleted: its metric filters go now, not at the resync
         else:
             metrics.patches.labels(op="release", result="ok").inc()
             self.expired += 1

@@ -25,7 +25,7 @@ from streamproc import stopping
 from streamproc.clients import kube, metrics
 from streamproc.cluster import metric_filters
 from streamproc.model import marks
-from streamproc.model.topologies import ACNS, Topology
+from streamproc.model.topologies import Topology
 
 log = logging.getLogger("streamproc.metric_filters")
 #: after a failed reconciliation, the next one is tried this much later
@@ -52,15 +52,6 @@ class FilterReconciler:
         #: topology -> the Hubble metrics its observations include (only acns-backend ones)
         self.wanted = metric_filters.metrics_of(topologies, default_backend)
         self._policy = marks.Policy.of(topologies)
-        for topology in topologies:
-            action = topology.spec.action
-            if action.scope == "namespace" and action.observed_through(default_backend) == ACNS:
-                log.warning(
-                    "%s: scope namespace observes a Namespace object, which %s has no filter "
-                    "for: no pod of it gets Hubble metrics; use scope workload or pod",
-                    topology.name,
-                    ACNS,
-                )
         self._resync_s = resync_s
         self._dry_run = dry_run
         #: what "now" is: the same clock as the expirer's, so filters end when the marks do
@@ -70,6 +61,8 @@ class FilterReconciler:
         #: reconciliations finished (tests wait on it)
         self.rounds = 0
         self.last: metric_filters.Written | None = None
+        #: the lasting error last warned about: said once, not once a resync
+        self._warned = ""
 
     @property
     def enabled(self) -> bool:
@@ -107,12 +100,20 @@ class FilterReconciler:
                 wait = self._resync_s
             except kube.KubeError as exc:
                 metrics.stage_errors.labels(stage="filters", error=type(exc).__name__).inc()
-                # a missing CRD or permission will not be there in 2 s: say so once a resync
-                lasting = isinstance(exc, kube.NotFound | kube.Forbidden)
-                log.warning("ContainerNetworkMetric not reconciled: %s; trying again", exc)
+                # only an unreachable API server or a race (409s exhausted) may be gone in 2 s; a
+                # missing CRD or permission, a refused body (422), anything else: once a resync
+                lasting = not isinstance(exc, kube.Unavailable | kube.Conflict)
+                if not lasting or str(exc) != self._warned:
+                    log.warning(
+                        "ContainerNetworkMetric not reconciled: %s; trying again in %gs",
+                        exc,
+                        self._resync_s if lasting else _RETRY_S,
+                    )
+                self._warned = str(exc) if lasting else ""
                 self._dirty.set()
                 await stopping.pause(stop, self._resync_s if lasting else _RETRY_S)
                 continue
+            self._warned = ""
             await stopping.pause(stop, _MIN_INTERVAL_S)
             dirty = asyncio.ensure_future(self._dirty.wait())
             halted = asyncio.ensure_future(stop.wait())

@@ -256,6 +256,7 @@ class Follower:
             previous=marking.read(pod, now=now, policy=self._policy),
             level=followed.level,
             now=now,
+            metric_filters=topology.spec.action.filter_metrics(),
         )
         if patch is None:
             return

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from streamproc.lab.cluster import ClusterBuilder
 from streamproc.lab.kubeemu import Fault, KubeEmulator
 from streamproc.model import conventions, marks
 from streamproc.model import metric_filters as projection
+from streamproc.model.actions import Action
 from streamproc.model.topologies import Topology
 from streamproc.settings import Settings
 from streamproc.stages.annotate.applying import Annotator
@@ -141,6 +143,11 @@ def ours(emulator: KubeEmulator) -> dict[str, set[str]]:
     return found
 
 
+def of_topology(action: Action, name: str) -> Action:
+    """The same action, of topology ``name`` (its id names the topology first)."""
+    return replace(action, topology=name, id=name + action.id[action.id.index("/") :])
+
+
 def pods_in_filters(emulator: KubeEmulator) -> set[str]:
     return set().union(*ours(emulator).values()) if ours(emulator) else set()
 
@@ -164,7 +171,7 @@ async def test_an_observation_becomes_include_filters_and_no_annotation(
     assert cnm["metadata"]["annotations"][projection.CREATED_BY] == "streamproc"
     names = {f"shop/{p}" for p in frontend.pods}
     expected = {
-        f"{metric} streamproc.io/shop/Deployment/frontend/{way}": names
+        f"{metric} streamproc.io.shop.Deployment.frontend.{way}": names
         for metric in ("flow", "drop", "tcp", "dns")
         for way in ("from", "to")
     }
@@ -295,6 +302,62 @@ async def test_two_replicas_converge_through_conflicts(
         assert (await one.filters.reconcile()).outcome == "unchanged"
     finally:
         await other.close()
+
+
+async def test_a_pod_another_replica_opens_during_our_round_keeps_its_filter(
+    client: kube.Kube,
+    emulator: KubeEmulator,
+    cluster: ClusterBuilder,
+    kubeconfig: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """B opens a pod and writes between A's pod list and A's PUT: A's 409 redoes both reads."""
+    other = await kube.Kube.connect(str(kubeconfig), timeout_s=2.0, attempts=3)
+    try:
+        clock = Clock()
+        one, two = wire(client, clock=clock), wire(other, clock=clock)
+        redis, postgres = workload(cluster, "redis"), workload(cluster, "postgres")
+        await one.annotator.apply(action_for(redis))
+        put = client.replace_cluster_object
+        interleaved: list[str] = []
+
+        async def after_our_reads(gvr: tuple[str, str, str], body: kube.Json) -> kube.Json:
+            if not interleaved:  # once: B opens postgres and writes it before our PUT lands
+                assert await two.annotator.apply(action_for(postgres)) == "applied"
+                interleaved.append((await two.filters.reconcile()).outcome)
+            return await put(gvr, body)
+
+        await one.filters.reconcile()  # the singleton exists: the next rounds PUT
+        await one.annotator.apply(action_for(workload(cluster, "frontend")))
+        monkeypatch.setattr(client, "replace_cluster_object", after_our_reads)
+        await one.filters.reconcile()
+        assert interleaved == ["replaced"]
+        named = {p.split("/")[1] for p in pods_in_filters(emulator)}
+        assert set(postgres.pods) <= named, "the pod B opened lost its filter"
+        assert named == {*redis.pods, *postgres.pods, *workload(cluster, "frontend").pods}
+    finally:
+        await other.close()
+
+
+async def test_processes_with_different_topology_files_keep_each_others_filters(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
+) -> None:
+    """A rolling upgrade: old knows only 'shells', new only 'miners'; neither drops the other's."""
+    clock = Clock()
+    old = wire(client, [acns(name="shells", metrics=["dns"])], clock=clock)
+    new = wire(client, [acns(name="miners")], clock=clock)
+    redis, frontend = workload(cluster, "redis"), workload(cluster, "frontend")
+    await old.annotator.apply(of_topology(action_for(redis), "shells"))
+    await new.annotator.apply(of_topology(action_for(frontend), "miners"))
+    await old.filters.reconcile()
+    expected = ours(emulator)
+    assert {key.split()[0] for key in expected if "redis" in key} == {"dns"}
+    assert {p.split("/")[1] for p in pods_in_filters(emulator)} == {*redis.pods, *frontend.pods}
+    for part in (new, old, new):
+        assert (await part.filters.reconcile()).outcome == "unchanged"
+    assert ours(emulator) == expected
+    meta = (emulator.get("Pod", "shop", redis.pods[0]) or {})["metadata"]
+    assert meta["annotations"][conventions.METRIC_FILTERS] == "dns"
 
 
 async def test_release_removes_the_pods_filters(
@@ -466,3 +529,185 @@ async def test_a_singleton_of_an_unknown_shape_is_left_alone(
     assert testing.metric("streamproc_metric_filters_writes_total", result="malformed") == (
         malformed + 1
     )
+
+
+async def test_release_succeeds_when_the_filters_cannot_be_written_and_says_so(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder, kubeconfig: Path
+) -> None:
+    """The marks are gone, so it released: a 403 on the CNM is one plain line, exit 0."""
+    part = wire(client)
+    frontend = workload(cluster, "frontend")
+    await part.annotator.apply(action_for(frontend))
+    await part.filters.reconcile()
+    emulator.denied.add(("acn.azure.com", "containernetworkmetrics", "list"))
+    done = await asyncio.to_thread(
+        cli, kubeconfig, "release", "shop/frontend", "--observation-backend", "acns-metric-filters"
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("released shop/frontend")
+    assert lines[1].startswith("the filters follow at the annotator's next round: ")
+    assert "Traceback" not in done.stderr
+    for name in frontend.pods:
+        meta = (emulator.get("Pod", "shop", name) or {})["metadata"]
+        assert conventions.OBSERVED_LABEL not in (meta.get("labels") or {})
+
+
+def cnm_writes(emulator: KubeEmulator) -> int:
+    return len(
+        [
+            r
+            for r in emulator.requests
+            if "containernetworkmetrics" in r.path and r.method in ("POST", "PUT", "DELETE")
+        ]
+    )
+
+
+async def test_an_extended_observation_keeps_its_filters_and_ends_later(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
+) -> None:
+    """A later window moves expires-at: the filters stay as they are (no write), and end later."""
+    part = wire(client, [acns(ttl=600)], settings=Settings(extend_below=1.0))
+    redis = workload(cluster, "redis")
+    start = int(time.time()) // 10 * 10 - 200
+    async with running(part):
+        await part.annotator.apply(action_for(redis, window_start=start))
+        await async_wait_for(
+            lambda: len(pods_in_filters(emulator)) == len(redis.pods), timeout=15, what="filters"
+        )
+        assert (await part.filters.reconcile()).outcome == "unchanged"
+        before, writes, rounds = ours(emulator), cnm_writes(emulator), part.filters.rounds
+        await part.annotator.apply(action_for(redis, window_start=start + 100))
+        meta = (emulator.get("Pod", "shop", redis.pods[0]) or {})["metadata"]
+        until = conventions.parse_time(meta["annotations"][conventions.EXPIRES_AT])
+        assert until == start + 110 + 600
+        # the extension wakes the reconciler (a round of its own besides this one): no change
+        assert (await part.filters.reconcile()).outcome == "unchanged"
+        await async_wait_for(lambda: part.filters.rounds >= rounds + 2, timeout=15, what="a round")
+        assert ours(emulator) == before
+        assert cnm_writes(emulator) == writes
+        # past the first window's expiry, before the extended one: still observed, still there
+        part.later(start + 610 + 45 - time.time())
+        assert (await part.filters.reconcile()).outcome == "unchanged"
+        assert part.expirer.expired == 0
+        assert ours(emulator) == before
+        part.later(3600)
+        await async_wait_for(
+            lambda: singleton(emulator) is None, timeout=15, what="the filters to go at the end"
+        )
+    assert part.expirer.expired == len(redis.pods)
+
+
+async def test_a_persons_edit_between_our_read_and_write_is_kept(
+    client: kube.Kube,
+    emulator: KubeEmulator,
+    cluster: ClusterBuilder,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A person edits the object after our read: our PUT gets 409, and their filter stays."""
+    emulator.create(copy.deepcopy(USERS))
+    part = wire(client)
+    redis = workload(cluster, "redis")
+    await part.annotator.apply(action_for(redis))
+    put = client.replace_cluster_object
+    theirs = {"name": "added-by-hand", "to": {"namespacedPod": ["shop/checkout-0"]}}
+
+    async def after_our_read(gvr: tuple[str, str, str], body: kube.Json) -> kube.Json:
+        if not emulator_edited:
+            current = singleton(emulator) or {}
+            filters = copy.deepcopy(current["spec"]["filters"])
+            filters[1]["includeFilters"].append(theirs)
+            emulator.update(CNM, "", "container-network-metric", {"spec": {"filters": filters}})
+            emulator_edited.append(True)
+        return await put(gvr, body)
+
+    emulator_edited: list[bool] = []
+    monkeypatch.setattr(client, "replace_cluster_object", after_our_read)
+    assert (await part.filters.reconcile()).outcome == "replaced"
+    assert emulator_edited
+    flow = (singleton(emulator) or {})["spec"]["filters"][1]
+    assert theirs in flow["includeFilters"]
+    assert {p.split("/")[1] for p in pods_in_filters(emulator)} == set(redis.pods)
+
+
+async def test_a_deleted_pods_filter_goes_when_its_observation_is_due(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
+) -> None:
+    """The only observed pod is deleted: at its expiry the expirer finds it gone, filters go."""
+    part = wire(client, [acns(ttl=60)])
+    postgres = workload(cluster, "postgres")
+    assert list(postgres.pods) == ["postgres-0"]
+    woken: list[str] = []
+
+    def changed(topology: str) -> None:
+        woken.append(topology)
+        part.filters.changed(topology)
+
+    part.expirer.changed = changed
+    async with running(part):
+        await part.annotator.apply(action_for(postgres))
+        await async_wait_for(lambda: pods_in_filters(emulator), timeout=15, what="filters")
+        assert emulator.delete("Pod", postgres.namespace, "postgres-0")
+        part.later(3600)
+        await async_wait_for(lambda: woken, timeout=15, what="the expirer to wake the filters")
+        await async_wait_for(
+            lambda: singleton(emulator) is None, timeout=15, what="the gone pod's filters to go"
+        )
+
+
+async def test_a_pod_whose_marks_are_refused_leaves_the_filters(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
+) -> None:
+    """A tenant edits a mark into a form streamproc never writes: the next round drops the pod."""
+    part = wire(client)
+    redis = workload(cluster, "redis")
+    await part.annotator.apply(action_for(redis))
+    await part.filters.reconcile()
+    forged = redis.pods[0]
+    emulator.update(
+        "Pod", "shop", forged, {"metadata": {"annotations": {conventions.EXPIRES_AT: "tomorrow"}}}
+    )
+    await part.filters.reconcile()
+    assert {p.split("/")[1] for p in pods_in_filters(emulator)} == set(redis.pods) - {forged}
+
+
+async def test_a_refused_write_is_warned_once_and_retried_at_the_resync(
+    client: kube.Kube,
+    emulator: KubeEmulator,
+    cluster: ClusterBuilder,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A 422 will not pass in 2 s: one warning, and the next try at the resync, not in 2 s."""
+    emulator.create(copy.deepcopy(USERS))
+    part = wire(client)
+    await part.annotator.apply(action_for(workload(cluster, "redis")))
+    refused = Fault(method="PUT", path="/containernetworkmetrics/", status=422, times=100)
+    emulator.faults.append(refused)
+    with caplog.at_level("WARNING", logger="streamproc.metric_filters"):
+        async with running(part):
+            await async_wait_for(
+                lambda: "not reconciled" in caplog.text, timeout=15, what="the warning"
+            )
+    warned = [r.getMessage() for r in caplog.records if "not reconciled" in r.getMessage()]
+    assert len(warned) == 1
+    assert warned[0].endswith("trying again in 3600s")
+    assert refused.times == 99
+
+
+async def test_release_projects_on_the_api_servers_clock(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
+) -> None:
+    """An API server an hour ahead: marks it holds for expired leave the filters at release."""
+    topologies = [acns(ttl=1800)]
+    part = wire(client, topologies)
+    await part.annotator.apply(action_for(workload(cluster, "redis")))
+    await part.filters.reconcile()
+    assert pods_in_filters(emulator)
+    emulator.clock_offset_s = 3600.0
+    await client.list_cluster_objects(("acn.azure.com", "v1alpha1", "containernetworkmetrics"))
+    assert client.now() > time.time() + 3000  # the client has measured the server's clock
+    policy = marks.Policy.of(topologies)
+    written = await observing.project_filters(client, topologies, "retina-annotation", policy)
+    assert written is not None
+    assert written.outcome == "deleted"
+    assert singleton(emulator) is None
