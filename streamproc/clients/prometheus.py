@@ -91,7 +91,13 @@ class Prometheus:
         try:
             mtime = self._token_file.stat().st_mtime
             if self._token is None or self._token[0] != mtime:
-                self._token = (mtime, self._token_file.read_text().strip())
+                token = self._token_file.read_text().strip()
+                if not token.isprintable():  # a header cannot carry it (aiohttp: ValueError)
+                    raise Unreachable(
+                        f"the token file {self._token_file} holds a line break or another "
+                        "control character inside the token: write the token alone"
+                    )
+                self._token = (mtime, token)
         except OSError as exc:
             raise Unreachable(f"cannot read the token file {self._token_file}: {exc}") from None
         return {"Authorization": f"Bearer {self._token[1]}"}
