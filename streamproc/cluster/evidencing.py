@@ -119,6 +119,14 @@ class Found:
     pods: tuple[str, ...]
     start: float
     end: float
+    #: each pod's own start (same order as ``pods``)
+    starts: tuple[float, ...] = ()
+
+    def target(self, namespace: str, end: float | None = None) -> evidence.Target:
+        """The range to read: each pod from its own start to ``end`` (default: the last seen)."""
+        return evidence.Target(
+            namespace, self.pods, self.start, self.end if end is None else end, self.starts
+        )
 
 
 async def last_observation(
@@ -148,4 +156,4 @@ async def last_observation(
     start = max(per_pod[p] for p in pods)
     # the pods of that last observation: those observed since its start (earlier ones ended)
     current = tuple(p for p in pods if last[p] >= start)
-    return Found(current, min(per_pod[p] for p in current), end)
+    return Found(current, min(per_pod[p] for p in current), end, tuple(per_pod[p] for p in current))
