@@ -81,6 +81,7 @@ RETINA_ONCE: tuple[tuple[str, dict[str, str]], ...] = (
     ),
 )
 _TYPES = {
+    "networkobservability_forward_count": "gauge",
     f"{_ADV}forward_count": "gauge",
     f"{_ADV}forward_bytes": "gauge",
     f"{_ADV}drop_count": "gauge",
@@ -169,6 +170,8 @@ class RetinaExporter:
         self._was: set[str] = set()
         #: the pods that asked :data:`ONCE` (from their first observed scrape on)
         self._asked_once: set[str] = set()
+        #: seconds served (Retina's node-level series move with them)
+        self._up = 0.0
         self._last: float | None = None
         #: every scrape: (time served, {series: value})
         self.served: list[tuple[float, dict[Series, float]]] = []
@@ -190,6 +193,7 @@ class RetinaExporter:
         """Credit the time since the last scrape to the pods observed then (and DNS to all)."""
         if self._last is not None:
             elapsed = max(0.0, now - self._last)
+            self._up += elapsed
             for key in self._was:
                 self._seconds[key] += elapsed
             for key in self._dns_seconds:
@@ -203,6 +207,8 @@ class RetinaExporter:
         with self._lock:
             self._advance(now)
             found: dict[Series, float] = {}
+            if "retina" in self.families:
+                self._basic(found)
             for key, pod in self.pods.items():
                 if "retina" in self.families:
                     self._retina(found, pod, key)
@@ -212,6 +218,14 @@ class RetinaExporter:
                             found[_series(name, {side: key, **extra})] = value
             self.served.append((now, found))
             return found
+
+    def _basic(self, found: dict[Series, float]) -> None:
+        """Retina's node-level basic series: there whether or not a pod is observed."""
+        up = self._up
+        for direction, rate in (("egress", 50.0), ("ingress", 20.0)):
+            found[_series("networkobservability_forward_count", {"direction": direction})] = (
+                1 + math.floor(rate * up)
+            )
 
     def _retina(self, found: dict[Series, float], pod: ExportedPod, key: str) -> None:
         base = {
