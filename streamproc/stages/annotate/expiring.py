@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import heapq
 import logging
+import math
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -366,7 +367,8 @@ class Expirer:
             self.schedule(key, done.until, topology)  # extended meanwhile
             return
         ended_at = self.clock()
-        stamp = {"time": conventions.format_time(ended_at)}  # when it ended, not when written
+        # stamped when it ended, not when written (a simulation's clock may run to infinity)
+        stamp = {"time": conventions.format_time(ended_at)} if math.isfinite(ended_at) else {}
         if done.outcome in ("elsewhere", "unmarked"):
             pass  # the partitions moved meanwhile (the new owner expires it), or already ended
         elif done.outcome == "gone":
