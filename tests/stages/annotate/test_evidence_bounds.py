@@ -67,7 +67,7 @@ async def test_evidence_is_read_after_the_delay_and_still_evaluated_at_the_end()
     asked: list[tuple[float, str]] = []
 
     async def recording(request: web.Request) -> web.Response:
-        asked.append((loop.time(), request.query["time"]))
+        asked.append((loop.time(), str((await request.post())["time"])))
         return web.json_response(EMPTY)
 
     done: list[str | None] = []
@@ -92,7 +92,7 @@ async def test_a_failing_dns_query_loses_only_the_dns_part() -> None:
     """Traffic still comes back; the record says DNS is missing and why."""
 
     async def dns_fails(request: web.Request) -> web.Response:
-        if "dns_" in request.query["query"]:
+        if "dns_" in str((await request.post())["query"]):
             return web.json_response({"status": "error", "error": "boom"}, status=500)
         result = [{"metric": {"direction": "egress"}, "value": [1, "5"]}]
         return web.json_response(

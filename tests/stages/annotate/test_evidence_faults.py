@@ -28,7 +28,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 async def standin(handler: Handler) -> AsyncIterator[str]:
     """An HTTP server on loopback answering ``/api/v1/query`` with ``handler``; its URL."""
     app = web.Application()
-    app.router.add_get("/api/v1/query", handler)
+    app.router.add_route("*", "/api/v1/query", handler)  # GET or POST
     # a request still held (``never``) is cancelled at once at the end, not waited for
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
     await runner.setup()
