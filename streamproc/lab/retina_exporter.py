@@ -147,6 +147,30 @@ def annotated_in(list_pods: Callable[[], Iterable[dict[str, Any]]]) -> Callable[
     return observed
 
 
+def filtered_in(list_metrics: Callable[[], Iterable[dict[str, Any]]]) -> Callable[[], set[str]]:
+    """Observed pods as ACNS's Hubble sees them: named in streamproc's include filters.
+
+    The ``namespacedPod`` lists of the ``includeFilters`` named ``streamproc.io/...`` in the
+    ContainerNetworkMetric objects (MicrosoftDocs/azure-aks-docs
+    articles/aks/how-to-configure-container-network-metrics-filtering.md, commit fb060abe).
+    """
+
+    def observed() -> set[str]:
+        found: set[str] = set()
+        for cnm in list_metrics():
+            for entry in (cnm.get("spec") or {}).get("filters") or []:
+                for item in entry.get("includeFilters") or []:
+                    if not str(item.get("name", "")).startswith("streamproc.io/"):
+                        continue
+                    for way in ("from", "to"):
+                        found.update(
+                            str(p) for p in (item.get(way) or {}).get("namespacedPod") or []
+                        )
+        return found
+
+    return observed
+
+
 class RetinaExporter:
     """Serves the families for ``pods`` on ``127.0.0.1``; ``start`` and always ``stop`` it."""
 
