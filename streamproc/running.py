@@ -180,6 +180,7 @@ async def _start_annotate(
         concurrency=concurrency_of(settings.api_concurrency),
         evidence_from=evidence_from,
         evidence_total_s=2 * settings.evidence_timeout_s,
+        evidence_delay_s=settings.evidence_delay_s,
     )
     # acns-metric-filters: one task per process keeps ACNS's ContainerNetworkMetric the
     # projection of the observed pods, woken by every change the three below make

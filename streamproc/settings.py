@@ -426,6 +426,19 @@ class Settings:
         "takes at most twice this.",
         commands=ANNOTATE | DOCTOR | RELEASE | EVIDENCE,
     )
+    #: how long after an observation's end its evidence is read (still evaluated at the end):
+    #: the last scrape before the end lands up to one scrape interval later (Retina's and
+    #: Hubble's are typically scraped every 30 s, so 2x covers one missed scrape), and a managed
+    #: Prometheus (Azure Monitor) ingests with a delay of its own: raise it there
+    evidence_delay_s: float = knob(
+        60.0,
+        "--evidence-delay",
+        "STREAMPROC_EVIDENCE_DELAY",
+        "Seconds to wait after an observation ends before reading its evidence (the last "
+        "scrapes must land first; the range still ends at the end). The Event and audit record "
+        "wait this plus twice --evidence-timeout at most.",
+        commands=ANNOTATE,
+    )
     #: observed pods per node at most: Retina's agent keeps the IPs of observed pods in an eBPF
     #: map of ``filterMapMaxEntries`` per node (default 255) and fails past it.
     node_budget: int = knob(

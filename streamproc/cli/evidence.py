@@ -73,7 +73,7 @@ async def read(
     prom = client_of(settings)
     try:
         if live is not None and live.since is not None and live.pods:
-            target = evidence.Target(workload[0], tuple(sorted(live.pods)), live.since, now)
+            target = live_target(live, now)
         else:
             found = await evidencing.last_observation(prom, workload, lookback_s=lookback_s)
             if found is None:
@@ -82,13 +82,20 @@ async def read(
                     f"{durations.format_duration(lookback_s)} (streamproc_observed_pod_since_"
                     f"seconds has no series of it at {settings.prometheus_url})"
                 )
-            end = now if live is not None else found.end
-            target = evidence.Target(workload[0], found.pods, found.start, end)
+            target = found.target(workload[0], now if live is not None else None)
         return await evidencing.gather(
             prom, target, total_s=2 * settings.evidence_timeout_s
         ), live is not None
     finally:
         await prom.close()
+
+
+def live_target(live: Any, now: float) -> evidence.Target:
+    """An observation under way as a range: each pod from its own ``observed-since`` to now."""
+    starts = dict(zip(live.pods, live.starts, strict=False))
+    pods = tuple(sorted(live.pods))
+    own = tuple(starts.get(p) or live.since for p in pods)
+    return evidence.Target(live.namespace, pods, live.since, now, own)
 
 
 def _lookback(_ctx: click.Context, _param: click.Parameter, value: str) -> int:
@@ -167,6 +174,33 @@ def show(target: str, found: evidence.Evidence, *, live: bool) -> None:
 RELEASED: outcomes.Outcome = "released"
 
 
+def released_records(
+    settings: Settings,
+    before: Any,
+    pods: list[str],
+    found: list[evidence.Evidence | None],
+    now: float,
+) -> list[tuple[bytes, bytes]]:
+    """The ``released`` audit records (key, value): one per pod, or the Namespace object."""
+    whole = before.kind == "Namespace"
+    records = []
+    for pod, seen in zip(pods, found, strict=True):
+        doc = {
+            "time": conventions.format_time(now),
+            **({"cluster": settings.cluster} if settings.cluster else {}),
+            "result": RELEASED,
+            "topology": before.topology,
+            "namespace": before.namespace,
+            "kind": "Namespace" if whole else "Pod",
+            "name": pod,
+            "pods": [] if whole else [pod],
+            "workload": f"{before.namespace}/{before.kind}/{before.workload}",
+            **({"evidence": seen.as_dict()} if seen is not None else {}),
+        }
+        records.append((f"{before.namespace}/{doc['kind']}/{pod}".encode(), orjson.dumps(doc)))
+    return records
+
+
 def after_release(settings: Settings, before: Any, pods: list[str]) -> None:
     """Evidence of each released pod (with ``--prometheus-url``) and its ``released`` record.
 
@@ -178,9 +212,13 @@ def after_release(settings: Settings, before: Any, pods: list[str]) -> None:
 
     now = time.time()
     since = before.since if before.since is not None else now
+    own = dict(zip(before.pods, before.starts, strict=False))  # each pod from its own start
+
+    # a Namespace observation: one Namespace object, no pods of its own to read evidence of
+    whole = before.kind == "Namespace"
 
     async def read() -> list[evidence.Evidence | None]:
-        if not settings.prometheus_url:
+        if not settings.prometheus_url or whole:
             return [None for _ in pods]
         client = client_of(settings)
         total_s = 2 * settings.evidence_timeout_s
@@ -190,7 +228,7 @@ def after_release(settings: Settings, before: Any, pods: list[str]) -> None:
                     *(
                         evidencing.gather(
                             client,
-                            evidence.Target(before.namespace, (pod,), since, now),
+                            evidence.Target(before.namespace, (pod,), own.get(pod) or since, now),
                             total_s=total_s,
                         )
                         for pod in pods
@@ -201,23 +239,10 @@ def after_release(settings: Settings, before: Any, pods: list[str]) -> None:
             await client.close()
 
     found = asyncio.run(read())
-    records = []
     for pod, seen in zip(pods, found, strict=True):
         if seen is not None:
             click.echo(f"evidence {pod}: {seen.summary()}")
-        doc = {
-            "time": conventions.format_time(now),
-            **({"cluster": settings.cluster} if settings.cluster else {}),
-            "result": RELEASED,
-            "topology": before.topology,
-            "namespace": before.namespace,
-            "kind": "Pod",
-            "name": pod,
-            "pods": [pod],
-            "workload": f"{before.namespace}/{before.kind}/{before.workload}",
-            **({"evidence": seen.as_dict()} if seen is not None else {}),
-        }
-        records.append((f"{before.namespace}/Pod/{pod}".encode(), orjson.dumps(doc)))
+    records = released_records(settings, before, pods, found, now)
     kafka.connect_errors.hide = True
     try:
         asyncio.run(kafka.publish(settings, settings.topics.audit, records))

@@ -91,20 +91,35 @@ class Prometheus:
         try:
             mtime = self._token_file.stat().st_mtime
             if self._token is None or self._token[0] != mtime:
-                self._token = (mtime, self._token_file.read_text().strip())
+                token = self._token_file.read_text().strip()
+                if not token.isprintable():  # a header cannot carry it (aiohttp: ValueError)
+                    raise Unreachable(
+                        f"the token file {self._token_file} holds a line break or another "
+                        "control character inside the token: write the token alone"
+                    )
+                self._token = (mtime, token)
         except OSError as exc:
             raise Unreachable(f"cannot read the token file {self._token_file}: {exc}") from None
         return {"Authorization": f"Bearer {self._token[1]}"}
 
-    async def get(self, path: str, params: dict[str, str] | None = None) -> Any:
-        """GET ``path`` of the API and return its JSON; a :class:`PrometheusError` otherwise."""
+    async def get(
+        self, path: str, params: dict[str, str] | None = None, *, form: dict[str, str] | None = None
+    ) -> Any:
+        """GET ``path`` of the API (POST with ``form``) and return its JSON.
+
+        A :class:`PrometheusError` otherwise.
+        """
         try:
             session = self._session_now()
         except (OSError, ssl.SSLError) as exc:
             raise Unreachable(f"cannot use the CA file {self._ca_file}: {exc}") from None
         try:
-            async with session.get(
-                f"{self.url}{path}", params=params, headers=self._headers()
+            async with session.request(
+                "POST" if form is not None else "GET",
+                f"{self.url}{path}",
+                params=params,
+                data=form,
+                headers=self._headers(),
             ) as response:
                 if response.status >= 400:
                     raise HttpError(f"HTTP {response.status} from {self.url}{path}")
@@ -119,8 +134,12 @@ class Prometheus:
             raise BadAnswer(f"answer from {self.url}{path} is not JSON") from None
 
     async def query(self, expr: str, at: float) -> Any:
-        """An instant query evaluated at ``at`` (epoch seconds): the answer's JSON."""
-        return await self.get("/api/v1/query", {"query": expr, "time": f"{at:.3f}"})
+        """An instant query evaluated at ``at`` (epoch seconds): the answer's JSON.
+
+        POSTed as a form (the HTTP API takes both): a workload's many pods make a long regex
+        that a GET URL could exceed a proxy's or server's limit with.
+        """
+        return await self.get("/api/v1/query", form={"query": expr, "time": f"{at:.3f}"})
 
     async def close(self) -> None:
         """Close the connections (bounded: a server that hangs does not hold this up)."""

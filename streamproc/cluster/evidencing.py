@@ -24,42 +24,92 @@ _MISSING: tuple[tuple[type[prometheus.PrometheusError], outcomes.EvidenceMissing
 )
 
 
-def missing_of(exc: prometheus.PrometheusError) -> outcomes.EvidenceMissing:
-    """The ``result`` code a client failure counts as."""
+def missing_of(exc: BaseException) -> outcomes.EvidenceMissing:
+    """The ``result`` code a failure counts as (anything unnamed: ``unreachable``)."""
+    if isinstance(exc, evidence.BadAnswer):
+        return "bad-answer"
     return next((code for kind, code in _MISSING if isinstance(exc, kind)), "unreachable")
+
+
+def _detail(exc: BaseException) -> str:
+    """What a person reads: the client's own words, or the unnamed error's type and words."""
+    if isinstance(exc, prometheus.PrometheusError | evidence.BadAnswer):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+@dataclass(slots=True)
+class _Answers:
+    """One family's answers, and the parts whose queries failed (with the first failure)."""
+
+    samples: dict[str, list[evidence.Sample]]
+    failed: dict[evidence.Part, BaseException]
+
+    @property
+    def any(self) -> bool:
+        return any(self.samples.values())
+
+    def missing_parts(self) -> dict[evidence.Part, outcomes.EvidenceMissing]:
+        return {part: missing_of(exc) for part, exc in self.failed.items()}
 
 
 async def _answers(
     client: prometheus.Prometheus, target: evidence.Target, source: evidence.Source
-) -> dict[str, list[evidence.Sample]]:
+) -> _Answers:
+    """Every query at once; one that fails loses its part, not the others' answers."""
     found = evidence.queries(target, source)
-    answers = await asyncio.gather(*(client.query(q.expr, target.end) for q in found))
-    return {q.key: evidence.vector(a) for q, a in zip(found, answers, strict=True)}
+    answers = await asyncio.gather(
+        *(client.query(q.expr, target.end) for q in found), return_exceptions=True
+    )
+    got = _Answers({}, {})
+    for query, answer in zip(found, answers, strict=True):
+        part = evidence.PART_OF[query.key]
+        if isinstance(answer, asyncio.CancelledError):
+            raise answer
+        if isinstance(answer, BaseException):
+            got.failed.setdefault(part, answer)
+            continue
+        try:
+            got.samples[query.key] = evidence.vector(answer)
+        except evidence.BadAnswer as exc:
+            got.failed.setdefault(part, exc)
+    # a part with one query failed is not half shown: its other query's answer goes too
+    for key in [k for k in got.samples if evidence.PART_OF[k] in got.failed]:
+        del got.samples[key]
+    return got
 
 
 async def gather(
     client: prometheus.Prometheus, target: evidence.Target, *, total_s: float
 ) -> evidence.Evidence:
-    """The evidence of ``target``, or why it is missing, within ``total_s``."""
+    """The evidence of ``target``, or why it is missing, within ``total_s``; never raises.
+
+    Parts that answered are kept when others fail (``missing_parts`` names those); only when
+    nothing answered is the evidence missing as a whole, for the first failure's reason.
+    """
     if target.end <= target.start:
         return evidence.missing(target, "no-range", "the marks said no start (observed-since)")
     try:
         async with asyncio.timeout(total_s):
             retina = await _answers(client, target, "retina")
-            if any(retina.values()):
-                return evidence.assemble(target, "retina", retina)
+            if retina.any:
+                return evidence.assemble(target, "retina", retina.samples, retina.missing_parts())
             hubble = await _answers(client, target, "hubble")
-            if any(hubble.values()):
-                return evidence.assemble(target, "hubble", hubble)
+            if hubble.any:
+                return evidence.assemble(target, "hubble", hubble.samples, hubble.missing_parts())
+            failed = next(iter(retina.failed.values()), None) or next(
+                iter(hubble.failed.values()), None
+            )
+            if failed is not None:
+                return evidence.missing(target, missing_of(failed), _detail(failed))
             return evidence.missing(
                 target, "no-series", "no networkobservability_adv_* or hubble_* series of the pods"
             )
     except TimeoutError:
         return evidence.missing(target, "timeout", f"not all answers within {total_s:g}s")
-    except prometheus.PrometheusError as exc:
-        return evidence.missing(target, missing_of(exc), str(exc))
-    except evidence.BadAnswer as exc:
-        return evidence.missing(target, "bad-answer", str(exc))
+    except Exception as exc:  # a client bug or an odd setting (a token with a
+        # newline makes aiohttp raise ValueError) is named in the record, never raised
+        return evidence.missing(target, missing_of(exc), _detail(exc))
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +119,14 @@ class Found:
     pods: tuple[str, ...]
     start: float
     end: float
+    #: each pod's own start (same order as ``pods``)
+    starts: tuple[float, ...] = ()
+
+    def target(self, namespace: str, end: float | None = None) -> evidence.Target:
+        """The range to read: each pod from its own start to ``end`` (default: the last seen)."""
+        return evidence.Target(
+            namespace, self.pods, self.start, self.end if end is None else end, self.starts
+        )
 
 
 async def last_observation(
@@ -98,4 +156,4 @@ async def last_observation(
     start = max(per_pod[p] for p in pods)
     # the pods of that last observation: those observed since its start (earlier ones ended)
     current = tuple(p for p in pods if last[p] >= start)
-    return Found(current, min(per_pod[p] for p in current), end)
+    return Found(current, min(per_pod[p] for p in current), end, tuple(per_pod[p] for p in current))

@@ -36,6 +36,8 @@ class Observation:
     #: when its pods' observation opened (the earliest ``observed-since``); None when a pod's
     #: marks predate it
     since: float | None = None
+    #: each pod's own start (same order as ``pods``): a pod followed later starts later
+    starts: list[float | None] = field(default_factory=list)
 
     @property
     def expires_in(self) -> float:
@@ -47,6 +49,7 @@ class Observation:
         return {
             **asdict(self),
             "since": conventions.format_time(self.since) if self.since is not None else None,
+            "starts": [conventions.format_time(s) if s is not None else None for s in self.starts],
             "expires_at": conventions.format_time(self.expires_at),
             "expires_in_s": round(self.expires_in),
         }
@@ -86,6 +89,7 @@ async def current(
         elif read.since is not None and entry.since is not None:
             entry.since = min(entry.since, read.since)
         entry.pods.append(str(meta.get("name", "")))
+        entry.starts.append(read.since)
         entry.nodes.append(str((pod.get("spec") or {}).get("nodeName") or ""))
         entry.expires_at = max(entry.expires_at, until)
     selector = f"{conventions.OBSERVED_LABEL}=true"

@@ -2,8 +2,9 @@
 
 Without ``--prometheus-url`` observations still work, they only end without network evidence:
 a warning, not a failure. With one, the URL must answer (``/api/v1/status/buildinfo``) and hold
-Retina's pod-level ``networkobservability_adv_*`` series (annotation mode) or ACNS's ``hubble_*``
-ones; a bounded ``count(...)`` asks which (``model.evidence.SCRAPED``). Reads only.
+Retina's ``networkobservability_*`` series or ACNS's ``hubble_*`` ones; a bounded ``count(...)``
+asks which (``model.evidence.SCRAPED``). Series that exist with nothing observed, so a healthy
+setup passes before its first observation. Reads only.
 """
 
 from __future__ import annotations
@@ -68,17 +69,17 @@ async def _checks(client: prometheus.Prometheus) -> list[Check]:
             checks.warn(AREA, "series", f"could not count the series: {exc}", "check by hand"),
         ]
     if counts.get("retina"):
-        detail = f"{counts['retina']} of Retina's pod series (networkobservability_adv_*)"
+        detail = f"{counts['retina']} of Retina's series (networkobservability_*)"
         found.append(checks.ok(AREA, "series", detail))
     elif counts.get("hubble"):
-        detail = f"{counts['hubble']} of ACNS Hubble's pod series (hubble_*), no Retina ones"
+        detail = f"{counts['hubble']} of ACNS Hubble's series (hubble_*), no Retina ones"
         found.append(checks.ok(AREA, "series", detail))
     else:
         found.append(
             checks.fail(
                 AREA,
                 "series",
-                "neither networkobservability_adv_* nor hubble_* series are scraped there",
+                "neither networkobservability_* nor hubble_* series are scraped there",
                 "enable Retina's advanced pod-level metrics in annotation mode and have this "
                 f"Prometheus scrape the agents ({DOCS})",
             )

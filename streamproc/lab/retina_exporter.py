@@ -12,7 +12,10 @@ MicrosoftDocs/azure-aks-docs articles/aks/container-network-observability-metric
 
 Values move deterministically with the time served: each series grows at its :data:`RATES` per
 second a pod is observed (Retina's DNS plugin ignores annotations, so DNS series move for every
-pod), and stay frozen after (Retina keeps them until the agent restarts, retina#544). Which pods
+pod), and stay frozen after (Retina keeps them until the agent restarts, retina#544). As in
+Retina, a series is created at its first flow, already above zero (never served at 0), and an
+observed pod asks :data:`ONCE` one time: a series born at 1 that never moves (the name a
+malicious pod resolves once, which ``increase()`` alone does not see). Which pods
 are observed comes from a callable asked at each scrape (e.g. :func:`annotated_in` over the
 emulator's pods) or from :meth:`RetinaExporter.observe`. Every scrape is recorded
 (:attr:`RetinaExporter.served`), so a test computes what Prometheus should find over a range.
@@ -62,7 +65,23 @@ RETINA_DNS: tuple[tuple[str, dict[str, str], float], ...] = (
         2.0,
     ),
 )
+#: a name each observed pod asks once, answered NXDOMAIN: (request labels, response labels)
+ONCE = "once.evil.example.com."
+RETINA_ONCE: tuple[tuple[str, dict[str, str]], ...] = (
+    (f"{_ADV}dns_request_count", {"query_type": "A", "query": ONCE}),
+    (
+        f"{_ADV}dns_response_count",
+        {
+            "return_code": "NXDOMAIN",
+            "query_type": "A",
+            "query": ONCE,
+            "response": "",
+            "num_response": "0",
+        },
+    ),
+)
 _TYPES = {
+    "networkobservability_forward_count": "gauge",
     f"{_ADV}forward_count": "gauge",
     f"{_ADV}forward_bytes": "gauge",
     f"{_ADV}drop_count": "gauge",
@@ -128,6 +147,30 @@ def annotated_in(list_pods: Callable[[], Iterable[dict[str, Any]]]) -> Callable[
     return observed
 
 
+def filtered_in(list_metrics: Callable[[], Iterable[dict[str, Any]]]) -> Callable[[], set[str]]:
+    """Observed pods as ACNS's Hubble sees them: named in streamproc's include filters.
+
+    The ``namespacedPod`` lists of the ``includeFilters`` named ``streamproc.io/...`` in the
+    ContainerNetworkMetric objects (MicrosoftDocs/azure-aks-docs
+    articles/aks/how-to-configure-container-network-metrics-filtering.md, commit fb060abe).
+    """
+
+    def observed() -> set[str]:
+        found: set[str] = set()
+        for cnm in list_metrics():
+            for entry in (cnm.get("spec") or {}).get("filters") or []:
+                for item in entry.get("includeFilters") or []:
+                    if not str(item.get("name", "")).startswith("streamproc.io/"):
+                        continue
+                    for way in ("from", "to"):
+                        found.update(
+                            str(p) for p in (item.get(way) or {}).get("namespacedPod") or []
+                        )
+        return found
+
+    return observed
+
+
 class RetinaExporter:
     """Serves the families for ``pods`` on ``127.0.0.1``; ``start`` and always ``stop`` it."""
 
@@ -149,6 +192,10 @@ class RetinaExporter:
         self._seconds: dict[str, float] = dict.fromkeys(self.pods, 0.0)
         self._dns_seconds: dict[str, float] = dict.fromkeys(self.pods, 0.0)
         self._was: set[str] = set()
+        #: the pods that asked :data:`ONCE` (from their first observed scrape on)
+        self._asked_once: set[str] = set()
+        #: seconds served (Retina's node-level series move with them)
+        self._up = 0.0
         self._last: float | None = None
         #: every scrape: (time served, {series: value})
         self.served: list[tuple[float, dict[Series, float]]] = []
@@ -170,6 +217,7 @@ class RetinaExporter:
         """Credit the time since the last scrape to the pods observed then (and DNS to all)."""
         if self._last is not None:
             elapsed = max(0.0, now - self._last)
+            self._up += elapsed
             for key in self._was:
                 self._seconds[key] += elapsed
             for key in self._dns_seconds:
@@ -183,15 +231,25 @@ class RetinaExporter:
         with self._lock:
             self._advance(now)
             found: dict[Series, float] = {}
+            if "retina" in self.families:
+                self._basic(found)
             for key, pod in self.pods.items():
                 if "retina" in self.families:
                     self._retina(found, pod, key)
-                if "hubble" in self.families and (self._seconds[key] or key in self._was):
+                if "hubble" in self.families:
                     for name, side, extra, rate in HUBBLE_RATES:
-                        labels = {side: key, **extra}
-                        found[_series(name, labels)] = math.floor(rate * self._seconds[key])
+                        if value := math.floor(rate * self._seconds[key]):  # born above zero
+                            found[_series(name, {side: key, **extra})] = value
             self.served.append((now, found))
             return found
+
+    def _basic(self, found: dict[Series, float]) -> None:
+        """Retina's node-level basic series: there whether or not a pod is observed."""
+        up = self._up
+        for direction, rate in (("egress", 50.0), ("ingress", 20.0)):
+            found[_series("networkobservability_forward_count", {"direction": direction})] = (
+                1 + math.floor(rate * up)
+            )
 
     def _retina(self, found: dict[Series, float], pod: ExportedPod, key: str) -> None:
         base = {
@@ -201,11 +259,17 @@ class RetinaExporter:
             "workload_kind": pod.workload_kind,
             "workload_name": pod.workload_name,
         }
-        if self._seconds[key] or key in self._was:  # series exist once a pod was observed
-            for name, extra, rate in RETINA_RATES:
-                found[_series(name, {**extra, **base})] = math.floor(rate * self._seconds[key])
+        for name, extra, rate in RETINA_RATES:  # created at the first flow, above zero
+            if value := math.floor(rate * self._seconds[key]):
+                found[_series(name, {**extra, **base})] = value
         for name, extra, rate in RETINA_DNS:
-            found[_series(name, {**extra, **base})] = math.floor(rate * self._dns_seconds[key])
+            if value := math.floor(rate * self._dns_seconds[key]):
+                found[_series(name, {**extra, **base})] = value
+        if key in self._was:
+            self._asked_once.add(key)
+        if key in self._asked_once:
+            for name, extra in RETINA_ONCE:
+                found[_series(name, {**extra, **base})] = 1
 
     def served_at(self, series: Series, at: float) -> float:
         """The value last served for ``series`` at or before ``at`` (0 before any)."""

@@ -14,7 +14,15 @@ and labels each series ``ip, namespace, podname, workload_kind, workload_name``;
 gauges that only grow (used as counters), ``adv_dns_request_count`` {query_type, query} and
 ``adv_dns_response_count`` {return_code, query_type, query, response, num_response} counters.
 Series outlive the observation (frozen until the agent restarts, retina#544), so the evidence is
-the *increase over the range*, evaluated at its end. AKS's ACNS (Hubble control plane) exports
+the *increase over the range*, evaluated at its end; but Retina creates a series at its first
+flow, already above zero (a DNS name asked once is a new series stuck at 1, whose ``increase`` is
+0): a series absent at the range's start counts from 0, its last value in the range
+(``last_over_time(x[r]) unless x @ start``; the ``@`` modifier is stable since Prometheus 2.33,
+Debian 12 ships 2.42). Frozen series are still scraped, so present at the start: their
+``increase`` is 0. A counter reset inside a series born in the range loses what came before the
+reset (rare: an agent restart within the observation). Each pod counts from its own start (a pod
+followed later joins later): pods are grouped by start and each group's range is its own.
+AKS's ACNS (Hubble control plane) exports
 ``hubble_flows_processed_total``, ``hubble_drop_total`` {reason}, ``hubble_tcp_flags_total``
 {flag}, ``hubble_dns_queries_total`` {query, qtypes} and ``hubble_dns_responses_total`` {query,
 rcode}, each labelled ``source`` (outgoing) or ``destination`` (incoming) = ``namespace/pod``
@@ -62,17 +70,38 @@ class BadAnswer(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """The pods of one observation, and the range (epoch seconds) it lasted."""
+    """The pods of one observation, and the range (epoch seconds) it lasted.
+
+    ``starts`` holds each pod's own start (same order as ``pods``; empty: all at ``start``): a
+    pod followed later was observed from later, and counts only from then.
+    """
 
     namespace: str
     pods: tuple[str, ...]
     start: float
     end: float
+    starts: tuple[float, ...] = ()
 
     @property
     def range_ms(self) -> int:
         """Milliseconds the range spans, at least 1 s and at most :data:`MAX_RANGE_S`."""
-        return int(min(MAX_RANGE_S, max(1.0, self.end - self.start)) * 1000)
+        return _window_ms(self.start, self.end)
+
+    def groups(self) -> list[tuple[int, tuple[str, ...]]]:
+        """The pods by their own range (milliseconds back from ``end``), longest first."""
+        starts = self.starts if len(self.starts) == len(self.pods) else ()
+        by: dict[int, list[str]] = {}
+        for n, pod in enumerate(self.pods):
+            by.setdefault(_window_ms(starts[n] if starts else self.start, self.end), []).append(pod)
+        return sorted(((ms, tuple(pods)) for ms, pods in by.items()), reverse=True)
+
+    def starts_of(self) -> dict[str, str]:
+        """Each pod's start as queried (RFC 3339), for the audit record."""
+        return {
+            pod: conventions.format_time(self.end - ms / 1000)
+            for ms, pods in self.groups()
+            for pod in pods
+        }
 
     def bounds(self) -> list[str]:
         """[start, end] as RFC 3339 (start as queried: clamped to the widest range)."""
@@ -94,6 +123,23 @@ class Query:
         "dns_responses",
     ]
     expr: str
+
+
+def _window_ms(start: float, end: float) -> int:
+    return int(min(MAX_RANGE_S, max(1.0, end - start)) * 1000)
+
+
+#: the parts of the evidence, and the queries that fill each
+Part = Literal["forward", "drops", "tcp", "dns"]
+PART_OF: dict[str, Part] = {
+    "forward_packets": "forward",
+    "forward_bytes": "forward",
+    "drops": "drops",
+    "tcp_flags": "tcp",
+    "retransmissions": "tcp",
+    "dns_requests": "dns",
+    "dns_responses": "dns",
+}
 
 
 #: one sample of an instant vector: its labels and value
@@ -126,6 +172,8 @@ class Evidence:
     dns: tuple[DnsQuery, ...] = ()
     missing: outcomes.EvidenceMissing | None = None
     detail: str = ""
+    #: parts whose queries failed while others answered, and why (the rest is still evidence)
+    missing_parts: dict[Part, outcomes.EvidenceMissing] = field(default_factory=dict)
 
     @property
     def result(self) -> outcomes.EvidenceResult:
@@ -135,6 +183,8 @@ class Evidence:
     def as_dict(self) -> dict[str, Any]:
         """The audit record's ``evidence`` field (and ``streamproc evidence --output json``)."""
         doc: dict[str, Any] = {"range": self.target.bounds(), "pods": list(self.target.pods)}
+        if len(set(self.target.starts)) > 1:
+            doc["starts"] = self.target.starts_of()
         if self.source is not None:
             doc["source"] = SOURCE_NAMES[self.source]
             #: what ``forward``'s "packets" and ``drops`` count: Hubble counts flows
@@ -146,6 +196,8 @@ class Evidence:
                 {"query": q.query, "count": q.count, "return_codes": q.return_codes}
                 for q in self.dns
             ]
+        if self.missing_parts:
+            doc["missing_parts"] = dict(self.missing_parts)
         if self.missing is not None:
             doc["missing"] = self.missing
             doc["detail"] = self.detail
@@ -170,12 +222,29 @@ class Evidence:
         if dropped:
             text += f"; {dropped:,} drops ({', '.join(sorted(self.drops, key=_by(self.drops)))})"
         if self.dns:
-            names = []
-            for q in self.dns[:3]:
-                codes = [c for c in sorted(q.return_codes) if c != "NOERROR"] or ["NOERROR"]
-                names.append(f"{q.query} {'/'.join(codes)} \N{MULTIPLICATION SIGN}{q.count:,}")
-            text += "; DNS: " + ", ".join(names)
+            text += "; DNS: " + ", ".join(_dns_line(q) for q in self.dns[:3])
+        if self.missing_parts:
+            gone = ", ".join(f"{part} ({why})" for part, why in sorted(self.missing_parts.items()))
+            text += f"; missing: {gone}"
         return text[:MAX_SUMMARY]
+
+
+def _dns_line(q: DnsQuery) -> str:
+    """A name with a count per return code (``evil.example.com NXDOMAIN x3``), failures first.
+
+    Counts are responses per code, not requests; a name asked but never answered in the range
+    says ``no answer`` with its requests.
+    """
+    times = "\N{MULTIPLICATION SIGN}"
+    if not q.return_codes:
+        return f"{q.query} no answer {times}{q.count:,}"
+    codes = sorted(q.return_codes.items(), key=lambda kv: (_ok(kv[0]), -kv[1], kv[0]))
+    return f"{q.query} " + "/".join(f"{code} {times}{n:,}" for code, n in codes[:3])
+
+
+def _ok(code: str) -> bool:
+    """Whether a return code means success (Retina: NOERROR; Hubble: "No Error")."""
+    return code.replace(" ", "").upper() == "NOERROR"
 
 
 def _by(counts: Mapping[str, int]) -> Any:
@@ -202,19 +271,42 @@ def _pods_regex(pods: Sequence[str]) -> str:
     return "|".join(re.escape(p) for p in pods)
 
 
+def _grown(
+    metric: str,
+    matchers: Sequence[str],
+    groups: Sequence[tuple[int, str]],
+    end: float,
+    after: Sequence[str] = (),
+) -> str:
+    """How much ``metric`` grew over each group's range, a series born in it counted from 0.
+
+    ``groups``: (window in ms, the pods' matcher); ``matchers`` and ``after``: the other label
+    matchers, before and after the pods'.
+    """
+    parts = []
+    for ms, pods in groups:
+        sel = f"{metric}{{{','.join([*matchers, pods, *after])}}}"
+        window = f"[{ms}ms]"
+        born = f"last_over_time({sel}{window}) unless {sel} @ {end - ms / 1000:.3f}"
+        parts.append(f"({born}) or increase({sel}{window})")
+    return " or ".join(f"({p})" for p in parts)
+
+
+def _matcher(label: str, names: Sequence[str]) -> str:
+    if len(names) == 1:
+        return f"{label}={quote(names[0])}"
+    return f"{label}=~{quote(_pods_regex(names))}"
+
+
 def queries(target: Target, source: Source) -> list[Query]:
     """The bounded queries that fill an :class:`Evidence` from ``source``'s families."""
-    window = f"[{target.range_ms}ms]"
+    end = target.end
     if source == "retina":
-        pods = (
-            f"podname={quote(target.pods[0])}"
-            if len(target.pods) == 1
-            else f"podname=~{quote(_pods_regex(target.pods))}"
-        )
-        sel = f"{{namespace={quote(target.namespace)},{pods}}}"
+        groups = [(ms, _matcher("podname", pods)) for ms, pods in target.groups()]
 
         def inc(family: str) -> str:
-            return f"increase({_RETINA}{family}{sel}{window})"
+            ns = f"namespace={quote(target.namespace)}"
+            return _grown(f"{_RETINA}{family}", [ns], groups, end)
 
         return [
             Query("forward_packets", f"sum by (direction) ({inc('forward_count')})"),
@@ -228,24 +320,26 @@ def queries(target: Target, source: Source) -> list[Query]:
                 f"topk({5 * TOP}, sum by (query, return_code) ({inc('dns_response_count')}))",
             ),
         ]
-    names = [f"{target.namespace}/{p}" for p in target.pods]
-    match = quote(names[0]) if len(names) == 1 else quote(_pods_regex(names))
-    op = "=" if len(names) == 1 else "=~"
 
-    def both(family: str, extra: str = "") -> str:
-        """Outgoing (``source``) or incoming (``destination``) series of the pods."""
-        out = f"increase(hubble_{family}{{source{op}{match}{extra}}}{window})"
-        into = f"increase(hubble_{family}{{destination{op}{match}{extra}}}{window})"
-        return f"{out} or {into}"
+    def side(label: str, family: str, extra: Sequence[str] = ()) -> str:
+        """The pods' series on one side: outgoing (``source``) or incoming (``destination``)."""
+        groups = [
+            (ms, _matcher(label, [f"{target.namespace}/{p}" for p in pods]))
+            for ms, pods in target.groups()
+        ]
+        return _grown(f"hubble_{family}", (), groups, end, extra)
 
+    def both(family: str) -> str:
+        return f"{side('source', family)} or {side('destination', family)}"
+
+    forwarded = ['verdict="FORWARDED"']
     flows = "flows_processed_total"
-    forwarded = ',verdict="FORWARDED"'
     return [
         Query(
             "forward_packets",
-            f"label_replace(sum(increase(hubble_{flows}{{source{op}{match}{forwarded}}}{window})),"
-            f' "direction", "egress", "", "") or label_replace(sum(increase(hubble_{flows}'
-            f'{{destination{op}{match}{forwarded}}}{window})), "direction", "ingress", "", "")',
+            f'label_replace(sum({side("source", flows, forwarded)}), "direction", "egress", "", "")'
+            f' or label_replace(sum({side("destination", flows, forwarded)}), "direction", '
+            '"ingress", "", "")',
         ),
         Query("drops", f"topk({TOP}, sum by (reason) ({both('drop_total')}))"),
         Query("tcp_flags", f"topk({2 * TOP}, sum by (flag) ({both('tcp_flags_total')}))"),
@@ -310,8 +404,16 @@ def _per(samples: Sequence[Sample], label: str) -> dict[str, int]:
     return {k: v for k, v in counts.items() if v > 0}
 
 
-def assemble(target: Target, source: Source, answers: Mapping[str, Sequence[Sample]]) -> Evidence:
-    """The evidence the answers to :func:`queries` make up (``no-series`` when they are empty)."""
+def assemble(
+    target: Target,
+    source: Source,
+    answers: Mapping[str, Sequence[Sample]],
+    missing_parts: Mapping[Part, outcomes.EvidenceMissing] | None = None,
+) -> Evidence:
+    """The evidence the answers to :func:`queries` make up (``no-series`` when they are empty).
+
+    ``missing_parts``: the parts whose queries failed (the others are still evidence).
+    """
     if not any(answers.values()):
         return missing(target, "no-series", f"no {SOURCE_NAMES[source]} series for these pods")
     forward: dict[str, dict[str, int]] = {}
@@ -335,6 +437,7 @@ def assemble(target: Target, source: Source, answers: Mapping[str, Sequence[Samp
         tcp_flags=_per(answers.get("tcp_flags", ()), "flag"),
         retransmissions=_per(answers.get("retransmissions", ()), "direction"),
         dns=dns,
+        missing_parts=dict(missing_parts or {}),
     )
 
 
@@ -343,10 +446,14 @@ def missing(target: Target, why: outcomes.EvidenceMissing, detail: str) -> Evide
     return Evidence(target=target, missing=why, detail=detail[:200])
 
 
-#: the expr that says whether a Prometheus holds Retina's (or Hubble's) pod-level series
+#: the expr that says whether a Prometheus scrapes Retina (or ACNS's Hubble): series that exist
+#: whether or not a pod is observed yet (Retina's node-level basic metrics,
+#: ``networkobservability_forward_count`` etc., and the ``adv_dns_*`` of every pod; microsoft/retina
+#: v1.2.6 pkg/module/metrics, pkg/metrics/metrics.go), so a healthy setup with nothing observed
+#: passes
 SCRAPED: dict[Source, str] = {
-    "retina": f'count({{__name__=~"{_RETINA}(forward|drop)_count"}})',
-    "hubble": 'count({__name__=~"hubble_(flows_processed|drop)_total"})',
+    "retina": 'count({__name__=~"networkobservability_.+"})',
+    "hubble": 'count({__name__=~"hubble_.+"})',
 }
 
 

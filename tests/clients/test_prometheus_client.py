@@ -23,7 +23,7 @@ EMPTY = b'{"status":"success","data":{"resultType":"vector","result":[]}}'
 @contextlib.asynccontextmanager
 async def serving(handler: web.Handler, tls: ssl.SSLContext | None = None) -> AsyncIterator[str]:
     app = web.Application()
-    app.router.add_get("/api/v1/query", handler)
+    app.router.add_route("*", "/api/v1/query", handler)  # GET or POST
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
     await runner.setup()
     port = free_port()
@@ -36,7 +36,8 @@ async def serving(handler: web.Handler, tls: ssl.SSLContext | None = None) -> As
 
 async def streamed(request: web.Request) -> web.StreamResponse:
     """A valid answer of ~1 MiB sent in pieces, or ~5 MiB when asked for ``huge``."""
-    size = 5 * 1024 * 1024 if request.query.get("query") == "huge" else 1024 * 1024
+    asked = (await request.post()).get("query") or request.query.get("query")
+    size = 5 * 1024 * 1024 if asked == "huge" else 1024 * 1024
     response = web.StreamResponse(headers={"Content-Type": "application/json"})
     await response.prepare(request)
     await response.write(b'{"status":"success","pad":"')
@@ -123,3 +124,24 @@ async def test_a_proxy_in_the_environment_is_not_used(monkeypatch: pytest.Monkey
             assert (await client.query("up", 0))["status"] == "success"
         finally:
             await client.close()
+
+
+async def test_a_query_is_posted_as_a_form_so_a_long_regex_never_meets_a_url_limit() -> None:
+    """Hundreds of pod names in one regex go in the body, not the URL."""
+    seen: list[tuple[str, str, int]] = []
+
+    async def recording(request: web.Request) -> web.Response:
+        form = await request.post()
+        seen.append((request.method, str(form.get("query", "")), len(str(request.url))))
+        return web.Response(body=EMPTY, content_type="application/json")
+
+    long_expr = 'count(x{podname=~"' + "|".join(f"web-{n:05d}" for n in range(2000)) + '"})'
+    async with serving(recording) as url:
+        client = prometheus.Prometheus(url, timeout_s=5)
+        try:
+            await client.query(long_expr, 1_800_000_000.0)
+        finally:
+            await client.close()
+    ((method, query, url_length),) = seen
+    assert (method, query) == ("POST", long_expr)
+    assert url_length < 200

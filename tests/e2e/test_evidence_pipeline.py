@@ -42,7 +42,11 @@ def test_a_running_pipeline_writes_each_expirys_evidence_into_its_audit_record(
     with exporter:
         pipeline = Pipeline(
             "run",
-            {**env, "STREAMPROC_PROMETHEUS_URL": f"http://{listen}"},
+            {
+                **env,
+                "STREAMPROC_PROMETHEUS_URL": f"http://{listen}",
+                "STREAMPROC_EVIDENCE_DELAY": "1",
+            },
             topology_file(tmp_path, "2s", "8s"),
             tmp_path / "run.log",
         )

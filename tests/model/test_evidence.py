@@ -78,11 +78,12 @@ def test_an_answer_is_read_to_a_bound_and_its_labels_are_cut() -> None:
 def test_retina_queries_name_the_pod_and_the_exact_range_and_are_bounded() -> None:
     """Each asks one family's increase over the observation's range, topk where labels vary."""
     found = {q.key: q.expr for q in evidence.queries(TARGET, "retina")}
+    sel = 'networkobservability_adv_forward_count{namespace="shop",podname="frontend-abc"}'
     assert found["forward_packets"] == (
-        "sum by (direction) (increase(networkobservability_adv_forward_count"
-        '{namespace="shop",podname="frontend-abc"}[600000ms]))'
+        f"sum by (direction) (((last_over_time({sel}[600000ms]) unless {sel} @ 1800000000.000)"
+        f" or increase({sel}[600000ms])))"
     )
-    assert found["drops"].startswith("topk(10, sum by (reason) (increase(")
+    assert found["drops"].startswith("topk(10, sum by (reason) (((last_over_time(")
     assert found["dns_responses"].startswith("topk(50, sum by (query, return_code)")
     assert set(found) == {
         "forward_packets",
@@ -140,6 +141,7 @@ def test_answers_assemble_into_evidence_and_one_event_line() -> None:
         "egress 12,345 packets / 3.2 MB; ingress 10 packets; 41 drops (IPTABLE_RULE_DROP); "
         "DNS: evil.example.com NXDOMAIN \N{MULTIPLICATION SIGN}3"
     )
+    assert "missing_parts" not in found.as_dict()
     record = found.as_dict()
     assert record["range"] == ["2027-01-15T08:00:00Z", "2027-01-15T08:10:00Z"]
     assert record["source"] == "networkobservability_adv_*"
@@ -176,3 +178,57 @@ def test_bytes_read_as_a_person_reads_them() -> None:
         "3.2 MB",
         "5.0 TB",
     ]
+
+
+def test_series_born_inside_the_range_count_from_zero_and_others_by_their_increase() -> None:
+    """A series absent at the start counts its last value; one present, its increase."""
+    expr = evidence.queries(TARGET, "retina")[5].expr
+    assert "last_over_time(networkobservability_adv_dns_request_count{" in expr
+    assert "@ 1800000000.000" in expr
+    assert expr.count("increase(") == 1
+
+
+def test_each_pod_counts_from_its_own_start() -> None:
+    """A pod followed later is asked over its own, shorter range; the record names both starts."""
+    later = evidence.Target("shop", ("web-0", "web-1"), START, END, starts=(START, START + 500))
+    expr = evidence.queries(later, "retina")[0].expr
+    assert 'podname="web-0"}[600000ms]' in expr
+    assert 'podname="web-1"}[100000ms]' in expr
+    assert "@ 1800000500.000" in expr
+    hubble = evidence.queries(later, "hubble")[0].expr
+    assert 'source="shop/web-1",verdict="FORWARDED"}[100000ms]' in hubble
+    record = evidence.missing(later, "timeout", "x").as_dict()
+    assert record["starts"] == {"web-0": "2027-01-15T08:00:00Z", "web-1": "2027-01-15T08:08:20Z"}
+
+
+def test_the_dns_line_counts_each_return_code_and_says_no_answer() -> None:
+    """Responses per code (not requests after codes), failures first, Hubble's "No Error" too."""
+    answers = {
+        "dns_requests": [({"query": "a.example."}, 100.0), ({"query": "quiet.example."}, 5.0)],
+        "dns_responses": [
+            ({"query": "a.example.", "return_code": "NOERROR"}, 97.0),
+            ({"query": "a.example.", "return_code": "NXDOMAIN"}, 3.0),
+        ],
+    }
+    line = evidence.assemble(TARGET, "retina", answers).summary()
+    times = "\N{MULTIPLICATION SIGN}"
+    assert f"DNS: a.example. NXDOMAIN {times}3/NOERROR {times}97" in line
+    assert f"quiet.example. no answer {times}5" in line
+    hubble = {
+        "dns_requests": [({"query": "b.example."}, 4.0)],
+        "dns_responses": [
+            ({"query": "b.example.", "return_code": "No Error"}, 3.0),
+            ({"query": "b.example.", "return_code": "Non-Existent Domain"}, 1.0),
+        ],
+    }
+    line = evidence.assemble(TARGET, "hubble", hubble).summary()
+    assert f"b.example. Non-Existent Domain {times}1/No Error {times}3" in line
+
+
+def test_parts_that_failed_are_named_and_the_others_kept() -> None:
+    """A DNS query that failed leaves traffic and drops in the record, and says what is missing."""
+    answers = {"forward_packets": [({"direction": "egress"}, 10.0)]}
+    found = evidence.assemble(TARGET, "retina", answers, {"dns": "http-error"})
+    assert found.result == "found"
+    assert found.as_dict()["missing_parts"] == {"dns": "http-error"}
+    assert found.summary().endswith("; missing: dns (http-error)")

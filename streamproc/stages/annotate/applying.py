@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from streamproc.clients import kube, metrics
 from streamproc.cluster import marking
@@ -94,6 +94,8 @@ class Annotator:
         self.kube = client
         self.resolver = resolver
         self.scheduler = scheduler
+        #: each pod's observation start as scheduled, until its action's record names it
+        self._starts: dict[tuple[str, str], float] = {}
         self.auditor = auditor or auditing.NullAuditor()
         self.follower = follower
         self._in_flight = asyncio.Semaphore(settings.actions_in_flight)
@@ -160,10 +162,20 @@ class Annotator:
                     pods=touched,
                     annotations=topology.spec.action.pod_annotations() if topology else {},
                     expires_at=conventions.format_time(until) if until else None,
+                    **self._observed_since(action.namespace, touched),
                     dry_run=result == "dry-run",
                     **_level_fields(topology, action),
                 )
         return result
+
+    def _observed_since(self, namespace: str, pods: list[str]) -> dict[str, Any]:
+        """Each touched pod's observation start (RFC 3339), as streamproc scheduled it.
+
+        The record keeps it whatever the pod's tenant edits in ``observed-since`` later.
+        """
+        starts = {p: self._starts.pop((namespace, p), None) for p in pods}
+        known = {p: conventions.format_time(s) for p, s in starts.items() if s is not None}
+        return {"observed_since": known} if known else {}
 
     async def _apply(
         self, action: Action, listing: list[kube.Json] | None
@@ -347,6 +359,8 @@ class Annotator:
             )
             lasting = previous.until if isinstance(previous, marks.Marks) else until
             since, workload = _known(previous)
+            if ref.kind == "Pod" and (start := patch.since if patch else since) is not None:
+                self._starts[ref.namespace, ref.name] = start
             if patch is None:
                 metrics.patches.labels(op="observe", result="unchanged").inc()
                 self.scheduler.schedule(ref, lasting, topology.name, since=since, workload=workload)

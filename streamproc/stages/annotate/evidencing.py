@@ -2,12 +2,17 @@
 
 The expirer ends an observation on time whatever Prometheus does: it writes the release, then
 hands the Event and the audit records to :class:`Evidencer`, which reads the evidence in bounded
-background work (``workers`` at once, at most ``queue`` waiting; each read bounded by
-``cluster.evidencing.gather``) and then has the expirer write them, with the evidence or with
-why it is missing. Never is a record lost for it: a full queue writes at once (``overloaded``),
-and at the stop what is still being read gets ``grace_s``, then is written without evidence
-(``shutdown``). Records written here are flushed here (bounded), as the expirer flushes its own
-after each round.
+background work (``workers`` at once, at most ``queue`` waiting) and then has the expirer write
+them, with the evidence or with why it is missing. It first waits ``delay_s`` (the last scrape
+before the end, and a managed Prometheus's ingestion, must land first; the queries still
+evaluate at the end). Each ending has a deadline, ``delay_s + total_s`` after it was handed
+over: what has not been read by then is written at once (``overloaded``), so a record never
+waits longer than that whatever the backlog (and a crash loses at most that much). A full queue
+writes at once too (``overloaded``), and at the stop what is still waiting gets ``grace_s``,
+then is written without evidence (``shutdown``). Records carry the ending's time, not the
+write's (the expirer stamps them). Records written here are flushed here (bounded, in the
+background so a slow broker never holds up the next read), as the expirer flushes its own after
+each round.
 Without a Prometheus (``--prometheus-url`` unset) it writes at once, as before evidence existed.
 """
 
@@ -25,9 +30,10 @@ from streamproc.cluster import evidencing
 from streamproc.model import evidence, outcomes
 
 log = logging.getLogger("streamproc.evidence")
-#: evidence reads at once, and ended observations waiting for one, per process
+#: evidence reads at once, and ended observations waiting for one, per process (what waits
+#: longer than its deadline is written without evidence anyway: the bound is time, not this)
 WORKERS = 4
-QUEUE = 10_000
+QUEUE = 1_000
 #: how long evidence work may go on after the stop before records are written without it
 GRACE_S = 2.0
 
@@ -46,6 +52,15 @@ class Ending:
     target: evidence.Target | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class _Waiting:
+    """An ending in the queue, with when to read it and when to give up (the loop's time)."""
+
+    ending: Ending
+    ready: float
+    deadline: float
+
+
 #: writes an ending's Event and records, with its evidence (None: none was to be read)
 Write = Callable[[Ending, evidence.Evidence | None], None]
 
@@ -60,6 +75,7 @@ class Evidencer:
         flush: Callable[[], Awaitable[None]],
         *,
         total_s: float,
+        delay_s: float = 0.0,
         workers: int = WORKERS,
         queue: int = QUEUE,
         grace_s: float = GRACE_S,
@@ -68,12 +84,20 @@ class Evidencer:
         self._write_now = write
         self._flush_now = flush
         self._total_s = total_s
+        self._delay_s = max(0.0, delay_s)
         self._workers_n = max(1, workers)
-        self._queue: asyncio.Queue[Ending] = asyncio.Queue(maxsize=max(1, queue))
+        self._queue: asyncio.Queue[_Waiting] = asyncio.Queue(maxsize=max(1, queue))
         self._grace_s = grace_s
         self._workers: list[asyncio.Task[None]] = []
         self._busy: dict[int, Ending] = {}
         self._closed = False
+        self._dirty = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
+
+    @property
+    def bound_s(self) -> float:
+        """The longest an ending waits for its evidence before it is written without it."""
+        return self._delay_s + self._total_s
 
     @property
     def enabled(self) -> bool:
@@ -98,8 +122,10 @@ class Evidencer:
             self._write(ending, evidence.missing(ending.target, "shutdown", "stopping"))
             return
         self._start()
+        now = asyncio.get_running_loop().time()
+        waiting = _Waiting(ending, now + self._delay_s, now + self.bound_s)
         try:
-            self._queue.put_nowait(ending)
+            self._queue.put_nowait(waiting)
         except asyncio.QueueFull:
             detail = f"{self._queue.maxsize} observations already waiting for evidence"
             self._write(ending, evidence.missing(ending.target, "overloaded", detail))
@@ -110,19 +136,33 @@ class Evidencer:
                 asyncio.create_task(self._work(), name=f"evidence-{n}")
                 for n in range(self._workers_n)
             ]
+            self._flusher = asyncio.create_task(self._flushing(), name="evidence-flush")
+
+    async def _read(self, waiting: _Waiting) -> evidence.Evidence:
+        """The ending's evidence once ``delay_s`` passed, or ``overloaded`` past its deadline."""
+        assert self._client is not None
+        target = waiting.ending.target
+        assert target is not None
+        loop = asyncio.get_running_loop()
+        if (wait := waiting.ready - loop.time()) > 0:
+            await asyncio.sleep(wait)  # the last scrapes before the end land meanwhile
+        left = min(self._total_s, waiting.deadline - loop.time())
+        if left <= 0:
+            detail = f"not read within {self.bound_s:g}s of its end: too many waiting"
+            return evidence.missing(target, "overloaded", detail)
+        return await evidencing.gather(self._client, target, total_s=left)
 
     async def _work(self) -> None:
-        assert self._client is not None
         while True:
-            ending = await self._queue.get()
+            waiting = await self._queue.get()
+            ending = waiting.ending
             key = id(ending)
             self._busy[key] = ending
             try:
-                assert ending.target is not None
-                found = await evidencing.gather(self._client, ending.target, total_s=self._total_s)
+                found = await self._read(waiting)
                 self._busy.pop(key, None)
                 self._write(ending, found)
-                await self._flush()
+                self._dirty.set()
             except Exception:  # a bug must not stop the worker or lose the record
                 log.exception("evidence of %s failed", ending.message)
                 if self._busy.pop(key, None) is not None:
@@ -142,6 +182,16 @@ class Evidencer:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(self._flush_now()), timeout=2.0)
 
+    async def _flushing(self) -> None:
+        """Flush after writes, one flush at a time, never in a reader's way."""
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            try:
+                await self._flush()
+            except Exception:  # a broken auditor must not stop the flushes that follow
+                log.exception("flushing evidence records failed")
+
     async def close(self) -> None:
         """Stop: ``grace_s`` for the evidence under way, then write the rest without it."""
         self._closed = True
@@ -149,18 +199,20 @@ class Evidencer:
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._queue.join(), timeout=self._grace_s)
-        for task in self._workers:
+        tasks = [*self._workers, *([self._flusher] if self._flusher else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._workers = []
+        self._flusher = None
         left = list(self._busy.values())
         self._busy.clear()
         while not self._queue.empty():
-            left.append(self._queue.get_nowait())
+            left.append(self._queue.get_nowait().ending)
             self._queue.task_done()
         for ending in left:
             assert ending.target is not None
             self._write(ending, evidence.missing(ending.target, "shutdown", "stopping"))
         if left:
             log.warning("%d expiries recorded without their evidence: stopping", len(left))
-            await self._flush()
+        await self._flush()

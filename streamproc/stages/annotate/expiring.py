@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import heapq
 import logging
+import math
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -69,6 +70,7 @@ class Expirer:
         changed: Callable[[str], None] | None = None,
         evidence_from: prometheus.Prometheus | None = None,
         evidence_total_s: float = 2 * DEFAULTS.evidence_timeout_s,
+        evidence_delay_s: float = DEFAULTS.evidence_delay_s,
     ) -> None:
         #: told the topology of every observation it ends (``Annotator``'s ``changed``)
         self.changed = changed or (lambda _topology: None)
@@ -89,7 +91,11 @@ class Expirer:
         #: has each expiry's Event and records written, after reading its evidence from
         #: ``evidence_from`` (a Prometheus) when there is one, at once otherwise
         self.evidencer = evidencing.Evidencer(
-            evidence_from, self._ended, self._flush, total_s=evidence_total_s
+            evidence_from,
+            self._ended,
+            self._flush,
+            total_s=evidence_total_s,
+            delay_s=evidence_delay_s,
         )
         self._resync_s = resync_s
         self._dry_run = dry_run
@@ -103,6 +109,13 @@ class Expirer:
         self._per_node: Counter[str] = Counter()
         #: the labels of each pod's ``streamproc_observed_pod_since_seconds`` series
         self._since: dict[kube.ObjectRef, tuple[str, ...]] = {}
+        #: the earliest start seen of each pod's observation: ``observed-since`` is on the pod,
+        #: where its tenant can move it later (or break it) to shrink its own evidence
+        self._starts: dict[kube.ObjectRef, float] = {}
+        #: the resync round each object was last scheduled or listed in (a resync forgets what
+        #: is no longer marked: a release by hand)
+        self._round = 0
+        self._seen: dict[kube.ObjectRef, int] = {}
 
     def schedule(
         self,
@@ -116,10 +129,15 @@ class Expirer:
     ) -> None:
         """Remember when an observation ends (a later time replaces an earlier one).
 
-        ``since`` and ``workload`` (when known) publish the pod's observed-since gauge.
+        ``since`` and ``workload`` (when known) publish the pod's observed-since gauge; the
+        earliest ``since`` seen is kept (a later one from the pod's marks does not shrink it).
         """
-        if since is not None and workload is not None and key.kind == "Pod":
-            self._publish_since(key, since, topology, workload)
+        self._seen[key] = self._round
+        if since is not None and key.kind == "Pod":
+            since = min(since, self._starts.get(key, since))
+            self._starts[key] = since
+            if workload is not None:
+                self._publish_since(key, since, topology, workload)
         if node and self._nodes.get(key) != node:
             self._forget_node(key)
             self._nodes[key] = node
@@ -172,7 +190,13 @@ class Expirer:
         self._since[key] = labels
         metrics.observed_pod_since.labels(*labels).set(since)
 
+    def started(self, key: kube.ObjectRef) -> float | None:
+        """The earliest start seen of the pod's observation now (None: none known)."""
+        return self._starts.get(key) if key in self._due else None
+
     def _forget_since(self, key: kube.ObjectRef) -> None:
+        self._starts.pop(key, None)
+        self._seen.pop(key, None)
         labels = self._since.pop(key, None)
         if labels is not None:
             with contextlib.suppress(KeyError):
@@ -193,7 +217,13 @@ class Expirer:
                 metrics.observations_active.labels(topology=topology).set(0)
 
     async def resync(self) -> None:
-        """Schedule every managed pod from its own annotations."""
+        """Schedule every managed pod from its own annotations; forget what is no longer marked.
+
+        The round is counted before the listing: a pod scheduled while it is under way (the
+        listing may predate its marks) is not forgotten.
+        """
+        self._round += 1
+        listing_round = self._round
         selector = f"{conventions.OBSERVED_LABEL}=true"
         if self._cache is not None and self._cache.pods_synced:
             pods = [info.object() for info in self._cache.marked()]
@@ -203,6 +233,17 @@ class Expirer:
         namespaces = await self._kube.list_observed_namespaces(selector)
         found = [(kube.ObjectRef.of(p), p) for p in pods]
         found += [(kube.ObjectRef.namespace_object(_name(n)), n) for n in namespaces]
+        self._round += 1
+        listed = {ref for ref, _ in found}
+        for ref in [
+            r for r in self._due if r not in listed and self._seen.get(r, -1) < listing_round
+        ]:
+            # no longer marked (released by hand, or the pod is gone) and not scheduled since
+            # the last listing: forget it, and its gauge, now rather than at its old due time
+            self._due.pop(ref, None)
+            self._forget_node(ref)
+            self._forget_since(ref)
+            self._gauge_stale = True
         for ref, obj in found:
             if not self.ownership.owns(obj):
                 continue  # another annotate replica's: it expires it
@@ -326,6 +367,8 @@ class Expirer:
             self.schedule(key, done.until, topology)  # extended meanwhile
             return
         ended_at = self.clock()
+        # stamped when it ended, not when written (a simulation's clock may run to infinity)
+        stamp = {"time": conventions.format_time(ended_at)} if math.isfinite(ended_at) else {}
         if done.outcome in ("elsewhere", "unmarked"):
             pass  # the partitions moved meanwhile (the new owner expires it), or already ended
         elif done.outcome == "gone":
@@ -340,6 +383,7 @@ class Expirer:
                 (
                     "expired",
                     {
+                        **stamp,
                         "topology": topology,
                         **_about(key),
                         "removed": list(done.removed),
@@ -351,12 +395,13 @@ class Expirer:
             log.info("observation of %s expired", key)
             if done.yielded:
                 records.append(self._yielded(key, topology, done.yielded))
+                records[-1][1].update(stamp)
             self.evidencer.submit(
                 evidencing.Ending(
                     current=done.current if not self._dry_run else {},
                     message=f"removed {', '.join(done.removed)}",
                     records=records,
-                    target=_target(key, done, ended_at),
+                    target=_target(key, done, ended_at, self.started(key)),
                 )
             )
         if self._due.get(key) is scheduled:  # not scheduled anew meanwhile (a new observation)
@@ -387,6 +432,8 @@ class Expirer:
     def _forget_all(self) -> None:
         for key in list(self._since):
             self._forget_since(key)
+        self._starts.clear()
+        self._seen.clear()
         self._heap.clear()
         self._due.clear()
         self._nodes.clear()
@@ -405,17 +452,23 @@ def _name(obj: kube.Json) -> str:
 
 
 def _target(
-    key: kube.ObjectRef, done: releasing.Release, ended_at: float
+    key: kube.ObjectRef, done: releasing.Release, ended_at: float, remembered: float | None
 ) -> evidence.Target | None:
-    """The pod and range an expiry's evidence is read over (None: a Namespace object)."""
+    """The pod and range an expiry's evidence is read over (None: a Namespace object).
+
+    From the earliest start known: the one this expirer saw when it scheduled the pod, or the
+    marks' if earlier (a tenant who moves ``observed-since`` later, or breaks it, does not
+    shrink or erase its own evidence).
+    """
     if key.kind != "Pod":
         return None
     ended = done.ended
-    if ended is None or ended.since is None:
-        # refused marks say nothing to believe; marks from before observed-since existed: the
-        # range is unknown (the evidence says so rather than guess)
+    starts = [s for s in (remembered, ended.since if ended is not None else None) if s is not None]
+    if not starts:
+        # marks from before observed-since existed, never seen with a start: the range is
+        # unknown (the evidence says so rather than guess)
         return evidence.Target(key.namespace, (key.name,), ended_at, ended_at)
-    return evidence.Target(key.namespace, (key.name,), ended.since, ended_at)
+    return evidence.Target(key.namespace, (key.name,), min(starts), ended_at)
 
 
 def _about(key: kube.ObjectRef) -> dict[str, Any]:

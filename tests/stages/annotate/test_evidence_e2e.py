@@ -18,6 +18,7 @@ from streamproc.clients import kube, prometheus
 from streamproc.lab.cluster import ClusterBuilder
 from streamproc.lab.kubeemu import KubeEmulator
 from streamproc.lab.retina_exporter import (
+    ONCE,
     ExportedPod,
     Family,
     RetinaExporter,
@@ -62,6 +63,7 @@ async def expiring(
         auditor=auditor,
         policy=made.policy,
         evidence_from=evidence_from,
+        evidence_delay_s=1.0,  # one scrape interval: the last sample before the end lands
     )
     annotator.scheduler = expirer
     stop = asyncio.Event()
@@ -161,8 +163,10 @@ async def test_the_evidence_of_an_expiry_is_what_retina_served_over_its_range(
         )
         served("tcpflags_count", 8, found["tcp"]["flags"]["SYN"], flag="SYN")
         served("tcpretrans_count", 1, found["tcp"]["retransmissions"]["egress"], direction="egress")
-        (dns,) = found["dns"]
+        dns, once = found["dns"]
         assert dns["query"] == "evil.example.com."
+        # a name asked once is a series born at 1 inside the range: it counts, from 0
+        assert once == {"query": ONCE, "count": 1, "return_codes": {"NXDOMAIN": 1}}
         # DNS series move for every pod, observed or not: only the range's increase counts
         served("dns_request_count", 2, dns["count"], query_type="A", query="evil.example.com.")
         assert set(dns["return_codes"]) == {"NXDOMAIN"}

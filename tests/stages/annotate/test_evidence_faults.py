@@ -28,7 +28,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 async def standin(handler: Handler) -> AsyncIterator[str]:
     """An HTTP server on loopback answering ``/api/v1/query`` with ``handler``; its URL."""
     app = web.Application()
-    app.router.add_get("/api/v1/query", handler)
+    app.router.add_route("*", "/api/v1/query", handler)  # GET or POST
     # a request still held (``never``) is cancelled at once at the end, not waited for
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
     await runner.setup()
@@ -106,6 +106,7 @@ async def test_a_failing_prometheus_never_holds_up_an_expiry_and_the_record_says
             policy=expirer.policy,
             auditor=(auditor := testing.MemoryAuditor()),
             evidence_from=evidence_from,
+            evidence_delay_s=0,
             evidence_total_s=1.0,
         )
         await annotator.apply(action_for(redis))
@@ -145,6 +146,7 @@ async def test_an_unreachable_prometheus_is_named_in_the_record(
         policy=made.policy,
         auditor=auditor,
         evidence_from=evidence_from,
+        evidence_delay_s=0,
     )
     await annotator.apply(action_for(redis))
     stop = asyncio.Event()
@@ -178,6 +180,7 @@ async def test_the_release_happens_while_evidence_waits_and_a_stop_writes_the_re
             policy=made.policy,
             auditor=auditor,
             evidence_from=evidence_from,
+            evidence_delay_s=0,
             evidence_total_s=1200,
         )
         await annotator.apply(action_for(redis))
@@ -233,6 +236,7 @@ async def test_marks_from_before_observed_since_get_no_range_and_no_query(
             policy=made.policy,
             auditor=auditor,
             evidence_from=evidence_from,
+            evidence_delay_s=0,
         )
         stop = asyncio.Event()
         task = asyncio.create_task(expirer.run(stop))
