@@ -33,6 +33,8 @@ from typing import Any, Literal, Self
 
 from aiohttp import web
 
+from streamproc.model import metric_filters
+
 Family = Literal["retina", "hubble"]
 #: a series: (metric name, sorted label pairs)
 Series = tuple[str, tuple[tuple[str, str], ...]]
@@ -150,7 +152,7 @@ def annotated_in(list_pods: Callable[[], Iterable[dict[str, Any]]]) -> Callable[
 def filtered_in(list_metrics: Callable[[], Iterable[dict[str, Any]]]) -> Callable[[], set[str]]:
     """Observed pods as ACNS's Hubble sees them: named in streamproc's include filters.
 
-    The ``namespacedPod`` lists of the ``includeFilters`` named ``streamproc.io/...`` in the
+    The ``namespacedPod`` lists of the ``includeFilters`` streamproc owns (``metric_filters.ours``) in the
     ContainerNetworkMetric objects (MicrosoftDocs/azure-aks-docs
     articles/aks/how-to-configure-container-network-metrics-filtering.md, commit fb060abe).
     """
@@ -160,7 +162,7 @@ def filtered_in(list_metrics: Callable[[], Iterable[dict[str, Any]]]) -> Callabl
         for cnm in list_metrics():
             for entry in (cnm.get("spec") or {}).get("filters") or []:
                 for item in entry.get("includeFilters") or []:
-                    if not str(item.get("name", "")).startswith("streamproc.io/"):
+                    if not metric_filters.ours(item):
                         continue
                     for way in ("from", "to"):
                         found.update(

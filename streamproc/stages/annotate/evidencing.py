@@ -202,7 +202,11 @@ class Evidencer:
         tasks = [*self._workers, *([self._flusher] if self._flusher else [])]
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # bounded too: a reader stuck in a client that does not honour its cancellation must not
+        # hold up the stop (its ending is still written below, as ``shutdown``)
+        _, stuck = await asyncio.wait(tasks, timeout=self._grace_s)
+        if stuck:
+            log.warning("%d evidence readers did not stop in time: left behind", len(stuck))
         self._workers = []
         self._flusher = None
         left = list(self._busy.values())

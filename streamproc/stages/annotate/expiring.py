@@ -239,8 +239,10 @@ class Expirer:
             r for r in self._due if r not in listed and self._seen.get(r, -1) < listing_round
         ]:
             # no longer marked (released by hand, or the pod is gone) and not scheduled since
-            # the last listing: forget it, and its gauge, now rather than at its old due time
-            self._due.pop(ref, None)
+            # the last listing: forget it, and its gauge, now rather than at its old due time;
+            # under acns-metric-filters its filters go with it (the reconciler is told)
+            _, topology = self._due.pop(ref)
+            self.changed(topology)
             self._forget_node(ref)
             self._forget_since(ref)
             self._gauge_stale = True
