@@ -152,8 +152,8 @@ def annotated_in(list_pods: Callable[[], Iterable[dict[str, Any]]]) -> Callable[
 def filtered_in(list_metrics: Callable[[], Iterable[dict[str, Any]]]) -> Callable[[], set[str]]:
     """Observed pods as ACNS's Hubble sees them: named in streamproc's include filters.
 
-    The ``namespacedPod`` lists of the ``includeFilters`` streamproc owns (``metric_filters.ours``) in the
-    ContainerNetworkMetric objects (MicrosoftDocs/azure-aks-docs
+    The ``namespacedPod`` lists of the ``includeFilters`` streamproc owns
+    (``metric_filters.ours``) in the ContainerNetworkMetric objects (MicrosoftDocs/azure-aks-docs
     articles/aks/how-to-configure-container-network-metrics-filtering.md, commit fb060abe).
     """
 
