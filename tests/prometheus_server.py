@@ -13,6 +13,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -43,21 +44,28 @@ class RunningPrometheus:
 
 @contextlib.contextmanager
 def running_prometheus(
-    tmp_path: Path, targets: dict[str, str], listen: str | None = None
+    tmp_path: Path,
+    targets: dict[str, str],
+    listen: str | None = None,
+    config: dict[str, Any] | None = None,
 ) -> Iterator[RunningPrometheus]:
     """Prometheus scraping ``targets`` (job -> host:port) every 1 s; stopped at the end.
 
     ``listen``: its host:port, when a process started before it must know its URL.
+    ``config``: a whole configuration instead (the repo's own, say); ready once each of its
+    jobs was scraped.
     """
     if PROMETHEUS is None:
         pytest.skip("Debian's prometheus is not installed (.ci/run installs it)")
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [
-            {"job_name": job, "honor_labels": True, "static_configs": [{"targets": [target]}]}
-            for job, target in targets.items()
-        ],
-    }
+    if config is None:
+        config = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "scrape_configs": [
+                {"job_name": job, "honor_labels": True, "static_configs": [{"targets": [t]}]}
+                for job, t in targets.items()
+            ],
+        }
+    jobs = [job["job_name"] for job in config["scrape_configs"]]
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     listen = listen or f"127.0.0.1:{free_port()}"
     log = (tmp_path / "prometheus.log").open("wb")
@@ -75,7 +83,7 @@ def running_prometheus(
     running = RunningPrometheus(f"http://{listen}")
     try:
         deadline = time.monotonic() + 60
-        while not all(running.has(f'up{{job="{job}"}} == 1') for job in targets):
+        while not all(running.has(f'up{{job="{job}"}} == 1') for job in jobs):
             assert server.poll() is None, (tmp_path / "prometheus.log").read_text()[-2000:]
             assert time.monotonic() < deadline, "Prometheus did not scrape every target in 60 s"
             time.sleep(0.2)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import random
 import shutil
-import subprocess
 import time
 import urllib.parse
 import urllib.request
@@ -16,11 +15,12 @@ import pytest
 import yaml
 
 from streamproc.lab import samples
-from streamproc.lab.broker import EmbeddedBroker, free_port
+from streamproc.lab.broker import EmbeddedBroker
 from streamproc.lab.cluster import ClusterBuilder
 from streamproc.lab.kubeemu import KubeEmulator
 from tests.conftest import annotated, wait_for
 from tests.e2e.conftest import Pipeline, produce, topology_file
+from tests.prometheus_server import running_prometheus
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,22 +52,8 @@ def test_prometheus_scrapes_key_series_and_loads_the_rules(
     config["scrape_configs"][0]["static_configs"] = [
         {"targets": [f"127.0.0.1:{pipeline.metrics_port}"]}
     ]
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    listen = f"127.0.0.1:{free_port()}"
-    base = f"http://{listen}"
-    log = (tmp_path / "prometheus.log").open("wb")
-    server = subprocess.Popen(
-        [
-            PROMETHEUS,
-            f"--config.file={tmp_path / 'prometheus.yml'}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address={listen}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-    )
-    try:
+    with running_prometheus(tmp_path, {}, config=config) as prometheus:
+        base = prometheus.url
         rng = random.Random(2)
         redis = next(w for w in cluster.workloads if w.name == "redis")
         produce(
@@ -119,10 +105,6 @@ def test_prometheus_scrapes_key_series_and_loads_the_rules(
         # every rule of the file is loaded (the file's own count, so a new alert needs no edit here)
         written = yaml.safe_load((ROOT / "deploy/prometheus/rules.yml").read_text())
         assert len(rules) == sum(len(g["rules"]) for g in written["groups"]) >= 9
-    finally:
-        server.terminate()
-        server.wait(20)
-        log.close()
 
 
 def rules_now(base: str) -> list[dict[str, str]]:
