@@ -10,8 +10,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-import shutil
-import subprocess
 import threading
 import time
 import urllib.error
@@ -24,15 +22,13 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-import yaml
 
-from streamproc.lab.broker import free_port
 from tests.conftest import wait_for
 from tests.observability.test_dashboard import exported_names, queried_names
+from tests.prometheus_server import running_prometheus
 
 ROOT = Path(__file__).resolve().parents[2]
 GRAFANA = ROOT / "deploy" / "grafana"
-PROMETHEUS = shutil.which("prometheus")
 RATE_WINDOW = "10s"  # stands in for Grafana's $__rate_interval at a 1 s scrape interval
 
 NAMESPACE, WORKLOAD, TOPOLOGY = "shop", "web", "retina-observe"
@@ -219,8 +215,6 @@ def prometheus(
     exposition: tuple[Exposition, int], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     """Debian's Prometheus scraping both endpoints every second; its base URL."""
-    if PROMETHEUS is None:
-        pytest.skip("Debian's prometheus is not installed (.ci/run installs it: apt prometheus)")
     _, port = exposition
     tmp = tmp_path_factory.mktemp("prometheus")
     config = {
@@ -234,22 +228,8 @@ def prometheus(
             for job in ("network", "streamproc")
         ],
     }
-    (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
-    listen = f"127.0.0.1:{free_port()}"
-    base = f"http://{listen}"
-    log = (tmp / "prometheus.log").open("wb")
-    server = subprocess.Popen(
-        [
-            PROMETHEUS,
-            f"--config.file={tmp / 'prometheus.yml'}",
-            f"--storage.tsdb.path={tmp / 'tsdb'}",
-            f"--web.listen-address={listen}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-    )
-    try:
+    with running_prometheus(tmp, {}, config=config) as running:
+        base = running.url
         # every network series has two samples inside the rate window, and the gauge is in
         wait_for(
             lambda: (
@@ -259,10 +239,6 @@ def prometheus(
             what="every network series with a rate, and the gauge, scraped",
         )
         yield base
-    finally:
-        server.terminate()
-        server.wait(20)
-        log.close()
 
 
 def api(base: str, path: str, **params: str) -> Any:
