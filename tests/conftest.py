@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from streamproc.clients import kube
+from streamproc.clients import kube, metrics
 from streamproc.cluster.resolving import WorkloadResolver
 from streamproc.lab.broker import BrokerUnavailable, EmbeddedBroker
 from streamproc.lab.cluster import ClusterBuilder, SampleWorkload, sample_cluster
@@ -60,6 +60,17 @@ async def async_wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(interval)
+
+
+@pytest.fixture(autouse=True)
+def _no_observed_pods_left_over() -> None:
+    """Each test starts with no pod in ``streamproc_observed_pod_since_seconds``.
+
+    The gauge names pods by their (sample cluster) names in a process-global registry: an earlier
+    test's expirer that never ended its observations would otherwise show up in a later test's
+    scrape or count.
+    """
+    metrics.observed_pod_since.clear()
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import orjson
 import pytest
 from prometheus_client import REGISTRY, start_http_server
 
-from streamproc.clients import kube, metrics
+from streamproc.clients import kube
 from streamproc.lab.broker import EmbeddedBroker, free_port
 from streamproc.lab.cluster import ClusterBuilder
 from streamproc.lab.kubeemu import KubeEmulator
@@ -79,9 +79,6 @@ async def test_evidence_of_a_live_and_of_a_past_observation_as_a_table_and_json(
     redis = workload(cluster, "redis")
     pods = [ExportedPod("shop", p, "10.0.0.1", "StatefulSet", "redis") for p in redis.pods]
     exporter = RetinaExporter(pods, observed=annotated_in(lambda: emulator.list("Pod")))
-    # this worker's registry may hold redis's series from an earlier test's expirer that never
-    # ended it: only this test's expirer's series may be scraped here
-    metrics.observed_pod_since.clear()
     client = await kube.Kube.connect(str(kubeconfig))
     with (
         exporter,

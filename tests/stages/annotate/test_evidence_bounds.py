@@ -11,7 +11,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from streamproc.clients import kube, metrics, prometheus
+from streamproc.clients import kube, prometheus
 from streamproc.cluster import evidencing, releasing
 from streamproc.lab.cluster import ClusterBuilder
 from streamproc.lab.kubeemu import KubeEmulator
@@ -181,7 +181,6 @@ async def test_a_release_by_hand_is_forgotten_at_the_next_resync_with_its_gauge(
     client: kube.Kube, cluster: ClusterBuilder
 ) -> None:
     """The pod no longer marked leaves the schedule and streamproc_observed_pod_since_seconds."""
-    metrics.observed_pod_since.clear()  # an earlier test's expirer in this worker left redis's
     redis = workload(cluster, "redis")
     annotator, expirer = make(client, ttl=600)
     await annotator.apply(action_for(redis))
