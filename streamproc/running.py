@@ -151,9 +151,13 @@ async def _start_annotate(
         ttl_s=settings.resolver_cache_ttl_s,
         cache=cache,
     )
-    audit_producer = kafka.producer(settings)
-    cleanups.append(audit_producer.stop)  # also when its start fails: it holds connections
-    await audit_producer.start()
+    started = await kafka.start_when_reachable(
+        settings, stop, lambda: (kafka.producer(settings),), "annotate was connecting"
+    )
+    if started is None:
+        return []  # asked to stop while Kafka was away
+    (audit_producer,) = started
+    cleanups.append(audit_producer.stop)
     auditor = auditing.KafkaAuditor(audit_producer, settings.topics.audit, cluster=settings.cluster)
     cleanups.append(auditor.flush)
     # what this replica expires and follows: the workloads of the action partitions it holds
@@ -228,6 +232,31 @@ async def _start_annotate(
         asyncio.create_task(stage.run(stop), name="annotate"),
         asyncio.create_task(follower.run(stop), name="follower"),
     ]
+
+
+async def _start_windows(
+    settings: Settings,
+    topologies: Sequence[Topology],
+    stop: asyncio.Event,
+    cleanups: list[Callable[[], Awaitable[None]]],
+) -> asyncio.Task[None]:
+    """The Faust app, started; its task ends when ``stop`` is set or raises if the app crashed."""
+    # Faust keeps table metadata on disk; state itself lives in the changelog topics.
+    scratch = _scratch_dir()
+
+    async def remove_scratch() -> None:
+        scratch.cleanup()
+
+    cleanups.append(remove_scratch)
+    # Faust refuses a table whose changelog has other partitions than its source topic: the
+    # tables follow the tallies topic as it is, whatever --partitions says now
+    found = await kafka.partition_counts(settings, [settings.topics.tallies])
+    partitions = found.get(settings.topics.tallies, settings.partitions)
+    app = build_app(dataclasses.replace(settings, partitions=partitions), topologies, scratch.name)
+    app.finalize()
+    await app.start()
+    cleanups.append(app.stop)
+    return asyncio.create_task(until_crashed(app, stop), name="windows")
 
 
 async def _ingestor(
@@ -344,27 +373,12 @@ async def run_stages(
             ingestor = await _ingestor(settings, topologies, stop, running, cleanups, tasks)
             tasks.append(asyncio.create_task(ingestor.run(stop), name="ingest"))
         if "windows" in stages:
-            # Faust keeps table metadata on disk; state itself lives in the changelog topics.
-            scratch = _scratch_dir()
-
-            async def remove_scratch() -> None:
-                scratch.cleanup()
-
-            cleanups.append(remove_scratch)
-            # Faust refuses a table whose changelog has other partitions than its source topic:
-            # the tables follow the tallies topic as it is, whatever --partitions says now
-            found = await kafka.partition_counts(settings, [settings.topics.tallies])
-            partitions = found.get(settings.topics.tallies, settings.partitions)
-            app = build_app(
-                dataclasses.replace(settings, partitions=partitions), topologies, scratch.name
-            )
-            app.finalize()
-            await app.start()
-            cleanups.append(app.stop)
-            tasks.append(asyncio.create_task(until_crashed(app, stop), name="windows"))
+            tasks.append(await _start_windows(settings, topologies, stop, cleanups))
         if "annotate" in stages:
             assert api is not None
             tasks += await _start_annotate(settings, topologies, stop, running, api, cleanups)
+        if stop.is_set():
+            return  # asked to stop while the stages were starting
         running.ready.set()
         log.info("running: %s", ", ".join(stages))
         stopper = asyncio.create_task(stop.wait())

@@ -122,6 +122,9 @@ def stage_args(command: str, bootstrap: str, tmp_path: Path, kubeconfig: Path | 
 def assert_plain(output: str) -> None:
     assert "Traceback" not in output, output
     assert "never awaited" not in output, output
+    # a client left open or a task left pending: Python says so at exit, in lines of repr
+    assert "Unclosed" not in output, output
+    assert "Task was destroyed" not in output, output
 
 
 @pytest.fixture

@@ -7,12 +7,14 @@ work a record caused is durable: at-least-once end to end. One job per module:
 - ``connecting``: TLS/SASL options, producer and consumer factories, the group's assignor;
 - ``explaining``: what failed talking to Kafka, in one line for a person;
 - ``admin``: topics, waiting for the brokers, reporting outages;
+- ``reconnecting``: work (a stage's clients starting) tried again when Kafka went away meanwhile;
 - ``reading``: whole topics and time ranges for reports and ``simulate``, joining no group;
 - ``committing``: the background committer, lag per fetch;
 - ``dead_letters``: refused records and skipped batches, with the headers that say why;
 - ``recovery``: the undecodable-batch policy (``Reader``);
 - ``survey``: the doctor's read-only look at topics and groups;
-- ``aliases``: the names callers type against instead of aiokafka's (``Consumer``, ``Record``...).
+- ``aliases``: the names callers type against instead of aiokafka's (``Consumer``, ``Record``...);
+- ``upstream_fixes``: a fix to aiokafka applied on import, until aiokafka ships it.
 
 Callers import the package (``from streamproc.clients import kafka``) and use ``kafka.X``.
 """
@@ -37,6 +39,7 @@ from streamproc.clients.kafka.connecting import (
     publish,
     ssl_context,
     started,
+    stop_clients,
 )
 from streamproc.clients.kafka.dead_letters import (
     BadBatch,
@@ -46,6 +49,12 @@ from streamproc.clients.kafka.dead_letters import (
 )
 from streamproc.clients.kafka.explaining import connect_errors, describe, explain, refused
 from streamproc.clients.kafka.reading import UnknownTopic, read_range, read_topic
+from streamproc.clients.kafka.reconnecting import (
+    start_when_reachable,
+    started_when_reachable,
+    went_away,
+    when_reachable,
+)
 from streamproc.clients.kafka.recovery import Reader
 from streamproc.clients.kafka.survey import (
     SAMPLE_PER_PARTITION,
@@ -54,6 +63,9 @@ from streamproc.clients.kafka.survey import (
     end_offsets,
     survey,
 )
+from streamproc.clients.kafka.upstream_fixes import apply as _apply_upstream_fixes
+
+_apply_upstream_fixes()
 
 __all__ = [
     "SAMPLE_PER_PARTITION",
@@ -90,8 +102,13 @@ __all__ = [
     "refused",
     "report_batch",
     "ssl_context",
+    "start_when_reachable",
     "started",
+    "started_when_reachable",
+    "stop_clients",
     "survey",
     "wait_for_broker",
     "watch_broker",
+    "went_away",
+    "when_reachable",
 ]

@@ -35,8 +35,8 @@ class TopicSpec:
 async def ensure_topics(settings: Settings, specs: Iterable[TopicSpec]) -> None:
     """Create missing topics one by one (so one that exists cannot abort the others)."""
     admin = AIOKafkaAdminClient(**connection_options(settings))
-    await admin.start()
     try:
+        await admin.start()  # in the try: one whose start failed holds connections too
         existing = set(await admin.list_topics())
         for spec in specs:
             if spec.name in existing:
@@ -51,8 +51,8 @@ async def ensure_topics(settings: Settings, specs: Iterable[TopicSpec]) -> None:
 async def partition_counts(settings: Settings, names: Iterable[str]) -> dict[str, int]:
     """How many partitions each existing topic of ``names`` has (missing ones are left out)."""
     admin = AIOKafkaAdminClient(**connection_options(settings))
-    await admin.start()
     try:
+        await admin.start()
         described = await admin.describe_topics(list(names))
     finally:
         await admin.close()

@@ -11,7 +11,7 @@ import contextlib
 import json
 import logging
 import ssl
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
@@ -24,7 +24,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from streamproc.clients.kafka.explaining import describe
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterable
+    from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 
     from streamproc.settings import KafkaSecurity, Settings
 
@@ -256,8 +256,12 @@ def consumer(
     return created
 
 
+#: a client :func:`started` and :func:`stop_clients` start and stop
+Client: TypeAlias = AIOKafkaProducer | AIOKafkaConsumer
+
+
 @contextlib.asynccontextmanager
-async def started(*clients: AIOKafkaProducer | AIOKafkaConsumer) -> AsyncIterator[None]:
+async def started(*clients: Client) -> AsyncIterator[None]:
     """Start clients for a block; stop every one after, also those whose start failed.
 
     A start that fails (the broker went away meanwhile) leaves connections and tasks behind
@@ -268,8 +272,13 @@ async def started(*clients: AIOKafkaProducer | AIOKafkaConsumer) -> AsyncIterato
             await client.start()
         yield
     finally:
-        for client in reversed(clients):
-            try:
-                await client.stop()
-            except Exception as exc:
-                log.warning("stopping a Kafka client: %s", describe(exc))
+        await stop_clients(clients)
+
+
+async def stop_clients(clients: Sequence[Client]) -> None:
+    """Stop each client, the last started first, whatever the others do."""
+    for client in reversed(clients):
+        try:
+            await client.stop()
+        except Exception as exc:
+            log.warning("stopping a Kafka client: %s", describe(exc))

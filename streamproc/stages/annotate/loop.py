@@ -205,14 +205,21 @@ class AnnotateStage:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume actions until ``stop``; commit after each batch is applied."""
-        consumer = kafka.consumer(
-            self._settings,
-            [self._settings.actions_topic],
-            self._settings.annotate_group,
-            on_assignment=self._assigned if self.ownership else None,
-        )
-        producer = kafka.producer(self._settings)
-        async with kafka.started(producer, consumer):
+
+        def clients() -> tuple[kafka.Producer, kafka.Consumer]:
+            return kafka.producer(self._settings), kafka.consumer(
+                self._settings,
+                [self._settings.actions_topic],
+                self._settings.annotate_group,
+                on_assignment=self._assigned if self.ownership else None,
+            )
+
+        async with kafka.started_when_reachable(
+            self._settings, stop, clients, "annotate was connecting"
+        ) as started:
+            if started is None:
+                return  # asked to stop while Kafka was away
+            producer, consumer = started
             self._consumer = consumer
             # the batch's audit records are durable before its actions are acknowledged
             committer = kafka.Committer(consumer, STAGE, before=self.annotator.auditor.flush)

@@ -304,11 +304,21 @@ class Ingestor:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; survive broker outages by retrying the same batch."""
-        consumer = kafka.consumer(self.settings, self.source_topics, self.settings.groups.ingest)
-        # A batch's tallies are all sent before the first is awaited, so they share one request
-        # anyway: lingering would only delay it.
-        producer = kafka.producer(self.settings, linger_ms=0)
-        async with kafka.started(producer, consumer):
+
+        def clients() -> tuple[kafka.Producer, kafka.Consumer]:
+            # A batch's tallies are all sent before the first is awaited, so they share one
+            # request anyway: lingering would only delay it.
+            return (
+                kafka.producer(self.settings, linger_ms=0),
+                kafka.consumer(self.settings, self.source_topics, self.settings.groups.ingest),
+            )
+
+        async with kafka.started_when_reachable(
+            self.settings, stop, clients, "ingest was connecting"
+        ) as started:
+            if started is None:
+                return  # asked to stop while Kafka was away
+            producer, consumer = started
             log.info("ingest reading %s", ", ".join(self.source_topics))
             await self._consume(consumer, producer, stop)
 
