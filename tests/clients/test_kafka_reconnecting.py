@@ -128,3 +128,32 @@ def test_only_an_absent_broker_is_waited_for() -> None:
     assert kafka.went_away(NodeNotReadyError())
     assert not kafka.went_away(TopicAuthorizationFailedError())
     assert not kafka.went_away(SaslAuthenticationFailed())
+
+
+async def test_a_stop_cancels_a_start_that_waits_on_an_address_that_never_answers() -> None:
+    """A broker address that accepts and never answers holds a client's start for its request
+    timeout (40 s); a stop meanwhile ends the start at once, with nothing left open."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def hold(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)  # read nothing, answer nothing
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    settings = Settings(bootstrap_servers=f"127.0.0.1:{port}")
+    stop = asyncio.Event()
+    try:
+        starting = asyncio.create_task(
+            kafka.start_when_reachable(
+                settings, stop, lambda: (kafka.producer(settings),), "testing"
+            )
+        )
+        await async_wait_for(lambda: accepted, what="the client's connection")
+        stop.set()
+        assert await asyncio.wait_for(starting, timeout=10) is None
+        assert not aiokafka_tasks(), aiokafka_tasks()
+    finally:
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiokafka.errors import (
     KafkaConnectionError,
@@ -29,7 +29,7 @@ from streamproc.clients.kafka.explaining import describe, refused
 
 if TYPE_CHECKING:
     import asyncio
-    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+    from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 
     from streamproc.settings import Settings
 
@@ -48,7 +48,10 @@ def went_away(exc: BaseException) -> bool:
 
 
 async def when_reachable(
-    settings: Settings, stop: asyncio.Event, attempt: Callable[[], Awaitable[T]], what: str
+    settings: Settings,
+    stop: asyncio.Event,
+    attempt: Callable[[], Coroutine[Any, Any, T]],
+    what: str,
 ) -> T | None:
     """``attempt()``'s result, made again each time Kafka is back; None once ``stop`` is set.
 
@@ -57,7 +60,9 @@ async def when_reachable(
     delay = 0.2
     while not stop.is_set():
         try:
-            return await attempt()
+            # a stop cancels the attempt (a connect to an address that never answers waits for
+            # the clients' own timeout); what it started is stopped by its own cleanup
+            return await stopping.unless_stopped(attempt(), stop)
         except KafkaError as exc:
             if not went_away(exc):
                 raise
