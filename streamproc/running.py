@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import os
 import shutil
@@ -152,10 +153,10 @@ async def _start_annotate(
         cache=cache,
     )
     started = await kafka.start_when_reachable(
-        settings, stop, lambda: (kafka.producer(settings),), "annotate was connecting"
+        settings, stop, lambda: (kafka.producer(settings),), "the audit producer was connecting"
     )
     if started is None:
-        return []  # asked to stop while Kafka was away
+        return tasks  # asked to stop while Kafka was away: the cache's task is stopped too
     (audit_producer,) = started
     cleanups.append(audit_producer.stop)
     auditor = auditing.KafkaAuditor(audit_producer, settings.topics.audit, cluster=settings.cluster)
@@ -239,8 +240,11 @@ async def _start_windows(
     topologies: Sequence[Topology],
     stop: asyncio.Event,
     cleanups: list[Callable[[], Awaitable[None]]],
-) -> asyncio.Task[None]:
-    """The Faust app, started; its task ends when ``stop`` is set or raises if the app crashed."""
+) -> asyncio.Task[None] | None:
+    """The Faust app, started; its task ends when ``stop`` is set or raises if the app crashed.
+
+    None when asked to stop before the app started.
+    """
     # Faust keeps table metadata on disk; state itself lives in the changelog topics.
     scratch = _scratch_dir()
 
@@ -250,7 +254,10 @@ async def _start_windows(
     cleanups.append(remove_scratch)
     # Faust refuses a table whose changelog has other partitions than its source topic: the
     # tables follow the tallies topic as it is, whatever --partitions says now
-    found = await kafka.partition_counts(settings, [settings.topics.tallies])
+    counts = functools.partial(kafka.partition_counts, settings, [settings.topics.tallies])
+    found = await kafka.when_reachable(settings, stop, counts, "topics were described")
+    if found is None:
+        return None  # asked to stop while Kafka was away
     partitions = found.get(settings.topics.tallies, settings.partitions)
     app = build_app(dataclasses.replace(settings, partitions=partitions), topologies, scratch.name)
     app.finalize()
@@ -340,6 +347,26 @@ def stage_topics(
     return list(dict.fromkeys(names))
 
 
+async def _ready(
+    settings: Settings,
+    topologies: Sequence[Topology],
+    stages: Sequence[str],
+    stop: asyncio.Event,
+    api: kube.Kube | None,
+) -> bool:
+    """Wait for Kafka and the API server, then create the stages' topics; False if stopped."""
+    if not await kafka.wait_for_broker(settings, stop):
+        return False
+    if api is not None and not await wait_for_api_server(api, stop):
+        return False
+    specs = [
+        kafka.TopicSpec(name, settings.partitions)
+        for name in stage_topics(settings, topologies, stages)
+    ]
+    topics = functools.partial(kafka.ensure_topics, settings, specs)
+    return await kafka.when_reachable(settings, stop, topics, "topics were checked") is not None
+
+
 async def run_stages(
     settings: Settings,
     topologies: Sequence[Topology],
@@ -357,23 +384,16 @@ async def run_stages(
     if api is not None:
         cleanups.append(api.close)
     try:
-        if not await kafka.wait_for_broker(settings, stop):
-            return  # asked to stop before Kafka ever answered: nothing was started
-        if api is not None and not await wait_for_api_server(api, stop):
-            return  # asked to stop before the API server ever answered
-        await kafka.ensure_topics(
-            settings,
-            [
-                kafka.TopicSpec(name, settings.partitions)
-                for name in stage_topics(settings, topologies, stages)
-            ],
-        )
+        if not await _ready(settings, topologies, stages, stop, api):
+            return  # asked to stop before Kafka (or the API server) answered: nothing started
         tasks.append(asyncio.create_task(kafka.watch_broker(settings, stop), name="kafka-watch"))
         if "ingest" in stages:
             ingestor = await _ingestor(settings, topologies, stop, running, cleanups, tasks)
             tasks.append(asyncio.create_task(ingestor.run(stop), name="ingest"))
-        if "windows" in stages:
-            tasks.append(await _start_windows(settings, topologies, stop, cleanups))
+        if "windows" in stages and (
+            windows := await _start_windows(settings, topologies, stop, cleanups)
+        ):
+            tasks.append(windows)
         if "annotate" in stages:
             assert api is not None
             tasks += await _start_annotate(settings, topologies, stop, running, api, cleanups)

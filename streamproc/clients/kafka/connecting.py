@@ -276,9 +276,20 @@ async def started(*clients: Client) -> AsyncIterator[None]:
 
 
 async def stop_clients(clients: Sequence[Client]) -> None:
-    """Stop each client, the last started first, whatever the others do."""
+    """Stop each client, the last started first, whatever the others do.
+
+    aiokafka cancels its own background tasks and awaits them while stopping (its fetcher, fixed
+    by ``upstream_fixes``; the group coordinator's heartbeat and commit refresh likewise), so a
+    CancelledError out of ``stop()`` may be aiokafka's own: unless this task is being cancelled,
+    the other clients are stopped all the same.
+    """
     for client in reversed(clients):
         try:
             await client.stop()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            log.warning("stopping a Kafka client: it was cancelled from within")
         except Exception as exc:
             log.warning("stopping a Kafka client: %s", describe(exc))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiokafka.errors import (
@@ -38,6 +39,9 @@ log = logging.getLogger("streamproc.kafka")
 T = TypeVar("T")
 C = TypeVar("C", bound="Sequence[Client]")
 
+#: how often an attempt that keeps failing because Kafka went away says so again
+REPORT_EVERY_S = 30.0
+
 #: what the clients raise when the brokers could not be reached or did not answer
 _AWAY = (KafkaConnectionError, NodeNotReadyError, RequestTimedOutError, KafkaTimeoutError)
 
@@ -58,6 +62,7 @@ async def when_reachable(
     ``what`` names the work for the one line said when Kafka went away during it.
     """
     delay = 0.2
+    said_at: float | None = None
     while not stop.is_set():
         try:
             # a stop cancels the attempt (a connect to an address that never answers waits for
@@ -66,11 +71,13 @@ async def when_reachable(
         except KafkaError as exc:
             if not went_away(exc):
                 raise
-            log.warning(
-                "Kafka went away while %s (%s); waiting for it to start again",
-                what,
-                describe(exc),
-            )
+            if said_at is None or time.monotonic() - said_at >= REPORT_EVERY_S:
+                said_at = time.monotonic()  # a flapping broker: one line, then the wait's own
+                log.warning(
+                    "Kafka went away while %s (%s); waiting for it to start again",
+                    what,
+                    describe(exc),
+                )
         if not await wait_for_broker(settings, stop):
             break
         # the brokers answer the probe yet the attempt failed: do not spin while they settle
