@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -219,3 +220,21 @@ def time_passes(expirer: Expirer, seconds: float) -> None:
     assert isinstance(clock, Clock)
     clock.advance(seconds)
     expirer.wake()
+
+
+@contextlib.asynccontextmanager
+async def running(
+    *loops: Callable[[asyncio.Event], Coroutine[Any, Any, None]],
+    stop_within: float | None = None,
+) -> AsyncIterator[None]:
+    """Run loops (an expirer's, a cache's) until the block ends, then stop and await them.
+
+    ``stop_within`` bounds that wait where the stop's own promptness is under test.
+    """
+    stop = asyncio.Event()
+    started = [asyncio.create_task(run(stop)) for run in loops]
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*started), stop_within)

@@ -24,7 +24,7 @@ from streamproc.lab.kubeemu import KubeEmulator
 from streamproc.lab.retina_exporter import ExportedPod, RetinaExporter, annotated_in, series
 from streamproc.model import conventions
 from streamproc.stages.annotate.expiring import Expirer
-from tests.conftest import action_for, async_wait_for, make, time_passes, workload
+from tests.conftest import action_for, async_wait_for, make, running, time_passes, workload
 from tests.e2e.conftest import consume_all
 from tests.prometheus_server import RunningPrometheus, running_prometheus, wait_scraped_after
 
@@ -141,14 +141,9 @@ async def test_evidence_of_a_live_and_of_a_past_observation_as_a_table_and_json(
             ended = time.time()
 
             # the expirer finds the observation ended and drops its series; Prometheus sees it go
-            stop = asyncio.Event()
-            task = asyncio.create_task(expirer.run(stop))
-            try:
+            async with running(expirer.run):
                 time_passes(expirer, 3600)
                 await async_wait_for(lambda: not expirer.active, timeout=15, what="the schedule")
-            finally:
-                stop.set()
-                await task
             await async_wait_for(lambda: gauge_gone(prom), timeout=30, what="the gauge to go stale")
 
             past = await asyncio.to_thread(

@@ -26,6 +26,7 @@ from tests.conftest import (
     annotated,
     async_wait_for,
     make,
+    running,
     time_passes,
     topology,
     workload,
@@ -192,9 +193,7 @@ async def test_expiry_removes_only_what_streamproc_added(
     )
     annotator, expirer = make(client, ttl=60)
     await annotator.apply(action_for(frontend))
-    stop = asyncio.Event()
-    task = asyncio.create_task(expirer.run(stop))
-    try:
+    async with running(expirer.run):
         time_passes(expirer, 3600)
         await async_wait_for(
             lambda: (
@@ -207,9 +206,6 @@ async def test_expiry_removes_only_what_streamproc_added(
             timeout=15,
             what="observations to expire",
         )
-    finally:
-        stop.set()
-        await task
     assert annotated(emulator) == {owner_set}
     annotations = (emulator.get("Pod", "shop", owner_set) or {})["metadata"]["annotations"]
     assert annotations == {"retina.sh": "observe", "team": "x"}
@@ -224,14 +220,9 @@ async def test_an_observation_already_ended_is_not_expired_a_second_time(
     await annotator.apply(action_for(redis))
     for pod in redis.pods:  # someone (``streamproc release``, a person) ends it first
         await releasing.release(client, kube.ObjectRef.pod("shop", pod))
-    stop = asyncio.Event()
-    task = asyncio.create_task(expirer.run(stop))
-    try:
+    async with running(expirer.run):
         time_passes(expirer, 3600)
         await async_wait_for(lambda: not expirer.active, timeout=15, what="the schedule")
-    finally:
-        stop.set()
-        await task
     assert expirer.expired == 0
     expired_events = [e for e in emulator.list("Event") if e.get("reason") == "ObservationExpired"]
     assert expired_events == []
@@ -246,15 +237,10 @@ async def test_a_restarted_expirer_expires_from_the_pods_own_annotations(
     await annotator.apply(action_for(redis))
     assert annotated(emulator) == set(redis.pods)
     fresh = Expirer(client, resync_s=60, clock=lambda: time.time() + 3600)  # an hour later
-    stop = asyncio.Event()
-    task = asyncio.create_task(fresh.run(stop))
-    try:
+    async with running(fresh.run):
         await async_wait_for(
             lambda: not annotated(emulator), timeout=15, what="expiry after restart"
         )
-    finally:
-        stop.set()
-        await task
     assert fresh.expired == len(redis.pods)
 
 
@@ -320,18 +306,13 @@ async def test_every_outcome_is_audited_with_who_what_and_when(
     dry, _ = make(client, dry_run=True)
     dry.auditor = auditor
     await dry.apply(action_for(workload(cluster, "frontend")))
-    stop = asyncio.Event()
-    task = asyncio.create_task(expirer.run(stop))
-    try:
+    async with running(expirer.run):
         time_passes(expirer, 3600)
         await async_wait_for(
             lambda: sum(r["result"] == "expired" for r in auditor.records) == 2,
             timeout=15,
             what="expiry audit records",
         )
-    finally:
-        stop.set()
-        await task
     results = [r["result"] for r in auditor.records]
     assert results[:3] == ["applied", "extended", "dry-run"]
     opened = auditor.records[0]
@@ -406,9 +387,7 @@ async def test_namespace_scope_annotates_the_namespace_and_expires_it(
     assert [(o.kind, o.workload) for o in found] == [("Namespace", "shop")]
     # a restarted expirer, an hour later, finds it through the label
     fresh = Expirer(client, resync_s=60, clock=lambda: time.time() + 3600)
-    stop = asyncio.Event()
-    task = asyncio.create_task(fresh.run(stop))
-    try:
+    async with running(fresh.run):
         await async_wait_for(
             lambda: (
                 "retina.sh"
@@ -420,9 +399,6 @@ async def test_namespace_scope_annotates_the_namespace_and_expires_it(
             timeout=15,
             what="the namespace observation to expire",
         )
-    finally:
-        stop.set()
-        await task
     labels = (emulator.get("Namespace", "", "shop") or {})["metadata"]["labels"]
     assert conventions.OBSERVED_LABEL not in labels
     assert labels["kubernetes.io/metadata.name"] == "shop"

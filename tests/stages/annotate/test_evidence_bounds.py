@@ -17,9 +17,9 @@ from streamproc.lab.cluster import ClusterBuilder
 from streamproc.lab.kubeemu import KubeEmulator
 from streamproc.model import conventions, evidence
 from streamproc.stages.annotate.evidencing import Ending, Evidencer
-from streamproc.stages.annotate.expiring import Expirer
 from tests import doubles as testing
-from tests.conftest import action_for, async_wait_for, make, time_passes, workload
+from tests.conftest import action_for, async_wait_for, make, running, time_passes, workload
+from tests.stages.annotate.evidence_helpers import reading_evidence
 from tests.stages.annotate.test_evidence_faults import EMPTY, answering, never, standin
 
 TARGET = evidence.Target("shop", ("web-0",), 1_800_000_000.0, 1_800_000_600.0)
@@ -134,17 +134,10 @@ async def test_a_tenant_who_moves_or_breaks_observed_since_keeps_its_whole_range
     redis = workload(cluster, "redis")
     annotator, made = make(client, ttl=60)
     annotator.auditor = (opened := testing.MemoryAuditor())
-    async with standin(answering(EMPTY)) as url:
-        evidence_from = prometheus.Prometheus(url, timeout_s=1)
-        expirer = Expirer(
-            client,
-            resync_s=60,
-            clock=made.clock,
-            policy=made.policy,
-            auditor=(auditor := testing.MemoryAuditor()),
-            evidence_from=evidence_from,
-            evidence_delay_s=0,
-        )
+    async with (
+        standin(answering(EMPTY)) as url,
+        reading_evidence(client, made, url, timeout_s=1) as (expirer, auditor),
+    ):
         annotator.scheduler = expirer
         await annotator.apply(action_for(redis))
         meta = (emulator.get("Pod", "shop", redis.pods[0]) or {})["metadata"]
@@ -156,19 +149,13 @@ async def test_a_tenant_who_moves_or_breaks_observed_since_keeps_its_whole_range
             emulator.update("Pod", "shop", pod, {"metadata": {"annotations": {
                 conventions.OBSERVED_SINCE: value
             }}})  # fmt: skip
-        stop = asyncio.Event()
-        task = asyncio.create_task(expirer.run(stop))
-        try:
+        async with running(expirer.run):
             time_passes(expirer, 3600)
             await async_wait_for(
                 lambda: sum(r["result"] == "expired" for r in auditor.records) == len(redis.pods),
                 timeout=30,
                 what="the expiry records",
             )
-        finally:
-            stop.set()
-            await task
-            await evidence_from.close()
     for record in (r for r in auditor.records if r["result"] == "expired"):
         assert record["evidence"]["range"][0] == since, record
         # stamped when it ended (the expirer's clock is an hour ahead), not when written

@@ -12,14 +12,14 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from streamproc.clients import kube, prometheus
+from streamproc.clients import kube
 from streamproc.lab.broker import free_port
 from streamproc.lab.cluster import ClusterBuilder
 from streamproc.lab.kubeemu import KubeEmulator
 from streamproc.model import conventions
-from streamproc.stages.annotate.expiring import Expirer
 from tests import doubles as testing
-from tests.conftest import action_for, async_wait_for, make, time_passes, workload
+from tests.conftest import action_for, async_wait_for, make, running, time_passes, workload
+from tests.stages.annotate.evidence_helpers import reading_evidence
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -96,33 +96,19 @@ async def test_a_failing_prometheus_never_holds_up_an_expiry_and_the_record_says
     """Marks are removed, then the Event and the record name why evidence is missing; counted."""
     redis = workload(cluster, "redis")
     before = testing.metric("streamproc_evidence_total", result=missing)
-    async with standin(handler) as url:
-        annotator, expirer = make(client, ttl=60)
-        evidence_from = prometheus.Prometheus(url, timeout_s=0.5)
-        expirer = Expirer(
-            client,
-            resync_s=60,
-            clock=expirer.clock,
-            policy=expirer.policy,
-            auditor=(auditor := testing.MemoryAuditor()),
-            evidence_from=evidence_from,
-            evidence_delay_s=0,
-            evidence_total_s=1.0,
-        )
+    annotator, made = make(client, ttl=60)
+    async with (
+        standin(handler) as url,
+        reading_evidence(client, made, url, timeout_s=0.5, total_s=1.0) as (expirer, auditor),
+    ):
         await annotator.apply(action_for(redis))
-        stop = asyncio.Event()
-        task = asyncio.create_task(expirer.run(stop))
-        try:
+        async with running(expirer.run):
             time_passes(expirer, 3600)
             await async_wait_for(
                 lambda: sum(r["result"] == "expired" for r in auditor.records) == len(redis.pods),
                 timeout=30,
                 what="the expiry records",
             )
-        finally:
-            stop.set()
-            await task
-            await evidence_from.close()
     assert not observed(emulator, redis.pods)
     for record in auditor.records:
         assert record["evidence"]["missing"] == missing, record
@@ -137,29 +123,14 @@ async def test_an_unreachable_prometheus_is_named_in_the_record(
     """Nothing listens at the URL: the expiry goes ahead and says ``unreachable``."""
     redis = workload(cluster, "redis")
     annotator, made = make(client, ttl=60)
-    auditor = testing.MemoryAuditor()
-    evidence_from = prometheus.Prometheus(f"http://127.0.0.1:{free_port()}", timeout_s=1.0)
-    expirer = Expirer(
-        client,
-        resync_s=60,
-        clock=made.clock,
-        policy=made.policy,
-        auditor=auditor,
-        evidence_from=evidence_from,
-        evidence_delay_s=0,
-    )
-    await annotator.apply(action_for(redis))
-    stop = asyncio.Event()
-    task = asyncio.create_task(expirer.run(stop))
-    try:
-        time_passes(expirer, 3600)
-        await async_wait_for(
-            lambda: len(auditor.records) == len(redis.pods), timeout=30, what="the records"
-        )
-    finally:
-        stop.set()
-        await task
-        await evidence_from.close()
+    nobody = f"http://127.0.0.1:{free_port()}"
+    async with reading_evidence(client, made, nobody, timeout_s=1.0) as (expirer, auditor):
+        await annotator.apply(action_for(redis))
+        async with running(expirer.run):
+            time_passes(expirer, 3600)
+            await async_wait_for(
+                lambda: len(auditor.records) == len(redis.pods), timeout=30, what="the records"
+            )
     assert {r["evidence"]["missing"] for r in auditor.records} == {"unreachable"}
     assert not observed(emulator, redis.pods)
 
@@ -169,24 +140,14 @@ async def test_the_release_happens_while_evidence_waits_and_a_stop_writes_the_re
 ) -> None:
     """A Prometheus that never answers: marks gone with the evidence pending; the stop writes."""
     redis = workload(cluster, "redis")
-    async with standin(never) as url:
-        annotator, made = make(client, ttl=60)
-        auditor = testing.MemoryAuditor()
-        evidence_from = prometheus.Prometheus(url, timeout_s=600)
-        expirer = Expirer(
-            client,
-            resync_s=60,
-            clock=made.clock,
-            policy=made.policy,
-            auditor=auditor,
-            evidence_from=evidence_from,
-            evidence_delay_s=0,
-            evidence_total_s=1200,
-        )
+    annotator, made = make(client, ttl=60)
+    async with (
+        standin(never) as url,
+        reading_evidence(client, made, url, timeout_s=600, total_s=1200) as (expirer, auditor),
+    ):
         await annotator.apply(action_for(redis))
-        stop = asyncio.Event()
-        task = asyncio.create_task(expirer.run(stop))
-        try:
+        # the stop is bounded: a couple of seconds of grace for the waiting evidence
+        async with running(expirer.run, stop_within=15):
             time_passes(expirer, 3600)
             await async_wait_for(
                 lambda: not observed(emulator, redis.pods), timeout=30, what="the release"
@@ -197,10 +158,6 @@ async def test_the_release_happens_while_evidence_waits_and_a_stop_writes_the_re
                 what="the evidence to be waiting",
             )
             assert auditor.records == []  # the record waits for its evidence, not the release
-        finally:
-            stop.set()
-            await asyncio.wait_for(task, 15)  # bounded: a couple of seconds of grace
-            await evidence_from.close()
     assert len(auditor.records) == len(redis.pods)
     assert {r["evidence"]["missing"] for r in auditor.records} == {"shutdown"}
     assert len(expired_events(emulator)) == len(redis.pods)
@@ -227,27 +184,13 @@ async def test_marks_from_before_observed_since_get_no_range_and_no_query(
                 pod,
                 {"metadata": {"annotations": {conventions.OBSERVED_SINCE: None}}},
             )
-        auditor = testing.MemoryAuditor()
-        evidence_from = prometheus.Prometheus(url, timeout_s=1)
-        expirer = Expirer(
-            client,
-            resync_s=60,
-            clock=made.clock,
-            policy=made.policy,
-            auditor=auditor,
-            evidence_from=evidence_from,
-            evidence_delay_s=0,
-        )
-        stop = asyncio.Event()
-        task = asyncio.create_task(expirer.run(stop))
-        try:
+        async with (
+            reading_evidence(client, made, url, timeout_s=1) as (expirer, auditor),
+            running(expirer.run),
+        ):
             time_passes(expirer, 3600)
             await async_wait_for(
                 lambda: len(auditor.records) == len(redis.pods), timeout=30, what="the records"
             )
-        finally:
-            stop.set()
-            await task
-            await evidence_from.close()
     assert {r["evidence"]["missing"] for r in auditor.records} == {"no-range"}
     assert asked == []

@@ -9,10 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from streamproc.clients import kube
 from streamproc.cluster.cache import ClusterCache
@@ -23,7 +22,7 @@ from streamproc.model import conventions, patches
 from streamproc.settings import Settings
 from streamproc.stages.annotate.applying import Annotator
 from streamproc.stages.annotate.expiring import Expirer
-from tests.conftest import action_for, async_wait_for, topology
+from tests.conftest import action_for, async_wait_for, running, topology
 
 
 @dataclass
@@ -79,20 +78,6 @@ def burst(tmp_path: Path, deployments: int, fresh: int = 0) -> Iterator[Burst]:
         kubeconfig = emulator.write_kubeconfig(tmp_path / "kubeconfig")
         pods = [(w.namespace, p) for w in workloads for p in w.pods]
         yield Burst(emulator, kubeconfig, pods, probe, others)
-
-
-@contextlib.asynccontextmanager
-async def running(
-    *runs: Callable[[asyncio.Event], Coroutine[Any, Any, None]],
-) -> AsyncIterator[asyncio.Event]:
-    """Run loops (a cache's, an expirer's) until the block ends; stop them and await them."""
-    stop = asyncio.Event()
-    started = [asyncio.create_task(run(stop)) for run in runs]
-    try:
-        yield stop
-    finally:
-        stop.set()
-        await asyncio.gather(*started)
 
 
 def still_marked(emulator: KubeEmulator) -> list[str]:

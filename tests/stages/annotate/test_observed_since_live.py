@@ -3,7 +3,6 @@ set while the expirer holds a pod's observation, kept on extension and restart, 
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from streamproc.clients import kube
@@ -12,7 +11,7 @@ from streamproc.lab.kubeemu import KubeEmulator
 from streamproc.model import conventions
 from streamproc.stages.annotate.expiring import Expirer
 from tests import doubles as testing
-from tests.conftest import action_for, async_wait_for, make, time_passes, workload
+from tests.conftest import action_for, async_wait_for, make, running, time_passes, workload
 
 GAUGE = "streamproc_observed_pod_since_seconds"
 
@@ -58,13 +57,8 @@ async def test_the_start_is_written_kept_on_extension_exported_and_survives_a_re
     await restarted.resync()  # the start is read back from the pods
     assert all(gauge(p) == expected[p] for p in redis.pods)
 
-    stop = asyncio.Event()
-    task = asyncio.create_task(restarted.run(stop))
-    try:
+    async with running(restarted.run):
         time_passes(restarted, 3600)
         await async_wait_for(lambda: not restarted.active, timeout=15, what="the expiry")
-    finally:
-        stop.set()
-        await task
     assert all(since_on(emulator, p) is None for p in redis.pods)
     assert all(gauge(p) == 0 for p in redis.pods)
