@@ -43,6 +43,13 @@ Handled = Applied | Literal["duplicate", "retries-exhausted"]
 #: what a window strong enough for a capture came to (``capturing``)
 CaptureResult = Literal["created", "no-selector", "exists"]
 
+#: the labels of ``streamproc_patches_total``: which write (``op``) and what came of it; a
+#: capture counts its own results (:data:`CaptureResult`)
+PatchOp = Literal["observe", "follow", "release", "capture"]
+PatchResult = (
+    Literal["ok", "unchanged", "not-due", "conflict", "not-found", "error"] | CaptureResult
+)
+
 #: what releasing an object found and did (``cluster.releasing``): ``elsewhere``, another
 #: replica's to release now; ``unmarked``, it carries nothing of streamproc's
 Released = Literal["released", "extended", "gone", "elsewhere", "unmarked"]

@@ -362,13 +362,13 @@ class Annotator:
             if ref.kind == "Pod" and (start := patch.since if patch else since) is not None:
                 self._starts[ref.namespace, ref.name] = start
             if patch is None:
-                metrics.patches.labels(op="observe", result="unchanged").inc()
+                auditing.patched("observe", "unchanged")
                 self.scheduler.schedule(ref, lasting, topology.name, since=since, workload=workload)
                 return "unchanged", lasting
             due = self.clock() + self._extend_within(topology, action)
             if patches.lasts(pod, annotate, beyond=due, previous=previous, topology=topology.name):
                 # still observed for long enough: no write until an extension is due
-                metrics.patches.labels(op="observe", result="not-due").inc()
+                auditing.patched("observe", "not-due")
                 self.scheduler.schedule(ref, lasting, topology.name, since=since, workload=workload)
                 return "not-due", lasting
             if patch.foreign:
@@ -380,13 +380,13 @@ class Annotator:
             try:
                 await self.kube.write_patch(ref, patch)
             except kube.Conflict:
-                metrics.patches.labels(op="observe", result="conflict").inc()
+                auditing.patched("observe", "conflict")
                 pod = await self.kube.get_observable(ref)
                 continue
             except kube.NotFound:
-                metrics.patches.labels(op="observe", result="not-found").inc()
+                auditing.patched("observe", "not-found")
                 return "not-found", 0.0
-            metrics.patches.labels(op="observe", result="ok").inc()
+            auditing.patched("observe", "ok")
             if patch.yielded:
                 self._yielded(ref, topology, action, patch.yielded)
             opened = not isinstance(previous, marks.Marks) or not previous.labelled

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from streamproc.clients import kube, metrics
+from streamproc.clients import kube
 from streamproc.model import captures, outcomes
 from streamproc.model.actions import Action
 from streamproc.model.topologies import Topology
@@ -45,7 +45,7 @@ async def capture(
             await client.create_capture(action.namespace, body)
         except kube.Conflict:
             result = "exists"  # this window's capture was created before (a replay)
-    metrics.patches.labels(op="capture", result=result).inc()
+    auditing.patched("capture", result)
     auditor.record(
         result=outcomes.capture_outcome(result),
         action=action.id,

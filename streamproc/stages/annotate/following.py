@@ -273,7 +273,7 @@ class Follower:
             return  # gone, or changed: the next event for it brings the current version
         finally:
             self._budget.release(reserved)
-        metrics.patches.labels(op="follow", result="ok").inc()
+        auditing.patched("follow", "ok")
         self._kube.post_event(
             pod,
             "ObservationStarted",
