@@ -140,11 +140,15 @@ async def _start_annotate(
     running: Running,
     client: kube.Kube,
     cleanups: list[Callable[[], Awaitable[None]]],
-) -> list[asyncio.Task[None]]:
-    """The annotator and the expirer, sharing one API connection, its limits and the audit."""
+    tasks: list[asyncio.Task[None]],
+) -> None:
+    """The annotator and the expirer, sharing one API connection, its limits and the audit.
+
+    Their tasks go into ``tasks`` as each starts, so whatever started is stopped, also when a
+    later start fails.
+    """
     # every part agrees on how each topology observes: its own backend, else the deployment's
     topologies = [resolve_backend(t, settings.observation_backend) for t in topologies]
-    tasks: list[asyncio.Task[None]] = []
     cache = _cache_of(client, running, stop, tasks)
     resolver = WorkloadResolver(
         client,
@@ -156,7 +160,7 @@ async def _start_annotate(
         settings, stop, lambda: (kafka.producer(settings),), "the audit producer was connecting"
     )
     if started is None:
-        return tasks  # asked to stop while Kafka was away: the cache's task is stopped too
+        return  # asked to stop while Kafka was away
     (audit_producer,) = started
     cleanups.append(audit_producer.stop)
     auditor = auditing.KafkaAuditor(audit_producer, settings.topics.audit, cluster=settings.cluster)
@@ -227,8 +231,7 @@ async def _start_annotate(
     running.expirer, running.annotate, running.follower = expirer, stage, follower
     if filters.enabled:
         tasks.append(asyncio.create_task(filters.run(stop), name="metric-filters"))
-    return [
-        *tasks,
+    tasks += [
         asyncio.create_task(expirer.run(stop), name="expirer"),
         asyncio.create_task(stage.run(stop), name="annotate"),
         asyncio.create_task(follower.run(stop), name="follower"),
@@ -363,8 +366,12 @@ async def _ready(
         kafka.TopicSpec(name, settings.partitions)
         for name in stage_topics(settings, topologies, stages)
     ]
-    topics = functools.partial(kafka.ensure_topics, settings, specs)
-    return await kafka.when_reachable(settings, stop, topics, "topics were checked") is not None
+
+    async def create() -> bool:
+        await kafka.ensure_topics(settings, specs)
+        return True
+
+    return await kafka.when_reachable(settings, stop, create, "topics were checked") is not None
 
 
 async def run_stages(
@@ -396,7 +403,7 @@ async def run_stages(
             tasks.append(windows)
         if "annotate" in stages:
             assert api is not None
-            tasks += await _start_annotate(settings, topologies, stop, running, api, cleanups)
+            await _start_annotate(settings, topologies, stop, running, api, cleanups, tasks)
         if stop.is_set():
             return  # asked to stop while the stages were starting
         running.ready.set()

@@ -3,7 +3,8 @@
 The decision lives in :mod:`streamproc.model.marks` (pure); this module adds what a refusal
 costs an operator to notice: a WARNING once per object and reason (bounded memory) and
 ``streamproc_marks_refused_total{reason}``. Every reader of marks (follower, expirer,
-annotator, ``status``, ``release``) reads through :func:`read`.
+annotator, ``status``, ``release``) reads through :func:`read`; every writer counts its writes
+(and the writes it found it need not make) through :func:`patched`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from streamproc.clients import metrics
-from streamproc.model import marks
+from streamproc.model import marks, outcomes
 
 log = logging.getLogger("streamproc.marks")
 
@@ -51,3 +52,8 @@ def _report(namespace: str, name: str, refusal: marks.Refusal) -> None:
         refusal.detail,
         ", and ended now" if refusal.labelled else "",
     )
+
+
+def patched(op: outcomes.PatchOp, result: outcomes.PatchResult) -> None:
+    """Count a write of marks or a capture, or why none was made (``streamproc_patches_total``)."""
+    metrics.patches.labels(op=op, result=result).inc()

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from streamproc.clients import kube, metrics
+from streamproc.clients import kube
 from streamproc.cluster import marking
 from streamproc.model import marks, outcomes, patches
 
@@ -96,7 +96,7 @@ async def release(
             try:
                 written = await client.write_patch(ref, patch)
             except kube.Conflict:
-                metrics.patches.labels(op="release", result="conflict").inc()
+                marking.patched("release", "conflict")
                 if attempt == ATTEMPTS:
                     raise
                 continue

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from typing import TYPE_CHECKING
+import ssl
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any
 
 import aiokafka
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -39,6 +42,25 @@ def aiokafka_tasks() -> list[asyncio.Task[object]]:
     ]
 
 
+@contextlib.asynccontextmanager
+async def in_background(
+    work: Coroutine[Any, Any, Sequence[kafka.Client] | None], stop: asyncio.Event
+) -> AsyncIterator[asyncio.Task[Sequence[kafka.Client] | None]]:
+    """``work`` as a task; after the block (a failed assertion too) stopped, and what it started
+    stopped, so no test leaves a task or a client behind for the next."""
+    task = asyncio.create_task(work)
+    try:
+        yield task
+    finally:
+        stop.set()
+        done, _ = await asyncio.wait({task}, timeout=10)
+        if not done:
+            task.cancel()
+        outcome = (await asyncio.gather(task, return_exceptions=True))[0]
+        if isinstance(outcome, Sequence):
+            await kafka.stop_clients(outcome)
+
+
 async def test_a_consumer_whose_fetch_backs_off_is_stopped_with_every_other_client(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -64,12 +86,15 @@ async def test_a_consumer_whose_fetch_backs_off_is_stopped_with_every_other_clie
                 break
     finally:
         broker.stop()
-    await async_wait_for(
-        lambda: any("Failed fetch messages" in r.getMessage() for r in caplog.records),
-        what="a failed fetch (its backoff follows)",
-    )
-    await asyncio.wait_for(kafka.stop_clients([producer, consumer]), timeout=30)
-    assert not aiokafka_tasks(), aiokafka_tasks()
+    try:
+        await async_wait_for(
+            lambda: any("Failed fetch messages" in r.getMessage() for r in caplog.records),
+            what="a failed fetch (its backoff follows)",
+        )
+        await asyncio.wait_for(kafka.stop_clients([producer, consumer]), timeout=30)
+        assert not aiokafka_tasks(), aiokafka_tasks()
+    finally:
+        await kafka.stop_clients([producer, consumer])  # a no-op unless something above failed
 
 
 def test_the_fix_is_applied_to_the_pinned_aiokafka_only(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -99,24 +124,26 @@ async def test_clients_are_started_once_kafka_is_back(
         made.append(kafka.producer(settings))
         return (made[-1],)
 
-    starting = asyncio.create_task(kafka.start_when_reachable(settings, stop, make, "testing"))
-    await async_wait_for(
-        lambda: any("went away while testing" in r.getMessage() for r in caplog.records),
-        what="the line that says Kafka went away",
-    )
-    assert not starting.done()
     broker = EmbeddedBroker(port=port, log=tmp_path / "tansu.log")
-    broker.start()
-    try:
-        started = await asyncio.wait_for(starting, timeout=60)
-        assert started is not None
-        (producer,) = started
-        await producer.send_and_wait("t", b"x")  # a working client, not one whose start failed
-        assert producer is made[-1]
-        assert len(made) >= 2  # the first, whose start failed, was not started again
-        await kafka.stop_clients(started)
-    finally:
-        broker.stop()
+    async with in_background(
+        kafka.start_when_reachable(settings, stop, make, "testing"), stop
+    ) as starting:
+        await async_wait_for(
+            lambda: any("went away while testing" in r.getMessage() for r in caplog.records),
+            what="the line that says Kafka went away",
+        )
+        assert not starting.done()
+        broker.start()
+        try:
+            started = await asyncio.wait_for(asyncio.shield(starting), timeout=60)
+            assert started is not None
+            (producer,) = started
+            await producer.send_and_wait("t", b"x")  # a working client, not a failed one's
+            assert producer is made[-1]
+            assert len(made) >= 2  # the first, whose start failed, was not started again
+            await kafka.stop_clients(started)
+        finally:
+            broker.stop()
     assert not aiokafka_tasks(), aiokafka_tasks()
 
 
@@ -127,25 +154,63 @@ async def test_a_stop_while_kafka_is_away_ends_the_wait_with_nothing_started(
     caplog.set_level(logging.WARNING, logger="streamproc.kafka")
     settings = Settings(bootstrap_servers=f"127.0.0.1:{free_port('127.0.0.1')}")
     stop = asyncio.Event()
-    starting = asyncio.create_task(
-        kafka.start_when_reachable(settings, stop, lambda: (kafka.producer(settings),), "testing")
-    )
-    await async_wait_for(
-        lambda: any("went away while testing" in r.getMessage() for r in caplog.records),
-        what="the line that says Kafka went away",
-    )
-    stop.set()
-    assert await asyncio.wait_for(starting, timeout=10) is None
+    async with in_background(
+        kafka.start_when_reachable(settings, stop, lambda: (kafka.producer(settings),), "testing"),
+        stop,
+    ) as starting:
+        await async_wait_for(
+            lambda: any("went away while testing" in r.getMessage() for r in caplog.records),
+            what="the line that says Kafka went away",
+        )
+        stop.set()
+        assert await asyncio.wait_for(asyncio.shield(starting), timeout=10) is None
     assert not aiokafka_tasks(), aiokafka_tasks()
 
 
 def test_only_an_absent_broker_is_waited_for(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Connection errors are waited out; a refusal (ACLs, credentials) is not."""
+    """Connection errors and timeouts are waited out; a refusal (ACLs, credentials, a certificate)
+    is not, also when aiokafka reports it as a connection error with the cause in its log."""
     monkeypatch.setattr(kafka.connect_errors, "last", "")  # no refusal logged by another test
     assert kafka.went_away(KafkaConnectionError())
     assert kafka.went_away(NodeNotReadyError())
+    assert kafka.went_away(TimeoutError())  # aiokafka's admin client, no connection ready
+    assert kafka.went_away(ConnectionRefusedError())
     assert not kafka.went_away(TopicAuthorizationFailedError())
     assert not kafka.went_away(SaslAuthenticationFailed())
+    assert not kafka.went_away(ssl.SSLCertVerificationError())
+    monkeypatch.setattr(
+        kafka.connect_errors,
+        "last",
+        'Unable connect to "b:9093": SaslAuthenticationFailed: Authentication failed',
+    )
+    assert not kafka.went_away(KafkaConnectionError())
+
+
+async def test_a_timeout_while_creating_topics_is_waited_out_like_any_absence(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """aiokafka's admin client raises Python's TimeoutError when Kafka went away: the work is
+    tried again once Kafka answers, not raised (it became a traceback)."""
+    caplog.set_level(logging.WARNING, logger="streamproc.kafka")
+    settings = Settings(bootstrap_servers=f"127.0.0.1:{free_port('127.0.0.1')}")
+    stop = asyncio.Event()
+    attempts: list[int] = []
+
+    async def create() -> bool:
+        attempts.append(1)
+        raise TimeoutError
+
+    waiting = asyncio.create_task(kafka.when_reachable(settings, stop, create, "testing"))
+    try:
+        await async_wait_for(
+            lambda: any("went away while testing" in r.getMessage() for r in caplog.records),
+            what="the line that says Kafka went away",
+        )
+        assert not waiting.done()
+    finally:
+        stop.set()
+    assert await asyncio.wait_for(waiting, timeout=10) is None
+    assert attempts == [1]  # Kafka never answered: no second attempt without it
 
 
 async def test_a_stop_cancels_a_start_that_waits_on_an_address_that_never_answers() -> None:
@@ -160,15 +225,12 @@ async def test_a_stop_cancels_a_start_that_waits_on_an_address_that_never_answer
     port = server.sockets[0].getsockname()[1]
     settings = Settings(bootstrap_servers=f"127.0.0.1:{port}")
     stop = asyncio.Event()
+    work = kafka.start_when_reachable(settings, stop, lambda: (kafka.producer(settings),), "t")
     try:
-        starting = asyncio.create_task(
-            kafka.start_when_reachable(
-                settings, stop, lambda: (kafka.producer(settings),), "testing"
-            )
-        )
-        await async_wait_for(lambda: accepted, what="the client's connection")
-        stop.set()
-        assert await asyncio.wait_for(starting, timeout=10) is None
+        async with in_background(work, stop) as starting:
+            await async_wait_for(lambda: accepted, what="the client's connection")
+            stop.set()
+            assert await asyncio.wait_for(asyncio.shield(starting), timeout=10) is None
         assert not aiokafka_tasks(), aiokafka_tasks()
     finally:
         for writer in accepted:

@@ -31,6 +31,7 @@ from streamproc.clients.kafka.admin import (
 from streamproc.clients.kafka.aliases import Consumer, KafkaError, Partition, Producer, Record
 from streamproc.clients.kafka.committing import Committer, batch_lag, report_batch
 from streamproc.clients.kafka.connecting import (
+    Client,
     CountingAssignor,
     connection_options,
     consumer,
@@ -70,6 +71,7 @@ _apply_upstream_fixes()
 __all__ = [
     "SAMPLE_PER_PARTITION",
     "BadBatch",
+    "Client",
     "Committer",
     "Consumer",
     "CountingAssignor",

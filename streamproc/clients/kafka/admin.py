@@ -32,13 +32,9 @@ class TopicSpec:
     partitions: int
 
 
-async def ensure_topics(settings: Settings, specs: Iterable[TopicSpec]) -> list[str]:
-    """Create missing topics one by one (so one that exists cannot abort the others).
-
-    Returns the names it created (another process may have been first with some of them).
-    """
+async def ensure_topics(settings: Settings, specs: Iterable[TopicSpec]) -> None:
+    """Create missing topics one by one (so one that exists cannot abort the others)."""
     admin = AIOKafkaAdminClient(**connection_options(settings))
-    created = []
     try:
         await admin.start()  # in the try: one whose start failed holds connections too
         existing = set(await admin.list_topics())
@@ -47,11 +43,9 @@ async def ensure_topics(settings: Settings, specs: Iterable[TopicSpec]) -> list[
                 continue
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics([NewTopic(spec.name, spec.partitions, 1)])
-                created.append(spec.name)
             existing.add(spec.name)
     finally:
         await admin.close()
-    return created
 
 
 async def partition_counts(settings: Settings, names: Iterable[str]) -> dict[str, int]:

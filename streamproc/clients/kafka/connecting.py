@@ -280,16 +280,18 @@ async def stop_clients(clients: Sequence[Client]) -> None:
 
     aiokafka cancels its own background tasks and awaits them while stopping (its fetcher, fixed
     by ``upstream_fixes``; the group coordinator's heartbeat and commit refresh likewise), so a
-    CancelledError out of ``stop()`` may be aiokafka's own: unless this task is being cancelled,
-    the other clients are stopped all the same.
+    CancelledError out of ``stop()`` may be aiokafka's own: unless this task was cancelled while
+    stopping them, the other clients are stopped all the same. (A task cancelled before, as a
+    start given up on a stop request, stops its clients here first.)
     """
+    task = asyncio.current_task()
+    cancels = task.cancelling() if task is not None else 0
     for client in reversed(clients):
         try:
             await client.stop()
         except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise
+            if task is not None and task.cancelling() > cancels:
+                raise  # this task's own: stop now, bounded
             log.warning("stopping a Kafka client: it was cancelled from within")
         except Exception as exc:
             log.warning("stopping a Kafka client: %s", describe(exc))

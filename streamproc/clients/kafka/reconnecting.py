@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import ssl
 import time
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -42,13 +43,25 @@ C = TypeVar("C", bound="Sequence[Client]")
 #: how often an attempt that keeps failing because Kafka went away says so again
 REPORT_EVERY_S = 30.0
 
-#: what the clients raise when the brokers could not be reached or did not answer
-_AWAY = (KafkaConnectionError, NodeNotReadyError, RequestTimedOutError, KafkaTimeoutError)
+#: what the clients raise when the brokers could not be reached or did not answer; aiokafka's
+#: admin client raises Python's own TimeoutError when no connection got ready in time
+_AWAY = (
+    KafkaConnectionError,
+    NodeNotReadyError,
+    RequestTimedOutError,
+    KafkaTimeoutError,
+    TimeoutError,
+    OSError,
+)
 
 
 def went_away(exc: BaseException) -> bool:
     """Whether ``exc`` says the brokers were not there (rather than that they refused us)."""
-    return isinstance(exc, _AWAY) and not refused(exc)
+    if isinstance(exc, ssl.SSLError):
+        return False  # a certificate or a TLS setting: waiting changes nothing
+    if isinstance(exc, KafkaError) and refused(exc):
+        return False
+    return isinstance(exc, _AWAY)
 
 
 async def when_reachable(
@@ -68,7 +81,7 @@ async def when_reachable(
             # a stop cancels the attempt (a connect to an address that never answers waits for
             # the clients' own timeout); what it started is stopped by its own cleanup
             return await stopping.unless_stopped(attempt(), stop)
-        except KafkaError as exc:
+        except (KafkaError, OSError) as exc:  # OSError: TimeoutError among them
             if not went_away(exc):
                 raise
             if said_at is None or time.monotonic() - said_at >= REPORT_EVERY_S:

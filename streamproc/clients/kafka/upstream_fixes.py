@@ -28,16 +28,19 @@ FIXED_RELEASES = ("0.13.", "0.14.")
 async def _close(self: Any) -> None:
     """``Fetcher.close`` (aiokafka 0.14), each cancelled task awaited without re-raising.
 
-    A cancellation of the task that calls ``close`` still propagates: ``gather`` raises it.
+    A cancellation of the task that calls ``close`` still propagates (``gather`` raises it),
+    after the waiters are told and every pending fetch is cancelled all the same.
     """
     self._closed = True
     self._fetch_task.cancel()
-    await asyncio.gather(self._fetch_task, return_exceptions=True)
-    for waiter in self._fetch_waiters:
-        self._notify(waiter)
-    pending = list(self._pending_tasks)
-    for task in pending:
-        task.cancel()
+    try:
+        await asyncio.gather(self._fetch_task, return_exceptions=True)
+    finally:
+        for waiter in self._fetch_waiters:
+            self._notify(waiter)
+        pending = list(self._pending_tasks)
+        for task in pending:
+            task.cancel()
     await asyncio.gather(*pending, return_exceptions=True)
 
 

@@ -362,13 +362,13 @@ class Annotator:
             if ref.kind == "Pod" and (start := patch.since if patch else since) is not None:
                 self._starts[ref.namespace, ref.name] = start
             if patch is None:
-                auditing.patched("observe", "unchanged")
+                marking.patched("observe", "unchanged")
                 self.scheduler.schedule(ref, lasting, topology.name, since=since, workload=workload)
                 return "unchanged", lasting
             due = self.clock() + self._extend_within(topology, action)
             if patches.lasts(pod, annotate, beyond=due, previous=previous, topology=topology.name):
                 # still observed for long enough: no write until an extension is due
-                auditing.patched("observe", "not-due")
+                marking.patched("observe", "not-due")
                 self.scheduler.schedule(ref, lasting, topology.name, since=since, workload=workload)
                 return "not-due", lasting
             if patch.foreign:
@@ -380,13 +380,13 @@ class Annotator:
             try:
                 await self.kube.write_patch(ref, patch)
             except kube.Conflict:
-                auditing.patched("observe", "conflict")
+                marking.patched("observe", "conflict")
                 pod = await self.kube.get_observable(ref)
                 continue
             except kube.NotFound:
-                auditing.patched("observe", "not-found")
+                marking.patched("observe", "not-found")
                 return "not-found", 0.0
-            auditing.patched("observe", "ok")
+            marking.patched("observe", "ok")
             if patch.yielded:
                 self._yielded(ref, topology, action, patch.yielded)
             opened = not isinstance(previous, marks.Marks) or not previous.labelled

@@ -29,11 +29,6 @@ def handled(result: outcomes.Handled) -> None:
     metrics.actions_handled.labels(result=result).inc()
 
 
-def patched(op: outcomes.PatchOp, result: outcomes.PatchResult) -> None:
-    """Count one write of a pod's (or a capture's) metadata (``streamproc_patches_total``)."""
-    metrics.patches.labels(op=op, result=result).inc()
-
-
 class Auditor(Protocol):
     """Where audit records go."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from streamproc.clients import kube
+from streamproc.cluster import marking
 from streamproc.model import captures, outcomes
 from streamproc.model.actions import Action
 from streamproc.model.topologies import Topology
@@ -45,7 +46,7 @@ async def capture(
             await client.create_capture(action.namespace, body)
         except kube.Conflict:
             result = "exists"  # this window's capture was created before (a replay)
-    auditing.patched("capture", result)
+    marking.patched("capture", result)
     auditor.record(
         result=outcomes.capture_outcome(result),
         action=action.id,

@@ -361,7 +361,7 @@ class Expirer:
             self._retry_later(key, topology, "kept changing (409)")
             return
         except kube.KubeError as exc:
-            auditing.patched("release", "error")
+            marking.patched("release", "error")
             self._retry_later(key, topology, str(exc))
             return
         if done.outcome == "extended" and done.until is not None:
@@ -374,10 +374,10 @@ class Expirer:
         if done.outcome in ("elsewhere", "unmarked"):
             pass  # the partitions moved meanwhile (the new owner expires it), or already ended
         elif done.outcome == "gone":
-            auditing.patched("release", "not-found")
+            marking.patched("release", "not-found")
             self.changed(topology)  # deleted: its metric filters go now, not at the resync
         else:
-            auditing.patched("release", "ok")
+            marking.patched("release", "ok")
             self.expired += 1
             self.changed(topology)
             metrics.observations_expired.labels(topology=topology).inc()

@@ -273,7 +273,7 @@ class Follower:
             return  # gone, or changed: the next event for it brings the current version
         finally:
             self._budget.release(reserved)
-        auditing.patched("follow", "ok")
+        marking.patched("follow", "ok")
         self._kube.post_event(
             pod,
             "ObservationStarted",
