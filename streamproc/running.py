@@ -21,6 +21,7 @@ from pathlib import Path
 
 from streamproc import stopping
 from streamproc.clients import kafka, kube, prometheus
+from streamproc.cluster import marking
 from streamproc.cluster.cache import ClusterCache
 from streamproc.cluster.resolving import WorkloadResolver
 from streamproc.model import fleets, marks
@@ -149,6 +150,8 @@ async def _start_annotate(
     """
     # every part agrees on how each topology observes: its own backend, else the deployment's
     topologies = [resolve_backend(t, settings.observation_backend) for t in topologies]
+    # one policy for every reader and writer of marks: the bounds, and the key that seals them
+    policy = marks.Policy.of(topologies, sealer=marking.sealer(settings.mark_key_file))
     cache = _cache_of(client, running, stop, tasks)
     resolver = WorkloadResolver(
         client,
@@ -185,7 +188,7 @@ async def _start_annotate(
         clock=client.now,
         ownership=ownership,
         cache=cache,
-        policy=marks.Policy.of(topologies),
+        policy=policy,
         concurrency=concurrency_of(settings.api_concurrency),
         evidence_from=evidence_from,
         evidence_total_s=2 * settings.evidence_timeout_s,
@@ -200,6 +203,7 @@ async def _start_annotate(
         resync_s=settings.expiry_resync_s,
         dry_run=settings.dry_run,
         clock=client.now,
+        policy=policy,
     )
     expirer.changed = filters.changed
     budget = NodeBudget(expirer, settings.node_budget)  # one per process: both patch pods
@@ -214,6 +218,7 @@ async def _start_annotate(
         cache=cache,
         clock=client.now,
         changed=filters.changed,
+        policy=policy,
     )
     annotator = Annotator(
         settings,
@@ -226,6 +231,7 @@ async def _start_annotate(
         budget=budget,
         clock=client.now,
         changed=filters.changed,
+        policy=policy,
     )
     stage = AnnotateStage(settings, annotator, ownership)
     running.expirer, running.annotate, running.follower = expirer, stage, follower
