@@ -11,6 +11,7 @@ import pytest
 
 from streamproc.clients import kube
 from streamproc.cluster import marking
+from streamproc.cluster.cache import ClusterCache
 from streamproc.cluster.resolving import WorkloadResolver
 from streamproc.lab.cluster import ClusterBuilder
 from streamproc.lab.kubeemu import KubeEmulator
@@ -231,3 +232,27 @@ async def test_marks_without_streamproc_s_seal_take_no_max_observations_slot(
     finally:
         stop.set()
         await asyncio.gather(*tasks)
+
+
+async def test_the_cluster_cache_keeps_what_a_seal_is_bound_to(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
+) -> None:
+    """The expirer and follower read marked pods from the cache: its copy verifies as the pod."""
+    annotator, expirer = make(client, sealer=SEALER)
+    cache = ClusterCache(client)
+    frontend = workload(cluster, "frontend")
+    async with running(cache.run):
+        assert await annotator.apply(action_for(frontend)) == "applied"
+        sealed = seal_on(emulator, frontend.pods[0])
+        kept = await async_wait_for(
+            lambda: (
+                (info := cache.pod("shop", frontend.pods[0]))
+                and info.marks.get(conventions.SEAL) == sealed
+                and info
+            ),
+            timeout=10,
+            what="the cache to see the sealed pod",
+        )
+        assert kept
+        found = marking.read(kept.object(), now=time.time(), policy=expirer.policy)
+        assert isinstance(found, marks.Marks)
