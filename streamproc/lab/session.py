@@ -469,7 +469,9 @@ async def run_lab(options: LabOptions, stop: asyncio.Event) -> Summary:
                 if doctor is None and handles.ready.is_set():
                     # once the stages created their topics: what a user's first check would say
                     doctor = asyncio.create_task(
-                        diagnosing.diagnose(settings, options.topology_path, evidence=False)
+                        diagnosing.diagnose(
+                            settings, options.topology_path, evidence=False, seal=False
+                        )
                     )
                     doctor.add_done_callback(lambda t: _show_doctor(t, view, summary))
                 if replay is None and _ready_for_replay(handles, started):
