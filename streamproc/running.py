@@ -24,7 +24,7 @@ from streamproc.clients import kafka, kube, prometheus
 from streamproc.cluster import marking
 from streamproc.cluster.cache import ClusterCache
 from streamproc.cluster.resolving import WorkloadResolver
-from streamproc.model import fleets, marks
+from streamproc.model import fleets, marks, seals
 from streamproc.model.ownership import Ownership
 from streamproc.model.topologies import Topology, resolve_backend
 from streamproc.settings import Settings
@@ -142,6 +142,8 @@ async def _start_annotate(
     client: kube.Kube,
     cleanups: list[Callable[[], Awaitable[None]]],
     tasks: list[asyncio.Task[None]],
+    *,
+    sealer: seals.Sealer | None = None,
 ) -> None:
     """The annotator and the expirer, sharing one API connection, its limits and the audit.
 
@@ -151,7 +153,7 @@ async def _start_annotate(
     # every part agrees on how each topology observes: its own backend, else the deployment's
     topologies = [resolve_backend(t, settings.observation_backend) for t in topologies]
     # one policy for every reader and writer of marks: the bounds, and the key that seals them
-    policy = marks.Policy.of(topologies, sealer=marking.sealer(settings.mark_key_file))
+    policy = marks.Policy.of(topologies, sealer=sealer)
     cache = _cache_of(client, running, stop, tasks)
     resolver = WorkloadResolver(
         client,
@@ -392,7 +394,9 @@ async def run_stages(
     cleanups: list[Callable[[], Awaitable[None]]] = []
     tasks: list[asyncio.Task[None]] = []
     # Credentials are read before waiting for anything: without them the annotator cannot run,
-    # and a person hears so at once, in one line, not after the broker answered.
+    # and a person hears so at once, in one line, not after the broker answered. So is the key
+    # that seals marks: every reader and writer of marks gets it through one policy
+    sealer = marking.sealer(settings.mark_key_file) if "annotate" in stages else None
     api = await _kube_or_none(settings, required=True) if "annotate" in stages else None
     if api is not None:
         cleanups.append(api.close)
@@ -409,7 +413,9 @@ async def run_stages(
             tasks.append(windows)
         if "annotate" in stages:
             assert api is not None
-            await _start_annotate(settings, topologies, stop, running, api, cleanups, tasks)
+            await _start_annotate(
+                settings, topologies, stop, running, api, cleanups, tasks, sealer=sealer
+            )
         if stop.is_set():
             return  # asked to stop while the stages were starting
         running.ready.set()
