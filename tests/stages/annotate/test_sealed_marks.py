@@ -256,3 +256,27 @@ async def test_the_cluster_cache_keeps_what_a_seal_is_bound_to(
         assert kept
         found = marking.read(kept.object(), now=time.time(), policy=expirer.policy)
         assert isinstance(found, marks.Marks)
+
+
+async def test_status_and_release_with_the_key_show_and_end_sealed_observations_only(
+    client: kube.Kube, emulator: KubeEmulator, cluster: ClusterBuilder
+) -> None:
+    """With the key: the sealed one is listed and released; an unsealed forgery is not listed."""
+    from streamproc.cluster import observing
+
+    annotator, _ = make(client, sealer=SEALER)
+    frontend = workload(cluster, "frontend")
+    assert await annotator.apply(action_for(frontend)) == "applied"
+    for pod in workload(cluster, "checkout").pods:
+        forged(emulator, pod, None)
+    resolver = WorkloadResolver(client, cache_size=10, ttl_s=60)
+    keyed = marks.Policy(sealer=SEALER)
+    found = await observing.current(client, resolver, keyed)
+    assert [o.workload for o in found] == ["frontend"]
+    unkeyed = await observing.current(client, resolver)  # no key: sealed or not, all alike
+    assert sorted(o.workload for o in unkeyed) == ["checkout", "frontend"]
+    pods, _ = await observing.release(
+        client, resolver, "shop", None, "frontend", marks.Policy.of([topology()], sealer=SEALER)
+    )
+    assert sorted(pods) == sorted(frontend.pods)
+    assert all(seal_on(emulator, p) is None and not labelled(emulator, p) for p in frontend.pods)
