@@ -45,17 +45,14 @@ async def diagnose(
     topology_path: Path | None = None,
     *,
     evidence: bool = True,
-    seal: bool = True,
 ) -> list[Check]:
     """Every check, in the order a person would fix things: topologies, Kafka, the cluster.
 
     ``evidence``: also the evidence's Prometheus (the lab has none, and reads no evidence).
-    ``seal``: also the seal on marks (the lab's cluster has no tenants to copy them).
     """
     found, loaded = topology_checks(topologies.resolve_path(topology_path))
     found += backend_checks(loaded, settings.observation_backend)
-    if seal:
-        found.append(sealing.seal_check(settings))
+    found.append(sealing.seal_check(settings))
     found += await _bounded("Kafka", kafka_checks(settings, loaded))
     found += await _bounded("Kubernetes", cluster_checks(settings, loaded))
     if evidence:
