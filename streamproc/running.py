@@ -21,9 +21,10 @@ from pathlib import Path
 
 from streamproc import stopping
 from streamproc.clients import kafka, kube, prometheus
+from streamproc.cluster import marking
 from streamproc.cluster.cache import ClusterCache
 from streamproc.cluster.resolving import WorkloadResolver
-from streamproc.model import fleets, marks
+from streamproc.model import fleets, marks, seals
 from streamproc.model.ownership import Ownership
 from streamproc.model.topologies import Topology, resolve_backend
 from streamproc.settings import Settings
@@ -141,6 +142,8 @@ async def _start_annotate(
     client: kube.Kube,
     cleanups: list[Callable[[], Awaitable[None]]],
     tasks: list[asyncio.Task[None]],
+    *,
+    sealer: seals.Sealer | None = None,
 ) -> None:
     """The annotator and the expirer, sharing one API connection, its limits and the audit.
 
@@ -149,6 +152,8 @@ async def _start_annotate(
     """
     # every part agrees on how each topology observes: its own backend, else the deployment's
     topologies = [resolve_backend(t, settings.observation_backend) for t in topologies]
+    # one policy for every reader and writer of marks: the bounds, and the key that seals them
+    policy = marks.Policy.of(topologies, sealer=sealer)
     cache = _cache_of(client, running, stop, tasks)
     resolver = WorkloadResolver(
         client,
@@ -185,7 +190,7 @@ async def _start_annotate(
         clock=client.now,
         ownership=ownership,
         cache=cache,
-        policy=marks.Policy.of(topologies),
+        policy=policy,
         concurrency=concurrency_of(settings.api_concurrency),
         evidence_from=evidence_from,
         evidence_total_s=2 * settings.evidence_timeout_s,
@@ -200,6 +205,7 @@ async def _start_annotate(
         resync_s=settings.expiry_resync_s,
         dry_run=settings.dry_run,
         clock=client.now,
+        policy=policy,
     )
     expirer.changed = filters.changed
     budget = NodeBudget(expirer, settings.node_budget)  # one per process: both patch pods
@@ -214,6 +220,7 @@ async def _start_annotate(
         cache=cache,
         clock=client.now,
         changed=filters.changed,
+        policy=policy,
     )
     annotator = Annotator(
         settings,
@@ -226,6 +233,7 @@ async def _start_annotate(
         budget=budget,
         clock=client.now,
         changed=filters.changed,
+        policy=policy,
     )
     stage = AnnotateStage(settings, annotator, ownership)
     running.expirer, running.annotate, running.follower = expirer, stage, follower
@@ -386,7 +394,9 @@ async def run_stages(
     cleanups: list[Callable[[], Awaitable[None]]] = []
     tasks: list[asyncio.Task[None]] = []
     # Credentials are read before waiting for anything: without them the annotator cannot run,
-    # and a person hears so at once, in one line, not after the broker answered.
+    # and a person hears so at once, in one line, not after the broker answered. So is the key
+    # that seals marks: every reader and writer of marks gets it through one policy
+    sealer = marking.sealer(settings.mark_key_file) if "annotate" in stages else None
     api = await _kube_or_none(settings, required=True) if "annotate" in stages else None
     if api is not None:
         cleanups.append(api.close)
@@ -403,7 +413,9 @@ async def run_stages(
             tasks.append(windows)
         if "annotate" in stages:
             assert api is not None
-            await _start_annotate(settings, topologies, stop, running, api, cleanups, tasks)
+            await _start_annotate(
+                settings, topologies, stop, running, api, cleanups, tasks, sealer=sealer
+            )
         if stop.is_set():
             return  # asked to stop while the stages were starting
         running.ready.set()

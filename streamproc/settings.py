@@ -388,6 +388,18 @@ class Settings:
         commands=ANNOTATE | DOCTOR | RELEASE,
         type=OBSERVATION_BACKENDS,
     )
+    #: HMAC keys, one a line, the first signs: marks are sealed and unsealed ones refused, so a
+    #: tenant cannot copy streamproc's marks onto its own pods (docs/reliability.md)
+    mark_key_file: Path | None = knob(
+        None,
+        "--mark-key-file",
+        "STREAMPROC_MARK_KEY_FILE",
+        "File of keys (one a line, at least 32 bytes each; the first signs) that seal "
+        "streamproc's marks on pods; marks without a valid seal are refused "
+        "[default: none, marks unsealed].",
+        type=Path,
+        commands=ANNOTATE | DOCTOR | STATUS | RELEASE | EVIDENCE,
+    )
     #: the Prometheus that scrapes Retina (or ACNS's Hubble metrics): at the end of each
     #: observation its network evidence is read there (docs/evidence.md); "" turns that off
     prometheus_url: str = knob(

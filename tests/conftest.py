@@ -16,7 +16,7 @@ from streamproc.cluster.resolving import WorkloadResolver
 from streamproc.lab.broker import BrokerUnavailable, EmbeddedBroker
 from streamproc.lab.cluster import ClusterBuilder, SampleWorkload, sample_cluster
 from streamproc.lab.kubeemu import KubeEmulator
-from streamproc.model import marks
+from streamproc.model import marks, seals
 from streamproc.model.actions import Action
 from streamproc.model.topologies import Topology
 from streamproc.settings import Settings
@@ -201,16 +201,23 @@ def make(
     settings_dry_run: bool = False,
     node_budget: int = 200,
     extend_below: float = 0.5,
+    sealer: seals.Sealer | None = None,
 ) -> tuple[Annotator, Expirer]:
-    """An annotator and its expirer on one test clock (``time_passes`` moves both)."""
+    """An annotator and its expirer on one test clock (``time_passes`` moves both).
+
+    ``sealer``: both seal and check marks with it, as ``--mark-key-file`` makes them.
+    """
     settings = Settings(
         dry_run=settings_dry_run, node_budget=node_budget, extend_below=extend_below
     )
     resolver = WorkloadResolver(client, cache_size=100, ttl_s=60)
     clock = Clock()
     topologies = [topology(ttl, dry_run, scope)]
-    expirer = Expirer(client, resync_s=60, clock=clock, policy=marks.Policy.of(topologies))
-    annotator = Annotator(settings, topologies, client, resolver, expirer, clock=clock)
+    policy = marks.Policy.of(topologies, sealer=sealer)
+    expirer = Expirer(client, resync_s=60, clock=clock, policy=policy)
+    annotator = Annotator(
+        settings, topologies, client, resolver, expirer, clock=clock, policy=policy
+    )
     return annotator, expirer
 
 

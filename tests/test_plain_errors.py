@@ -169,3 +169,33 @@ def test_a_fleets_cluster_names_are_checked_and_its_annotators_must_name_theirs(
     assert nameless.returncode == 2, nameless.stderr
     assert "name it with --cluster" in nameless.stderr
     assert "Traceback" not in bad.stderr + nameless.stderr
+
+
+def last_line(result: subprocess.CompletedProcess[str], starts: str) -> str:
+    """A stage logs its start first: its last line is the error, and no traceback."""
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"streamproc: error: {starts}"), line
+    return line
+
+
+@pytest.mark.parametrize("command", [["annotate"], ["status"], ["release", "shop/api"]])
+def test_a_mark_key_file_that_cannot_be_read_or_is_too_short_is_named(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """--mark-key-file missing, or a key under 32 bytes: the file, and how to make a key."""
+    missing = tmp_path / "nowhere" / "key"
+    env = {"STREAMPROC_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}"}
+    line = last_line(
+        streamproc(*command, "--mark-key-file", str(missing), home=tmp_path, env=env),
+        f"cannot read the mark key file {missing}",
+    )
+    assert "streamproc-mark-key" in line
+    short = tmp_path / "key"
+    short.write_text("secret\n")
+    line = last_line(
+        streamproc(*command, "--mark-key-file", str(short), home=tmp_path, env=env),
+        f"{short}:1: a mark key must be at least 32 bytes",
+    )
+    assert "openssl rand -hex 32" in line

@@ -10,10 +10,10 @@ from streamproc.clients import kafka
 def explain(exc: BaseException) -> str | None:
     """One line naming the cause and the fix, for every failure a person can act on."""
     from streamproc.clients import kube, prometheus  # noqa: PLC0415 - only needed when something failed
-    from streamproc.model import evidence  # noqa: PLC0415 - only needed when something failed
+    from streamproc.model import evidence, seals  # noqa: PLC0415 - only needed when something failed
     from streamproc.stages import windows as windowing  # noqa: PLC0415 - only needed when something failed
 
-    if isinstance(exc, windowing.StageCrashed):
+    if isinstance(exc, windowing.StageCrashed | seals.BadKeys):
         return str(exc)
     if isinstance(exc, kube.KubeError):
         return kube.explain(exc)

@@ -51,13 +51,16 @@ def client_of(settings: Settings) -> Any:
 async def _live(settings: Settings, workload: tuple[str, str, str]) -> Any:
     """The workload's observation now, read from its pods' marks (None: not observed)."""
     from streamproc.clients import kube  # noqa: PLC0415 - only this command needs it
-    from streamproc.cluster import observing  # noqa: PLC0415
+    from streamproc.cluster import marking, observing  # noqa: PLC0415
     from streamproc.cluster.resolving import WorkloadResolver  # noqa: PLC0415
+    from streamproc.model import marks  # noqa: PLC0415 - only this command needs it
 
+    # with the annotator's key, marks without its seal are not a live observation
+    policy = marks.Policy(sealer=marking.sealer(settings.mark_key_file))
     client = await kube.Kube.connect(settings.kubeconfig, attempts=3)
     try:
         resolver = WorkloadResolver(client, cache_size=10_000, ttl_s=60)
-        return await observing.find(client, resolver, workload)
+        return await observing.find(client, resolver, workload, policy)
     finally:
         await client.close()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 import click
@@ -35,14 +36,22 @@ def _cluster_command(kubeconfig: str | None, work: Callable[..., Coroutine[Any, 
 @click.option(
     "--output", "-o", type=click.Choice(["table", "json"]), default="table", show_default=True
 )
-def status(kubeconfig: str | None, node_budget: int, output: str) -> None:
+def status(
+    kubeconfig: str | None, node_budget: int, mark_key_file: Path | None, output: str
+) -> None:
     """Show what is under observation now, read from the cluster."""
     from rich.console import Console  # noqa: PLC0415
     from rich.table import Table  # noqa: PLC0415
 
-    from streamproc.cluster import observing  # noqa: PLC0415
+    from streamproc.cluster import marking, observing  # noqa: PLC0415
 
-    found = _cluster_command(kubeconfig, observing.current)
+    # with the annotator's key, marks without its seal are not shown as observations either
+    policy = marks.Policy(sealer=marking.sealer(mark_key_file))
+
+    async def work(client: Any, resolver: Any) -> Any:
+        return await observing.current(client, resolver, policy)
+
+    found = _cluster_command(kubeconfig, work)
     if output == "json":
         click.echo(json.dumps([o.as_dict() for o in found], indent=2))
         return
@@ -80,7 +89,7 @@ def status(kubeconfig: str | None, node_budget: int, output: str) -> None:
 @options.knobs("release")
 def release(target: str, forget: bool, **opts: Any) -> None:
     """End an observation early: NAMESPACE/WORKLOAD or NAMESPACE/KIND/WORKLOAD."""
-    from streamproc.cluster import observing  # noqa: PLC0415
+    from streamproc.cluster import marking, observing  # noqa: PLC0415
 
     parts = target.split("/")
     if len(parts) not in (2, 3) or not all(parts):
@@ -89,8 +98,9 @@ def release(target: str, forget: bool, **opts: Any) -> None:
     kind = parts[1] if len(parts) == 3 else None
     settings = options.settings_of("release", opts)
     loaded = options.load_topologies(settings)
-    # what the topologies write: a key a person changed since is theirs and stays
-    policy = marks.Policy.of(loaded)
+    # what the topologies write: a key a person changed since is theirs and stays; with the
+    # annotator's key, sealed marks are recognised as it recognises them
+    policy = marks.Policy.of(loaded, sealer=marking.sealer(settings.mark_key_file))
 
     async def work(client: Any, resolver: Any) -> tuple[list[str], str | None, Any, str]:
         from streamproc.clients import kube  # noqa: PLC0415 - only the cluster commands need it

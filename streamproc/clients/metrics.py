@@ -90,7 +90,8 @@ pods_refused = Counter(
 marks_refused = Counter(
     "streamproc_marks_refused_total",
     "Pods (and Namespace objects) whose streamproc.io marks were refused as not streamproc's "
-    "(malformed, beyond-policy, foreign), counted once per object and reason",
+    "(malformed, beyond-policy, foreign; with --mark-key-file also unsealed, bad-seal), "
+    "counted once per object and reason",
     ["reason"],
 )
 tallies_published = Counter(

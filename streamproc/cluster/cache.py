@@ -73,6 +73,8 @@ class PodInfo(NamedTuple):
     marks: Mapping[str, str]
     #: the resourceVersion the marks were seen at, on pods it marked ("" on the others)
     version: str = ""
+    #: metadata.uid, on pods it marked ("" on the others): what a seal is bound to
+    uid: str = ""
 
     @classmethod
     def of(cls, pod: kube.Json) -> PodInfo:
@@ -80,7 +82,7 @@ class PodInfo(NamedTuple):
         meta = pod.get("metadata") or {}
         labels = {_interned(k): _interned(v) for k, v in (meta.get("labels") or {}).items()}
         marks: Mapping[str, str] = _NO_MARKS
-        version = ""
+        version = uid = ""
         if labels.get(conventions.OBSERVED_LABEL) == "true":
             annotations = meta.get("annotations") or {}
             # the bookkeeping, and the keys it says streamproc added (``retina.sh``): a release
@@ -90,6 +92,7 @@ class PodInfo(NamedTuple):
             keys = (*conventions.BOOKKEEPING_KEYS, *named)
             marks = {k: _kept(annotations[k]) for k in keys if k in annotations}
             version = str(meta.get("resourceVersion") or "")
+            uid = str(meta.get("uid") or "")
         owner = kube.controller_of(pod)
         return cls(
             _interned(meta.get("namespace")),
@@ -99,6 +102,7 @@ class PodInfo(NamedTuple):
             labels,
             marks,
             version,
+            uid,
         )
 
     @property
@@ -120,6 +124,8 @@ class PodInfo(NamedTuple):
         }
         if self.version:
             meta["resourceVersion"] = self.version
+        if self.uid:
+            meta["uid"] = self.uid
         if self.owner is not None:
             meta["ownerReferences"] = [
                 {"kind": self.owner[0], "name": self.owner[1], "controller": True}

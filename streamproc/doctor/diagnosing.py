@@ -19,7 +19,7 @@ from typing import Any
 from streamproc import clocks
 from streamproc.clients import kafka, kube
 from streamproc.cluster import permissions
-from streamproc.doctor import checks, platform, retina
+from streamproc.doctor import checks, platform, retina, sealing
 from streamproc.doctor import evidence as evidence_doctor
 from streamproc.doctor.checks import Check
 from streamproc.model import conventions, events, fleets, topologies
@@ -41,7 +41,10 @@ AREA_TIMEOUT_S = 30.0
 
 
 async def diagnose(
-    settings: Settings, topology_path: Path | None = None, *, evidence: bool = True
+    settings: Settings,
+    topology_path: Path | None = None,
+    *,
+    evidence: bool = True,
 ) -> list[Check]:
     """Every check, in the order a person would fix things: topologies, Kafka, the cluster.
 
@@ -49,6 +52,7 @@ async def diagnose(
     """
     found, loaded = topology_checks(topologies.resolve_path(topology_path))
     found += backend_checks(loaded, settings.observation_backend)
+    found.append(sealing.seal_check(settings))
     found += await _bounded("Kafka", kafka_checks(settings, loaded))
     found += await _bounded("Kubernetes", cluster_checks(settings, loaded))
     if evidence:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import secrets
 import tempfile
 import time
 from collections.abc import Iterator
@@ -298,6 +299,14 @@ async def _read_audit(settings: Settings) -> list[dict[str, Any]]:
     return docs
 
 
+def _mark_key(workdir: Path) -> Path:
+    """A fresh key to seal the lab's marks with, readable by this user only."""
+    path = workdir / "mark-key"
+    path.write_text(secrets.token_hex(32) + "\n")
+    path.chmod(0o600)
+    return path
+
+
 @contextlib.contextmanager
 def _infrastructure(
     options: LabOptions, workdir: Path
@@ -452,6 +461,8 @@ async def run_lab(options: LabOptions, stop: asyncio.Event) -> Summary:
             speed=options.speed,
             expiry_resync_s=max(2.0, cap),
             observation_backend=platforms.BACKENDS[options.platform],
+            # sealed marks, as a deployment should run (docs/reliability.md): a key of its own
+            mark_key_file=_mark_key(Path(tmp)),
         )
         view = View(live=options.live)
         view.intro(bootstrap, emulator.url if emulator else "", kubeconfig, port, lab_topologies)

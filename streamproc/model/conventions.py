@@ -35,6 +35,9 @@ OBSERVED_SINCE = f"{PREFIX}/observed-since"
 #: only on observations through the ``acns-metric-filters`` backend: every annotate process
 #: projects the filters from it, whatever topologies it loaded (docs/architecture.md)
 METRIC_FILTERS = f"{PREFIX}/metric-filters"
+#: HMAC of the object's identity and the marks above, written only with ``--mark-key-file``:
+#: tells streamproc's marks from a tenant's exact copy of them (``model.seals``)
+SEAL = f"{PREFIX}/seal"
 
 BOOKKEEPING_KEYS = (
     EXPIRES_AT,
@@ -45,6 +48,7 @@ BOOKKEEPING_KEYS = (
     LEVEL,
     OBSERVED_SINCE,
     METRIC_FILTERS,
+    SEAL,
 )
 
 #: namespaces never observed unless a topology lists them in ``include`` explicitly, whatever

@@ -13,10 +13,14 @@ marks is ended at once by the expirer, which removes only what streamproc provab
 (bookkeeping, label, and owned keys that still hold the value the topology writes) and nothing a
 person set.
 
-What the decoder cannot tell apart: a mark a tenant forges to look exactly like streamproc's on
-its own pods (a known topology, its own workload, an expiry within the ladder). That buys the
-tenant an observation of its own pods (which it could have by writing ``retina.sh`` itself) and
-one ``maxObservations`` slot per workload it owns, for at most the ladder's longest TTL.
+What the checks above cannot tell apart: a mark a tenant forges to look exactly like
+streamproc's on its own pods (a known topology, its own workload, an expiry within the ladder),
+which would buy it one ``maxObservations`` slot per workload it owns, renewable forever. With a
+key (``--mark-key-file``, :class:`~streamproc.model.seals.Sealer` on the :class:`Policy`) the
+marks must also carry ``streamproc.io/seal``, an HMAC of them and of the object's namespace,
+name and uid: a missing one is refused ``unsealed``, a wrong one ``bad-seal``. A tenant can then
+only put back the marks streamproc wrote on that very object, expiry included. Without a key
+nothing is checked (and marks written before a key was set are refused once it is).
 
 ``observed-since`` (when the observation opened) bounds the range streamproc asks Prometheus
 about at the end (``model.evidence``): optional (pods observed before it was written have none),
@@ -33,15 +37,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from streamproc.model import conventions
+from streamproc.model import conventions, seals
 from streamproc.model.topologies import MAX_LEVELS, METRICS, MetricName, Topology
 from streamproc.model.workloads import cluster_of
 
 #: why marks were refused: ``malformed`` (not the form streamproc writes), ``beyond-policy``
 #: (an expiry later than any ladder of the topology could have written), ``foreign``
-#: (well-formed, but naming another topology or namespace, or keys the topology never writes)
-Reason = Literal["malformed", "beyond-policy", "foreign"]
-REASONS: tuple[Reason, ...] = ("malformed", "beyond-policy", "foreign")
+#: (well-formed, but naming another topology or namespace, or keys the topology never writes),
+#: and with a key: ``unsealed`` (no ``seal``), ``bad-seal`` (a seal no key made for these marks
+#: on this object: a copy from another object, or edited marks)
+Reason = Literal["malformed", "beyond-policy", "foreign", "unsealed", "bad-seal"]
+REASONS: tuple[Reason, ...] = ("malformed", "beyond-policy", "foreign", "unsealed", "bad-seal")
 
 #: how far ahead of this process's clock another replica's clock may be, for the expiry bound
 SKEW_S = 300.0
@@ -109,9 +115,11 @@ class Policy:
     ttls: Mapping[str, float] = field(default_factory=dict)
     #: topology -> the annotations it writes
     writes: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    #: with ``--mark-key-file``: marks must carry its seal, and writes seal them (None: neither)
+    sealer: seals.Sealer | None = None
 
     @classmethod
-    def of(cls, topologies: Iterable[Topology]) -> Policy:
+    def of(cls, topologies: Iterable[Topology], *, sealer: seals.Sealer | None = None) -> Policy:
         """The policy of these topologies (none: only the generic bounds apply)."""
         ttls, writes = {}, {}
         for topology in topologies:
@@ -119,7 +127,7 @@ class Policy:
             ladder = action.escalation.ttls if action.escalation else ()
             ttls[topology.name] = max((action.ttl, *ladder))
             writes[topology.name] = dict(action.annotate)
-        return cls(ttls, writes)
+        return cls(ttls, writes, sealer)
 
     def longest(self, topology: str) -> float:
         """The longest TTL ``topology`` writes; an unknown one gets the longest of any."""
@@ -171,8 +179,12 @@ def decode(  # noqa: C901 - one refusal per check, in order
     namespace: str,
     now: float,
     policy: Policy,
+    subject: seals.Identity = ("", "", ""),
 ) -> Read:
-    """The marks on an object in ``namespace``, a :class:`Refusal`, or None when it has none."""
+    """The marks on an object in ``namespace``, a :class:`Refusal`, or None when it has none.
+
+    ``subject``: the object's (namespace, name, uid), what a seal is bound to (``seals``).
+    """
     labelled = labels.get(conventions.OBSERVED_LABEL) == "true"
     if not labelled and not any(k in annotations for k in conventions.BOOKKEEPING_KEYS):
         return None
@@ -213,6 +225,8 @@ def decode(  # noqa: C901 - one refusal per check, in order
     filters = _metric_filters(annotations.get(conventions.METRIC_FILTERS))
     if filters is None:
         return refuse("malformed", "metric-filters is not a list of Hubble metrics")
+    if (unsealed := _unsealed(annotations, policy.sealer, subject)) is not None:
+        return refuse(unsealed.reason, unsealed.detail)
     complete = len(parts) == 5 and parts[4].isdigit()  # topology/ns/Kind/name/window
     return Marks(
         until=until,
@@ -226,6 +240,20 @@ def decode(  # noqa: C901 - one refusal per check, in order
         since=since,
         metric_filters=filters,
     )
+
+
+def _unsealed(
+    annotations: Mapping[str, Any], sealer: seals.Sealer | None, subject: seals.Identity
+) -> Refusal | None:
+    """Why the marks' seal is refused (with a key only); None when it verifies or is not asked."""
+    if sealer is None:
+        return None
+    seal = annotations.get(conventions.SEAL)
+    if seal is None:
+        return Refusal("unsealed", "no seal, and this process checks seals (--mark-key-file)")
+    if not isinstance(seal, str) or not sealer.verifies(subject, annotations, seal):
+        return Refusal("bad-seal", "the seal is not streamproc's for these marks on this object")
+    return None
 
 
 def _metric_filters(raw: object) -> tuple[MetricName, ...] | None:

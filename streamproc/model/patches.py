@@ -6,7 +6,9 @@ in ``owned-keys`` only if streamproc added it, so the removal takes away exactly
 put there and never an annotation (``retina.sh: observe`` included) that someone else had set.
 A foreign *different* value under a topology key is left alone. A key streamproc added that a
 person changed or removed afterwards is theirs (*yielded*): never written back, never removed.
-The pod's previous marks come decoded (``marking.read``), never read raw here.
+The pod's previous marks come decoded (``marking.read``), never read raw here. With a key
+(``seals.Sealer``) an opening or extension also writes the seal of the marks as they will be
+once the patch is applied; without one the patch is what it always was.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from streamproc.model import conventions, marks
+from streamproc.model import conventions, marks, seals
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +94,7 @@ def observe(
     level: str = "",
     now: float | None = None,
     metric_filters: Sequence[str] = (),
+    sealer: seals.Sealer | None = None,
 ) -> Patch | None:
     """Open or extend an observation; None when the pod already carries this or a later one.
 
@@ -102,6 +105,7 @@ def observe(
     writer's clock, written as ``observed-since`` when this opens the observation (an extension
     keeps the start it has, and leaves none where the marks predate it). ``metric_filters``: the
     Hubble metrics of an observation through ACNS's filters, written as ``metric-filters``.
+    ``sealer``: seals the marks the pod will carry (``streamproc.io/seal``).
     """
     current, _, version = _meta(pod)
     found = _observation(previous, topology)
@@ -139,6 +143,10 @@ def observe(
     since = found.since if found is not None else (float(int(now)) if now is not None else None)
     if since is not None:
         changes[conventions.OBSERVED_SINCE] = conventions.format_time(since)
+    if sealer is not None:  # over the marks as merged: unchanged ones stay and are read too
+        after = {**current, **changes}
+        subject = seals.identity(pod.get("metadata") or {})
+        changes[conventions.SEAL] = sealer.seal(subject, after)
     return Patch(
         annotations=changes,
         labels={conventions.OBSERVED_LABEL: "true"},

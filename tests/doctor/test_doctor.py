@@ -412,6 +412,7 @@ def test_doctor_reports_a_ready_setup_and_writes_nothing(
     assert report["summary"]["fail"] == 0
     assert {c["area"] for c in report["checks"]} == {
         "Topologies",
+        "Marks",
         "Kafka",
         "Kubernetes",
         "Platform",
@@ -419,6 +420,7 @@ def test_doctor_reports_a_ready_setup_and_writes_nothing(
         "Evidence",
     }
     assert "⚠ prometheus: no --prometheus-url" in text.stdout
+    assert "⚠ seal: marks are not sealed" in text.stdout
 
     assert asyncio.run(_state(broker.bootstrap)) == before  # no topic, no group
     writes = {

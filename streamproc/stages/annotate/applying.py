@@ -78,6 +78,7 @@ class Annotator:
         *,
         clock: Callable[[], float] = time.time,
         changed: Callable[[str], None] | None = None,
+        policy: marks.Policy | None = None,
     ) -> None:
         #: what "now" is (tests and the extension benchmark move it instead of waiting)
         self.clock = clock
@@ -89,8 +90,9 @@ class Annotator:
         #: told the topology whenever a pod's observation opened or was extended (the
         #: ``acns-metric-filters`` backend then reconciles its ContainerNetworkMetric)
         self._changed = changed or (lambda _topology: None)
-        #: what the topologies write: the bounds the pods' own marks are read against
-        self.policy = marks.Policy.of(topologies)
+        #: what the topologies write: the bounds the pods' own marks are read against, and the
+        #: key that seals them (``running`` builds one for every part of the stage)
+        self.policy = policy or marks.Policy.of(topologies)
         self.kube = client
         self.resolver = resolver
         self.scheduler = scheduler
@@ -356,6 +358,7 @@ class Annotator:
                 level=_level_text(topology, action),
                 now=self.clock(),
                 metric_filters=topology.spec.action.filter_metrics(),
+                sealer=self.policy.sealer,
             )
             lasting = previous.until if isinstance(previous, marks.Marks) else until
             since, workload = _known(previous)

@@ -47,11 +47,12 @@ class FilterReconciler:
         resync_s: float,
         dry_run: bool = False,
         clock: Callable[[], float] = time.time,
+        policy: marks.Policy | None = None,
     ) -> None:
         self._kube = client
         #: topology -> the Hubble metrics its observations include (only acns-backend ones)
         self.wanted = metric_filters.metrics_of(topologies, default_backend)
-        self._policy = marks.Policy.of(topologies)
+        self._policy = policy or marks.Policy.of(topologies)
         self._resync_s = resync_s
         self._dry_run = dry_run
         #: what "now" is: the same clock as the expirer's, so filters end when the marks do

@@ -58,6 +58,7 @@ class Follower:
         ownership: Ownership | None = None,
         cache: ClusterCache | None = None,
         changed: Callable[[str], None] | None = None,
+        policy: marks.Policy | None = None,
     ) -> None:
         #: told the topology of every pod it starts observing (``Annotator``'s ``changed``)
         self._changed = changed or (lambda _topology: None)
@@ -83,8 +84,9 @@ class Follower:
         self._budget = budget or NodeBudget(scheduler, 0)
         self._resolver = resolver
         self._topologies = {t.name: t for t in topologies}
-        #: what the topologies write: the bounds the pods' own marks are read against
-        self._policy = marks.Policy.of(topologies)
+        #: what the topologies write: the bounds the pods' own marks are read against, and the
+        #: key that seals them
+        self._policy = policy or marks.Policy.of(topologies)
         self._scheduler = scheduler
         self._auditor = auditor or auditing.NullAuditor()
         self._followed: dict[tuple[str, str, str], _Followed] = {}
@@ -257,6 +259,7 @@ class Follower:
             level=followed.level,
             now=now,
             metric_filters=topology.spec.action.filter_metrics(),
+            sealer=self._policy.sealer,
         )
         if patch is None:
             return
