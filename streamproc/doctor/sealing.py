@@ -26,8 +26,9 @@ def seal_check(settings: Settings) -> Check:
         return checks.warn(
             AREA,
             "seal",
-            "marks are not sealed: a tenant can copy streamproc's marks onto its own pods",
-            "set --mark-key-file, see docs/reliability.md",
+            "marks are not sealed: no --mark-key-file given here (an annotator without one lets "
+            "a tenant copy streamproc's marks onto its own pods)",
+            "give the annotator and this command --mark-key-file, see docs/reliability.md",
         )
     count = len(sealer.keys)
     return checks.ok(

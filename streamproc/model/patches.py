@@ -143,10 +143,7 @@ def observe(
     since = found.since if found is not None else (float(int(now)) if now is not None else None)
     if since is not None:
         changes[conventions.OBSERVED_SINCE] = conventions.format_time(since)
-    if sealer is not None:  # over the marks as merged: unchanged ones stay and are read too
-        after = {**current, **changes}
-        subject = seals.identity(pod.get("metadata") or {})
-        changes[conventions.SEAL] = sealer.seal(subject, after)
+    changes.update(_seal(pod, current, changes, sealer))
     return Patch(
         annotations=changes,
         labels={conventions.OBSERVED_LABEL: "true"},
@@ -155,6 +152,23 @@ def observe(
         yielded=tuple(sorted(gone)),
         since=since,
     )
+
+
+def _seal(
+    pod: Mapping[str, Any],
+    current: Mapping[str, str],
+    changes: Mapping[str, str | None],
+    sealer: seals.Sealer | None,
+) -> dict[str, str | None]:
+    """The seal of the marks as merged, unchanged ones included; without a key, none left over.
+
+    A seal written by a replica with the key no longer verifies once these marks change, so a
+    writer without one removes it (``unsealed`` where a key is known, not a false ``bad-seal``).
+    """
+    if sealer is not None:
+        subject = seals.identity(pod.get("metadata") or {})
+        return {conventions.SEAL: sealer.seal(subject, {**current, **changes})}
+    return {conventions.SEAL: None} if conventions.SEAL in current else {}
 
 
 def _optional_marks(level: str, metric_filters: Sequence[str]) -> dict[str, str | None]:

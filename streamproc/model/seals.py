@@ -9,8 +9,9 @@ recreated one of the same name, fails) and every mark the decoder trusts (a chan
 level or owned key fails). The key never leaves streamproc, so a tenant can replay only the
 very marks streamproc wrote on that very object, whose expiry is sealed too.
 
-Keys: the first signs, every one verifies, so a key is rotated by adding the new one first and
-dropping the old one once the longest TTL has passed. Pure: the file is read by
+Keys: the first signs, every one verifies, so a key is rotated in three rollouts: the new one
+added second, then moved first, then the old one dropped once the longest TTL has passed
+(docs/deploying.md; replicas read the file when they start). Pure: the file is read by
 ``cluster.marking.sealer``.
 """
 
@@ -21,7 +22,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from streamproc.model import conventions
 
@@ -61,7 +62,7 @@ def canonical(subject: Identity, annotations: Mapping[str, object]) -> bytes:
 class Sealer:
     """Seals with the first key, verifies with any."""
 
-    keys: tuple[bytes, ...]
+    keys: tuple[bytes, ...] = field(repr=False)  # never in a log line or a traceback
 
     def seal(self, subject: Identity, annotations: Mapping[str, object]) -> str:
         """The seal of these marks on this object: base64url HMAC-SHA256, no padding."""

@@ -54,7 +54,28 @@ def test_a_seal_is_unpadded_base64url_of_a_sha256_mac_and_verifies() -> None:
     assert seals.canonical(SUBJECT, MARKS).startswith(b'["v1",')
 
 
-@pytest.mark.parametrize("key", seals.SEALED)
+#: every mark the decoder trusts, spelled here and not read from ``seals.SEALED``: dropping one
+#: from the seal must fail a test, not remove one
+TRUSTED = (
+    conventions.EXPIRES_AT,
+    conventions.TOPOLOGY,
+    conventions.RULE,
+    conventions.ACTION_ID,
+    conventions.OWNED_KEYS,
+    conventions.LEVEL,
+    conventions.OBSERVED_SINCE,
+    conventions.METRIC_FILTERS,
+)
+
+
+def test_the_seal_covers_every_trusted_mark_and_never_shows_a_key() -> None:
+    """``SEALED`` is exactly the trusted marks; a sealer's repr holds no key."""
+    assert set(seals.SEALED) == set(TRUSTED)
+    assert OLD_KEY not in repr(SEALER)
+    assert OLD_KEY not in repr(marks.Policy(sealer=SEALER))
+
+
+@pytest.mark.parametrize("key", TRUSTED)
 def test_changing_any_sealed_mark_breaks_the_seal(key: str) -> None:
     """Each trusted mark is sealed: changed, or removed, the seal no longer verifies."""
     seal = SEALER.seal(SUBJECT, MARKS)
@@ -158,6 +179,32 @@ def test_a_patch_seals_the_marks_as_they_will_be_and_the_decoder_reads_them() ->
     assert {k: v for k, v in patch.annotations.items() if k != conventions.SEAL} == (
         unsealed.annotations
     )
+
+
+def test_a_write_without_a_key_takes_away_a_seal_it_would_leave_stale() -> None:
+    """A replica without the key extends marks: the old seal, no longer true, is removed (it
+    would read ``bad-seal`` where a key is known); a pod that never had one gets no key."""
+    pod = {
+        "metadata": {
+            "namespace": "shop",
+            "name": "frontend-1",
+            "uid": "uid-frontend-1",
+            "annotations": sealed(MARKS),
+            "labels": LABELLED,
+        }
+    }
+    patch = patches.observe(
+        pod,
+        annotations={"retina.sh": "observe"},
+        until=NOW + 3600,
+        topology="retina-observe",
+        rule="r",
+        action_id="retina-observe/shop/Deployment/frontend/1799999999000",
+        previous=None,
+        now=NOW,
+    )
+    assert patch is not None
+    assert patch.annotations[conventions.SEAL] is None
 
 
 def test_the_release_removes_the_seal_with_the_rest() -> None:
