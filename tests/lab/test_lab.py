@@ -153,7 +153,8 @@ def test_the_lab_on_aks_with_acns_on_cilium_watches_the_container_network_metric
         [
             *(sys.executable, "-m", "streamproc", "lab", "--metrics-port", "0"),
             *("--platform", "aks-acns-cilium", "--output", "json"),
-            *("--duration", "20", "--speed", "30"),
+            # 30 s: room for the last observation to expire on a loaded machine (20 s was not)
+            *("--duration", "30", "--speed", "30"),
         ],
         cwd=tmp_path,
         capture_output=True,
