@@ -276,22 +276,22 @@ async def started(*clients: Client) -> AsyncIterator[None]:
 
 
 async def stop_clients(clients: Sequence[Client]) -> None:
-    """Stop each client, the last started first, whatever the others do.
+    """Stop every client at once, whatever the others do.
 
-    aiokafka cancels its own background tasks and awaits them while stopping (its fetcher, fixed
-    by ``upstream_fixes``; the group coordinator's heartbeat and commit refresh likewise), so a
-    CancelledError out of ``stop()`` may be aiokafka's own: unless this task was cancelled while
-    stopping them, the other clients are stopped all the same. (A task cancelled before, as a
-    start given up on a stop request, stops its clients here first.)
+    At once: a consumer still joining its group, or leaving it with the broker gone, can take
+    seconds to stop, and a stop that is given up on then (the process's grace ran out) must not
+    leave the producers beside it unstopped. aiokafka cancels its own background tasks and awaits
+    them while stopping (its fetcher, fixed by ``upstream_fixes``; the group coordinator's
+    heartbeat and commit refresh likewise), so a client's stop may end in a CancelledError of its
+    own: logged, the others stopped all the same. A cancellation of this task propagates.
     """
-    task = asyncio.current_task()
-    cancels = task.cancelling() if task is not None else 0
-    for client in reversed(clients):
+
+    async def stop(client: Client) -> None:
         try:
             await client.stop()
-        except asyncio.CancelledError:
-            if task is not None and task.cancelling() > cancels:
-                raise  # this task's own: stop now, bounded
-            log.warning("stopping a Kafka client: it was cancelled from within")
         except Exception as exc:
             log.warning("stopping a Kafka client: %s", describe(exc))
+
+    ended = await asyncio.gather(*(stop(c) for c in clients), return_exceptions=True)
+    if any(isinstance(outcome, asyncio.CancelledError) for outcome in ended):
+        log.warning("stopping a Kafka client: it was cancelled from within")
