@@ -139,6 +139,23 @@ def test_without_a_key_a_seal_is_neither_asked_for_nor_checked() -> None:
     assert isinstance(decode(sealed(MARKS), policy=plain), marks.Marks)
 
 
+def opened(
+    pod: dict[str, Any], *, until: float, window_ms: int, sealer: seals.Sealer | None = None
+) -> patches.Patch | None:
+    """``observe`` of frontend's observation by retina-observe, window ``window_ms``."""
+    return patches.observe(
+        pod,
+        annotations={"retina.sh": "observe"},
+        until=until,
+        topology="retina-observe",
+        rule="r",
+        action_id=f"retina-observe/shop/Deployment/frontend/{window_ms}",
+        previous=None,
+        now=NOW,
+        sealer=sealer,
+    )
+
+
 def test_a_patch_seals_the_marks_as_they_will_be_and_the_decoder_reads_them() -> None:
     """``observe`` seals merged marks (an unchanged earlier one included); they decode."""
     earlier = {conventions.METRIC_FILTERS: "flow"}
@@ -150,30 +167,11 @@ def test_a_patch_seals_the_marks_as_they_will_be_and_the_decoder_reads_them() ->
             "annotations": earlier,
         }
     }
-    patch = patches.observe(
-        pod,
-        annotations={"retina.sh": "observe"},
-        until=NOW + 600,
-        topology="retina-observe",
-        rule="r",
-        action_id="retina-observe/shop/Deployment/frontend/1799999990000",
-        previous=None,
-        now=NOW,
-        sealer=SEALER,
-    )
+    patch = opened(pod, until=NOW + 600, window_ms=1799999990000, sealer=SEALER)
     assert patch is not None
     after = {**earlier, **{k: v for k, v in patch.annotations.items() if v is not None}}
     assert isinstance(decode(after), marks.Marks)
-    unsealed = patches.observe(
-        pod,
-        annotations={"retina.sh": "observe"},
-        until=NOW + 600,
-        topology="retina-observe",
-        rule="r",
-        action_id="retina-observe/shop/Deployment/frontend/1799999990000",
-        previous=None,
-        now=NOW,
-    )
+    unsealed = opened(pod, until=NOW + 600, window_ms=1799999990000)
     assert unsealed is not None
     assert conventions.SEAL not in unsealed.annotations
     assert {k: v for k, v in patch.annotations.items() if k != conventions.SEAL} == (
@@ -183,7 +181,7 @@ def test_a_patch_seals_the_marks_as_they_will_be_and_the_decoder_reads_them() ->
 
 def test_a_write_without_a_key_takes_away_a_seal_it_would_leave_stale() -> None:
     """A replica without the key extends marks: the old seal, no longer true, is removed (it
-    would read ``bad-seal`` where a key is known); a pod that never had one gets no key."""
+    would read ``bad-seal`` where a key is known)."""
     pod = {
         "metadata": {
             "namespace": "shop",
@@ -193,16 +191,7 @@ def test_a_write_without_a_key_takes_away_a_seal_it_would_leave_stale() -> None:
             "labels": LABELLED,
         }
     }
-    patch = patches.observe(
-        pod,
-        annotations={"retina.sh": "observe"},
-        until=NOW + 3600,
-        topology="retina-observe",
-        rule="r",
-        action_id="retina-observe/shop/Deployment/frontend/1799999999000",
-        previous=None,
-        now=NOW,
-    )
+    patch = opened(pod, until=NOW + 3600, window_ms=1799999999000)
     assert patch is not None
     assert patch.annotations[conventions.SEAL] is None
 
